@@ -1,0 +1,212 @@
+"""Shape and receptive-field arithmetic, shared by the ops and usable on its own."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Union
+
+from cnn_jax.ops._args import ntuple, resolve_padding, window_output_size
+
+Number = Union[int, float]
+
+
+def _spatial_shape(input_shape, op: str) -> tuple[int, ...]:
+    if isinstance(input_shape, (int, str)) or not isinstance(input_shape, Sequence):
+        raise TypeError(f"{op}: input_shape must be a tuple of spatial sizes, got {input_shape!r}")
+    if len(input_shape) == 0:
+        raise ValueError(f"{op}: input_shape must have at least one spatial dim, got {input_shape!r}")
+    return ntuple(input_shape, len(input_shape), "input_shape", op, min_value=1)
+
+
+def conv_output_shape(
+    input_shape: Sequence[int],
+    kernel_size,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+) -> tuple[int, ...]:
+    """Spatial output shape of a convolution or pooling window.
+
+    Per dim: ``floor((in + lo + hi - dilation * (k - 1) - 1) / stride) + 1``
+    (``ceil`` with ``ceil_mode``, dropping a last window that would start in the high
+    padding, as PyTorch does).
+
+    Args:
+      input_shape: spatial input shape, e.g. ``(H, W)``.
+      kernel_size: int or tuple, one per spatial dim.
+      stride, dilation: int or tuple.
+      padding: int, tuple, ``(low, high)`` pairs, ``"valid"``, ``"same"``, ``"full"`` or
+        ``"causal"`` (1-D).
+      ceil_mode: round up instead of down (pooling).
+
+    Returns:
+      The spatial output shape, a tuple of ints.
+
+    >>> conv_output_shape((28, 28), 3, padding=2, stride=2)
+    (15, 15)
+    """
+    op = "conv_output_shape"
+    shape = _spatial_shape(input_shape, op)
+    n = len(shape)
+    k = ntuple(kernel_size, n, "kernel_size", op)
+    s = ntuple(stride, n, "stride", op)
+    d = ntuple(dilation, n, "dilation", op)
+    pads = resolve_padding(
+        padding, n, op, input_shape=shape, kernel_size=k, stride=s, dilation=d
+    )
+    out = tuple(
+        window_output_size(i, kk, ss, dd, lo, hi, ceil_mode)
+        for i, kk, ss, dd, (lo, hi) in zip(shape, k, s, d, pads)
+    )
+    if any(o <= 0 for o in out):
+        raise ValueError(
+            f"{op}: kernel_size {k} (dilation {d}) must not exceed the padded input "
+            f"{tuple(i + lo + hi for i, (lo, hi) in zip(shape, pads))}, got output {out}"
+        )
+    return out
+
+
+def conv_transpose_output_shape(
+    input_shape: Sequence[int],
+    kernel_size,
+    *,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+) -> tuple[int, ...]:
+    """Spatial output shape of a transposed convolution (PyTorch's formula).
+
+    Per dim: ``(in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1``,
+    where ``(lo, hi)`` is the padding of the forward convolution being transposed
+    (``lo = hi = padding`` for an int).
+
+    Args:
+      input_shape: spatial input shape.
+      kernel_size, stride, dilation, output_padding: int or tuple per spatial dim;
+        ``output_padding`` must be smaller than ``stride`` or ``dilation``.
+      padding: int, tuple, ``(low, high)`` pairs or ``"valid"``.
+
+    Returns:
+      The spatial output shape, a tuple of ints.
+
+    >>> conv_transpose_output_shape((5,), 4, stride=2)
+    (12,)
+    """
+    op = "conv_transpose_output_shape"
+    shape = _spatial_shape(input_shape, op)
+    n = len(shape)
+    k = ntuple(kernel_size, n, "kernel_size", op)
+    s = ntuple(stride, n, "stride", op)
+    d = ntuple(dilation, n, "dilation", op)
+    op_pad = ntuple(output_padding, n, "output_padding", op, min_value=0)
+    check_output_padding(op_pad, s, d, op)
+    pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
+    out = tuple(
+        (i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
+        for i, kk, ss, dd, oo, (lo, hi) in zip(shape, k, s, d, op_pad, pads)
+    )
+    if any(o <= 0 for o in out):
+        raise ValueError(f"{op}: padding {padding!r} must leave a positive output size, got {out}")
+    return out
+
+
+def check_output_padding(output_padding, stride, dilation, op: str) -> None:
+    """PyTorch's rule: each ``output_padding`` must be < its stride or its dilation."""
+    for o, s, d in zip(output_padding, stride, dilation):
+        if o >= s and o >= d:
+            raise ValueError(
+                f"{op}: output_padding must be smaller than stride or dilation in every "
+                f"dim, got output_padding={output_padding}, stride={stride}, dilation={dilation}"
+            )
+
+
+class ReceptiveField(NamedTuple):
+    """Receptive field of one output unit, in input pixels.
+
+    Attributes:
+      size: extent of the field (an int, or a tuple per spatial dim).
+      jump: distance between neighbouring output units' fields (product of strides).
+      start: centre of the first output unit's field, in input pixel coordinates
+        (pixel ``i`` has centre ``i``; negative where padding shifts it out).
+    """
+
+    size: Union[int, tuple[int, ...]]
+    jump: Union[int, tuple[int, ...]]
+    start: Union[float, tuple[float, ...]]
+
+
+def receptive_field(layers) -> ReceptiveField:
+    """Receptive field of a stack of conv/pool layers (Araujo et al., Distill 2019).
+
+    From the output back to the input, ``r_{l-1} = s_l * r_l + k_l - s_l`` with the
+    effective kernel ``k = d * (k - 1) + 1``; ``jump`` is the product of strides and
+    ``start = sum_l (d_l * (k_l - 1) / 2 - p_l) * jump_{l-1}``.
+
+    Args:
+      layers: a sequence of ``(kernel_size, stride)``, ``(kernel_size, stride,
+        dilation)`` or ``(kernel_size, stride, dilation, padding)`` from input to
+        output (ints, or tuples per spatial dim; padding is the low-side amount), or a
+        ``cnn_jax.models`` model, whose conv/pool layers are read in order.
+
+    Returns:
+      A :class:`ReceptiveField` ``(size, jump, start)``; ints when every entry is an
+      int, tuples per spatial dim otherwise.
+
+    >>> receptive_field([(3, 1), (3, 1)])
+    ReceptiveField(size=5, jump=1, start=2.0)
+    """
+    op = "receptive_field"
+    if not isinstance(layers, Sequence) or isinstance(layers, str):
+        layers = _layers_of_model(layers, op)
+    if len(layers) == 0:
+        raise ValueError(f"{op}: layers must hold at least one (kernel_size, stride) entry, got {layers!r}")
+    n = 1
+    for layer in layers:
+        if not isinstance(layer, Sequence) or not 2 <= len(layer) <= 4:
+            raise ValueError(
+                f"{op}: each layer must be (kernel_size, stride[, dilation[, padding]]), "
+                f"got {layer!r}"
+            )
+        n = max([n] + [len(v) for v in layer if isinstance(v, Sequence)])
+    scalar = all(not isinstance(v, Sequence) for layer in layers for v in layer)
+    size, jump, start = [1] * n, [1] * n, [0.0] * n
+    for layer in layers:
+        k = ntuple(layer[0], n, "kernel_size", op)
+        s = ntuple(layer[1], n, "stride", op)
+        d = ntuple(layer[2] if len(layer) > 2 else 1, n, "dilation", op)
+        p = ntuple(layer[3] if len(layer) > 3 else 0, n, "padding", op, min_value=0)
+        for i in range(n):
+            eff = d[i] * (k[i] - 1) + 1
+            start[i] += ((eff - 1) / 2 - p[i]) * jump[i]
+            size[i] += (eff - 1) * jump[i]
+            jump[i] *= s[i]
+    if scalar:
+        return ReceptiveField(size[0], jump[0], start[0])
+    return ReceptiveField(tuple(size), tuple(jump), tuple(start))
+
+
+def _layers_of_model(model, op: str) -> list:
+    """The ``(k, s, d, p)`` entries of a model's conv/pool layers, in order.
+
+    A model may say its order itself with ``receptive_field_layers()``; otherwise every
+    node of its graph with a ``receptive_field_spec`` is read in graph order.
+    """
+    if hasattr(model, "receptive_field_layers"):
+        return list(model.receptive_field_layers())
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax is a dependency
+        nnx = None
+    if nnx is None or not isinstance(model, nnx.Module):
+        raise TypeError(
+            f"{op}: layers must be a sequence of (kernel_size, stride[, dilation]) or a "
+            f"cnn_jax model, got {type(model).__name__}"
+        )
+    return [
+        node.receptive_field_spec
+        for _, node in nnx.iter_graph(model)
+        if getattr(node, "receptive_field_spec", None) is not None
+    ]
