@@ -1,0 +1,159 @@
+"""Shape arithmetic and the shared argument normalisers against PyTorch and by hand."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnn_jax as cj
+from cnn_jax.ops._args import ntuple, resolve_padding
+
+
+# --- conv_output_shape -----------------------------------------------------------
+
+
+def test_seed_output_sizes_26_30_15():
+    # Seed: 28x28 MNIST image, 3x3 filter; padding 2; padding 2 with stride 2.
+    assert cj.conv_output_shape((28, 28), 3) == (26, 26)
+    assert cj.conv_output_shape((28, 28), 3, padding=2) == (30, 30)
+    assert cj.conv_output_shape((28, 28), (3, 3), padding=(2, 2), stride=2) == (15, 15)
+
+
+@pytest.mark.parametrize(
+    "size,k,s,p,d",
+    [c for c in itertools.product((5, 8), (1, 3), (1, 2, 3), (0, 1), (1, 2)) if c[4] * (c[1] - 1) < c[0] + 2 * c[3]],
+)
+def test_conv_output_shape_matches_torch_conv1d(size, k, s, p, d):
+    y = F.conv1d(torch.zeros(1, 1, size), torch.zeros(1, 1, k), stride=s, padding=p, dilation=d)
+    assert cj.conv_output_shape((size,), k, stride=s, padding=p, dilation=d) == tuple(y.shape[2:])
+
+
+@pytest.mark.parametrize(
+    "size,k,s,p", [c for c in itertools.product((4, 5, 7), (2, 3), (1, 2, 3), (0, 1)) if c[3] <= c[1] // 2]
+)
+def test_ceil_mode_matches_torch_max_pool(size, k, s, p):
+    y = F.max_pool1d(torch.zeros(1, 1, size), k, stride=s, padding=p, ceil_mode=True)
+    assert cj.conv_output_shape((size,), k, stride=s, padding=p, ceil_mode=True) == tuple(y.shape[2:])
+
+
+def test_string_paddings_by_hand():
+    # "same": ceil(in / stride), extra pixel on the high side.
+    assert cj.conv_output_shape((5,), 3, padding="same") == (5,)
+    assert cj.conv_output_shape((5,), 3, padding="SAME", stride=2) == (3,)
+    assert cj.conv_output_shape((6, 7), 4, padding="same", stride=3) == (2, 3)
+    # "full": every overlap, as np.convolve.
+    assert cj.conv_output_shape((12,), 4, padding="full") == (len(np.convolve(np.ones(12), np.ones(4))),)
+    # "causal": same length at stride 1 whatever the dilation.
+    assert cj.conv_output_shape((10,), 3, padding="causal", dilation=4) == (10,)
+    assert cj.conv_output_shape((10,), 3, padding="valid") == (8,)
+    assert cj.conv_output_shape((10,), 3, padding=((2, 0),)) == (10,)
+
+
+def test_conv_output_shape_errors():
+    with pytest.raises(ValueError, match="conv_output_shape: kernel_size"):
+        cj.conv_output_shape((3, 3), 5)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        cj.conv_output_shape((8,), 3, stride=0)
+    with pytest.raises(ValueError, match="kernel_size must be an int or a tuple of 2 ints"):
+        cj.conv_output_shape((8, 8), (3, 3, 3))
+    with pytest.raises(TypeError, match="input_shape must be a tuple"):
+        cj.conv_output_shape(8, 3)
+    with pytest.raises(ValueError, match="'causal' is only defined for 1-D"):
+        cj.conv_output_shape((8, 8), 3, padding="causal")
+    with pytest.raises(ValueError, match="padding must be an int, a tuple of 1 ints"):
+        cj.conv_output_shape((8,), 3, padding="half")
+
+
+# --- conv_transpose_output_shape -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size,k,s,p,op,d",
+    [(5, 4, 2, 0, 0, 1), (5, 3, 2, 1, 1, 1), (4, 3, 3, 1, 2, 1), (6, 2, 1, 0, 0, 2), (3, 5, 2, 2, 1, 3)],
+)
+def test_conv_transpose_output_shape_matches_torch(size, k, s, p, op, d):
+    y = F.conv_transpose1d(
+        torch.zeros(1, 1, size), torch.zeros(1, 1, k), stride=s, padding=p, output_padding=op, dilation=d
+    )
+    got = cj.conv_transpose_output_shape((size,), k, stride=s, padding=p, output_padding=op, dilation=d)
+    assert got == tuple(y.shape[2:])
+
+
+def test_conv_transpose_output_shape_pairs_and_errors():
+    # (low, high) pairs replace 2 * padding by low + high.
+    assert cj.conv_transpose_output_shape((5,), 3, stride=2, padding=((1, 0),)) == (10,)
+    assert cj.conv_transpose_output_shape((5,), 3, stride=2, padding="valid") == (11,)
+    with pytest.raises(ValueError, match="output_padding must be smaller than stride or dilation"):
+        cj.conv_transpose_output_shape((5,), 3, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="padding must be an int"):
+        cj.conv_transpose_output_shape((5,), 3, padding="same")
+
+
+# --- receptive_field ---------------------------------------------------------------
+
+
+def test_receptive_field_by_hand():
+    # Two 3x3 stride-1 convs see 5x5; the first unit's field is centred on pixel 2.
+    assert cj.receptive_field([(3, 1), (3, 1)]) == cj.ReceptiveField(5, 1, 2.0)
+    # Layers (3,1), (2,2), (3,1), forward: size 1 + 2*1 = 3, + 1*1 = 4, + 2*2 = 8;
+    # jump 2; start 1 + 0.5 + 2*1 = 3.5.
+    assert cj.receptive_field([(3, 1), (2, 2), (3, 1)]) == cj.ReceptiveField(8, 2, 3.5)
+    # Dilation: effective kernel d*(k-1)+1 = 5; padding shifts the start left.
+    assert cj.receptive_field([(3, 1, 2, 2)]) == cj.ReceptiveField(5, 1, 0.0)
+    # Per-dim tuples.
+    rf = cj.receptive_field([((3, 1), 1), (2, 2)])
+    assert rf == cj.ReceptiveField((4, 2), (2, 2), (1.5, 0.5))
+
+
+def test_receptive_field_backward_recursion_matches_seed_formula():
+    layers = [(7, 2), (3, 2), (3, 1), (3, 1), (3, 2), (3, 1)]
+    r = 1
+    for k, s in reversed(layers):
+        r = s * r + k - s  # seed 003: r_{l-1} = s_l r_l + k_l - s_l
+    rf = cj.receptive_field(layers)
+    assert rf.size == r
+    assert rf.jump == int(np.prod([s for _, s in layers]))
+
+
+def test_receptive_field_errors():
+    with pytest.raises(ValueError, match="receptive_field: layers must hold at least one"):
+        cj.receptive_field([])
+    with pytest.raises(ValueError, match=r"each layer must be \(kernel_size, stride"):
+        cj.receptive_field([(3,)])
+    with pytest.raises(TypeError, match="receptive_field: layers must be a sequence"):
+        cj.receptive_field(object())
+
+
+# --- shared normalisers ------------------------------------------------------------
+
+
+def test_ntuple_accepts_numpy_ints_and_rejects_floats():
+    assert ntuple(np.int64(3), 2, "stride", "op") == (3, 3)
+    assert ntuple((1, np.int32(2)), 2, "stride", "op") == (1, 2)
+    with pytest.raises(TypeError, match=r"op: stride must be an int or a tuple of ints, got 1\.5"):
+        ntuple(1.5, 2, "stride", "op")
+    with pytest.raises(TypeError, match="op: stride must be an int"):
+        ntuple(True, 2, "stride", "op")
+    with pytest.raises(TypeError, match="op: stride must be an int or a tuple of 2 ints, got None"):
+        ntuple(None, 2, "stride", "op")
+    with pytest.raises(ValueError, match="op: dilation must be >= 1 in every dim, got"):
+        ntuple((1, 0), 2, "dilation", "op")
+
+
+def test_resolve_padding_forms():
+    assert resolve_padding(1, 2, "op") == ((1, 1), (1, 1))
+    assert resolve_padding((1, 2), 2, "op") == ((1, 1), (2, 2))
+    assert resolve_padding([(0, 1), [2, 3]], 2, "op") == ((0, 1), (2, 3))
+    assert resolve_padding("Valid", 2, "op") == ((0, 0), (0, 0))
+    assert resolve_padding("full", 1, "op", kernel_size=(3,), dilation=(2,)) == ((4, 4),)
+    assert resolve_padding("same", 1, "op", input_shape=(5,), kernel_size=(4,)) == ((1, 2),)
+    with pytest.raises(ValueError, match="op: padding must be non-negative"):
+        resolve_padding(-1, 1, "op")
+    with pytest.raises(ValueError, match=r"one pair per spatial dim \(2\)"):
+        resolve_padding([(1, 1)], 2, "op")
+    with pytest.raises(ValueError, match=r"pairs must be \(low, high\)"):
+        resolve_padding([(1, 1, 1)], 1, "op")
+    with pytest.raises(TypeError, match="op: padding must be an int, a tuple of 1 ints"):
+        resolve_padding(1.0, 1, "op")
