@@ -1,5 +1,80 @@
-"""Placeholder: being written."""
+"""Padding of the spatial axes, with PyTorch's four padding modes."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from cnn_jax.ops._args import Pads, check_choice, check_layout, resolve_padding, spatial_axes
+
+PAD_MODES = ("zeros", "constant", "reflect", "replicate", "circular")
+_NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
-def pad(*args, **kwargs):
-    raise NotImplementedError("pad")
+def pad(x, padding, *, mode="zeros", value=0.0, layout="channels_last"):
+    """Pads the spatial axes of ``x``, as ``torch.nn.functional.pad``.
+
+    Args:
+      x: batched input, ``(N, *spatial, C)`` (channels_last) or ``(N, C, *spatial)``
+        (channels_first); the number of spatial dims is ``x.ndim - 2``.
+      padding: int (same on both sides of every spatial dim), tuple of one int per
+        spatial dim (symmetric), or ``((low, high), ...)`` pairs, one per spatial dim.
+        Amounts must be non-negative.
+      mode: ``"zeros"``, ``"constant"`` (fills with ``value``), ``"reflect"`` (mirror
+        without repeating the edge; every amount must be < that dim's size),
+        ``"replicate"`` (repeat the edge) or ``"circular"`` (wrap around; every
+        amount must be <= that dim's size).
+      value: fill value for ``mode="constant"``.
+      layout: ``"channels_last"`` or ``"channels_first"``.
+
+    Returns:
+      ``x`` with each spatial dim grown from ``size`` to ``low + size + high``.
+
+    >>> pad(jnp.ones((1, 4, 4, 3)), ((1, 2), (0, 1)), mode="reflect").shape
+    (1, 7, 5, 3)
+    """
+    op = "pad"
+    layout = check_layout(layout, op)
+    mode = check_choice(mode, PAD_MODES, "mode", op)
+    x = jnp.asarray(x)
+    if x.ndim < 3:
+        raise ValueError(
+            f"{op}: x must have at least 3 dims (N, *spatial, C or N, C, *spatial), "
+            f"got x.shape={tuple(x.shape)}"
+        )
+    n = x.ndim - 2
+    pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
+    if mode == "zeros":
+        mode, value = "constant", 0.0
+    return pad_spatial(x, pads, mode, spatial_axes(x.ndim, n, layout), op, "mode", value)
+
+
+def pad_spatial(x, pads: Pads, mode: str, axes, op: str, name: str, value=0.0):
+    """Pads ``axes`` of ``x`` by resolved ``pads`` (shared by ``pad`` and ``conv``).
+
+    ``mode`` is one of ``"constant"``, ``"reflect"``, ``"replicate"``, ``"circular"``;
+    ``name`` is the argument that chose the mode, for error messages.
+    """
+    if all(lo == 0 and hi == 0 for lo, hi in pads):
+        return x
+    sizes = tuple(x.shape[a] for a in axes)
+    if mode == "reflect" and any(max(p) >= s for p, s in zip(pads, sizes)):
+        raise ValueError(
+            f"{op}: padding must be smaller than the input size in every dim for "
+            f"{name}='reflect', got padding {pads} for spatial shape {sizes}"
+        )
+    if mode == "circular" and any(max(p) > s for p, s in zip(pads, sizes)):
+        raise ValueError(
+            f"{op}: padding must be at most the input size in every dim for "
+            f"{name}='circular', got padding {pads} for spatial shape {sizes}"
+        )
+    if mode == "replicate" and any(s == 0 for s in sizes):
+        raise ValueError(
+            f"{op}: x must have non-empty spatial dims for {name}='replicate', "
+            f"got spatial shape {sizes}"
+        )
+    widths = [(0, 0)] * x.ndim
+    for a, p in zip(axes, pads):
+        widths[a] = tuple(p)
+    if mode == "constant":
+        return jnp.pad(x, widths, mode="constant", constant_values=jnp.asarray(value, x.dtype))
+    return jnp.pad(x, widths, mode=_NUMPY_MODE[mode])

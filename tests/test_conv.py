@@ -1,0 +1,399 @@
+"""cj.conv, depthwise_conv, separable_conv, conv_input_grad, conv_kernel_grad.
+
+Oracles: torch.nn.functional.conv{1,2,3}d / torch.nn.grad (values and gradients),
+scipy.signal / np.convolve (flip=True), hand-derived values, jax.vjp of conv.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+import torch.nn.functional as F
+from jax.test_util import check_grads
+
+import cnn_jax as cj
+
+TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+TORCH_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+              "circular": "circular"}
+
+
+def to_cl(a, n):
+    """channels_first array (N, C, *sp) -> channels_last (N, *sp, C)."""
+    return np.moveaxis(a, 1, -1)
+
+
+def to_cf(a, n):
+    return np.moveaxis(a, -1, 1)
+
+
+def kernel_to_cl(w, n):
+    """OIHW -> HWIO."""
+    return np.moveaxis(w, (0, 1), (n + 1, n))
+
+
+def kernel_to_cf(w, n):
+    return np.moveaxis(w, (n + 1, n), (0, 1))
+
+
+def same_pads(sizes, k, s, d):
+    """The TF/XLA 'same' rule, derived independently: out = ceil(in / s), extra high."""
+    pads = []
+    for i, kk, ss, dd in zip(sizes, k, s, d):
+        out = math.ceil(i / ss)
+        total = max((out - 1) * ss + dd * (kk - 1) + 1 - i, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def torch_conv(x, w, b, s, pads, d, g, mode):
+    """Reference: torch pads explicitly (any amounts, any mode), then a VALID conv."""
+    n = w.dim() - 2
+    flat = [a for lo_hi in reversed(pads) for a in lo_hi]
+    if any(flat):
+        x = F.pad(x, flat, mode=TORCH_MODE[mode])
+    return TORCH_CONV[n](x, w, b, stride=s, dilation=d, groups=g)
+
+
+def _configs(rng, count):
+    out = []
+    while len(out) < count:
+        n = int(rng.integers(1, 4))
+        g = int(rng.choice([1, 2, 3]))
+        c_in, c_out = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+        k = tuple(int(v) for v in rng.integers(1, 4, n))
+        s = tuple(int(v) for v in rng.integers(1, 3, n))
+        d = tuple(int(v) for v in rng.integers(1, 3, n))
+        sp = tuple(int(v) for v in rng.integers(4, 7, n))
+        form = rng.choice(["int", "tuple", "pairs", "valid", "same"])
+        mode = str(rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"]))
+        if form == "int":
+            padding = int(rng.integers(0, 3))
+            pads = [(padding, padding)] * n
+        elif form == "tuple":
+            padding = tuple(int(v) for v in rng.integers(0, 3, n))
+            pads = [(p, p) for p in padding]
+        elif form == "pairs":
+            padding = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (n, 2)))
+            pads = list(padding)
+        elif form == "valid":
+            padding, pads = "VALID", [(0, 0)] * n
+        else:
+            padding, pads = "same", same_pads(sp, k, s, d)
+        if any(i + lo + hi < dd * (kk - 1) + 1 for i, (lo, hi), kk, dd in zip(sp, pads, k, d)):
+            continue
+        out.append((n, g, c_in, c_out, k, s, d, sp, padding, pads, mode))
+    return out
+
+
+def test_conv_matches_torch_values_and_grads(rng):
+    # Layouts alternate over the configs; each config is one jit compilation.
+    for i, (n, g, c_in, c_out, k, s, d, sp, padding, pads, mode) in enumerate(_configs(rng, 14)):
+        layout = ("channels_first", "channels_last")[i % 2]
+        x = rng.standard_normal((2, c_in, *sp)).astype(np.float32)
+        w = rng.standard_normal((c_out, c_in // g, *k)).astype(np.float32)
+        b = rng.standard_normal(c_out).astype(np.float32)
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        ref = torch_conv(xt, wt, bt, s, pads, d, g, mode)
+        ct = rng.standard_normal(tuple(ref.shape)).astype(np.float32)
+        (ref * torch.tensor(ct)).sum().backward()
+        if layout == "channels_last":
+            x, w, ct = to_cl(x, n), kernel_to_cl(w, n), to_cl(ct, n)
+
+        @jax.jit
+        def f(x_, w_, b_, ct_):
+            y_, vjp = jax.vjp(lambda *a: cj.conv(*a, stride=s, padding=padding, dilation=d,
+                                                 groups=g, padding_mode=mode, layout=layout),
+                              x_, w_, b_)
+            return y_, *vjp(ct_)
+
+        y, gx, gw, gb = f(x, w, b, ct)
+        y, gx, gw = np.asarray(y), np.asarray(gx), np.asarray(gw)
+        if layout == "channels_last":
+            y, gx, gw = to_cf(y, n), to_cf(gx, n), kernel_to_cf(gw, n)
+        msg = f"n={n} g={g} k={k} s={s} d={d} sp={sp} padding={padding} mode={mode}"
+        np.testing.assert_allclose(y, ref.detach().numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(gb, bt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+
+
+def test_unbatched_and_same_with_stride(rng):
+    x = rng.standard_normal((3, 7, 6)).astype(np.float32)  # (C, H, W), unbatched
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    y = cj.conv(x, w, stride=2, padding="same", layout="channels_first")
+    assert y.shape == (4, 4, 3)  # ceil(7 / 2), ceil(6 / 2)
+    pads = same_pads((7, 6), (3, 2), (2, 2), (1, 1))
+    ref = torch_conv(torch.tensor(x[None]), torch.tensor(w), None, (2, 2), pads, (1, 1), 1, "zeros")
+    np.testing.assert_allclose(np.asarray(y), ref[0].numpy(), rtol=1e-5, atol=1e-5)
+    # channels_last unbatched: (H, W, C)
+    y_cl = cj.conv(np.moveaxis(x, 0, -1), kernel_to_cl(w, 2), stride=2, padding="SAME")
+    np.testing.assert_allclose(np.asarray(y_cl), np.moveaxis(ref[0].numpy(), 0, -1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_ones_kernel_on_ones_is_kernel_volume_times_channels():
+    y = cj.conv(jnp.ones((1, 5, 5, 3)), jnp.ones((3, 3, 3, 2)))
+    np.testing.assert_array_equal(np.asarray(y), np.full((1, 3, 3, 2), 27.0))
+    y = cj.conv(jnp.ones((1, 5, 5, 4)), jnp.ones((3, 3, 2, 2)), groups=2, padding=1)
+    assert float(y[0, 2, 2, 0]) == 18.0 and float(y[0, 0, 0, 1]) == 8.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_flip_is_true_convolution_like_scipy(rng, n):
+    sp = {1: (9,), 2: (6, 5), 3: (4, 5, 4)}[n]
+    k = {1: (4,), 2: (3, 2), 3: (2, 3, 2)}[n]
+    x = rng.standard_normal(sp).astype(np.float32)
+    w = rng.standard_normal(k).astype(np.float32)
+    for mode in ("full", "valid"):
+        y = cj.conv(x[..., None], w[..., None, None], padding=mode, flip=True)[..., 0]
+        np.testing.assert_allclose(np.asarray(y), scipy.signal.convolve(x, w, mode=mode),
+                                   rtol=1e-5, atol=1e-5)
+    if n == 1:
+        for mode in ("full", "valid"):
+            y = cj.conv(x[None], w[None, None], padding=mode, flip=True,
+                        layout="channels_first")[0]
+            np.testing.assert_allclose(np.asarray(y), np.convolve(x, w, mode=mode),
+                                       rtol=1e-5, atol=1e-5)
+        w3 = w[:3]  # odd kernel: np.convolve 'same' is the centred symmetric padding
+        y = cj.conv(x[:, None], w3[:, None, None], padding=1, flip=True)[:, 0]
+        np.testing.assert_allclose(np.asarray(y), np.convolve(x, w3, mode="same"),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_causal_padding_uses_only_the_past(rng):
+    x = rng.standard_normal(10).astype(np.float32)
+    w = rng.standard_normal(3).astype(np.float32)
+    y = np.asarray(cj.conv(x[:, None], w[:, None, None], padding="causal", dilation=2))[:, 0]
+    xp = np.concatenate([np.zeros(4, np.float32), x])
+    expected = [sum(w[j] * xp[t + 2 * j] for j in range(3)) for t in range(10)]
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    # perturbing the future leaves the past unchanged
+    x2 = x.copy()
+    x2[6:] += 1.0
+    y2 = np.asarray(cj.conv(x2[:, None], w[:, None, None], padding="Causal", dilation=2))[:, 0]
+    np.testing.assert_array_equal(y[:6], y2[:6])
+
+
+def test_depthwise_and_separable_match_torch(rng):
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    dw = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)  # multiplier 2
+    pw = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    ref_dw = F.conv2d(torch.tensor(x), torch.tensor(dw), stride=2, padding=1, groups=3)
+    ref_sep = F.conv2d(ref_dw, torch.tensor(pw), torch.tensor(b))
+    y = cj.depthwise_conv(x, dw, stride=2, padding=1, layout="channels_first")
+    np.testing.assert_allclose(np.asarray(y), ref_dw.numpy(), rtol=1e-5, atol=1e-5)
+    y = cj.separable_conv(x, dw, pw, b, stride=2, padding=1, layout="channels_first")
+    np.testing.assert_allclose(np.asarray(y), ref_sep.numpy(), rtol=1e-5, atol=1e-5)
+    y = cj.separable_conv(to_cl(x, 2), kernel_to_cl(dw, 2), kernel_to_cl(pw, 2), b,
+                          stride=2, padding=1, padding_mode="zeros")
+    np.testing.assert_allclose(to_cf(np.asarray(y), 2), ref_sep.numpy(), rtol=1e-5, atol=1e-5)
+    ref_refl = F.conv2d(F.pad(torch.tensor(x), [1, 1, 1, 1], mode="reflect"),
+                        torch.tensor(dw), groups=3)
+    y = cj.depthwise_conv(to_cl(x, 2), kernel_to_cl(dw, 2), padding=1, padding_mode="reflect")
+    np.testing.assert_allclose(to_cf(np.asarray(y), 2), ref_refl.numpy(), rtol=1e-5, atol=1e-5)
+
+
+GRAD_CONFIGS = [
+    # n, g, c_in, c_out, k, s, d, sp, padding
+    (2, 1, 2, 3, (3, 3), (2, 2), (1, 1), (7, 6), 1),
+    (2, 2, 4, 2, (2, 3), (2, 1), (1, 2), (6, 7), ((1, 0), (2, 1))),
+    (1, 3, 3, 6, (3,), (3,), (2,), (11,), "same"),
+    (3, 1, 2, 2, (2, 2, 1), (1, 2, 2), (1, 1, 1), (4, 5, 4), "valid"),
+    (1, 1, 1, 2, (4,), (2,), (1,), (9,), "full"),
+    (2, 2, 2, 4, (3, 2), (3, 2), (2, 1), (8, 7), 2),
+]
+
+
+def test_conv_input_and_kernel_grad_equal_vjp_and_torch(rng):
+    for i, (n, g, c_in, c_out, k, s, d, sp, padding) in enumerate(GRAD_CONFIGS):
+        layout = ("channels_first", "channels_last")[i % 2]
+        x_cf = rng.standard_normal((2, c_in, *sp)).astype(np.float32)
+        w_cf = rng.standard_normal((c_out, c_in // g, *k)).astype(np.float32)
+        x, w = (to_cl(x_cf, n), kernel_to_cl(w_cf, n)) if layout == "channels_last" else (x_cf, w_cf)
+        kw = dict(stride=s, padding=padding, dilation=d, groups=g, layout=layout)
+        y_shape = jax.eval_shape(lambda a, b: cj.conv(a, b, **kw), x, w).shape
+        dy = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
+
+        @jax.jit
+        def grads(x_, w_, dy_):
+            gx_, gw_ = jax.vjp(lambda a, b: cj.conv(a, b, **kw), x_, w_)[1](dy_)
+            dx_ = cj.conv_input_grad(dy_, w_, x_.shape, **kw)
+            dk_ = cj.conv_kernel_grad(x_, dy_, w_.shape, **kw)
+            return gx_, gw_, dx_, dk_, cj.conv_input_grad(dy_, w_, sp, **kw)
+
+        gx, gw, dx, dk, sp_only = grads(x, w, dy)
+        msg = f"n={n} g={g} k={k} s={s} d={d} padding={padding}"
+        assert dx.shape == x.shape and dk.shape == w.shape, msg
+        np.testing.assert_allclose(np.asarray(dx), np.asarray(gx), rtol=1e-4, atol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(np.asarray(dk), np.asarray(gw), rtol=1e-4, atol=1e-4, err_msg=msg)
+        # spatial-only input_shape works too
+        np.testing.assert_allclose(np.asarray(sp_only), np.asarray(dx), rtol=0, atol=0)
+        # torch.nn.grad oracle (symmetric int padding only)
+        if isinstance(padding, int):
+            dy_cf = np.asarray(dy) if layout == "channels_first" else to_cf(np.asarray(dy), n)
+            grad = torch.nn.grad
+            tin = getattr(grad, f"conv{n}d_input")(x_cf.shape, torch.tensor(w_cf), torch.tensor(dy_cf),
+                                                   stride=s, padding=padding, dilation=d, groups=g)
+            twt = getattr(grad, f"conv{n}d_weight")(torch.tensor(x_cf), w_cf.shape, torch.tensor(dy_cf),
+                                                    stride=s, padding=padding, dilation=d, groups=g)
+            dx_cf = np.asarray(dx) if layout == "channels_first" else to_cf(np.asarray(dx), n)
+            dk_cf = np.asarray(dk) if layout == "channels_first" else kernel_to_cf(np.asarray(dk), n)
+            np.testing.assert_allclose(dx_cf, tin.numpy(), rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(dk_cf, twt.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_grads_unbatched(rng):
+    x = jnp.asarray(rng.standard_normal((6, 5, 2)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 2, 2, 3)), jnp.float32)
+    y, vjp = jax.vjp(lambda a, b: cj.conv(a, b, stride=2, padding=1), x, w)
+    gx, gw = vjp(jnp.ones_like(y))
+    np.testing.assert_allclose(np.asarray(cj.conv_input_grad(jnp.ones_like(y), w, x.shape,
+                                                             stride=2, padding=1)),
+                               np.asarray(gx), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cj.conv_kernel_grad(x, jnp.ones_like(y), w.shape,
+                                                              stride=2, padding=1)),
+                               np.asarray(gw), rtol=1e-5, atol=1e-5)
+
+
+def test_check_grads(rng):
+    x = jnp.asarray(rng.standard_normal((1, 5, 4, 2)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 2, 1, 2)), jnp.float32)
+    b = jnp.asarray(rng.standard_normal(2), jnp.float32)
+
+    def f(x_, w_, b_):
+        return cj.conv(x_, w_, b_, stride=(2, 1), padding=((1, 0), (1, 1)), dilation=(1, 2),
+                       groups=2, padding_mode="reflect")
+
+    check_grads(jax.jit(f), (x, w, b), order=1, modes=("fwd", "rev"), eps=1e-2, atol=5e-2, rtol=5e-2)
+
+
+def test_jit_grad_vmap_compose(rng):
+    x = jnp.asarray(rng.standard_normal((3, 6, 6, 2)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32)
+    f = jax.jit(lambda a, b: cj.conv(a, b, stride=2, padding="same"))
+    # vmap over unbatched inputs equals the batched call
+    np.testing.assert_allclose(np.asarray(jax.vmap(f, (0, None))(x, w)), np.asarray(f(x, w)),
+                               rtol=1e-5, atol=1e-5)
+    g = jax.jit(jax.grad(lambda b: jnp.sum(f(x, b) ** 2)))(w)
+    assert g.shape == w.shape and bool(jnp.all(jnp.isfinite(g)))
+    # the gradient of sum(y) w.r.t. the kernel is the sum of the input patches
+    gk = jax.grad(lambda b: jnp.sum(cj.conv(x, b)))(w)
+    expected = np.stack([np.stack([np.asarray(x)[:, i:i + 4, j:j + 4, :].sum((0, 1, 2))
+                                   for j in range(3)]) for i in range(3)])
+    np.testing.assert_allclose(np.asarray(gk), np.repeat(expected[..., None], 4, -1),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_precision_and_preferred_element_type(rng):
+    x = jnp.asarray(rng.standard_normal((1, 4, 4, 2)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((2, 2, 2, 3)), jnp.bfloat16)
+    y = cj.conv(x, w, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST)
+    assert y.dtype == jnp.float32
+    ref = cj.conv(x.astype(jnp.float32), w.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+    assert cj.conv(x, w).dtype == jnp.bfloat16
+
+
+def test_conv_errors():
+    x = jnp.zeros((1, 5, 5, 4))
+    w = jnp.zeros((3, 3, 4, 6))
+    with pytest.raises(ValueError, match="conv: groups must divide the input channels, got groups=3 for C_in=4"):
+        cj.conv(x, jnp.zeros((3, 3, 1, 6)), groups=3)
+    with pytest.raises(ValueError, match="conv: groups must divide the output channels, got groups=2 for C_out=5"):
+        cj.conv(x, jnp.zeros((3, 3, 2, 5)), groups=2)
+    with pytest.raises(ValueError, match=r"conv: kernel in-channels must equal C_in // groups = 4 // 1 = 4, got 3"):
+        cj.conv(x, jnp.zeros((3, 3, 3, 6)))
+    with pytest.raises(ValueError, match=r"conv: kernel \(effective size \(7, 7\) with dilation \(3, 3\)\) must not exceed the padded input \(5, 5\)"):
+        cj.conv(x, w, dilation=3)
+    with pytest.raises(ValueError, match="conv: kernel must have at least 3 dims"):
+        cj.conv(x, jnp.zeros((3, 3)))
+    with pytest.raises(TypeError, match="conv: kernel must be an array"):
+        cj.conv(x, [[1.0]])
+    with pytest.raises(ValueError, match=r"conv: x must have 4 dims \(batched\) or 3 \(unbatched\) for a 2-D kernel"):
+        cj.conv(jnp.zeros((5, 5)), w)
+    with pytest.raises(ValueError, match="conv: padding must be smaller than the input size.*padding_mode='reflect'"):
+        cj.conv(x, w, padding=5, padding_mode="reflect")
+    with pytest.raises(ValueError, match="conv: padding must be at most the input size.*padding_mode='circular'"):
+        cj.conv(x, w, padding=6, padding_mode="circular")
+    with pytest.raises(ValueError, match="conv: padding_mode must be one of"):
+        cj.conv(x, w, padding_mode="symmetric")
+    with pytest.raises(ValueError, match="conv: layout must be one of"):
+        cj.conv(x, w, layout="NCHW")
+    with pytest.raises(ValueError, match="conv: stride must be >= 1"):
+        cj.conv(x, w, stride=0)
+    with pytest.raises(ValueError, match="conv: dilation must be an int or a tuple of 2 ints"):
+        cj.conv(x, w, dilation=(1, 1, 1))
+    with pytest.raises(TypeError, match="conv: stride must be an int or a tuple of ints, got 1.5"):
+        cj.conv(x, w, stride=1.5)
+    with pytest.raises(ValueError, match="conv: groups must be >= 1"):
+        cj.conv(x, w, groups=0)
+    with pytest.raises(TypeError, match="conv: groups must be an int, got 2.0"):
+        cj.conv(x, w, groups=2.0)
+    with pytest.raises(TypeError, match=r"conv: groups must be an int, got \(2,\)"):
+        cj.conv(x, w, groups=(2,))
+    with pytest.raises(ValueError, match="conv: padding='causal' is only defined for 1-D"):
+        cj.conv(x, w, padding="causal")
+    with pytest.raises(ValueError, match="conv: padding must be an int, a tuple of 2 ints"):
+        cj.conv(x, w, padding="half")
+    with pytest.raises(ValueError, match="conv: padding must be non-negative"):
+        cj.conv(x, w, padding=-1)
+    with pytest.raises(ValueError, match=r"conv: bias must have shape \(6,\), got \(4,\)"):
+        cj.conv(x, w, jnp.zeros(4))
+    with pytest.raises(ValueError, match="conv: kernel spatial sizes must be >= 1"):
+        cj.conv(x, jnp.zeros((0, 3, 4, 6)))
+
+
+def test_depthwise_separable_errors():
+    x = jnp.zeros((1, 5, 5, 4))
+    with pytest.raises(ValueError, match=r"depthwise_conv: kernel in-channels must equal C_in // groups = 4 // 4 = 1, got 4"):
+        cj.depthwise_conv(x, jnp.zeros((3, 3, 4, 4)))
+    with pytest.raises(ValueError, match="depthwise_conv: groups must divide the output channels"):
+        cj.depthwise_conv(x, jnp.zeros((3, 3, 1, 6)))
+    with pytest.raises(ValueError, match="depthwise_conv: x must have 4 dims"):
+        cj.depthwise_conv(jnp.zeros((5, 4)), jnp.zeros((3, 3, 1, 4)))
+    with pytest.raises(ValueError, match="separable_conv: pointwise_kernel must be a 1x1 kernel with 2 spatial dims"):
+        cj.separable_conv(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros((3, 3, 4, 8)))
+    with pytest.raises(ValueError, match="separable_conv: pointwise_kernel in-channels must equal the depthwise output channels 4"):
+        cj.separable_conv(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros((1, 1, 5, 8)))
+    with pytest.raises(ValueError, match=r"separable_conv: bias must have shape \(8,\), got \(3,\)"):
+        cj.separable_conv(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros((1, 1, 4, 8)), jnp.zeros(3))
+    with pytest.raises(ValueError, match="separable_conv: depthwise_kernel must have at least 3 dims"):
+        cj.separable_conv(x, jnp.zeros((3, 3)), jnp.zeros((1, 1, 4, 8)))
+    with pytest.raises(ValueError, match="depthwise_conv: layout must be one of"):
+        cj.depthwise_conv(x, jnp.zeros((3, 3, 1, 4)), layout="nhwc")
+
+
+def test_grad_op_errors():
+    x = jnp.zeros((2, 6, 6, 2))
+    w = jnp.zeros((3, 3, 2, 4))
+    dy = jnp.zeros((2, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"conv_input_grad: dy spatial shape must be the conv output shape \(4, 4\)"):
+        cj.conv_input_grad(jnp.zeros((2, 5, 5, 4)), w, x.shape)
+    with pytest.raises(ValueError, match="conv_input_grad: dy channels must equal the kernel's output channels C_out=4, got 3"):
+        cj.conv_input_grad(jnp.zeros((2, 4, 4, 3)), w, x.shape)
+    with pytest.raises(ValueError, match="conv_input_grad: input_shape must be x's shape"):
+        cj.conv_input_grad(dy, w, (6,))
+    with pytest.raises(ValueError, match="conv_input_grad: input_shape must have C_in=2 channels"):
+        cj.conv_input_grad(dy, w, (2, 6, 6, 3))
+    with pytest.raises(ValueError, match="conv_input_grad: input_shape must be batched exactly when dy is"):
+        cj.conv_input_grad(dy, w, (6, 6, 2))
+    with pytest.raises(ValueError, match="conv_input_grad: groups must divide the output channels"):
+        cj.conv_input_grad(dy, w, x.shape, groups=3)
+    with pytest.raises(ValueError, match="conv_kernel_grad: kernel_shape must be the full kernel shape"):
+        cj.conv_kernel_grad(x, dy, (3, 3))
+    with pytest.raises(ValueError, match=r"conv_kernel_grad: dy spatial shape must be the conv output shape \(2, 2\)"):
+        cj.conv_kernel_grad(x, dy, w.shape, stride=2)
+    with pytest.raises(ValueError, match="conv_kernel_grad: x must have C_in=2 channels and dy's batch size"):
+        cj.conv_kernel_grad(jnp.zeros((1, 6, 6, 2)), dy, w.shape)
+    with pytest.raises(ValueError, match="conv_kernel_grad: x must be batched exactly when dy is"):
+        cj.conv_kernel_grad(jnp.zeros((6, 6, 2)), dy, w.shape)
+    with pytest.raises(ValueError, match="conv_kernel_grad: kernel must fit|conv_kernel_grad: kernel \\(effective"):
+        cj.conv_kernel_grad(jnp.zeros((2, 2, 2, 2)), dy, w.shape)
+    with pytest.raises(ValueError, match="conv_kernel_grad: layout must be one of"):
+        cj.conv_kernel_grad(x, dy, w.shape, layout="x")

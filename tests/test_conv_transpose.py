@@ -1,0 +1,248 @@
+"""cj.conv_transpose: PyTorch parity (values and gradients), VJP of conv, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from jax.test_util import check_grads
+
+import cnn_jax as cj
+
+TORCH_CT = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def to_cl(a):
+    return np.moveaxis(a, 1, -1)
+
+
+def to_cf(a):
+    return np.moveaxis(a, -1, 1)
+
+
+def tkernel_to_cl(w, n):
+    """PyTorch transposed-conv weight (C_in, C_out/G, *k) -> (*k, C_in, C_out/G)."""
+    return np.moveaxis(w, (0, 1), (n, n + 1))
+
+
+def tkernel_to_cf(w, n):
+    return np.moveaxis(w, (n, n + 1), (0, 1))
+
+
+def torch_ct(x, w, b, s, pads, op, d, g):
+    """Reference for any (low, high) pads: torch with padding 0, zero-extend, crop."""
+    n = w.dim() - 2
+    full = TORCH_CT[n](x, w, b, stride=s, dilation=d, groups=g)
+    out = [(i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
+           for i, ss, (lo, hi), dd, kk, oo in zip(x.shape[2:], s, pads, d, w.shape[2:], op)]
+    extra = [max(lo + o - f, 0) for (lo, _), o, f in zip(pads, out, full.shape[2:])]
+    if any(extra):
+        flat = [a for e in reversed(extra) for a in (0, e)]
+        bias_part = 0 if b is None else b.reshape(1, -1, *([1] * n))
+        full = F.pad(full - bias_part, flat) + bias_part
+    idx = (slice(None), slice(None)) + tuple(slice(lo, lo + o) for (lo, _), o in zip(pads, out))
+    return full[idx]
+
+
+def _configs(rng, count):
+    out = []
+    while len(out) < count:
+        n = int(rng.integers(1, 4))
+        g = int(rng.choice([1, 2]))
+        c_in, c_out = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+        k = tuple(int(v) for v in rng.integers(1, 5, n))
+        s = tuple(int(v) for v in rng.integers(1, 4 if n < 3 else 3, n))
+        d = tuple(int(v) for v in rng.integers(1, 3, n))
+        sp = tuple(int(v) for v in rng.integers(2, 5, n))
+        op = tuple(int(rng.integers(0, max(ss, dd))) for ss, dd in zip(s, d))
+        form = rng.choice(["int", "tuple", "pairs", "valid"])
+        if form == "int":
+            padding = int(rng.integers(0, 3))
+            pads = [(padding, padding)] * n
+        elif form == "tuple":
+            padding = tuple(int(v) for v in rng.integers(0, 3, n))
+            pads = [(p, p) for p in padding]
+        elif form == "pairs":
+            padding = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (n, 2)))
+            pads = list(padding)
+        else:
+            padding, pads = "valid", [(0, 0)] * n
+        outs = [(i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
+                for i, ss, (lo, hi), dd, kk, oo in zip(sp, s, pads, d, k, op)]
+        if min(outs) < 1:
+            continue
+        out.append((n, g, c_in, c_out, k, s, d, sp, op, padding, pads))
+    return out
+
+
+def test_conv_transpose_matches_torch_values_and_grads(rng):
+    # Layouts alternate over the configs; each config is one jit compilation.
+    for i, (n, g, c_in, c_out, k, s, d, sp, op, padding, pads) in enumerate(_configs(rng, 12)):
+        layout = ("channels_first", "channels_last")[i % 2]
+        x = rng.standard_normal((2, c_in, *sp)).astype(np.float32)
+        w = rng.standard_normal((c_in, c_out // g, *k)).astype(np.float32)
+        b = rng.standard_normal(c_out).astype(np.float32)
+        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        ref = torch_ct(xt, wt, bt, s, pads, op, d, g)
+        if all(lo == hi for lo, hi in pads):  # also straight torch where it applies
+            direct = TORCH_CT[n](xt, wt, bt, stride=s, padding=[p[0] for p in pads],
+                                 output_padding=op, dilation=d, groups=g)
+            np.testing.assert_allclose(direct.detach().numpy(), ref.detach().numpy(), atol=1e-5)
+        ct = rng.standard_normal(tuple(ref.shape)).astype(np.float32)
+        (ref * torch.tensor(ct)).sum().backward()
+        if layout == "channels_last":
+            x, w, ct = to_cl(x), tkernel_to_cl(w, n), to_cl(ct)
+
+        @jax.jit
+        def f(x_, w_, b_, ct_):
+            y_, vjp = jax.vjp(
+                lambda *a: cj.conv_transpose(*a, stride=s, padding=padding, output_padding=op,
+                                             dilation=d, groups=g, layout=layout), x_, w_, b_)
+            return y_, *vjp(ct_)
+
+        y, gx, gw, gb = (np.asarray(a) for a in f(x, w, b, ct))
+        if layout == "channels_last":
+            y, gx, gw = to_cf(y), to_cf(gx), tkernel_to_cf(gw, n)
+        msg = f"n={n} g={g} k={k} s={s} d={d} sp={sp} op={op} padding={padding} {layout}"
+        np.testing.assert_allclose(y, ref.detach().numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+        np.testing.assert_allclose(gb, bt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+
+
+@pytest.mark.parametrize(
+    "n,s,k,d,padding,g,layout",
+    [
+        (2, (2, 2), (4, 4), (1, 1), 1, 1, "channels_last"),
+        (2, (3, 2), (3, 2), (2, 1), ((2, 0), (1, 1)), 2, "channels_first"),
+        (1, (4,), (3,), (1,), 0, 1, "channels_last"),  # k < s: some phases get no tap
+        (3, (2, 1, 2), (2, 3, 3), (1, 2, 2), (0, 1, 1), 2, "channels_last"),
+        # prod(stride) > 16: the interior-padding path
+        (2, (5, 4), (3, 4), (1, 2), ((1, 2), (0, 3)), 1, "channels_first"),
+    ],
+)
+def test_conv_transpose_is_vjp_of_conv(rng, n, s, k, d, padding, g, layout):
+    c_in, c_out, sp = 2 * g, 2 * g, (5, 6, 4)[:n]
+    x = jnp.asarray(rng.standard_normal((2, c_in, *sp)), jnp.float32)
+    w_conv = jnp.asarray(rng.standard_normal((c_out, c_in // g, *k)), jnp.float32)  # OIHW
+    if layout == "channels_last":
+        x = jnp.moveaxis(x, 1, -1)
+        w_conv = jnp.moveaxis(w_conv, (0, 1), (n + 1, n))  # HWIO
+    kw = dict(stride=s, padding=padding, dilation=d, groups=g, layout=layout)
+
+    @jax.jit
+    def both(x_, w_):
+        y, vjp = jax.vjp(lambda a: cj.conv(a, w_, **kw), x_)
+        ct = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
+        (gx,) = vjp(ct)
+        # The conv's OIHW kernel is the transposed op's (C_in, C_out/G, *k) weight; the
+        # HWIO (*k, I/G, O) kernel becomes (*k, O, I/G). The forward conv's input size is
+        # recovered through output_padding.
+        w_t = w_ if layout == "channels_first" else jnp.swapaxes(w_, n, n + 1)
+        sp_y = y.shape[2:] if layout == "channels_first" else y.shape[1:-1]
+        pads = [padding] * n if isinstance(padding, int) else padding
+        pads = [(p, p) if isinstance(p, int) else p for p in pads]
+        op = tuple(i - ((o - 1) * ss - lo - hi + dd * (kk - 1) + 1)
+                   for i, o, ss, (lo, hi), dd, kk in zip(sp, sp_y, s, pads, d, k))
+        return gx, cj.conv_transpose(ct, w_t, stride=s, padding=padding, output_padding=op,
+                                     dilation=d, groups=g, layout=layout)
+
+    gx, yt = both(x, w_conv)
+    np.testing.assert_allclose(np.asarray(yt), np.asarray(gx), rtol=1e-5, atol=1e-5)
+
+
+def test_unbatched_and_bias_by_hand():
+    # 1-D, one channel, kernel [1, 2], stride 2: each input spreads a scaled copy.
+    x = jnp.array([[1.0], [10.0], [100.0]])  # (L, C) unbatched channels_last
+    w = jnp.array([1.0, 2.0]).reshape(2, 1, 1)
+    y = cj.conv_transpose(x, w, jnp.array([0.5]), stride=2)
+    np.testing.assert_allclose(np.asarray(y)[:, 0], [1.5, 2.5, 10.5, 20.5, 100.5, 200.5])
+    y = cj.conv_transpose(x, w, stride=2, padding=((1, 0),), output_padding=1)
+    np.testing.assert_allclose(np.asarray(y)[:, 0], [2, 10, 20, 100, 200, 0])
+    y = cj.conv_transpose(x.T, w.reshape(1, 1, 2), stride=3, layout="channels_first")
+    np.testing.assert_allclose(np.asarray(y)[0], [1, 2, 0, 10, 20, 0, 100, 200])
+
+
+def test_many_phases_path_matches_torch(rng):
+    x = rng.standard_normal((1, 2, 3, 2)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ref = F.conv_transpose2d(torch.tensor(x), torch.tensor(w), stride=(5, 4), padding=(1, 2),
+                             output_padding=(3, 1), dilation=(1, 2))
+    y = cj.conv_transpose(x, w, stride=(5, 4), padding=(1, 2), output_padding=(3, 1),
+                          dilation=(1, 2), layout="channels_first")
+    np.testing.assert_allclose(np.asarray(y), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_never_uses_lhs_dilation():
+    """The fast path: no conv in the forward or backward graph dilates its input."""
+    x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 2))
+
+    def loss(x_, w_):
+        return jnp.sum(cj.conv_transpose(x_, w_, stride=2, padding=1, output_padding=1) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+    def convs(jp):
+        for eqn in jp.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                yield eqn
+            for v in eqn.params.values():
+                if hasattr(v, "jaxpr"):
+                    yield from convs(getattr(v.jaxpr, "jaxpr", v.jaxpr))
+
+    found = list(convs(jaxpr.jaxpr))
+    assert len(found) >= 12  # 4 phases x (forward, input grad, kernel grad)
+    assert all(set(e.params["lhs_dilation"]) == {1} for e in found)
+
+
+def test_preferred_element_type_and_precision(rng):
+    x = jnp.asarray(rng.standard_normal((1, 3, 3, 2)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((3, 3, 2, 2)), jnp.bfloat16)
+    y = cj.conv_transpose(x, w, stride=2, preferred_element_type=jnp.float32,
+                          precision=jax.lax.Precision.HIGHEST)
+    assert y.dtype == jnp.float32 and y.shape == (1, 7, 7, 2)
+    ref = cj.conv_transpose(x.astype(jnp.float32), w.astype(jnp.float32), stride=2)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
+
+
+def test_check_grads_and_vmap(rng):
+    x = jnp.asarray(rng.standard_normal((1, 3, 3, 2)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 2, 1)), jnp.float32)
+
+    def f(x_, w_):
+        return cj.conv_transpose(x_, w_, stride=2, padding=1, output_padding=1, groups=1)
+
+    check_grads(jax.jit(f), (x, w), order=1, modes=("fwd", "rev"), eps=1e-2, atol=5e-2, rtol=5e-2)
+    xs = jnp.asarray(rng.standard_normal((3, 3, 3, 2)), jnp.float32)
+    g = jax.jit(jax.vmap(f, (0, None)))
+    np.testing.assert_allclose(np.asarray(g(xs, w)), np.asarray(f(xs, w)), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose_errors():
+    x = jnp.zeros((1, 4, 4, 4))
+    w = jnp.zeros((3, 3, 4, 2))
+    with pytest.raises(ValueError, match="conv_transpose: output_padding must be smaller than stride or dilation"):
+        cj.conv_transpose(x, w, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="conv_transpose: kernel in-channels must equal the input channels C_in=4, got 3"):
+        cj.conv_transpose(x, jnp.zeros((3, 3, 3, 2)))
+    with pytest.raises(ValueError, match="conv_transpose: groups must divide the input channels, got groups=3 for C_in=4"):
+        cj.conv_transpose(x, w, groups=3)
+    with pytest.raises(ValueError, match="conv_transpose: padding must be an int, a tuple of 2 ints, 2 \\(low, high\\) pairs or one of \\('valid',\\)"):
+        cj.conv_transpose(x, w, padding="same")
+    with pytest.raises(ValueError, match="conv_transpose: padding must leave a positive output size"):
+        cj.conv_transpose(x, w, padding=4)
+    with pytest.raises(ValueError, match="conv_transpose: x must have 4 dims"):
+        cj.conv_transpose(jnp.zeros((4, 4)), w)
+    with pytest.raises(ValueError, match="conv_transpose: kernel must have at least 3 dims"):
+        cj.conv_transpose(x, jnp.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"conv_transpose: bias must have shape \(2,\)"):
+        cj.conv_transpose(x, w, jnp.zeros(3))
+    with pytest.raises(ValueError, match="conv_transpose: output_padding must be >= 0"):
+        cj.conv_transpose(x, w, output_padding=-1)
+    with pytest.raises(ValueError, match="conv_transpose: layout must be one of"):
+        cj.conv_transpose(x, w, layout="channels_middle")
+    with pytest.raises(ValueError, match="conv_transpose: stride must be >= 1"):
+        cj.conv_transpose(x, w, stride=(1, 0))
+    with pytest.raises(ValueError, match="conv_transpose: padding must be non-negative"):
+        cj.conv_transpose(x, w, padding=((0, -1), (0, 0)))
