@@ -5,9 +5,12 @@
 :mod:`cnn_jax.models`, training in :mod:`cnn_jax.train`.
 """
 
+from cnn_jax import models as models
+from cnn_jax import nn as nn
 from cnn_jax import ops as ops
 from cnn_jax.ops import *  # noqa: F401,F403  (the explicit list is ops.__all__)
 from cnn_jax.ops import __all__ as _ops_all
+from cnn_jax.models._summary import summary as summary
 
 __version__ = "0.1.0"
-__all__ = ["ops", *_ops_all]
+__all__ = ["models", "nn", "ops", "summary", *_ops_all]

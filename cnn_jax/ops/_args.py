@@ -261,3 +261,20 @@ def check_rank(x, n: int, op: str, fixes: str) -> bool:
 
 def prod(values) -> int:
     return math.prod(values)
+
+
+def check_int(value, name: str, op: str, *, min_value: int | None = 1) -> int:
+    """Validate a scalar int argument (feature counts, groups, factors) and return it.
+
+    ``operator.index`` so numpy ints pass and floats/bools fail with a ``TypeError``;
+    a value below ``min_value`` raises a ``ValueError``.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    try:
+        out = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}") from None
+    if min_value is not None and out < min_value:
+        raise ValueError(f"{op}: {name} must be >= {min_value}, got {value!r}")
+    return out

@@ -1,0 +1,68 @@
+"""Helpers shared by the model files: checks, PyTorch-default Linear, receptive fields."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cnn_jax.ops._args import check_int
+
+
+def check_model_int(value, name: str, op: str) -> int:
+    """A positive int constructor argument (``num_classes``, ``in_channels``, widths)."""
+    return check_int(value, name, op, min_value=1)
+
+
+def _uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+    return init
+
+
+def torch_linear(in_features: int, out_features: int, *, dtype=None, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs, kernel_init=None, bias_init=None) -> nnx.Linear:
+    """``nnx.Linear`` with ``torch.nn.Linear``'s default init (``U(+-1/sqrt(in))`` both)."""
+    bound = 1.0 / math.sqrt(in_features)
+    return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=param_dtype,
+                      kernel_init=kernel_init or _uniform(bound),
+                      bias_init=bias_init or _uniform(bound), rngs=rngs)
+
+
+def layer_spec(layer) -> tuple:
+    """A layer's ``(kernel_size, stride, dilation, padding_low)`` entry."""
+    spec = getattr(layer, "receptive_field_spec", None)
+    if spec is None:
+        raise ValueError(
+            f"receptive_field: layer {type(layer).__name__} has no receptive_field_spec"
+        )
+    return spec
+
+
+def receptive_field_layers(layers) -> list:
+    """The specs of a main path's layers, for :func:`cnn_jax.receptive_field`."""
+    return [layer_spec(layer) for layer in layers]
+
+
+def named_modules(model: nnx.Module) -> list[tuple[str, nnx.Module]]:
+    """Every sub-module with its PyTorch-style dotted name (``layer1.0.conv1``).
+
+    ``nnx.Sequential`` keeps its items under ``layers``; PyTorch's ``nn.Sequential``
+    names them directly (``downsample.0``), so that path step is dropped. The root
+    module has the name ``""``.
+    """
+    nodes = dict(nnx.iter_graph(model))
+    out = []
+    for path, node in nodes.items():
+        if not isinstance(node, nnx.Module):
+            continue
+        parts = []
+        for i, key in enumerate(path):
+            if key == "layers" and isinstance(nodes.get(path[:i]), nnx.Sequential):
+                continue
+            parts.append(str(key))
+        out.append((".".join(parts), node))
+    return out

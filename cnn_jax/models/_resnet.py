@@ -1,0 +1,138 @@
+"""ResNets (He et al. 2016) as torchvision builds them, with torchvision's layer names.
+
+One generic :class:`ResNet` and the variants as small factories (``ResNet18``,
+``ResNet34``, ``ResNet50``), as in Flax's ImageNet example. Parameter counts with
+1000 classes and 3 input channels equal torchvision's: ResNet-18 11,689,512;
+ResNet-34 21,797,672; ResNet-50 25,557,032.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cnn_jax import nn
+from cnn_jax.models._common import check_model_int, receptive_field_layers, torch_linear
+from cnn_jax.nn._blocks import BasicBlock, Bottleneck, _bn, kaiming_normal_fan_out
+
+
+class ResNet(nnx.Module):
+    """A ResNet: stem, four stages of residual blocks, global average pool, ``fc``.
+
+    Stem: 7x7/2 conv (padding 3), BatchNorm, ReLU, 3x3/2 max pool (padding 1); with
+    ``small_input=True`` (CIFAR-style, for 32x32 and smaller images) a 3x3/1 conv
+    (padding 1) and no max pool. Stage ``i`` has ``stage_sizes[i]`` blocks of width
+    ``width * 2**i``; stages 2-4 halve the resolution in their first block.
+
+    Attribute names follow torchvision (``conv1``, ``bn1``, ``layer1[0].conv1``,
+    ``layer2[0].downsample[0]``, ``fc``), so
+    :func:`cnn_jax.models.load_torch_state_dict` reads torchvision checkpoints.
+
+    Args:
+      num_classes: outputs of ``fc``.
+      block: :class:`cnn_jax.nn.BasicBlock` or :class:`cnn_jax.nn.Bottleneck`.
+      stage_sizes: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
+      in_channels: input channels.
+      small_input: CIFAR-style stem (3x3/1 conv, no max pool).
+      width: channels of the stem and of the first stage (64 in the paper).
+      zero_init_residual: zero the last BatchNorm scale of every block.
+      dtype, param_dtype: compute and parameter dtypes (bf16 compute, f32 params).
+      rngs: ``nnx.Rngs`` with a ``params`` stream.
+
+    Input ``(N, H, W, in_channels)``; output ``(N, num_classes)`` logits. The spatial
+    size shrinks by 32 (by 8 with ``small_input``) before the global pool.
+
+    >>> model = ResNet(10, block=BasicBlock, stage_sizes=(1, 1, 1, 1), width=8,
+    ...                small_input=True, rngs=nnx.Rngs(0))
+    >>> model(jnp.ones((2, 32, 32, 3))).shape
+    (2, 10)
+    """
+
+    def __init__(self, num_classes: int, *, block: type = BasicBlock,
+                 stage_sizes: Sequence[int] = (2, 2, 2, 2), in_channels: int = 3,
+                 small_input: bool = False, width: int = 64, zero_init_residual: bool = False,
+                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        op = "ResNet"
+        num_classes = check_model_int(num_classes, "num_classes", op)
+        in_channels = check_model_int(in_channels, "in_channels", op)
+        width = check_model_int(width, "width", op)
+        if block not in (BasicBlock, Bottleneck):
+            raise ValueError(f"{op}: block must be BasicBlock or Bottleneck, got {block!r}")
+        if (isinstance(stage_sizes, str) or not isinstance(stage_sizes, Sequence)
+                or len(stage_sizes) != 4):
+            raise ValueError(f"{op}: stage_sizes must be 4 ints, got {stage_sizes!r}")
+        stage_sizes = tuple(check_model_int(s, "stage_sizes", op) for s in stage_sizes)
+        if not isinstance(small_input, bool):
+            raise TypeError(f"{op}: small_input must be a bool, got {small_input!r}")
+        self.small_input = small_input
+        self.stage_sizes = stage_sizes
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if small_input:
+            self.conv1 = nn.Conv(in_channels, width, 3, padding=1, use_bias=False,
+                                 kernel_init=kaiming_normal_fan_out, **kw)
+            self.maxpool = None
+        else:
+            self.conv1 = nn.Conv(in_channels, width, 7, stride=2, padding=3, use_bias=False,
+                                 kernel_init=kaiming_normal_fan_out, **kw)
+            self.maxpool = nn.MaxPool(3, 2, padding=1)
+        self.bn1 = _bn(width, **kw)
+        features = width
+        for i, size in enumerate(stage_sizes):
+            planes = width * 2**i
+            blocks = []
+            for j in range(size):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(block(features, planes, stride=stride,
+                                    zero_init_residual=zero_init_residual, **kw))
+                features = planes * block.expansion
+            setattr(self, f"layer{i + 1}", nnx.List(blocks))
+        self.avgpool = nn.GlobalAvgPool()
+        self.fc = torch_linear(features, num_classes, **kw)
+        self.num_features = features
+
+    @property
+    def stages(self) -> list:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def main_path(self) -> list:
+        """Stem conv (and max pool), then every block's residual-branch convs, in order."""
+        path = [self.conv1] + ([self.maxpool] if self.maxpool is not None else [])
+        for stage in self.stages:
+            for blk in stage:
+                path.extend(blk.main_path())
+        return path
+
+    def receptive_field_layers(self) -> list:
+        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
+        return receptive_field_layers(self.main_path())
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.bn1(self.conv1(x)))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        for stage in self.stages:
+            for blk in stage:
+                x = blk(x)
+        return self.fc(self.avgpool(x))
+
+
+def ResNet18(num_classes: int, **kwargs) -> ResNet:
+    """ResNet-18: :class:`ResNet` with BasicBlocks ``(2, 2, 2, 2)`` (11,689,512 params).
+
+    >>> ResNet18(10, small_input=True, rngs=nnx.Rngs(0))(jnp.ones((1, 32, 32, 3))).shape
+    (1, 10)
+    """
+    return ResNet(num_classes, block=BasicBlock, stage_sizes=(2, 2, 2, 2), **kwargs)
+
+
+def ResNet34(num_classes: int, **kwargs) -> ResNet:
+    """ResNet-34: :class:`ResNet` with BasicBlocks ``(3, 4, 6, 3)`` (21,797,672 params)."""
+    return ResNet(num_classes, block=BasicBlock, stage_sizes=(3, 4, 6, 3), **kwargs)
+
+
+def ResNet50(num_classes: int, **kwargs) -> ResNet:
+    """ResNet-50: :class:`ResNet` with Bottlenecks ``(3, 4, 6, 3)`` (25,557,032 params)."""
+    return ResNet(num_classes, block=Bottleneck, stage_sizes=(3, 4, 6, 3), **kwargs)

@@ -1,0 +1,257 @@
+"""Model zoo: parameter counts (torchvision's and by hand), shapes, modes, training, errors.
+
+Shapes and counts use ``nnx.eval_shape`` (no weights drawn, nothing compiled); only the
+training and mode tests run a tiny real model.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import cnn_jax as cj
+from cnn_jax.models import (LeNet5, MobileNetV2, ResNet, ResNet18, ResNet34, ResNet50,
+                            SimpleCNN, UNet)
+from cnn_jax.nn import BasicBlock, Bottleneck
+
+
+def _abstract(constructor):
+    return nnx.eval_shape(constructor)
+
+
+def _num_params(model):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _out(model, shape, dtype=jnp.float32):
+    return nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct(shape, dtype))
+
+
+@pytest.mark.parametrize("constructor, expected", [
+    # torchvision's counts (1000 classes, 3 input channels).
+    (lambda: ResNet18(1000, rngs=nnx.Rngs(0)), 11_689_512),
+    (lambda: ResNet34(1000, rngs=nnx.Rngs(0)), 21_797_672),
+    (lambda: ResNet50(1000, rngs=nnx.Rngs(0)), 25_557_032),
+    (lambda: MobileNetV2(1000, rngs=nnx.Rngs(0)), 3_504_872),
+    # LeNet-5: 156 + 2,416 + 48,120 + 10,164 + 850.
+    (lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), 61_706),
+])
+def test_parameter_counts(constructor, expected):
+    assert _num_params(_abstract(constructor)) == expected
+
+
+def test_small_parameter_counts_by_hand():
+    # SimpleCNN(width=1, in 1, 2 classes): bias-free 3x3 convs (9 * in * out) + BN (2 * out)
+    # with widths 1, 1, 1, 1, 2, 2, 4, 4, 8, 8; then Linear(8, 2) = 16 + 2.
+    convs = [(1, 1), (1, 1), (1, 1), (1, 1), (1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8)]
+    expected = sum(9 * i * o + 2 * o for i, o in convs) + 8 * 2 + 2
+    model = _abstract(lambda: SimpleCNN(2, in_channels=1, width=1, rngs=nnx.Rngs(0)))
+    # 4 * 11 + 22 + 40 + 80 + 152 + 304 + 592 + 18
+    assert _num_params(model) == expected == 1_252
+    # UNet(2 classes, in 1, base 2, depth 1):
+    # down0 = double_conv(1, 2): 18 + 4 + 36 + 4 = 62; bottom = double_conv(2, 4):
+    # 72 + 8 + 144 + 8 = 232; up0 = ConvTranspose(4, 2, 2x2): 2*2*4*2 + 2 = 34;
+    # up_conv0 = double_conv(4, 2): 72 + 4 + 36 + 4 = 116; head 1x1(2, 2): 4 + 2 = 6.
+    model = _abstract(lambda: UNet(2, in_channels=1, base_width=2, depth=1, rngs=nnx.Rngs(0)))
+    assert _num_params(model) == 62 + 232 + 34 + 116 + 6
+
+
+@pytest.mark.parametrize("constructor, shapes", [
+    (lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), {(2, 32, 32, 1): (2, 10)}),
+    (lambda: LeNet5(7, input_size=(28, 20), rngs=nnx.Rngs(0)), {(3, 28, 20, 3): (3, 7)}),
+    (lambda: SimpleCNN(10, in_channels=1, width=4, rngs=nnx.Rngs(0)),
+     {(2, 8, 8, 1): (2, 10), (1, 9, 13, 1): (1, 10), (2, 32, 32, 1): (2, 10)}),
+    (lambda: ResNet18(10, rngs=nnx.Rngs(0)), {(2, 32, 32, 3): (2, 10), (1, 65, 48, 3): (1, 10)}),
+    (lambda: ResNet18(10, small_input=True, width=16, rngs=nnx.Rngs(0)),
+     {(2, 32, 32, 3): (2, 10), (2, 8, 8, 3): (2, 10)}),
+    (lambda: ResNet50(5, in_channels=1, width=8, rngs=nnx.Rngs(0)), {(1, 64, 64, 1): (1, 5)}),
+    (lambda: MobileNetV2(10, width_mult=0.5, rngs=nnx.Rngs(0)),
+     {(2, 32, 32, 3): (2, 10), (1, 96, 80, 3): (1, 10)}),
+    (lambda: UNet(4, in_channels=1, rngs=nnx.Rngs(0)),
+     {(2, 16, 16, 1): (2, 16, 16, 4), (1, 8, 24, 1): (1, 8, 24, 4)}),
+])
+def test_forward_shapes(constructor, shapes):
+    model = _abstract(constructor)
+    for shape, expected in shapes.items():
+        y = _out(model, shape)
+        assert y.shape == expected and y.dtype == jnp.float32
+
+
+def test_resnet_stage_shapes_and_names():
+    model = _abstract(lambda: ResNet50(10, width=8, rngs=nnx.Rngs(0)))
+    assert [len(s) for s in model.stages] == [3, 4, 6, 3]
+    assert isinstance(model.layer1[0], Bottleneck)
+    assert model.layer1[0].downsample is not None  # 8 -> 32 channels
+    assert model.layer1[1].downsample is None
+    assert model.layer2[0].conv2.stride == (2, 2) and model.layer2[0].conv1.stride == (1, 1)
+    assert model.fc.in_features == 8 * 8 * 4
+    small = _abstract(lambda: ResNet18(10, small_input=True, rngs=nnx.Rngs(0)))
+    assert small.maxpool is None and small.conv1.kernel_size == (3, 3)
+    assert small.conv1.stride == (1, 1)
+
+
+def test_mobilenet_v2_structure_follows_torchvision():
+    model = _abstract(lambda: MobileNetV2(1000, rngs=nnx.Rngs(0)))
+    assert len(model.features.layers) == 19
+    assert model.features.layers[1].conv.layers[0].layers[0].groups == 32  # depthwise, t=1
+    assert model.features.layers[18].layers[0].out_features == 1280
+    assert model.classifier.layers[0].rate == 0.2
+    assert [blk.use_res_connect for blk in model.features.layers[1:18]] == [
+        False, False, True, False, True, True, False, True, True, True, False, True, True,
+        False, True, True, False]
+    wide = _abstract(lambda: MobileNetV2(10, width_mult=1.4, rngs=nnx.Rngs(0)))
+    assert wide.last_channel == 1792  # 1280 * 1.4, divisible by 8
+
+
+def test_receptive_field_of_lenet5_by_hand():
+    # conv5: size 5, start 2; pool2/2: size 6, jump 2, start 2 + 0.5 = 2.5;
+    # conv5: 6 + 4*2 = 14, start 2.5 + 2*2 = 6.5; pool2/2: 14 + 2 = 16, jump 4, start 7.5.
+    model = _abstract(lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)))
+    assert cj.receptive_field(model) == ((16, 16), (4, 4), (7.5, 7.5))
+
+
+def test_receptive_field_of_simple_cnn_and_resnet18_by_hand():
+    # SimpleCNN: four 3x3 convs 9, pool 10 (jump 2), two convs 18, pool 20 (jump 4),
+    # two convs 36, pool 40 (jump 8), two convs 72. Padding 1 keeps 3x3 convs centred;
+    # each 2x2 pool shifts the start by half its jump: 0.5 + 1 + 2.
+    model = _abstract(lambda: SimpleCNN(10, rngs=nnx.Rngs(0)))
+    assert cj.receptive_field(model) == ((72, 72), (8, 8), (3.5, 3.5))
+    # ResNet-18: 7x7/2 stem 7 (jump 2), 3x3/2 pool 11 (jump 4), layer1 four 3x3: 43;
+    # layer2 51 (jump 8) + 3 * 16 = 99; layer3 115 (jump 16) + 3 * 32 = 211;
+    # layer4 243 (jump 32) + 3 * 64 = 435, the published ResNet-18 receptive field.
+    model = _abstract(lambda: ResNet18(1000, rngs=nnx.Rngs(0)))
+    assert cj.receptive_field(model) == ((435, 435), (32, 32), (0.0, 0.0))
+    unet = _abstract(lambda: UNet(2, base_width=2, depth=1, rngs=nnx.Rngs(0)))
+    # two 3x3 convs 5, pool 6 (jump 2), two 3x3 convs 6 + 2 * 2 * 2 = 14.
+    assert cj.receptive_field(unet).size == (14, 14)
+    assert len(model.receptive_field_layers()) == 2 + 16
+
+
+def test_mixed_precision_bf16_compute_f32_params():
+    model = _abstract(lambda: ResNet18(10, small_input=True, width=8, dtype=jnp.bfloat16,
+                                       rngs=nnx.Rngs(0)))
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {
+        jnp.dtype(jnp.float32)}
+    assert _out(model, (2, 16, 16, 3)).dtype == jnp.bfloat16
+
+
+def test_train_and_eval_switch_every_batchnorm_and_dropout():
+    model = _abstract(lambda: MobileNetV2(10, width_mult=0.25, rngs=nnx.Rngs(0)))
+    nodes = [n for _, n in nnx.iter_graph(model) if isinstance(n, (nnx.BatchNorm, nnx.Dropout))]
+    assert sum(isinstance(n, nnx.Dropout) for n in nodes) == 1 and len(nodes) > 40
+    model.eval()
+    assert all(n.use_running_average if isinstance(n, nnx.BatchNorm) else n.deterministic
+               for n in nodes)
+    model.train()
+    assert not any(n.use_running_average if isinstance(n, nnx.BatchNorm) else n.deterministic
+                   for n in nodes)
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn():
+    # An "rbg" key: threefry's hash makes every new weight shape a slow compile on CPU.
+    return SimpleCNN(4, in_channels=1, width=2, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+
+
+def test_train_step_lowers_the_loss(tiny_cnn):
+    model = nnx.clone(tiny_cnn)
+    model.train()
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((16, 8, 8, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 4, 16))
+    optimizer = nnx.Optimizer(model, optax.adam(3e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        def loss_fn(model):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer, x, y)) for _ in range(15)]
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.5 * losses[0], losses
+    # Training moved the parameters and the BatchNorm statistics of the clone only.
+    assert not np.allclose(np.asarray(model.fc.kernel[...]), np.asarray(tiny_cnn.fc.kernel[...]))
+    np.testing.assert_array_equal(np.asarray(tiny_cnn.layers[0].layers[1].mean[...]),
+                                  np.zeros(2))
+
+
+def test_eval_mode_is_deterministic_and_per_example(tiny_cnn):
+    model = nnx.clone(tiny_cnn)
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((4, 8, 8, 1)).astype(np.float32))
+    fwd = nnx.jit(lambda m, x: m(x))
+    model.train()
+    train_out = fwd(model, x)
+    mean_after_train = np.asarray(model.layers[0].layers[1].mean[...]).copy()
+    assert not np.allclose(mean_after_train, 0.0)  # batch statistics were accumulated
+    model.eval()
+    a = fwd(model, x)
+    b = fwd(model, jnp.concatenate([x[2:], x[:2]]))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(jnp.concatenate([b[2:], b[:2]])),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(model.layers[0].layers[1].mean[...]),
+                                  mean_after_train)
+    assert not np.allclose(np.asarray(train_out), np.asarray(a), atol=1e-3)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda r: LeNet5(0, rngs=r), ValueError, r"LeNet5: num_classes must be >= 1, got 0"),
+    (lambda r: LeNet5(10, input_size=15, rngs=r), ValueError,
+     r"LeNet5: input_size must be at least 16x16"),
+    (lambda r: LeNet5(10, activation="gelu", rngs=r), ValueError,
+     r"LeNet5: activation must be one of \('relu', 'tanh'\), got 'gelu'"),
+    (lambda r: LeNet5(10, pooling="min", rngs=r), ValueError,
+     r"LeNet5: pooling must be one of \('max', 'avg'\), got 'min'"),
+    (lambda r: SimpleCNN(10.0, rngs=r), TypeError, r"SimpleCNN: num_classes must be an int"),
+    (lambda r: SimpleCNN(10, width=0, rngs=r), ValueError, r"SimpleCNN: width must be >= 1"),
+    (lambda r: ResNet(10, block=nnx.Linear, rngs=r), ValueError,
+     r"ResNet: block must be BasicBlock or Bottleneck"),
+    (lambda r: ResNet(10, stage_sizes=(2, 2, 2), rngs=r), ValueError,
+     r"ResNet: stage_sizes must be 4 ints, got \(2, 2, 2\)"),
+    (lambda r: ResNet(10, stage_sizes=(2, 0, 2, 2), rngs=r), ValueError,
+     r"ResNet: stage_sizes must be >= 1, got 0"),
+    (lambda r: ResNet18(10, small_input=1, rngs=r), TypeError,
+     r"ResNet: small_input must be a bool, got 1"),
+    (lambda r: ResNet50(10, in_channels=0, rngs=r), ValueError,
+     r"ResNet: in_channels must be >= 1, got 0"),
+    (lambda r: MobileNetV2(10, width_mult=0, rngs=r), ValueError,
+     r"MobileNetV2: width_mult must be a positive number, got 0"),
+    (lambda r: MobileNetV2(10, dropout=1.0, rngs=r), ValueError,
+     r"MobileNetV2: dropout must be in \[0, 1\), got 1.0"),
+    (lambda r: UNet(2, depth=0, rngs=r), ValueError, r"UNet: depth must be >= 1, got 0"),
+    (lambda r: UNet(2, base_width="8", rngs=r), TypeError, r"UNet: base_width must be an int"),
+])
+def test_constructor_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(nnx.Rngs(0))
+
+
+def test_input_errors():
+    unet = _abstract(lambda: UNet(2, in_channels=1, depth=2, base_width=2, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"UNet: x must be \(N, H, W, C\) with H and W divisible "
+                                         r"by 2\*\*depth=4, got x.shape=\(1, 10, 8, 1\)"):
+        _out(unet, (1, 10, 8, 1))
+    lenet = _abstract(lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"LeNet5: x must be \(N, H, W, C\) with \(H, W\) = "
+                                         r"input_size=\(32, 32\), got x.shape=\(1, 28, 28, 1\)"):
+        _out(lenet, (1, 28, 28, 1))
+    cnn = _abstract(lambda: SimpleCNN(10, in_channels=1, width=2, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"SimpleCNN: x must be \(N, H, W, C\) with H, W >= 8 "
+                                         r"\(three 2x2 pools\), got x.shape=\(1, 4, 8, 1\)"):
+        _out(cnn, (1, 4, 8, 1))
+
+
+def test_public_names():
+    import cnn_jax.models as models
+
+    assert set(models.__all__) >= {"LeNet5", "SimpleCNN", "ResNet18", "ResNet34", "ResNet50",
+                                   "MobileNetV2", "UNet", "load_torch_state_dict", "summary"}
+    assert all(hasattr(models, name) for name in models.__all__)
+    assert BasicBlock.expansion == 1
