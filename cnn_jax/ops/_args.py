@@ -193,8 +193,6 @@ def window_output_size(
     padding). May return a value <= 0; callers turn that into an error.
     """
     span = size + lo + hi - d * (k - 1) - 1
-    if span < 0:
-        return 0
     if ceil_mode:
         out = -(-span // s) + 1
         if (out - 1) * s >= size + lo:
