@@ -1,0 +1,275 @@
+"""Checkpoints with orbax-checkpoint: every epoch, the last few and the best kept.
+
+A checkpoint holds the whole training state as one flat list of arrays (params,
+BatchNorm statistics, the model's RNG state, optimiser state) plus a JSON record:
+the global step, the data set and model it was written for, every leaf's tree
+path, shape, dtype and SHA-1, and the epoch's metrics. After orbax finishes a step, ``cnn_jax_manifest.json``
+records the SHA-1 of every file it wrote. Resuming checks the files against the
+manifest and the record against the run before touching any array, and checks
+every restored array's hash, so a checkpoint from another model or a damaged file
+is refused with :class:`CheckpointError` instead of being half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnn_jax.train._sharding import to_host
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or was written for a different run."""
+
+
+def _is_key(x) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def flatten_state(tree) -> tuple[list[str], list]:
+    """Leaves of ``tree`` with their paths; typed PRNG keys become their raw data."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [jax.tree_util.keystr(p) for p, _ in flat]
+    leaves = [jax.random.key_data(x) if _is_key(x) else x for _, x in flat]
+    return paths, leaves
+
+
+def _digest(x) -> str:
+    return hashlib.sha1(np.ascontiguousarray(to_host(x)).tobytes()).hexdigest()
+
+
+def _leaf_record(x) -> list:
+    return [list(x.shape), str(x.dtype)]
+
+
+MANIFEST = "cnn_jax_manifest.json"
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_manifest(step_dir: str) -> None:
+    """Record the SHA-1 of every file orbax wrote for one step, next to them."""
+    files = {}
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel != MANIFEST:
+                files[rel] = _file_digest(path)
+    with open(os.path.join(step_dir, MANIFEST), "w") as f:
+        json.dump(files, f, indent=0, sort_keys=True)
+
+
+def _verify_manifest(step_dir: str, only: str | None = None) -> None:
+    """Check files against the manifest before orbax reads them: damaged bytes are
+    refused here with a clear message instead of failing deep inside tensorstore."""
+    path = os.path.join(step_dir, MANIFEST)
+    try:
+        with open(path) as f:
+            files = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {step_dir} is incomplete or not a cnn_jax "
+                              f"checkpoint: missing file {MANIFEST}") from None
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {step_dir} is corrupt: malformed file {MANIFEST} "
+                              f"({e})") from e
+    for rel, digest in sorted(files.items()):
+        if only is not None and rel != only:
+            continue
+        full = os.path.join(step_dir, rel)
+        if not os.path.isfile(full):
+            raise CheckpointError(f"checkpoint {step_dir} is corrupt: missing file {rel}")
+        if _file_digest(full) != digest:
+            raise CheckpointError(f"checkpoint {step_dir} is corrupt: file {rel} does not "
+                                  f"match its recorded SHA-1")
+
+
+class Checkpointer:
+    """Save and restore training state in ``directory`` (one sub-folder per step).
+
+    Args:
+      directory: where the checkpoints live (created if needed).
+      keep: how many of the latest checkpoints to keep; the one with the best
+        ``metric`` (highest) is kept as well.
+
+    Example::
+
+        ckpt = Checkpointer("runs/x/checkpoints")
+        ckpt.save(10, state, {"model": "lenet5"}, metric=0.97)
+        state, meta = ckpt.restore(ckpt.latest_step(), state, expect={"model": "lenet5"})
+    """
+
+    def __init__(self, directory: str, *, keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"Checkpointer: keep must be an int >= 1, got {keep!r}")
+        self._ocp = ocp
+        self.directory = os.path.abspath(directory)
+        self.keep = keep
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
+                                                 enable_async_checkpointing=False))
+        self._metrics: dict[int, float | None] = {}
+
+    # -------------------------------------------------------------- queries
+    def all_steps(self) -> list[int]:
+        """Steps with a finished checkpoint, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest step, or None when there is no checkpoint."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def read_meta(self, step: int) -> dict:
+        """The JSON record of ``step``."""
+        ocp = self._ocp
+        path = os.path.join(self.directory, str(step))
+        _verify_manifest(path, only=os.path.join("meta", "metadata"))
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = meta["meta"]
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad file
+            raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: its JSON record "
+                                  f"could not be read ({type(e).__name__}: {e})") from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a cnn_jax checkpoint: "
+                                  f"expected a record with format {FORMAT_VERSION}")
+        return meta
+
+    def best_step(self) -> int | None:
+        """The kept step with the highest metric, or None when none has one."""
+        self._load_metrics()
+        scored = [(m, s) for s, m in self._metrics.items() if m is not None]
+        return max(scored)[1] if scored else None
+
+    def _load_metrics(self):
+        for step in self.all_steps():
+            if step not in self._metrics:
+                try:
+                    self._metrics[step] = self.read_meta(step).get("metric")
+                except CheckpointError:
+                    self._metrics[step] = None
+
+    # -------------------------------------------------------------- save / restore
+    def save(self, step: int, state, meta: dict, *, metric: float | None = None) -> str:
+        """Write ``state`` (any pytree of arrays) and ``meta`` as checkpoint ``step``.
+
+        Then delete every checkpoint that is neither among the ``keep`` latest nor
+        the best by ``metric``.
+
+        Returns:
+          The checkpoint's folder.
+        """
+        ocp = self._ocp
+        paths, leaves = flatten_state(state)
+        record = dict(meta, format=FORMAT_VERSION, step=int(step), metric=metric,
+                      paths=paths, leaves=[_leaf_record(x) for x in leaves],
+                      sha1=[_digest(x) for x in leaves])
+        arrays = {f"leaf_{i:05d}": x for i, x in enumerate(leaves)}
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)))
+        self._manager.wait_until_finished()
+        _write_manifest(os.path.join(self.directory, str(step)))
+        self._metrics[int(step)] = metric
+        self._prune()
+        return os.path.join(self.directory, str(step))
+
+    def _prune(self):
+        steps = self.all_steps()
+        keep = set(steps[-self.keep:])
+        best = self.best_step()
+        if best is not None:
+            keep.add(best)
+        for step in steps:
+            if step not in keep:
+                self._manager.delete(step)
+                self._metrics.pop(step, None)
+
+    def restore(self, step: int, target, *, expect: dict | None = None):
+        """Restore checkpoint ``step`` into the structure, shapes and shardings of ``target``.
+
+        Args:
+          step: which checkpoint.
+          target: a pytree like the saved state (e.g. the freshly initialised one).
+          expect: entries the JSON record must hold with equal values (e.g.
+            ``{"model": "lenet5"}``); a difference is refused.
+
+        Returns:
+          ``(state, meta)``: ``state`` with ``target``'s structure.
+
+        Raises:
+          CheckpointError: the checkpoint is unreadable, damaged, or does not
+            match ``target`` / ``expect``.
+        """
+        ocp = self._ocp
+        path = os.path.join(self.directory, str(step))
+        _verify_manifest(path)
+        meta = self.read_meta(step)
+        for key, value in (expect or {}).items():
+            if meta.get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint {path} does not match this run: {key} must be {value!r}, "
+                    f"got {meta.get(key)!r} in the checkpoint")
+        flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+        paths = [jax.tree_util.keystr(p) for p, _ in flat]
+        targets = [x for _, x in flat]
+        if meta.get("paths") != paths:
+            saved = meta.get("paths") or []
+            missing = sorted(set(paths) - set(saved))
+            extra = sorted(set(saved) - set(paths))
+            raise CheckpointError(
+                f"checkpoint {path} does not match this model: state entries must be the same, "
+                f"got {len(missing)} missing (e.g. {missing[:3]}) and {len(extra)} unexpected "
+                f"(e.g. {extra[:3]})")
+        abstract, mismatched = {}, []
+        for i, (p, x) in enumerate(zip(paths, targets)):
+            data = jax.random.key_data(x) if _is_key(x) else x
+            if meta["leaves"][i] != _leaf_record(data):
+                mismatched.append((not p.startswith("['params']"), p, data, i))
+            abstract[f"leaf_{i:05d}"] = jax.ShapeDtypeStruct(
+                data.shape, data.dtype, sharding=getattr(data, "sharding", None))
+        if mismatched:  # name a parameter rather than an optimiser slot when possible
+            _, p, data, i = min(mismatched, key=lambda m: (m[0], m[3]))
+            raise CheckpointError(
+                f"checkpoint {path} does not match this model: {p} must have shape/dtype "
+                f"{_leaf_record(data)}, got {meta['leaves'][i]} ({len(mismatched)} "
+                f"entries differ)")
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract)))["state"]
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+            raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: its arrays could "
+                                  f"not be read ({type(e).__name__}: {e})") from e
+        leaves = []
+        for i, (p, x) in enumerate(zip(paths, targets)):
+            arr = restored[f"leaf_{i:05d}"]
+            if _digest(arr) != meta["sha1"][i]:
+                raise CheckpointError(f"checkpoint {path} is corrupt: the data of {p} does not "
+                                      f"match its recorded SHA-1")
+            if _is_key(x):
+                arr = jax.random.wrap_key_data(arr, impl=jax.random.key_impl(x))
+            leaves.append(arr)
+        return jax.tree_util.tree_unflatten(treedef, leaves), meta
+
+    def close(self):
+        """Finish pending writes and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()

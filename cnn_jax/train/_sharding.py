@@ -1,0 +1,108 @@
+"""Data parallelism with JAX's own SPMD: one ``data`` mesh axis over all devices.
+
+Batches are split along their first axis over the ``data`` axis; parameters,
+optimiser state and BatchNorm statistics are replicated. XLA inserts the
+gradient all-reduce, so the same step runs on 1 CPU, 8 GPUs or a TPU pod slice.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """Join a multi-host job via ``jax.distributed.initialize`` when asked to.
+
+    Args:
+      coordinator: ``host:port`` of process 0.
+      num_processes: total number of processes.
+      process_id: this process's index.
+
+    Returns:
+      True when ``jax.distributed.initialize`` was called, False when all three are
+      None (single host).
+    """
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if not any(given):
+        return False
+    if not all(given):
+        raise ValueError(
+            "initialize_distributed: coordinator, num_processes and process_id must be given "
+            f"together, got coordinator={coordinator!r}, num_processes={num_processes!r}, "
+            f"process_id={process_id!r}")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise ValueError(f"initialize_distributed: process_id must be in [0, num_processes), "
+                         f"got process_id={process_id!r}, num_processes={num_processes!r}")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return True
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh with axis ``"data"`` over the first ``num_devices`` devices.
+
+    Args:
+      num_devices: how many devices; None takes every device of every process.
+
+    >>> dict(make_mesh(1).shape)
+    {'data': 1}
+    """
+    devices = jax.devices()
+    if num_devices is not None:
+        if isinstance(num_devices, bool) or not isinstance(num_devices, int) or not (
+                1 <= num_devices <= len(devices)):
+            raise ValueError(f"make_mesh: num_devices must be an int in [1, {len(devices)}], "
+                             f"got {num_devices!r}")
+        devices = devices[:num_devices]
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding of parameters: a full copy on every device."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    """The sharding of a batch: its first axis split over ``data``."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+    """Place every leaf of ``tree`` on every device of ``mesh``."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Split each array of ``batch`` along axis 0 over the mesh's ``data`` axis.
+
+    With several processes, each passes its own slice of the global batch
+    (``global_batch // jax.process_count()`` rows) and they are joined into one
+    global array.
+
+    Args:
+      batch: a pytree of host arrays with equal leading size.
+      mesh: from :func:`make_mesh`.
+    """
+    sharding = data_sharded(mesh)
+    size = mesh.shape[DATA_AXIS]
+    for leaf in jax.tree.leaves(batch):
+        rows = leaf.shape[0] * jax.process_count()
+        if rows % size:
+            raise ValueError(f"shard_batch: batch size must be divisible by the number of "
+                             f"devices ({size}), got {rows}")
+    if jax.process_count() > 1:
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+    return jax.device_put(batch, sharding)
+
+
+def to_host(x) -> np.ndarray:
+    """A replicated array as numpy, also when it spans other hosts' devices (multi-host)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.asarray(x)

@@ -1,0 +1,301 @@
+"""Data loaders and augmentation, on tiny files the tests write themselves."""
+
+import gzip
+import os
+import pickle
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax.train import (Dataset, DatasetError, augment, load_cifar10, load_dataset,
+                           load_digits, load_idx, load_image_folder, make_shapes,
+                           random_crop, random_flip, read_idx)
+
+# ---------------------------------------------------------------- digits
+
+
+def test_digits_split_is_fixed_stratified_and_real():
+    from sklearn.datasets import load_digits as sk_digits
+
+    train, test = load_digits()
+    assert train.images.shape == (1437, 8, 8, 1) and test.images.shape == (360, 8, 8, 1)
+    assert train.images.dtype == np.float32 and train.labels.dtype == np.int32
+    assert 0.0 <= train.images.min() and train.images.max() <= 1.0
+    raw = sk_digits()
+    # Stratified: each class's share of the test set is its share of the whole, +-1.
+    whole = np.bincount(raw.target, minlength=10)
+    assert np.all(np.abs(np.bincount(test.labels, minlength=10) - whole * 360 / 1797) <= 1)
+    # Train and test partition the 1,797 real scans, labels attached correctly.
+    both = np.concatenate([train.images, test.images])[..., 0] * 16
+    lab = np.concatenate([train.labels, test.labels])
+    key = {img.tobytes(): [] for img in raw.images.astype(np.float32)}
+    for img, y in zip(raw.images.astype(np.float32), raw.target):
+        key[img.tobytes()].append(y)
+    for img, y in zip(both, lab):
+        assert y in key[img.astype(np.float32).tobytes()]
+    assert sorted(np.bincount(lab)) == sorted(whole)
+    again, _ = load_digits()
+    np.testing.assert_array_equal(again.images, train.images)
+
+
+# ---------------------------------------------------------------- IDX
+
+
+def _write_idx(path, array, *, gz=False, type_byte=0x08):
+    header = bytes([0, 0, type_byte, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(data)
+
+
+def _mnist_dir(root, rng, *, gz, n_train=6, n_test=4):
+    os.makedirs(root, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, (n_train,)),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, (n_test,)),
+    }
+    for name, arr in arrays.items():
+        _write_idx(os.path.join(root, name + (".gz" if gz else "")), arr, gz=gz)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_loads_mnist_files(tmp_path, rng, gz):
+    arrays = _mnist_dir(tmp_path, rng, gz=gz)
+    train, test = load_dataset("mnist", str(tmp_path))
+    assert train.images.shape == (6, 28, 28, 1) and test.images.shape == (4, 28, 28, 1)
+    np.testing.assert_allclose(train.images[..., 0],
+                               arrays["train-images-idx3-ubyte"] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(test.labels, arrays["t10k-labels-idx1-ubyte"])
+    fashion, _ = load_dataset("fashion_mnist", str(tmp_path))
+    assert fashion.class_names[9] == "Ankle boot" and fashion.name == "fashion_mnist"
+
+
+def test_idx_missing_file_is_named(tmp_path, rng):
+    _mnist_dir(tmp_path, rng, gz=False)
+    os.remove(tmp_path / "t10k-labels-idx1-ubyte")
+    with pytest.raises(DatasetError, match=r"missing file .*t10k-labels-idx1-ubyte.*expected"):
+        load_idx(str(tmp_path))
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda p: p.write_bytes(b"\x01\x02\x08\x03" + b"\0" * 12), "bad magic number"),
+    (lambda p: p.write_bytes(b"\x00\x00\x0d\x03" + b"\0" * 12), "type byte 0x0d"),
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x01" + b"\0" * 4), r"1 dimension\(s\)"),
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x03\x00"), "header is truncated"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-5]), "holding 4704 bytes"),
+])
+def test_idx_malformed_file_is_named(tmp_path, rng, corrupt, match):
+    _mnist_dir(tmp_path, rng, gz=False, n_test=6)
+    path = tmp_path / "train-images-idx3-ubyte"
+    corrupt(path)
+    with pytest.raises(DatasetError, match=rf"train-images-idx3-ubyte.*{match}"):
+        load_idx(str(tmp_path))
+
+
+def test_idx_bad_gzip_and_label_errors(tmp_path, rng):
+    _mnist_dir(tmp_path, rng, gz=True)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DatasetError, match=r"cannot read .*train-labels-idx1-ubyte.gz"):
+        load_idx(str(tmp_path))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(5), gz=True)
+    with pytest.raises(DatasetError, match="as many train labels as images, got 5 labels"):
+        load_idx(str(tmp_path))
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.full(6, 12), gz=True)
+    with pytest.raises(DatasetError, match="expected classes 0..9, got 12"):
+        load_idx(str(tmp_path))
+    arr = read_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"), 3)
+    assert arr.shape == (4, 28, 28) and arr.dtype == np.uint8
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+
+def _cifar_dir(root, rng, n=3):
+    os.makedirs(root, exist_ok=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+                 b"labels": list(rng.integers(0, 10, n))}
+        with open(os.path.join(root, name), "wb") as f:
+            pickle.dump(batch, f)
+        batches[name] = batch
+    return batches
+
+
+def test_cifar10_pickles_channels_last(tmp_path, rng):
+    nested = tmp_path / "cifar-10-batches-py"
+    batches = _cifar_dir(nested, rng)
+    train, test = load_cifar10(str(tmp_path))  # the parent folder works too
+    assert train.images.shape == (15, 32, 32, 3) and test.images.shape == (3, 32, 32, 3)
+    data = batches["data_batch_2"][b"data"]
+    # CIFAR rows are 1024 red, 1024 green, 1024 blue values, each row-major 32x32.
+    i, y, x = 1, 5, 7
+    for c in range(3):
+        assert train.images[3 + i, y, x, c] == pytest.approx(data[i, c * 1024 + y * 32 + x] / 255)
+    assert list(test.labels) == list(batches["test_batch"][b"labels"])
+    assert train.class_names[0] == "airplane"
+    train2, _ = load_dataset("cifar10", str(nested))
+    np.testing.assert_array_equal(train2.images, train.images)
+
+
+def test_cifar10_errors_name_the_file(tmp_path, rng):
+    _cifar_dir(tmp_path, rng)
+    os.remove(tmp_path / "data_batch_4")
+    with pytest.raises(DatasetError, match=r"missing file .*data_batch_4: expected a CIFAR-10"):
+        load_cifar10(str(tmp_path))
+    (tmp_path / "data_batch_4").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DatasetError, match=r"malformed file .*data_batch_4: expected a CIFAR-10"):
+        load_cifar10(str(tmp_path))
+    with open(tmp_path / "data_batch_4", "wb") as f:
+        pickle.dump([1, 2, 3], f)
+    with pytest.raises(DatasetError, match=r"data_batch_4.*got a list"):
+        load_cifar10(str(tmp_path))
+    with open(tmp_path / "data_batch_4", "wb") as f:
+        pickle.dump({b"pixels": 1}, f)
+    with pytest.raises(DatasetError, match=r"data_batch_4.*keys are"):
+        load_cifar10(str(tmp_path))
+    with open(tmp_path / "data_batch_4", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, f)
+    with pytest.raises(DatasetError, match=r"data_batch_4.*data of shape \(2, 100\)"):
+        load_cifar10(str(tmp_path))
+    with open(tmp_path / "data_batch_4", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, f)
+    with pytest.raises(DatasetError, match=r"data_batch_4: expected labels 0..9, got 0..10"):
+        load_cifar10(str(tmp_path))
+
+
+# ---------------------------------------------------------------- image folder
+
+
+def _png(path, array):
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_image_folder_split_and_train_test(tmp_path, rng):
+    root = tmp_path / "flat"
+    values = {"cat": 10, "dog": 200}
+    for name, v in values.items():
+        for i in range(5):
+            _png(str(root / name / f"{i}.png"), np.full((6, 5, 3), v + i, np.uint8))
+    train, test = load_image_folder(str(root), test_fraction=0.2, seed=0)
+    assert train.class_names == ["cat", "dog"] and train.num_classes == 2
+    assert len(train) == 8 and len(test) == 2 and sorted(test.labels) == [0, 1]
+    assert train.images.shape[1:] == (6, 5, 3)
+    for img, y in zip(train.images, train.labels):
+        base = values[train.class_names[y]]
+        assert base <= round(img[0, 0, 0] * 255) < base + 5
+    # train/ and test/ sub-folders are used as given; grey images stay 1 channel, and
+    # other sizes are resized to the first image's.
+    root = tmp_path / "split"
+    for split, n in (("train", 3), ("test", 2)):
+        for c in ("a", "b"):
+            for i in range(n):
+                size = (4, 4) if i == 0 else (8, 8)
+                _png(str(root / split / c / f"{i}.png"), np.full(size, 255 if c == "b" else 0,
+                                                                 np.uint8))
+    train, test = load_dataset("folder", str(root))
+    assert train.images.shape == (6, 4, 4, 1) and test.images.shape == (4, 4, 4, 1)
+    np.testing.assert_allclose(train.images[train.labels == 1], 1.0)
+    np.testing.assert_allclose(test.images[test.labels == 0], 0.0)
+
+
+def test_image_folder_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match=r"malformed folder .*empty: expected one sub-folder"):
+        load_image_folder(str(empty))
+    (empty / "cls").mkdir()
+    (empty / "cls" / "notes.txt").write_text("hi")
+    with pytest.raises(DatasetError, match=r"malformed folder .*cls: expected image files"):
+        load_image_folder(str(empty))
+    (empty / "cls" / "bad.png").write_bytes(b"definitely not a png")
+    with pytest.raises(DatasetError, match=r"malformed file .*bad.png: expected an image"):
+        load_image_folder(str(empty))
+    root = tmp_path / "mismatch"
+    _png(str(root / "train" / "a" / "0.png"), np.zeros((2, 2), np.uint8))
+    _png(str(root / "test" / "b" / "0.png"), np.zeros((2, 2), np.uint8))
+    with pytest.raises(DatasetError, match=r"same class sub-folders in train/ and test/"):
+        load_image_folder(str(root))
+
+
+def test_load_dataset_argument_errors(tmp_path):
+    with pytest.raises(DatasetError, match="data_dir must be given for 'mnist', got None"):
+        load_dataset("mnist")
+    with pytest.raises(DatasetError, match="data_dir must be an existing folder, got"):
+        load_dataset("cifar10", str(tmp_path / "nope"))
+    with pytest.raises(DatasetError, match="name must be one of .* got 'imagenet'"):
+        load_dataset("imagenet")
+    with pytest.raises(DatasetError, match=r"images must be \(N, H, W, C\), got shape \(3, 4\)"):
+        Dataset(np.zeros((3, 4)), np.zeros(3), 2, "x")
+    with pytest.raises(DatasetError, match="same length, got 3 images and 2 labels"):
+        Dataset(np.zeros((3, 2, 2, 1)), np.zeros(2), 2, "x")
+
+
+# ---------------------------------------------------------------- shapes
+
+
+def test_shapes_masks_match_the_drawn_pixels():
+    train, test = make_shapes(n_train=16, n_test=4, size=24, seed=1)
+    assert train.images.shape == (16, 24, 24, 3) and train.labels.shape == (16, 24, 24)
+    assert train.task == "segmentation" and train.class_names[3] == "triangle"
+    assert set(np.unique(train.labels)) <= {0, 1, 2, 3} and len(np.unique(train.labels)) == 4
+    # Background pixels are dark noise (< 0.15), shape pixels a colour in [0.4, 1].
+    bg = train.labels == 0
+    assert train.images[bg].max() < 0.15 and train.images[~bg].min() >= 0.4
+    again, _ = make_shapes(n_train=16, n_test=4, size=24, seed=1)
+    np.testing.assert_array_equal(again.labels, train.labels)
+    small = train.resized(12)
+    assert small.images.shape == (16, 12, 12, 3) and small.labels.dtype == np.int32
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_random_crop_is_a_shift_of_the_zero_padded_image(rng):
+    x = rng.normal(size=(6, 5, 5, 2)).astype(np.float32)
+    m = rng.integers(1, 4, (6, 5, 5)).astype(np.int32)
+    out, out_m = jax.jit(lambda k, x, m: random_crop(k, x, 2, m))(jax.random.key(3), x, m)
+    out, out_m = np.asarray(out), np.asarray(out_m)
+    xp = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    mp = np.pad(m, ((0, 0), (2, 2), (2, 2)))
+    offsets = set()
+    for i in range(6):
+        hits = [(a, b) for a in range(5) for b in range(5)
+                if np.array_equal(xp[i, a:a + 5, b:b + 5], out[i])]
+        assert hits, f"image {i} is not a crop of its padded self"
+        a, b = hits[0]
+        np.testing.assert_array_equal(mp[i, a:a + 5, b:b + 5], out_m[i])
+        offsets.add(hits[0])
+    assert len(offsets) > 1  # offsets differ between images
+    np.testing.assert_array_equal(random_crop(jax.random.key(0), x, 0), x)
+
+
+def test_random_flip_mirrors_images_and_masks_together(rng):
+    x = rng.normal(size=(16, 3, 4, 1)).astype(np.float32)
+    m = np.broadcast_to(np.arange(4, dtype=np.int32), (16, 3, 4))
+    out, out_m = random_flip(jax.random.key(1), x, m)
+    flipped = [np.array_equal(o, xi[:, ::-1]) for o, xi in zip(np.asarray(out), x)]
+    kept = [np.array_equal(o, xi) for o, xi in zip(np.asarray(out), x)]
+    assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
+    for o, f in zip(np.asarray(out_m), flipped):
+        np.testing.assert_array_equal(o[0], [3, 2, 1, 0] if f else [0, 1, 2, 3])
+    y = augment(jax.random.key(2), jnp.asarray(x), crop_padding=1, flip=False)
+    assert y.shape == x.shape
+
+
+def test_augment_errors():
+    with pytest.raises(ValueError, match=r"random_crop: padding must be an int >= 0, got -1"):
+        random_crop(jax.random.key(0), jnp.zeros((1, 4, 4, 1)), -1)
+    with pytest.raises(ValueError, match=r"random_crop: images must be \(N, H, W, C\)"):
+        random_crop(jax.random.key(0), jnp.zeros((4, 4, 1)), 1)
+    with pytest.raises(ValueError, match=r"random_flip: images must be \(N, H, W, C\)"):
+        random_flip(jax.random.key(0), jnp.zeros((4, 4)))

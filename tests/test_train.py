@@ -1,0 +1,222 @@
+"""The training loop: smoke step, one compilation, optimiser maths, bf16, outputs."""
+
+import gc
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from cnn_jax.train import Dataset, TrainConfig, fit, make_optimizer
+from cnn_jax.train import _loop
+
+# orbax's tensorstore callbacks may reach an already-closed asyncio loop during garbage
+# collection ("Event loop is closed"); harmless, and not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+SEEN_DTYPES = []
+
+
+@pytest.fixture(autouse=True)
+def _collect():
+    yield
+    gc.collect()  # let orbax's leftovers go inside the test that made them
+
+
+class Tiny(nnx.Module):
+    """Conv -> BatchNorm -> ReLU -> dropout -> mean -> Linear."""
+
+    def __init__(self, rngs, width=4, classes=3, dtype=None):
+        self.conv = nnx.Conv(1, width, (3, 3), dtype=dtype, rngs=rngs)
+        self.bn = nnx.BatchNorm(width, dtype=dtype, rngs=rngs)
+        self.drop = nnx.Dropout(0.2, rngs=rngs)
+        self.fc = nnx.Linear(width, classes, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        SEEN_DTYPES.append(x.dtype)  # runs while tracing only
+        x = nnx.relu(self.bn(self.conv(x)))
+        SEEN_DTYPES.append(x.dtype)
+        x = self.fc(self.drop(x.mean((1, 2))))
+        SEEN_DTYPES.append(x.dtype)
+        return x
+
+
+def _data(rng, n=48, size=6):
+    x = rng.normal(size=(n, size, size, 1)).astype(np.float32)
+    y = ((x[:, : size // 2].mean((1, 2, 3)) > 0).astype(np.int32)
+         + (x[:, size // 2:].mean((1, 2, 3)) > 0))
+    return (Dataset(x, y.astype(np.int32), 3, "fake"),
+            Dataset(x[:16].copy(), y[:16].astype(np.int32), 3, "fake"))
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)
+            if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+
+
+def test_one_step_smoke_on_fake_data(rng):
+    train, test = _data(rng, n=8)
+    model = Tiny(nnx.Rngs(0))
+    before = _leaves(nnx.state(model, nnx.Param))
+    history = fit(model, train, test, TrainConfig.quick(batch_size=8, num_devices=1))
+    assert history.step == 1 and len(history.epochs) == 1
+    record = history.epochs[0]
+    assert math.isfinite(record["train_loss"]) and 0 <= record["test_accuracy"] <= 1
+    after = _leaves(nnx.state(model, nnx.Param))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert model.bn.use_running_average  # left in eval mode
+    assert history.summary["num_params"] == sum(a.size for a in after)
+
+
+def test_train_step_traced_once_for_all_batches_and_epochs(rng):
+    train, test = _data(rng)
+    cfg = TrainConfig(epochs=3, batch_size=8, eval_batch_size=12, num_devices=1, quiet=True,
+                      lr=7e-3)  # a recipe no other test uses: nothing cached
+    before = dict(_loop.TRACE_COUNTS)
+    history = fit(Tiny(nnx.Rngs(0)), train, test, cfg)
+    assert history.step == 18  # 6 batches x 3 epochs
+    # 18 train steps and 3 x 2 eval batches (16 examples padded to 12 + 12): one trace each.
+    assert history.trace_counts == {"train_step": 1, "eval_step": 1}
+    assert _loop.TRACE_COUNTS["train_step"] - before["train_step"] == 1
+
+
+def test_training_learns_and_batchnorm_statistics_move(rng):
+    train, test = _data(rng, n=96)
+    model = Tiny(nnx.Rngs(0), width=8)
+    cfg = TrainConfig(epochs=4, batch_size=16, eval_batch_size=16, num_devices=1, quiet=True,
+                      lr=3e-2, warmup=0.0)
+    history = fit(model, train, test, cfg)
+    losses = [r["train_loss"] for r in history.epochs]
+    assert losses[-1] < losses[0]
+    assert not np.allclose(np.asarray(model.bn.mean[...]), 0.0)  # running stats updated
+    # Eval mode uses the running statistics: the reported test accuracy is reproducible
+    # from the returned model with a plain forward pass.
+    logits = model(jnp.asarray(test.images))
+    acc = float((np.argmax(np.asarray(logits), -1) == test.labels).mean())
+    assert acc == pytest.approx(history.epochs[-1]["test_accuracy"])
+
+
+def test_adamw_schedule_and_decay_match_hand_derivation():
+    # Constant gradients make every Adam step exactly -lr_t * sign(g) (bias-corrected
+    # m / sqrt(v) = 1), plus decoupled decay -lr_t * wd * p on matrices only.
+    cfg = TrainConfig(epochs=2, lr=0.1, warmup=0.5, schedule="cosine", weight_decay=0.5,
+                      optimizer="adamw")
+    steps_per_epoch = 4  # total 8 steps, warm-up 2
+    tx = make_optimizer(cfg, steps_per_epoch)
+    params = {"w": jnp.full((2, 2), 2.0), "b": jnp.full((2,), 2.0)}
+    grads = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+    state = tx.init(params)
+
+    def lr(t):  # linear warm-up 0 -> 0.1 over 2 steps, then cosine to 0 over 6
+        return 0.1 * t / 2 if t < 2 else 0.05 * (1 + math.cos(math.pi * (t - 2) / 6))
+
+    w, b = 2.0, 2.0
+    for t in range(8):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        w = w - lr(t) * (1.0 / (1.0 + 1e-8) + 0.5 * w)
+        b = b - lr(t) * (1.0 / (1.0 + 1e-8))
+        np.testing.assert_allclose(params["w"], w, rtol=1e-5)
+        np.testing.assert_allclose(params["b"], b, rtol=1e-5)
+        assert _loop._current_lr(cfg, steps_per_epoch, t) == pytest.approx(lr(t))
+
+
+def test_sgd_constant_schedule_matches_hand_derivation():
+    # Nesterov momentum 0.9: trace_t = g + 0.9 trace_{t-1}; update = -lr (g + 0.9 trace_t).
+    cfg = TrainConfig(epochs=1, lr=0.1, warmup=0.0, schedule="constant", weight_decay=0.0,
+                      optimizer="sgd")
+    tx = make_optimizer(cfg, 3)
+    params = {"w": jnp.zeros((2, 2))}
+    state = tx.init(params)
+    trace, w = 0.0, 0.0
+    for _ in range(3):
+        updates, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+        params = optax.apply_updates(params, updates)
+        trace = 1.0 + 0.9 * trace
+        w -= 0.1 * (1.0 + 0.9 * trace)
+        np.testing.assert_allclose(params["w"], w, rtol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(rng):
+    train, test = _data(rng, n=16)
+    model = Tiny(nnx.Rngs(0), dtype=jnp.bfloat16)
+    SEEN_DTYPES.clear()
+    cfg = TrainConfig.quick(batch_size=8, num_devices=1, dtype="bfloat16")
+    trainer = _loop._Trainer(model, cfg, 2, _loop.make_mesh(1))
+    carry = trainer.train_step(trainer.initial_carry, jnp.asarray(train.images[:8]),
+                               jnp.asarray(train.labels[:8]))
+    assert SEEN_DTYPES == [jnp.bfloat16] * 3  # input, features and logits all bf16
+    for tree in (carry["params"], carry["opt_state"], carry["rest"]):
+        for x in jax.tree.leaves(tree):
+            if jnp.issubdtype(x.dtype, jnp.floating):
+                assert x.dtype == jnp.float32
+    assert np.isfinite(float(carry["sums"][0]))
+    # The bf16 step follows the f32 step closely (same data, same init).
+    model32 = Tiny(nnx.Rngs(0))
+    t32 = _loop._Trainer(model32, cfg.replace(dtype="float32"), 2, _loop.make_mesh(1))
+    c32 = t32.train_step(t32.initial_carry, jnp.asarray(train.images[:8]),
+                         jnp.asarray(train.labels[:8]))
+    np.testing.assert_allclose(float(carry["sums"][0]), float(c32["sums"][0]), rtol=3e-2)
+
+
+def test_outputs_metrics_summary_and_plots(tmp_path, rng):
+    train, test = _data(rng)
+    cfg = TrainConfig(epochs=2, batch_size=8, num_devices=1, quiet=True, out=str(tmp_path),
+                      eval_batch_size=16)
+    history = fit(Tiny(nnx.Rngs(0)), train, test, cfg, run_info={"model": "tiny"})
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["epoch"] for r in lines] == [1, 2] and lines == history.epochs
+    summary = json.load(open(tmp_path / "summary.json"))
+    for key in ("test_accuracy", "test_loss", "epochs", "train_time_s", "images_per_s",
+                "model", "dataset", "num_params", "devices"):
+        assert key in summary
+    assert summary["model"] == "tiny" and summary["dataset"] == "fake"
+    assert summary["epochs"] == 2 and summary["devices"] == 1
+    assert summary["test_accuracy"] == lines[-1]["test_accuracy"]
+    for name in ("curves.png", "filters.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_bar_off_when_quiet_or_not_a_tty():
+    assert _loop._progress(10, "x", quiet=True) is None
+    assert _loop._progress(10, "x", quiet=False) is None  # pytest's stderr is not a TTY
+
+
+def test_fit_errors(rng):
+    train, test = _data(rng, n=8)
+    with pytest.raises(ValueError, match=r"fit: batch_size must be divisible by the number of "
+                                         r"devices \(8\), got 12"):
+        fit(Tiny(nnx.Rngs(0)), train, test, TrainConfig(batch_size=12, quiet=True))
+    with pytest.raises(ValueError, match=r"fit: batch_size must be <= the number of training "
+                                         r"examples \(8\), got 16"):
+        fit(Tiny(nnx.Rngs(0)), train, test, TrainConfig(batch_size=16, num_devices=1))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"model": "vgg"}, r"TrainConfig: model must be one of .*, got 'vgg'"),
+    ({"dataset": "imagenet"}, r"TrainConfig: dataset must be one of .*, got 'imagenet'"),
+    ({"optimizer": "lion"}, r"TrainConfig: optimizer must be one of .*, got 'lion'"),
+    ({"schedule": "step"}, r"TrainConfig: schedule must be one of .*, got 'step'"),
+    ({"dtype": "float16"}, r"TrainConfig: dtype must be one of .*, got 'float16'"),
+    ({"epochs": 0}, r"TrainConfig: epochs must be a positive int, got 0"),
+    ({"batch_size": 2.5}, r"TrainConfig: batch_size must be a positive int, got 2.5"),
+    ({"num_devices": 0}, r"TrainConfig: num_devices must be None or a positive int, got 0"),
+    ({"lr": 0.0}, r"TrainConfig: lr must be > 0, got 0.0"),
+    ({"warmup": -1.0}, r"TrainConfig: warmup must be >= 0 epochs, got -1.0"),
+    ({"weight_decay": -0.1}, r"TrainConfig: weight_decay must be >= 0, got -0.1"),
+    ({"resume": True}, r"TrainConfig: resume must come with an out folder, got out=None"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_config_defaults_and_quick_variant():
+    assert TrainConfig().model_name == "lenet5"
+    assert TrainConfig(dataset="shapes").model_name == "unet"
+    quick = TrainConfig.quick(lr=0.5)
+    assert quick.epochs == 1 and quick.quiet and quick.lr == 0.5 and quick.limit == 256
