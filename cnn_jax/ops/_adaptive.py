@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cnn_jax.ops._args import check_layout, check_rank, spatial_axes
+from cnn_jax.ops._args import batched_spatial_dims, check_layout, check_rank, spatial_axes
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -102,15 +102,10 @@ def _output_size(output_size, x, layout: str, op: str):
         batched = check_rank(x, n, op, "output_size")
         entries = tuple(output_size)
     else:
-        ndim = getattr(x, "ndim", None)
-        if ndim is None:
-            raise TypeError(f"{op}: x must be an array, got {type(x).__name__}")
-        if ndim < 3:
-            raise ValueError(
-                f"{op}: x must have at least 3 dims (N, spatial..., C) for an int output_size "
-                f"(pass a tuple output_size for an unbatched input), got x.shape={tuple(x.shape)}"
-            )
-        n, batched, entries = ndim - 2, True, (output_size,) * (ndim - 2)
+        n = batched_spatial_dims(
+            x, op, " for an int output_size (pass a tuple output_size for an unbatched input)"
+        )
+        batched, entries = True, (output_size,) * n
     axes = spatial_axes(x.ndim, n, layout)
     sizes = []
     for entry, axis in zip(entries, axes):
@@ -199,17 +194,10 @@ def adaptive_max_pool(x, output_size, *, layout: str = "channels_last"):
 
 def _global(x, keepdims, layout: str, op: str, reduce: str):
     layout = check_layout(layout, op)
-    ndim = getattr(x, "ndim", None)
-    if ndim is None:
-        raise TypeError(f"{op}: x must be an array, got {type(x).__name__}")
-    if ndim < 3:
-        raise ValueError(
-            f"{op}: x must have at least 3 dims (N, spatial..., C), got x.shape={tuple(x.shape)}"
-        )
+    n = batched_spatial_dims(x, op)
     if not isinstance(keepdims, bool):
         raise TypeError(f"{op}: keepdims must be a bool, got {keepdims!r}")
-    n = ndim - 2
-    axes = spatial_axes(ndim, n, layout)
+    axes = spatial_axes(x.ndim, n, layout)
     if any(x.shape[a] == 0 for a in axes):
         raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     x = jnp.asarray(x)

@@ -257,6 +257,23 @@ def check_rank(x, n: int, op: str, fixes: str) -> bool:
     )
 
 
+def batched_spatial_dims(x, op: str, hint: str = "") -> int:
+    """Spatial rank of ``x`` read as batched, ``x.ndim - 2``: the rule for ops whose rank
+    comes from ``x`` itself (int windows, ``upsample``, ``pad``, global pools).
+
+    ``hint`` is appended to the error, e.g. how to pass an unbatched input instead.
+    """
+    ndim = getattr(x, "ndim", None)
+    if ndim is None:
+        raise TypeError(f"{op}: x must be an array, got {type(x).__name__}")
+    if ndim < 3:
+        raise ValueError(
+            f"{op}: x must have at least 3 dims (N, *spatial, C or N, C, *spatial){hint}, "
+            f"got x.shape={tuple(x.shape)}"
+        )
+    return ndim - 2
+
+
 def prod(values) -> int:
     return math.prod(values)
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from cnn_jax.ops._args import Pads, check_choice, check_layout, resolve_padding, spatial_axes
+from cnn_jax.ops._args import (
+    Pads,
+    batched_spatial_dims,
+    check_choice,
+    check_layout,
+    resolve_padding,
+    spatial_axes,
+)
 
 PAD_MODES = ("zeros", "constant", "reflect", "replicate", "circular")
 _NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -36,12 +43,7 @@ def pad(x, padding, *, mode="zeros", value=0.0, layout="channels_last"):
     layout = check_layout(layout, op)
     mode = check_choice(mode, PAD_MODES, "mode", op)
     x = jnp.asarray(x)
-    if x.ndim < 3:
-        raise ValueError(
-            f"{op}: x must have at least 3 dims (N, *spatial, C or N, C, *spatial), "
-            f"got x.shape={tuple(x.shape)}"
-        )
-    n = x.ndim - 2
+    n = batched_spatial_dims(x, op)
     pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
     if mode == "zeros":
         mode, value = "constant", 0.0

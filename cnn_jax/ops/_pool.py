@@ -44,6 +44,7 @@ import numpy as np
 from jax import lax
 
 from cnn_jax.ops._args import (
+    batched_spatial_dims,
     check_int,
     check_layout,
     check_rank,
@@ -88,21 +89,16 @@ class _Window(NamedTuple):
 def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
     """Check every argument once and return ``(x_batched, batched, _Window)``."""
     check_layout(layout, op)
-    ndim = getattr(x, "ndim", None)
-    if ndim is None:
+    if getattr(x, "ndim", None) is None:
         raise TypeError(f"{op}: x must be an array, got {type(x).__name__}")
     if isinstance(window, Sequence) and not isinstance(window, str):
         n = len(window)
         if n == 0:
             raise ValueError(f"{op}: window must have at least one spatial dim, got {window!r}")
     else:
-        n = ndim - 2
-        if n < 1:
-            raise ValueError(
-                f"{op}: x must have at least 3 dims (batch, spatial, channel) for an int "
-                f"window (pass a tuple window to pool an unbatched input), got "
-                f"x.shape={tuple(x.shape)}"
-            )
+        n = batched_spatial_dims(
+            x, op, " for an int window (pass a tuple window to pool an unbatched input)"
+        )
     k = ntuple(window, n, "window", op)
     s = k if stride is None else ntuple(stride, n, "stride", op)
     d = ntuple(dilation, n, "dilation", op)

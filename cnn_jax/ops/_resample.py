@@ -18,6 +18,7 @@ import numpy as np
 from jax import lax
 
 from cnn_jax.ops._args import (
+    batched_spatial_dims,
     channel_axis,
     check_choice,
     check_layout,
@@ -33,17 +34,6 @@ METHODS = ("nearest", "linear")
 
 
 # --------------------------------------------------------------------------- upsample
-
-
-def _batched_rank(x, op: str) -> int:
-    ndim = getattr(x, "ndim", None)
-    if ndim is None:
-        raise TypeError(f"{op}: x must be an array, got {type(x).__name__}")
-    if ndim < 3:
-        raise ValueError(
-            f"{op}: x must have at least 3 dims (N, spatial..., C), got x.shape={tuple(x.shape)}"
-        )
-    return ndim - 2
 
 
 def _scales(scale_factor, n: int, op: str) -> tuple[float, ...]:
@@ -159,7 +149,7 @@ def upsample(
     op = "upsample"
     layout = check_layout(layout, op)
     method = check_choice(method, METHODS, "method", op)
-    n = _batched_rank(x, op)
+    n = batched_spatial_dims(x, op)
     if not isinstance(align_corners, (bool, np.bool_)):
         raise TypeError(f"{op}: align_corners must be a bool, got {align_corners!r}")
     if align_corners and method == "nearest":
@@ -250,7 +240,7 @@ def pixel_shuffle(x, upscale_factor, *, layout: str = "channels_last"):
     op = "pixel_shuffle"
     layout = check_layout(layout, op)
     r = _factor(upscale_factor, "upscale_factor", op)
-    n = _batched_rank(x, op)
+    n = batched_spatial_dims(x, op)
     ndim = x.ndim
     c_ax = channel_axis(ndim, n, layout)
     channels = x.shape[c_ax]
@@ -294,7 +284,7 @@ def pixel_unshuffle(x, downscale_factor, *, layout: str = "channels_last"):
     op = "pixel_unshuffle"
     layout = check_layout(layout, op)
     r = _factor(downscale_factor, "downscale_factor", op)
-    n = _batched_rank(x, op)
+    n = batched_spatial_dims(x, op)
     ndim = x.ndim
     spatial = tuple(x.shape[a] for a in spatial_axes(ndim, n, layout))
     if any(s % r for s in spatial):
@@ -383,7 +373,7 @@ def unfold(
             raise ValueError(f"{op}: window must have one entry per spatial dim, got {window!r}")
         batched = check_rank(x, n, op, "window")
     else:
-        n, batched = _batched_rank(x, op), True
+        n, batched = batched_spatial_dims(x, op), True
     x = jnp.asarray(x)
     if not batched:
         x = x[None]
