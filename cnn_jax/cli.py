@@ -29,6 +29,15 @@ def _input_shape(text: str) -> tuple[int, int, int]:
     return shape
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where the help text already says what the default is."""
+
+    def _get_help_string(self, action):
+        if "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``cnn-jax`` (subcommands train/evaluate/predict/summary)."""
     defaults = TrainConfig()
@@ -37,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model (default: the digits recipe)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsFormatter)
     t.add_argument("--model", choices=MODELS, default=None,
                    help="architecture (default: lenet5; unet for shapes)")
     t.add_argument("--dataset", choices=DATASETS, default=defaults.dataset)
