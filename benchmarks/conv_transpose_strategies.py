@@ -29,11 +29,6 @@ Run: ``python benchmarks/conv_transpose_strategies.py [--repeats 10]``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +36,7 @@ import numpy as np
 from jax import lax
 
 import cnn_jax as cj
+from _harness import environment, print_header, time_jax, time_torch, write_json
 
 # (name, x shape NHWC, kernel size, stride, padding, output_padding, C_out)
 CASES = [
@@ -95,23 +91,11 @@ def make_phase_custom_vjp(k, s, p, op):
     return f
 
 
-def _time(fn, args, repeats):
-    out = fn(*args)
-    jax.block_until_ready(out)  # warm-up (compiles)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def _torch_times(x, w, k, s, p, op, repeats):
     try:
         import torch
     except ImportError:
         return None, None
-    torch.set_num_threads(os.cpu_count() or 1)
     xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy(), requires_grad=True)
     wt = torch.tensor(np.asarray(w).transpose(2, 3, 0, 1).copy(), requires_grad=True)
 
@@ -121,31 +105,17 @@ def _torch_times(x, w, k, s, p, op, repeats):
 
     def fwd_bwd():
         y = torch.nn.functional.conv_transpose2d(xt, wt, stride=s, padding=p, output_padding=op)
-        gx, gw = torch.autograd.grad((y * y).sum(), (xt, wt))
-        return gx, gw
+        return torch.autograd.grad((y * y).sum(), (xt, wt))
 
-    res = []
-    for fn in (fwd, fwd_bwd):
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        res.append(statistics.median(times) * 1e3)
-    return tuple(res)
+    return time_torch(fwd, repeats), time_torch(fwd_bwd, repeats)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                      "conv_transpose_strategies.json"))
     args = parser.parse_args()
-    device = jax.devices()[0]
-    header = (f"device={device.platform}:{device.device_kind} cpus={os.cpu_count()} "
-              f"jax={jax.__version__} python={platform.python_version()}")
-    print(header)
+    env = environment()
+    print_header("transposed convolution strategies (median ms)", env)
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'case':30s} {'strategy':18s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'max|err|':>9s}")
@@ -166,18 +136,15 @@ def main():
             y = fwd(x, w)
             ref = y if ref is None else ref
             err = float(jnp.max(jnp.abs(y - ref)))
-            t_f = _time(fwd, (x, w), args.repeats)
-            t_fb = _time(fwd_bwd, (x, w), args.repeats)
+            t_f = time_jax(fwd, x, w, repeats=args.repeats)
+            t_fb = time_jax(fwd_bwd, x, w, repeats=args.repeats)
             rows.append(dict(case=name, strategy=sname, fwd_ms=t_f, fwd_bwd_ms=t_fb, max_err=err))
             print(f"{name:30s} {sname:18s} {t_f:9.2f} {t_fb:11.2f} {err:9.1e}", flush=True)
         t_f, t_fb = _torch_times(x, w, k, s, p, op, args.repeats)
         if t_f is not None:
             rows.append(dict(case=name, strategy="torch", fwd_ms=t_f, fwd_bwd_ms=t_fb, max_err=None))
             print(f"{name:30s} {'torch':18s} {t_f:9.2f} {t_fb:11.2f} {'':>9s}", flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(dict(header=header, repeats=args.repeats, rows=rows), fh, indent=1)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json('conv_transpose_strategies', env, rows)}")
 
 
 if __name__ == "__main__":
