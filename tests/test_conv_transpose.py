@@ -246,3 +246,34 @@ def test_conv_transpose_errors():
         cj.conv_transpose(x, w, stride=(1, 0))
     with pytest.raises(ValueError, match="conv_transpose: padding must be non-negative"):
         cj.conv_transpose(x, w, padding=((0, -1), (0, 0)))
+
+
+@pytest.mark.parametrize(
+    "x_shape,k,layout",
+    [((2, 3, 5), (2,), "channels_first"), ((2, 3, 4, 5), (2, 3), "channels_last"),
+     ((1, 2, 3, 2, 2), (2, 1, 2), "channels_first"), ((2, 3, 4, 4), (1, 1), "channels_last")],
+)
+def test_kernel_equal_to_stride_is_one_matmul_and_matches_torch(x_shape, k, layout):
+    # kernel_size == stride, no padding (U-Net's up-conv) runs as one matmul plus a
+    # depth-to-space reshape; values and both gradients must still equal PyTorch's.
+    n = len(k)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(np.float32)  # channels_first (N, C_in, *sp)
+    w = rng.standard_normal((x_shape[1], 4, *k)).astype(np.float32)
+    ct = rng.standard_normal((x_shape[0], 4, *(i * kk for i, kk in zip(x_shape[2:], k))))
+    ct = ct.astype(np.float32)
+    xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    yt = TORCH_CT[n](xt, wt, stride=k)
+    yt.backward(torch.tensor(ct))
+    cl = layout == "channels_last"
+    xj = jnp.asarray(to_cl(x) if cl else x)
+    wj = jnp.asarray(tkernel_to_cl(w, n) if cl else w)
+    y, pull = jax.vjp(lambda a, b: cj.conv_transpose(a, b, stride=k, layout=layout), xj, wj)
+    gx, gw = pull(jnp.asarray(to_cl(ct) if cl else ct))
+    back = (lambda a: to_cf(np.asarray(a))) if cl else np.asarray
+    np.testing.assert_allclose(back(y), yt.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(back(gx), xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    gw = tkernel_to_cf(np.asarray(gw), n) if cl else np.asarray(gw)
+    np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    hlo = jax.jit(lambda a, b: cj.conv_transpose(a, b, stride=k, layout=layout)).lower(xj, wj)
+    assert "convolution" not in hlo.as_text()

@@ -398,6 +398,27 @@ def _phase_plan(out_size, in_size, k, s, d, lo):
     return q_max, plans
 
 
+def _transpose_non_overlapping(dy, kernel, n, layout, precision, preferred_element_type):
+    """Transposed conv with ``kernel_size == stride`` and no padding (U-Net's up-conv).
+
+    Every input pixel writes its own ``k``-sized output block,
+    ``y[s * q + t] = dy[q] @ K[t]^T``, so the whole op is one matmul
+    ``(N * prod(q), O) @ (O, prod(k) * C)`` and a depth-to-space reshape; its gradients
+    are matmuls too. ``kernel`` is the forward conv's kernel (HWIO / OIHW).
+    """
+    if layout == "channels_first":
+        dy = jnp.moveaxis(dy, 1, -1)
+        kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2))  # OIHW -> HWIO
+    # (N, *q, O) . (*k, C, O) over O -> (N, *q, *k, C)
+    y = lax.dot_general(dy, kernel, (((n + 1,), (n + 1,)), ((), ())), precision=precision,
+                        preferred_element_type=preferred_element_type)
+    perm = [0, *itertools.chain.from_iterable((1 + i, n + 1 + i) for i in range(n)), 2 * n + 1]
+    y = jnp.transpose(y, perm)
+    shape = (y.shape[0], *(y.shape[1 + 2 * i] * y.shape[2 + 2 * i] for i in range(n)), y.shape[-1])
+    y = y.reshape(shape)
+    return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y
+
+
 def _conv_transpose_core(dy, kernel, out_sp, s, pads, d, groups, layout, n, precision,
                          preferred_element_type):
     """``dx`` of ``conv(x, kernel, stride=s, padding=pads, dilation=d, groups)`` given ``dy``.
@@ -405,10 +426,14 @@ def _conv_transpose_core(dy, kernel, out_sp, s, pads, d, groups, layout, n, prec
     ``kernel`` is the forward conv's kernel (conv layout); ``out_sp`` is ``x``'s spatial
     shape. This is transposed convolution; both public ops call it.
     """
+    in_sp = _spatial(dy.shape, n, layout)
+    if (groups == 1 and _kernel_dims(kernel.shape, n, layout)[0] == tuple(s)
+            and all(dd == 1 for dd in d) and all(p == (0, 0) for p in pads)
+            and tuple(out_sp) == tuple(i * ss for i, ss in zip(in_sp, s))):
+        return _transpose_non_overlapping(dy, kernel, n, layout, precision, preferred_element_type)
     w = _transpose_kernel(kernel, n, layout, groups)
     k_axes = _kernel_axes(n, layout)
     k = tuple(w.shape[a] for a in k_axes)
-    in_sp = _spatial(dy.shape, n, layout)
     dn = conv_dimension_numbers(n, layout)
     if math.prod(s) > _MAX_PHASES:
         # Too many phases to compile quickly: one stride-1 conv of dy with its zeros
