@@ -72,6 +72,18 @@ def _to_torch_cl(x_nhwc, requires_grad=True):
     return t.requires_grad_(requires_grad)
 
 
+def _rows(name, t, others):
+    """One table row per pass from the timings ``t`` (``{impl}_{fwd|bwd}`` -> ms)."""
+    rows = []
+    for mode in ("fwd", "bwd"):
+        row = {"case": name, "pass": "fwd" if mode == "fwd" else "fwd+bwd",
+               "cnn_jax_ms": t[f"cj_{mode}"]}
+        row.update({f"{o}_ms": t.get(f"{o}_{mode}") for o in others})
+        row.update({f"vs_{o}": ratio(t[f"cj_{mode}"], t.get(f"{o}_{mode}")) for o in others})
+        rows.append(row)
+    return rows
+
+
 def conv_cases(quick: bool):
     # (N, H, W, C_in, C_out, k, stride): ResNet-50-like layers.
     if quick:
@@ -121,20 +133,7 @@ def bench_conv(quick: bool, repeats: int):
                 lambda a, b: F.conv2d(a, b, stride=s, padding=p), (tx, tw), repeats
             )
         name = f"conv2d_{n}x{h}x{w}x{cin}_k{k}s{s}_o{cout}_f32"
-        for mode in ("fwd", "bwd"):
-            rows.append(
-                {
-                    "case": name,
-                    "pass": "fwd" if mode == "fwd" else "fwd+bwd",
-                    "cnn_jax_ms": t[f"cj_{mode}"],
-                    "lax_ms": t[f"lax_{mode}"],
-                    "flax_ms": t[f"flax_{mode}"],
-                    "torch_ms": t.get(f"torch_{mode}"),
-                    "vs_lax": ratio(t[f"cj_{mode}"], t[f"lax_{mode}"]),
-                    "vs_flax": ratio(t[f"cj_{mode}"], t[f"flax_{mode}"]),
-                    "vs_torch": ratio(t[f"cj_{mode}"], t.get(f"torch_{mode}")),
-                }
-            )
+        rows += _rows(name, t, ("lax", "flax", "torch"))
     return rows
 
 
@@ -177,18 +176,7 @@ def bench_transpose(quick: bool, repeats: int):
                 lambda a, b: F.conv_transpose2d(a, b, stride=s, padding=p, output_padding=op), (tx, tw), repeats
             )
         name = f"conv_transpose2d_{n}x{h}x{w}x{cin}_k{k}s{s}p{p}op{op}_o{cout}_f32"
-        for mode in ("fwd", "bwd"):
-            rows.append(
-                {
-                    "case": name,
-                    "pass": "fwd" if mode == "fwd" else "fwd+bwd",
-                    "cnn_jax_ms": t[f"cj_{mode}"],
-                    "lax_ms": t[f"lax_{mode}"],
-                    "torch_ms": t.get(f"torch_{mode}"),
-                    "vs_lax": ratio(t[f"cj_{mode}"], t[f"lax_{mode}"]),
-                    "vs_torch": ratio(t[f"cj_{mode}"], t.get(f"torch_{mode}")),
-                }
-            )
+        rows += _rows(name, t, ("lax", "torch"))
     return rows
 
 
@@ -234,18 +222,7 @@ def bench_pool(quick: bool, repeats: int):
             tfn = F.max_pool2d if kind == "max" else F.avg_pool2d
             t["torch_fwd"], t["torch_bwd"] = _torch_case(lambda a: tfn(a, k, s, p), (tx,), repeats)
         name = f"{kind}_pool2d_{n}x{h}x{w}x{c}_k{k}s{s}p{p}_f32"
-        for mode in ("fwd", "bwd"):
-            rows.append(
-                {
-                    "case": name,
-                    "pass": "fwd" if mode == "fwd" else "fwd+bwd",
-                    "cnn_jax_ms": t[f"cj_{mode}"],
-                    "lax_ms": t[f"lax_{mode}"],
-                    "torch_ms": t.get(f"torch_{mode}"),
-                    "vs_lax": ratio(t[f"cj_{mode}"], t[f"lax_{mode}"]),
-                    "vs_torch": ratio(t[f"cj_{mode}"], t.get(f"torch_{mode}")),
-                }
-            )
+        rows += _rows(name, t, ("lax", "torch"))
     return rows
 
 
