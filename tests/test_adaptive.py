@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import cnn_jax as cj
+from _layout import to_cf, to_cl, torch_value_and_grad
 
 TORCH_ADAPTIVE = {
     ("avg", 1): F.adaptive_avg_pool1d, ("avg", 2): F.adaptive_avg_pool2d,
@@ -15,23 +16,6 @@ TORCH_ADAPTIVE = {
     ("max", 2): F.adaptive_max_pool2d, ("max", 3): F.adaptive_max_pool3d,
 }
 OPS = {"avg": cj.adaptive_avg_pool, "max": cj.adaptive_max_pool}
-
-
-def to_cl(a):
-    return np.moveaxis(a, 1, -1)
-
-
-def to_cf(a):
-    return np.moveaxis(a, -1, 1)
-
-
-def torch_value_and_grad(fn, x, g_seed):
-    """torch output and the gradient of ``sum(y * g)`` for a fixed random ``g``."""
-    t = torch.tensor(x, requires_grad=True)
-    y = fn(t)
-    g = np.random.default_rng(g_seed).standard_normal(tuple(y.shape)).astype(x.dtype)
-    y.backward(torch.tensor(g))
-    return y.detach().numpy(), t.grad.numpy(), g
 
 
 def jax_value_and_grad(fn, x, g):

@@ -9,16 +9,9 @@ import torch.nn.functional as F
 from jax.test_util import check_grads
 
 import cnn_jax as cj
+from _layout import to_cf, to_cl
 
 TORCH_CT = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-
-
-def to_cl(a):
-    return np.moveaxis(a, 1, -1)
-
-
-def to_cf(a):
-    return np.moveaxis(a, -1, 1)
 
 
 def tkernel_to_cl(w, n):

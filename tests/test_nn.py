@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from flax import nnx
 
 import cnn_jax as cj
+from _layout import to_cf, to_cl
 from cnn_jax import nn as cnn
 
 TORCH_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
@@ -20,14 +21,6 @@ TORCH_CONVT = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torc
 
 
 # --- layout helpers (the oracle side is always PyTorch's NC* / OI* layout) ---------
-
-
-def to_cf(x):
-    return np.moveaxis(np.asarray(x), -1, 1)
-
-
-def to_cl(x):
-    return np.moveaxis(np.asarray(x), 1, -1)
 
 
 def conv_weight_to_torch(kernel, layout):

@@ -11,25 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import cnn_jax as cj
+from _layout import to_cf, to_cl, torch_value_and_grad
 
 LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
-
-def to_cl(a):
-    return np.moveaxis(a, 1, -1)
-
-
-def to_cf(a):
-    return np.moveaxis(a, -1, 1)
-
-
-def torch_value_and_grad(fn, x, g_seed):
-    """torch output and the gradient of ``sum(y * g)`` for a fixed random ``g``."""
-    t = torch.tensor(x, requires_grad=True)
-    y = fn(t)
-    g = np.random.default_rng(g_seed).standard_normal(tuple(y.shape)).astype(x.dtype)
-    y.backward(torch.tensor(g))
-    return y.detach().numpy(), t.grad.numpy(), g
 
 
 def both_layouts(op, x, g, cl_out=to_cl, cf_out=to_cf):
