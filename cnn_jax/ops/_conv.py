@@ -24,6 +24,7 @@ from jax import lax
 from cnn_jax.ops._args import (
     channel_axis,
     check_choice,
+    check_int,
     check_layout,
     check_rank,
     conv_dimension_numbers,
@@ -68,12 +69,6 @@ def _as_arrays(*arrays):
     arrays = [jnp.asarray(a) for a in arrays]
     dtype = jnp.result_type(*arrays)
     return [a.astype(dtype) for a in arrays]
-
-
-def _groups(groups, op: str) -> int:
-    if not hasattr(groups, "__index__") or isinstance(groups, bool):
-        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
-    return ntuple(groups, 1, "groups", op)[0]
 
 
 def _kernel_dims(shape, n: int, layout: str):
@@ -194,10 +189,13 @@ def conv(
     )
 
 
-def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, flip,
-          layout, precision, preferred_element_type):
+def _prologue(op, x, kernel, stride, dilation, groups, layout):
+    """The checks ``conv`` and ``conv_transpose`` share, in one place.
+
+    Returns ``(layout, n, batched, x, kernel, stride, dilation, groups, c_in)`` with
+    ``x`` batched (a leading axis added when it was not) and both arrays in one dtype.
+    """
     layout = check_layout(layout, op)
-    padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode", op)
     n = _num_spatial(kernel, op)
     batched = check_rank(x, n, op, "kernel")
     x, kernel = _as_arrays(x, kernel)
@@ -205,8 +203,15 @@ def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, 
         x = x[None]
     s = ntuple(stride, n, "stride", op)
     d = ntuple(dilation, n, "dilation", op)
-    g = _groups(groups, op)
-    c_in = x.shape[channel_axis(x.ndim, n, layout)]
+    g = check_int(groups, "groups", op)
+    return layout, n, batched, x, kernel, s, d, g, x.shape[channel_axis(x.ndim, n, layout)]
+
+
+def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, flip,
+          layout, precision, preferred_element_type):
+    padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode", op)
+    layout, n, batched, x, kernel, s, d, g, c_in = _prologue(
+        op, x, kernel, stride, dilation, groups, layout)
     k, c_out = _check_conv_channels(op, c_in, kernel.shape, n, layout, g)
     axes = spatial_axes(x.ndim, n, layout)
     in_sp = tuple(x.shape[a] for a in axes)
@@ -530,18 +535,10 @@ def conv_transpose(x, kernel, bias=None, *, stride=1, padding=0, output_padding=
     (1, 32, 32, 3)
     """
     op = "conv_transpose"
-    layout = check_layout(layout, op)
-    n = _num_spatial(kernel, op)
-    batched = check_rank(x, n, op, "kernel")
-    x, kernel = _as_arrays(x, kernel)
-    if not batched:
-        x = x[None]
-    s = ntuple(stride, n, "stride", op)
-    d = ntuple(dilation, n, "dilation", op)
+    layout, n, batched, x, kernel, s, d, g, c_in = _prologue(
+        op, x, kernel, stride, dilation, groups, layout)
     op_pad = ntuple(output_padding, n, "output_padding", op, min_value=0)
     check_output_padding(op_pad, s, d, op)
-    g = _groups(groups, op)
-    c_in = x.shape[channel_axis(x.ndim, n, layout)]
     if layout == "channels_last":
         k, kc_in, c_out_g = tuple(kernel.shape[:n]), kernel.shape[n], kernel.shape[n + 1]
         conv_kernel = jnp.swapaxes(kernel, n, n + 1)  # (*k, C_out/G, C_in): HWIO
@@ -581,7 +578,7 @@ def _grad_setup(op, dy, kernel_shape, layout, n, stride, dilation, groups):
     layout = check_layout(layout, op)
     s = ntuple(stride, n, "stride", op)
     d = ntuple(dilation, n, "dilation", op)
-    g = _groups(groups, op)
+    g = check_int(groups, "groups", op)
     k, k_in, c_out = _kernel_dims(kernel_shape, n, layout)
     batched = check_rank(dy, n, op, "kernel")
     c_dy = dy.shape[channel_axis(dy.ndim, n, layout)]

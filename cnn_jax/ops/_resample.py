@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +20,7 @@ from cnn_jax.ops._args import (
     batched_spatial_dims,
     channel_axis,
     check_choice,
+    check_int,
     check_layout,
     check_rank,
     ntuple,
@@ -204,18 +204,6 @@ def upsample(
 # ----------------------------------------------------------------------- pixel shuffle
 
 
-def _factor(value, name: str, op: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{op}: {name} must be an int, got {value!r}") from None
-    if value < 1:
-        raise ValueError(f"{op}: {name} must be >= 1, got {value!r}")
-    return value
-
-
 def pixel_shuffle(x, upscale_factor, *, layout: str = "channels_last"):
     """Rearrange channels into space: ``C * r**n`` channels to ``C``, each spatial dim ``* r``.
 
@@ -239,7 +227,7 @@ def pixel_shuffle(x, upscale_factor, *, layout: str = "channels_last"):
     """
     op = "pixel_shuffle"
     layout = check_layout(layout, op)
-    r = _factor(upscale_factor, "upscale_factor", op)
+    r = check_int(upscale_factor, "upscale_factor", op)
     n = batched_spatial_dims(x, op)
     ndim = x.ndim
     c_ax = channel_axis(ndim, n, layout)
@@ -283,7 +271,7 @@ def pixel_unshuffle(x, downscale_factor, *, layout: str = "channels_last"):
     """
     op = "pixel_unshuffle"
     layout = check_layout(layout, op)
-    r = _factor(downscale_factor, "downscale_factor", op)
+    r = check_int(downscale_factor, "downscale_factor", op)
     n = batched_spatial_dims(x, op)
     ndim = x.ndim
     spatial = tuple(x.shape[a] for a in spatial_axes(ndim, n, layout))
