@@ -1,13 +1,15 @@
-"""Checkpoints with orbax-checkpoint: every epoch, the last few and the best kept.
+"""Checkpoints with orbax-checkpoint: atomic, checksummed, the last few and the best kept.
 
 A checkpoint holds the whole training state as one flat list of arrays (params,
 BatchNorm statistics, the model's RNG state, optimiser state) plus a JSON record:
 the global step, the data set and model it was written for, every leaf's tree
-path, shape, dtype and SHA-1, and the epoch's metrics. After orbax finishes a step, ``cnn_jax_manifest.json``
-records the SHA-1 of every file it wrote. Resuming checks the files against the
-manifest and the record against the run before touching any array, and checks
-every restored array's hash, so a checkpoint from another model or a damaged file
-is refused with :class:`CheckpointError` instead of being half-loaded.
+path, shape, dtype and SHA-1, and the epoch's metrics. orbax writes a step into a
+temporary folder and renames it into place when complete, so a write cut off by a
+crash or a kill never shows up as a checkpoint. Resuming checks the record against
+the run before touching any array, and every restored array against its SHA-1, so a
+checkpoint from another model or a damaged file is refused with
+:class:`CheckpointError` instead of being half-loaded. Every process of a
+multi-process run calls :meth:`Checkpointer.save` (orbax writes collectively).
 """
 
 from __future__ import annotations
@@ -49,54 +51,6 @@ def _leaf_record(x) -> list:
     return [list(x.shape), str(x.dtype)]
 
 
-MANIFEST = "cnn_jax_manifest.json"
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_manifest(step_dir: str) -> None:
-    """Record the SHA-1 of every file orbax wrote for one step, next to them."""
-    files = {}
-    for root, _, names in os.walk(step_dir):
-        for name in names:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, step_dir)
-            if rel != MANIFEST:
-                files[rel] = _file_digest(path)
-    with open(os.path.join(step_dir, MANIFEST), "w") as f:
-        json.dump(files, f, indent=0, sort_keys=True)
-
-
-def _verify_manifest(step_dir: str, only: str | None = None) -> None:
-    """Check files against the manifest before orbax reads them: damaged bytes are
-    refused here with a clear message instead of failing deep inside tensorstore."""
-    path = os.path.join(step_dir, MANIFEST)
-    try:
-        with open(path) as f:
-            files = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {step_dir} is incomplete or not a cnn_jax "
-                              f"checkpoint: missing file {MANIFEST}") from None
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {step_dir} is corrupt: malformed file {MANIFEST} "
-                              f"({e})") from e
-    for rel, digest in sorted(files.items()):
-        if only is not None and rel != only:
-            continue
-        full = os.path.join(step_dir, rel)
-        if not os.path.isfile(full):
-            raise CheckpointError(f"checkpoint {step_dir} is corrupt: missing file {rel}")
-        if _file_digest(full) != digest:
-            raise CheckpointError(f"checkpoint {step_dir} is corrupt: file {rel} does not "
-                                  f"match its recorded SHA-1")
-
-
 class Checkpointer:
     """Save and restore training state in ``directory`` (one sub-folder per step).
 
@@ -128,7 +82,8 @@ class Checkpointer:
 
     # -------------------------------------------------------------- queries
     def all_steps(self) -> list[int]:
-        """Steps with a finished checkpoint, oldest first."""
+        """Steps with a finished checkpoint, oldest first (orbax renames a step's
+        temporary folder into place only once every file is written)."""
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
@@ -140,7 +95,6 @@ class Checkpointer:
         """The JSON record of ``step``."""
         ocp = self._ocp
         path = os.path.join(self.directory, str(step))
-        _verify_manifest(path, only=os.path.join("meta", "metadata"))
         try:
             meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = meta["meta"]
@@ -187,7 +141,6 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)))
         self._manager.wait_until_finished()
-        _write_manifest(os.path.join(self.directory, str(step)))
         self._metrics[int(step)] = metric
         self._prune()
         return os.path.join(self.directory, str(step))
@@ -221,13 +174,12 @@ class Checkpointer:
         """
         ocp = self._ocp
         path = os.path.join(self.directory, str(step))
-        _verify_manifest(path)
         meta = self.read_meta(step)
         for key, value in (expect or {}).items():
             if meta.get(key) != value:
                 raise CheckpointError(
-                    f"checkpoint {path} does not match this run: {key} must be {value!r}, "
-                    f"got {meta.get(key)!r} in the checkpoint")
+                    f"checkpoint {path} was written for {key} {meta.get(key)!r}, but this "
+                    f"run has {key} {value!r}")
         flat, treedef = jax.tree_util.tree_flatten_with_path(target)
         paths = [jax.tree_util.keystr(p) for p, _ in flat]
         targets = [x for _, x in flat]

@@ -39,8 +39,17 @@ class Dataset:
     num_classes: int
     name: str
     class_names: list[str] = field(default_factory=list)
+    task: str = "classify"
 
     def __post_init__(self):
+        if self.task not in ("classify", "segment"):
+            raise DatasetError(f"{self.name}: task must be 'classify' or 'segment', "
+                               f"got {self.task!r}")
+        want = 1 if self.task == "classify" else 3
+        if self.labels.ndim != want:
+            raise DatasetError(
+                f"{self.name}: labels of a {self.task} data set must have {want} "
+                f"dimension(s), got shape {self.labels.shape}")
         if self.images.ndim != 4:
             raise DatasetError(
                 f"{self.name}: images must be (N, H, W, C), got shape {self.images.shape}")
@@ -59,17 +68,12 @@ class Dataset:
         """``(H, W, C)`` of one image."""
         return tuple(self.images.shape[1:])
 
-    @property
-    def task(self) -> str:
-        """``"segmentation"`` when labels are per-pixel, else ``"classification"``."""
-        return "segmentation" if self.labels.ndim == 3 else "classification"
-
     def take(self, n: int | None) -> Dataset:
         """The first ``n`` examples (all when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
         return Dataset(self.images[:n], self.labels[:n], self.num_classes, self.name,
-                       self.class_names)
+                       self.class_names, self.task)
 
     def resized(self, size: int | None) -> Dataset:
         """Images resized (bilinear) to ``size x size``; masks by nearest neighbour."""
@@ -80,19 +84,19 @@ class Dataset:
         n, _, _, c = self.images.shape
         images = np.asarray(jax.image.resize(self.images, (n, size, size, c), "linear"))
         labels = self.labels
-        if self.task == "segmentation":
+        if self.task == "segment":
             labels = np.asarray(jax.image.resize(labels, (n, size, size), "nearest"))
         return Dataset(np.clip(images, 0.0, 1.0).astype(np.float32), labels,
-                       self.num_classes, self.name, self.class_names)
+                       self.num_classes, self.name, self.class_names, self.task)
 
 
 def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0
                  ) -> tuple[Dataset, Dataset]:
-    """Load a named data set as ``(train, test)``.
+    """Load a registered data set (``cnn_jax.train.DATASETS``) as ``(train, test)``.
 
     Args:
       name: ``"digits"``, ``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``,
-        ``"folder"`` or ``"shapes"``.
+        ``"folder"``, ``"shapes"``, or one added with ``register_dataset``.
       data_dir: the folder with the files (mnist, fashion_mnist, cifar10, folder).
       seed: seeds the ``shapes`` generator and a folder's train/test split.
 
@@ -103,42 +107,63 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0
     >>> train.images.shape[1:], len(test)
     ((8, 8, 1), 360)
     """
-    if name == "digits":
-        return load_digits()
-    if name == "shapes":
-        return make_shapes(seed=seed)
-    if name in ("mnist", "fashion_mnist", "cifar10", "folder"):
+    from cnn_jax.train._registry import DATASETS
+
+    if name not in DATASETS:
+        raise DatasetError(f"load_dataset: name must be one of {tuple(DATASETS)}, got {name!r}")
+    entry = DATASETS[name]
+    if entry.needs_data_dir:
         if data_dir is None:
-            raise DatasetError(f"load_dataset: data_dir must be given for {name!r}, got None")
+            raise DatasetError(f"load_dataset: data_dir must be given for {name!r} "
+                               f"(--data-dir), got None")
         if not os.path.isdir(data_dir):
             raise DatasetError(f"load_dataset: data_dir must be an existing folder, "
                                f"got {data_dir!r}")
-        if name == "cifar10":
-            return load_cifar10(data_dir)
-        if name == "folder":
-            return load_image_folder(data_dir, seed=seed)
-        return load_idx(data_dir, name=name)
-    raise DatasetError(f"load_dataset: name must be one of ('digits', 'mnist', "
-                       f"'fashion_mnist', 'cifar10', 'folder', 'shapes'), got {name!r}")
+    return entry.load(data_dir, seed)
 
 
-def load_digits(test_size: int = 360) -> tuple[Dataset, Dataset]:
-    """scikit-learn's bundled 8x8 digits (1,797 scans), a fixed stratified split.
+# Loaders in the registry's ``(data_dir, seed)`` form.
+def digits_loader(data_dir, seed):
+    return load_digits()
 
-    The split is ``sklearn.model_selection.train_test_split(..., test_size=360,
-    stratify=y, random_state=0)``: 1,437 training and 360 test images, every
-    class in proportion. Pixel values 0..16 are scaled to ``[0, 1]``.
+
+def mnist_loader(data_dir, seed):
+    return load_idx(data_dir, name="mnist")
+
+
+def fashion_mnist_loader(data_dir, seed):
+    return load_idx(data_dir, name="fashion_mnist")
+
+
+def cifar10_loader(data_dir, seed):
+    return load_cifar10(data_dir)
+
+
+def folder_loader(data_dir, seed):
+    return load_image_folder(data_dir, seed=seed)
+
+
+def shapes_loader(data_dir, seed):
+    return make_shapes(seed=seed)
+
+
+def load_digits() -> tuple[Dataset, Dataset]:
+    """The 1,797 8x8 handwritten digits bundled with cnn_jax, a fixed stratified split.
+
+    The same images as ``sklearn.datasets.load_digits`` and the split
+    ``train_test_split(..., test_size=360, stratify=y, random_state=0)`` (1,437
+    training and 360 test images, every class in proportion), stored in the package
+    (``cnn_jax/train/data/digits.npz``) so that no scikit-learn import is needed.
+    Pixel values 0..16 are scaled to ``[0, 1]``.
     """
-    from sklearn.datasets import load_digits as _load
-    from sklearn.model_selection import train_test_split
-
-    bunch = _load()
-    x = (bunch.images.astype(np.float32) / 16.0)[..., None]
-    y = bunch.target.astype(np.int32)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, stratify=y,
-                                              random_state=0)
+    path = os.path.join(os.path.dirname(__file__), "data", "digits.npz")
+    with np.load(path) as f:
+        x = (f["images"].astype(np.float32) / 16.0)[..., None]
+        y = f["labels"].astype(np.int32)
+        train_index, test_index = f["train_index"], f["test_index"]
     names = [str(i) for i in range(10)]
-    return (Dataset(x_tr, y_tr, 10, "digits", names), Dataset(x_te, y_te, 10, "digits", names))
+    return (Dataset(x[train_index], y[train_index], 10, "digits", names),
+            Dataset(x[test_index], y[test_index], 10, "digits", names))
 
 
 # ---------------------------------------------------------------- IDX (MNIST)
@@ -405,6 +430,6 @@ def make_shapes(n_train: int = 512, n_test: int = 128, size: int = 32, *, seed: 
     def build(n):
         pairs = [one() for _ in range(n)]
         return Dataset(np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]),
-                       len(SHAPES_CLASSES), "shapes", SHAPES_CLASSES)
+                       len(SHAPES_CLASSES), "shapes", SHAPES_CLASSES, task="segment")
 
     return build(n_train), build(n_test)

@@ -1,15 +1,14 @@
 """From a config to a trained run folder, and back: what the ``cnn-jax`` command calls.
 
-``train_and_evaluate(config)`` loads the data, builds the model, records the run
-in ``run.json`` and calls :func:`fit`. ``load_run(out)`` rebuilds the model from
-``run.json`` and restores its best (or latest) checkpoint, for ``evaluate`` and
-``predict``.
+``train_and_evaluate(config)`` looks the model and data set up in the registries,
+loads the data, builds the model (initialised under one ``jit``), records the run
+in ``run.json`` and calls :func:`fit`. ``resume_config(out, **changes)`` reads a
+run's configuration back for ``--resume``; ``load_run(out)`` rebuilds the model and
+restores its best (or latest) checkpoint, for ``evaluate`` and ``predict``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import json
 import os
 
@@ -19,128 +18,138 @@ import numpy as np
 from flax import nnx
 
 from cnn_jax.train._checkpoint import Checkpointer, CheckpointError
-from cnn_jax.train._config import TrainConfig
+from cnn_jax.train._config import RESUMABLE, ConfigError, TrainConfig
 from cnn_jax.train._data import Dataset, load_dataset
-from cnn_jax.train._loop import History, _Trainer, fit
+from cnn_jax.train._loop import History, fit
+from cnn_jax.train._registry import DATASETS, MODELS
 from cnn_jax.train._sharding import make_mesh
+from cnn_jax.train._step import Trainer
 
-# Models that need a fixed input size get it here (LeNet-5: the classic 32x32).
-MODEL_INPUT_SIZE = {"lenet5": 32}
-
-
-def _model_classes() -> dict:
-    from cnn_jax import models
-
-    return {
-        "lenet5": models.LeNet5, "simple_cnn": models.SimpleCNN, "resnet18": models.ResNet18,
-        "resnet34": models.ResNet34, "resnet50": models.ResNet50,
-        "mobilenet_v2": models.MobileNetV2, "unet": models.UNet,
-    }
+RUN_FILE = "run.json"
 
 
 def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int], *,
                  width: int | None = None, seed: int = 0, dtype: str = "float32"
                  ) -> nnx.Module:
-    """Build a model of :mod:`cnn_jax.models` by its command-line name.
+    """Build a registered model (``cnn_jax.train.MODELS``) by its command-line name.
+
+    Parameters are initialised in one compiled program (not one per initialiser).
 
     Args:
-      name: ``lenet5``, ``simple_cnn``, ``resnet18/34/50``, ``mobilenet_v2`` or ``unet``.
-      num_classes: classes (per pixel for ``unet``).
+      name: a key of ``MODELS`` (``digits_cnn``, ``lenet5``, ``resnet18``, ...).
+      num_classes: classes (per pixel for segmentation models).
       image_shape: ``(H, W, C)`` of the inputs.
-      width: ``simple_cnn`` width / ``unet`` base width (None: the model's default).
+      width: the model's width argument (None: the model's default).
       seed: initialisation seed (``nnx.Rngs(seed)``; dropout uses the same Rngs).
       dtype: compute dtype of the layers (``"bfloat16"``: bf16 compute, f32 params).
 
     >>> create_model("lenet5", 10, (32, 32, 1)).fc3.out_features
     10
     """
-    classes = _model_classes()
-    if name not in classes:
-        raise ValueError(f"create_model: name must be one of {tuple(classes)}, got {name!r}")
-    cls = classes[name]
-    h, w, c = image_shape
-    kwargs = {"in_channels": c}
-    # nnx.Module classes hide their arguments behind the metaclass: read __init__. The
-    # ResNet variants are factories forwarding **kwargs to ResNet: read ResNet's.
-    if not isinstance(cls, type):
-        from cnn_jax.models import ResNet
+    if name not in MODELS:
+        raise ConfigError(f"create_model: name must be one of {tuple(MODELS)}, got {name!r}")
+    entry = MODELS[name]
+    compute = None if dtype == "float32" else jnp.dtype(dtype)
 
-        cls_args = ResNet if name.startswith("resnet") else cls
-    else:
-        cls_args = cls
-    params = inspect.signature(cls_args.__init__ if isinstance(cls_args, type)
-                               else cls_args).parameters
-    if "input_size" in params:
-        kwargs["input_size"] = (h, w)
-    if "small_input" in params:
-        kwargs["small_input"] = max(h, w) <= 64
-    if "dtype" in params and dtype != "float32":
-        kwargs["dtype"] = jnp.dtype(dtype)
-    if width is not None:
-        for key in ("width", "base_width"):
-            if key in params:
-                kwargs[key] = width
-    return cls(num_classes, **kwargs, rngs=nnx.Rngs(seed))
+    def build():
+        return entry.build(num_classes, tuple(image_shape), rngs=nnx.Rngs(seed), width=width,
+                           dtype=compute)
+
+    return nnx.jit(build)()
 
 
 def prepare_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
     """The config's data set, subset by ``limit`` and resized as the model needs."""
     train, test = load_dataset(config.dataset, config.data_dir, seed=config.seed)
-    size = MODEL_INPUT_SIZE.get(config.model_name, config.image_size)
+    size = MODELS[config.model_name].input_size or config.image_size
     train, test = train.take(config.limit), test.take(config.limit)
     return train.resized(size), test.resized(size)
+
+
+def read_run(out: str) -> dict:
+    """The ``run.json`` record of a run folder (config, classes, input shape)."""
+    path = os.path.join(out, RUN_FILE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"missing file {path}: expected the run record written by "
+                              f"'cnn-jax train --out {out}'")
+    try:
+        with open(path) as f:
+            run = json.load(f)
+        run["config"] = TrainConfig.from_dict(dict(run["config"], resume=False))
+        for key in ("num_classes", "image_shape", "class_names"):
+            run[key]  # noqa: B018 - presence check
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"malformed file {path}: expected the run record written by "
+                              f"cnn-jax train ({type(e).__name__}: {e})") from e
+    return run
+
+
+def resume_config(out: str, **changes) -> TrainConfig:
+    """The configuration of the run in ``out``, for ``--resume``.
+
+    Args:
+      out: the run folder.
+      **changes: fields given again on the command line. Those in ``RESUMABLE``
+        (``epochs``, ``quiet``, ``num_devices``, checkpoint cadence, ...) override the
+        run's; any other must equal the run's value.
+
+    Raises:
+      CheckpointError: no ``run.json``, a malformed one, or a change that would make
+        a different run.
+    """
+    config = read_run(out)["config"]
+    for key, value in changes.items():
+        if key not in RESUMABLE and getattr(config, key) != value:
+            raise CheckpointError(
+                f"cannot resume {out} with {key}={value!r}: the run was started with "
+                f"{key}={getattr(config, key)!r} (in {os.path.join(out, RUN_FILE)}); only "
+                f"{', '.join(k for k in RESUMABLE if k not in ('out', 'resume'))} may change "
+                f"on --resume")
+    return config.replace(**dict(changes, out=out, resume=True))
 
 
 def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
     """Load data, build the model, train it with :func:`fit`; the CLI's ``train``.
 
     With ``config.out`` set, ``run.json`` records the config and the data set's
-    shape and class names so ``evaluate``/``predict`` can rebuild the model.
+    shape and class names so that ``evaluate``/``predict``/``--resume`` can rebuild
+    the run. Nothing is written before the data has loaded and the batch fits.
     """
-    if config.model_name == "unet" and config.dataset != "shapes":
-        raise ValueError(f"train_and_evaluate: model 'unet' needs per-pixel labels "
-                         f"(dataset 'shapes'), got dataset {config.dataset!r}")
-    if config.dataset == "shapes" and config.model_name != "unet":
-        raise ValueError(f"train_and_evaluate: dataset 'shapes' is segmentation and needs "
-                         f"model 'unet', got model {config.model_name!r}")
-    _check_out_folder(config)
+    check_out_folder(config.out)
     train, test = prepare_data(config)
+    if len(train) < config.batch_size:
+        raise ConfigError(
+            f"train: batch_size must be <= the number of training examples of "
+            f"{config.dataset!r} ({len(train)}), got {config.batch_size}; pass "
+            f"--batch-size {max(1, len(train))} or less")
     model = create_model(config.model_name, train.num_classes, train.image_shape,
                          width=config.width, seed=config.seed, dtype=config.dtype)
-    run = {"config": dataclasses.asdict(config), "model": config.model_name,
-           "dataset": config.dataset, "num_classes": train.num_classes,
-           "image_shape": list(train.image_shape), "class_names": train.class_names}
     if config.out is not None and jax.process_index() == 0:
         os.makedirs(config.out, exist_ok=True)
-        with open(os.path.join(config.out, "run.json"), "w") as f:
+        run = {"config": dict(config.to_dict(), resume=False), "model": config.model_name,
+               "dataset": config.dataset, "task": config.task,
+               "num_classes": train.num_classes, "image_shape": list(train.image_shape),
+               "class_names": train.class_names}
+        tmp = os.path.join(config.out, RUN_FILE + ".tmp")
+        with open(tmp, "w") as f:
             json.dump(run, f, indent=2)
-    return fit(model, train, test, config,
+        os.replace(tmp, os.path.join(config.out, RUN_FILE))
+    return fit(model, train, test, config, flip=DATASETS[config.dataset].flip,
                run_info={"model": config.model_name, "dataset": config.dataset}, **fit_kwargs)
 
 
-def _check_out_folder(config: TrainConfig):
-    """Refuse, before anything is overwritten, to mix two runs in one folder."""
-    if config.out is None:
+def check_out_folder(out: str | None):
+    """Refuse, before any work, an ``out`` that is a file or cannot be written."""
+    if out is None:
         return
-    ckpt_dir = os.path.join(config.out, "checkpoints")
-    has_ckpt = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-    if has_ckpt and not config.resume:
-        raise CheckpointError(
-            f"train_and_evaluate: out must not hold checkpoints unless resuming, got "
-            f"{config.out!r}; pass resume=True (--resume) or another out")
-    run_path = os.path.join(config.out, "run.json")
-    if config.resume and os.path.isfile(run_path):
-        try:
-            with open(run_path) as f:
-                run = json.load(f)
-        except ValueError as e:
-            raise CheckpointError(f"malformed file {run_path}: expected the run record written "
-                                  f"by cnn-jax train ({e})") from e
-        for key, value in (("model", config.model_name), ("dataset", config.dataset)):
-            if run.get(key) != value:
-                raise CheckpointError(
-                    f"checkpoint in {config.out} does not match this run: {key} must be "
-                    f"{value!r}, got {run.get(key)!r} in {run_path}")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"train: out must be a folder, got {out!r}, an existing file")
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train: out must be writable, got {out!r} ({existing} is not a "
+                          f"writable folder)")
 
 
 def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
@@ -152,19 +161,12 @@ def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
 
     Returns:
       ``(model, run)``: the model in eval mode with the checkpoint's weights, and
-      the ``run.json`` record (with ``"step"`` added).
+      the ``run.json`` record (``"config"`` as a :class:`TrainConfig`, ``"step"`` added).
     """
-    run_path = os.path.join(out, "run.json")
-    if not os.path.isfile(run_path):
-        raise CheckpointError(f"load_run: missing file {run_path}: expected the run record "
-                              f"written by 'cnn-jax train --out {out}'")
-    try:
-        with open(run_path) as f:
-            run = json.load(f)
-        config = TrainConfig(**dict(run["config"], resume=False, out=None, quiet=True))
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"load_run: malformed file {run_path}: expected the run record "
-                              f"written by cnn-jax train ({e})") from e
+    if which not in ("best", "latest"):
+        raise ValueError(f"load_run: which must be 'best' or 'latest', got {which!r}")
+    run = read_run(out)
+    config = run["config"]
     ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=config.keep_checkpoints)
     try:
         step = ckpt.best_step() if which == "best" else None
@@ -174,12 +176,13 @@ def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
         meta = ckpt.read_meta(step)
         model = create_model(config.model_name, run["num_classes"], tuple(run["image_shape"]),
                              width=config.width, seed=config.seed, dtype=config.dtype)
-        trainer = _Trainer(model, config, int(meta["steps_per_epoch"]), make_mesh(1))
-        carry, _ = ckpt.restore(step, trainer.initial_carry,
+        trainer = Trainer(model, config, int(meta["steps_per_epoch"]), make_mesh(1),
+                          task=config.task)
+        state, _ = ckpt.restore(step, trainer.initial_state(),
                                 expect={"model": run["model"], "dataset": run["dataset"]})
     finally:
         ckpt.close()
-    trainer.sync_model(carry)
+    trainer.sync_model(state)
     model.eval()
     return model, dict(run, step=step)
 

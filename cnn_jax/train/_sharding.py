@@ -56,7 +56,9 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     if num_devices is not None:
         if isinstance(num_devices, bool) or not isinstance(num_devices, int) or not (
                 1 <= num_devices <= len(devices)):
-            raise ValueError(f"make_mesh: num_devices must be an int in [1, {len(devices)}], "
+            from cnn_jax.train._config import ConfigError
+
+            raise ConfigError(f"make_mesh: num_devices must be an int in [1, {len(devices)}], "
                              f"got {num_devices!r}")
         devices = devices[:num_devices]
     return Mesh(np.asarray(devices), (DATA_AXIS,))
@@ -77,12 +79,29 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
-def shard_batch(batch, mesh: Mesh):
-    """Split each array of ``batch`` along axis 0 over the mesh's ``data`` axis.
+def local_rows(global_rows: int, mesh: Mesh) -> slice:
+    """The rows of a ``global_rows`` batch that this process feeds: its devices' shards.
 
-    With several processes, each passes its own slice of the global batch
-    (``global_batch // jax.process_count()`` rows) and they are joined into one
-    global array.
+    A 1-D ``data`` mesh splits a batch into equal contiguous blocks, one per device
+    in mesh order; a process's devices are adjacent there (``jax.devices()`` lists
+    them process by process), so its rows are one contiguous slice.
+    """
+    index_map = data_sharded(mesh).addressable_devices_indices_map((global_rows,))
+    starts = sorted(idx[0].start or 0 for idx in index_map.values())
+    stops = sorted(idx[0].stop if idx[0].stop is not None else global_rows
+                   for idx in index_map.values())
+    if not starts:
+        return slice(0, 0)
+    return slice(starts[0], stops[-1])
+
+
+def shard_batch(batch, mesh: Mesh):
+    """Make each array of ``batch`` one global array split along axis 0 over ``data``.
+
+    Single process: ``batch`` is the whole batch. Several processes
+    (``jax.distributed``): each passes only its own rows of the global batch
+    (:func:`local_rows` of it), and they are joined with
+    ``jax.make_array_from_process_local_data`` into one global array.
 
     Args:
       batch: a pytree of host arrays with equal leading size.
@@ -90,14 +109,16 @@ def shard_batch(batch, mesh: Mesh):
     """
     sharding = data_sharded(mesh)
     size = mesh.shape[DATA_AXIS]
+    n_proc = jax.process_count()
     for leaf in jax.tree.leaves(batch):
-        rows = leaf.shape[0] * jax.process_count()
+        rows = leaf.shape[0] * n_proc
         if rows % size:
             raise ValueError(f"shard_batch: batch size must be divisible by the number of "
                              f"devices ({size}), got {rows}")
-    if jax.process_count() > 1:
+    if n_proc > 1:
         return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+            lambda x: jax.make_array_from_process_local_data(
+                sharding, np.asarray(x), (x.shape[0] * n_proc, *x.shape[1:])), batch)
     return jax.device_put(batch, sharding)
 
 
