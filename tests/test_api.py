@@ -15,10 +15,11 @@ LAYERS = [
     "Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "MaxPool", "MinPool",
     "AvgPool", "LpPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "GlobalAvgPool",
     "GlobalMaxPool", "Upsample", "PixelShuffle", "Residual", "BasicBlock", "Bottleneck",
-    "SqueezeExcitation", "InvertedResidual",
+    "SqueezeExcitation", "InvertedResidual", "StochasticDepth",
 ]
 MODELS = ["LeNet5", "SimpleCNN", "ResNet18", "ResNet34", "ResNet50", "MobileNetV2", "UNet",
-          "load_torch_state_dict"]
+          "AlexNet", "VGG11", "VGG11BN", "VGG16", "VGG16BN", "EfficientNetB0", "ConvNeXtTiny",
+          "ResNeXt50_32x4d", "WideResNet50_2", "load_torch_state_dict"]
 
 
 def test_every_op_is_in_ops_and_reexported_at_top_level():

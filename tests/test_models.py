@@ -4,6 +4,9 @@ Shapes and counts use ``nnx.eval_shape`` (no weights drawn, nothing compiled); o
 training and mode tests run a tiny real model.
 """
 
+import functools
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,13 +15,20 @@ import pytest
 from flax import nnx
 
 import cnn_jax as cj
-from cnn_jax.models import (LeNet5, MobileNetV2, ResNet, ResNet18, ResNet34, ResNet50,
-                            SimpleCNN, UNet)
-from cnn_jax.nn import BasicBlock, Bottleneck
+from cnn_jax.models import (VGG, VGG11, VGG16BN, AlexNet, ConvNeXt, EfficientNet, EfficientNetB0,
+                            LeNet5, MobileNetV2, ResNet, ResNet18, ResNet34, ResNet50,
+                            ResNeXt50_32x4d, SimpleCNN, UNet)
+from cnn_jax.nn import BasicBlock, Bottleneck, StochasticDepth
 
 
 def _abstract(constructor):
     return nnx.eval_shape(constructor)
+
+
+@functools.cache
+def _zoo(name):
+    """The 1000-class model ``name`` of cnn_jax.models, abstract, built once per worker."""
+    return _abstract(lambda: getattr(cj.models, name)(1000, rngs=nnx.Rngs(0)))
 
 
 def _num_params(model):
@@ -37,9 +47,19 @@ def _out(model, shape, dtype=jnp.float32):
     (lambda: MobileNetV2(1000, rngs=nnx.Rngs(0)), 3_504_872),
     # LeNet-5: 156 + 2,416 + 48,120 + 10,164 + 850.
     (lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), 61_706),
+    ("AlexNet", 61_100_840),
+    ("VGG11", 132_863_336),
+    ("VGG11BN", 132_868_840),
+    ("VGG16", 138_357_544),
+    ("VGG16BN", 138_365_992),
+    ("EfficientNetB0", 5_288_548),
+    ("ConvNeXtTiny", 28_589_128),
+    ("ResNeXt50_32x4d", 25_028_904),
+    ("WideResNet50_2", 68_883_240),
 ])
 def test_parameter_counts(constructor, expected):
-    assert _num_params(_abstract(constructor)) == expected
+    model = _zoo(constructor) if isinstance(constructor, str) else _abstract(constructor)
+    assert _num_params(model) == expected
 
 
 def test_small_parameter_counts_by_hand():
@@ -71,6 +91,16 @@ def test_small_parameter_counts_by_hand():
      {(2, 32, 32, 3): (2, 10), (1, 96, 80, 3): (1, 10)}),
     (lambda: UNet(4, in_channels=1, rngs=nnx.Rngs(0)),
      {(2, 16, 16, 1): (2, 16, 16, 4), (1, 8, 24, 1): (1, 8, 24, 4)}),
+    # The smallest inputs each new model accepts (and 32x32 where that is enough).
+    (lambda: AlexNet(10, width=8, hidden=16, rngs=nnx.Rngs(0)),
+     {(2, 63, 63, 3): (2, 10), (1, 224, 200, 3): (1, 10)}),
+    (lambda: VGG16BN(10, in_channels=1, width=8, hidden=16, rngs=nnx.Rngs(0)),
+     {(2, 32, 32, 1): (2, 10), (1, 50, 40, 1): (1, 10)}),
+    (lambda: EfficientNet(10, depth_mult=0.25, rngs=nnx.Rngs(0)),
+     {(2, 32, 32, 3): (2, 10), (1, 8, 8, 3): (1, 10)}),
+    (lambda: ConvNeXt(10, depths=(1, 1, 1, 1), rngs=nnx.Rngs(0)), {(2, 32, 32, 3): (2, 10)}),
+    (lambda: ResNet(10, block=Bottleneck, stage_sizes=(1, 1, 1, 1), groups=32, width_per_group=4,
+                    small_input=True, rngs=nnx.Rngs(0)), {(2, 32, 32, 3): (2, 10)}),
 ])
 def test_forward_shapes(constructor, shapes):
     model = _abstract(constructor)
@@ -127,6 +157,116 @@ def test_receptive_field_of_simple_cnn_and_resnet18_by_hand():
     # two 3x3 convs 5, pool 6 (jump 2), two 3x3 convs 6 + 2 * 2 * 2 = 14.
     assert cj.receptive_field(unet).size == (14, 14)
     assert len(model.receptive_field_layers()) == 2 + 16
+
+
+def test_receptive_fields_of_the_new_models_by_hand():
+    # AlexNet: conv 11/4 -> 11 (jump 4); pool 3/2 -> 19 (8); conv 5 -> 51; pool -> 67 (16);
+    # three 3x3 -> 163; pool -> 195 (32), the published value.
+    assert cj.receptive_field(_zoo("AlexNet")).size == (195,) * 2
+    # VGG-16: 5; pool 6 (2); 14; pool 16 (4); 40; pool 44 (8); 92; pool 100 (16); 196;
+    # pool 212 (32). VGG-11: 3, 4, 8, 10, 26, 30, 62, 70, 134, 150.
+    assert cj.receptive_field(_zoo("VGG16")).size == (212,) * 2
+    assert cj.receptive_field(_zoo("VGG11")).size == (150,) * 2
+    # ConvNeXt-T: stem 4 (jump 4); 3 blocks of 7x7: + 3 * 6 * 4 -> 76; 2x2/2 -> 80 (8);
+    # + 3 * 6 * 8 -> 224; -> 232 (16); + 9 * 6 * 16 -> 1096; -> 1112 (32); + 3 * 6 * 32.
+    rf = cj.receptive_field(_zoo("ConvNeXtTiny"))
+    assert rf.size == (1688,) * 2 and rf.jump == (32, 32)
+    # EfficientNet-B0: stem 3x3/2 -> 3 (2); each block's depthwise k x k adds (k - 1) * jump
+    # and multiplies the jump by its stride; 1x1 convs add nothing.
+    size, jump = 3, 2
+    for _, k, s, _, _, n in cj.models._efficientnet.EFFICIENTNET_B0_STAGES:
+        for i in range(n):
+            size += (k - 1) * jump
+            jump *= s if i == 0 else 1
+    rf = cj.receptive_field(_zoo("EfficientNetB0"))
+    assert rf.size == (size, size) == (851, 851) and rf.jump == (32, 32)
+    # ResNeXt / Wide ResNet: ResNet-50's path (groups and widths do not change it).
+    assert cj.receptive_field(_zoo("ResNeXt50_32x4d")) == cj.receptive_field(_zoo("ResNet50"))
+
+
+def test_resnext_and_wide_resnet_blocks():
+    model = _zoo("ResNeXt50_32x4d")
+    conv2 = model.layer1[0].conv2  # planes 64: int(64 * 4 / 64) * 32 = 128 channels, 32 groups
+    assert (conv2.groups, conv2.in_features, conv2.out_features) == (32, 128, 128)
+    wide = _zoo("WideResNet50_2")
+    assert wide.layer4[0].conv2.out_features == 2 * 512 and wide.fc.in_features == 2048
+
+
+def test_stochastic_depth_drops_whole_examples_in_training_only():
+    layer = StochasticDepth(0.25, rngs=nnx.Rngs(0))
+    x = jnp.ones((4000, 2, 2, 3))
+    y = np.asarray(layer(x))
+    per_example = y.reshape(4000, -1)
+    assert (per_example == per_example[:, :1]).all()  # one draw per example ("row")
+    assert set(np.unique(y)) == {0.0, np.float32(1 / 0.75)}
+    assert abs((per_example[:, 0] == 0).mean() - 0.25) < 0.03
+    assert not np.array_equal(y, np.asarray(layer(x)))  # a fresh mask per call
+    batch = np.asarray(StochasticDepth(0.5, "batch", rngs=nnx.Rngs(1))(x))
+    assert len(np.unique(batch)) == 1
+    layer.eval()
+    np.testing.assert_array_equal(np.asarray(layer(x)), np.ones(x.shape))
+    np.testing.assert_array_equal(np.asarray(StochasticDepth(0.0)(x)), np.ones(x.shape))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: StochasticDepth(1.5), r"StochasticDepth: rate must be a number in \[0, 1\], got 1.5"),
+    (lambda: StochasticDepth(0.1, "col"),
+     r"StochasticDepth: mode must be one of \('row', 'batch'\), got 'col'"),
+    (lambda: StochasticDepth(0.1)(jnp.ones((2, 3))), r"StochasticDepth: rngs must be given"),
+])
+def test_stochastic_depth_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("name, count", [
+    ("EfficientNetB0", 16 - 7),  # blocks with a skip: all but each stage's first
+    ("ConvNeXtTiny", 18),
+])
+def test_stochastic_depth_rates_and_modes(name, count):
+    model = _zoo(name)
+    layers = [n for _, n in nnx.iter_graph(model) if isinstance(n, StochasticDepth)]
+    rates = [n.rate for n in layers]
+    assert rates == sorted(rates) and rates[0] == 0.0
+    # torchvision: ConvNeXt reaches its 0.1 at the last block; EfficientNet 0.2 * 15 / 16.
+    assert rates[-1] == pytest.approx(0.1 if isinstance(model, ConvNeXt) else 0.2 * 15 / 16)
+    model.eval()
+    assert all(n.deterministic for n in layers)
+    model.train()
+    assert not any(n.deterministic for n in layers)
+    if isinstance(model, EfficientNet):
+        skips = [b for _, b in nnx.iter_graph(model)
+                 if isinstance(b, cj.models._efficientnet.MBConv) and b.use_res_connect]
+        assert len(skips) == count
+
+
+def _model_constructors():
+    import cnn_jax.models as models
+
+    return [name for name in models.__all__
+            if name[0].isupper() and name not in ("Summary", "SummaryRow")]
+
+
+@pytest.mark.parametrize("name", _model_constructors())
+def test_constructors_have_real_signatures(name):
+    constructor = getattr(cj.models, name)
+    params = inspect.signature(constructor).parameters
+    assert list(params)[0] == "num_classes", name
+    assert params["in_channels"].default == 3 and params["in_channels"].kind is \
+        inspect.Parameter.KEYWORD_ONLY
+    assert params["rngs"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert "args" not in params and "kwargs" not in params
+    assert "num_classes" in inspect.getdoc(constructor) or constructor.__doc__
+
+
+def test_variants_hide_their_fixed_arguments():
+    params = inspect.signature(ResNet18).parameters
+    assert "block" not in params and "stage_sizes" not in params and "width" in params
+    assert "groups" not in inspect.signature(ResNeXt50_32x4d).parameters
+    assert "config" not in inspect.signature(VGG16BN).parameters
+    assert ResNet18.__name__ == "ResNet18" and "11,689,512" in ResNet18.__doc__
+    with pytest.raises(TypeError, match=r"ResNet18: stage_sizes is fixed by this variant"):
+        ResNet18(10, stage_sizes=(1, 1, 1, 1), rngs=nnx.Rngs(0))
 
 
 def test_mixed_precision_bf16_compute_f32_params():
@@ -227,6 +367,24 @@ def test_eval_mode_is_deterministic_and_per_example(tiny_cnn):
      r"MobileNetV2: dropout must be in \[0, 1\), got 1.0"),
     (lambda r: UNet(2, depth=0, rngs=r), ValueError, r"UNet: depth must be >= 1, got 0"),
     (lambda r: UNet(2, base_width="8", rngs=r), TypeError, r"UNet: base_width must be an int"),
+    (lambda r: ResNet(10, groups=32, rngs=r), ValueError,
+     r"ResNet: groups and width_per_group must be 1 and 64 with BasicBlock, got 32 and 64"),
+    (lambda r: ResNet50(10, width_per_group=0, rngs=r), ValueError,
+     r"ResNet: width_per_group must be >= 1, got 0"),
+    (lambda r: AlexNet(10, dropout=1, rngs=r), ValueError,
+     r"AlexNet: dropout must be in \[0, 1\), got 1"),
+    (lambda r: AlexNet(10, hidden=0, rngs=r), ValueError, r"AlexNet: hidden must be >= 1, got 0"),
+    (lambda r: VGG(10, config=(64, "X"), rngs=r), ValueError,
+     r"VGG: config must be a sequence of positive ints and 'M', got \(64, 'X'\)"),
+    (lambda r: VGG(10, batch_norm=1, rngs=r), TypeError, r"VGG: batch_norm must be a bool, got 1"),
+    (lambda r: EfficientNet(10, width_mult=0, rngs=r), ValueError,
+     r"EfficientNet: width_mult must be a positive number, got 0"),
+    (lambda r: EfficientNetB0(10, stochastic_depth_prob=1.0, rngs=r), ValueError,
+     r"EfficientNet: stochastic_depth_prob must be in \[0, 1\), got 1.0"),
+    (lambda r: ConvNeXt(10, depths=(1, 1), dims=(8,), rngs=r), ValueError,
+     r"ConvNeXt: depths and dims must have the same length, got \(1, 1\) and \(8,\)"),
+    (lambda r: ConvNeXt(10, dims=(), rngs=r), ValueError,
+     r"ConvNeXt: dims must be a non-empty sequence of ints, got \(\)"),
 ])
 def test_constructor_errors(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -248,10 +406,26 @@ def test_input_errors():
         _out(cnn, (1, 4, 8, 1))
 
 
+@pytest.mark.parametrize("constructor, shape, match", [
+    (lambda: AlexNet(10, width=8, hidden=8, rngs=nnx.Rngs(0)), (1, 62, 64, 3),
+     r"AlexNet: x must be \(N, H, W, C\) with H, W >= 63, got x.shape=\(1, 62, 64, 3\)"),
+    (lambda: VGG11(10, width=8, hidden=8, rngs=nnx.Rngs(0)), (1, 16, 32, 3),
+     r"VGG: x must be \(N, H, W, C\) with H, W >= 32, got x.shape=\(1, 16, 32, 3\)"),
+    (lambda: ConvNeXt(10, depths=(1, 1), dims=(8, 16), rngs=nnx.Rngs(0)), (1, 4, 8, 3),
+     r"ConvNeXt: x must be \(N, H, W, C\) with H, W >= 8, got x.shape=\(1, 4, 8, 3\)"),
+])
+def test_new_model_input_errors(constructor, shape, match):
+    with pytest.raises(ValueError, match=match):
+        _out(_abstract(constructor), shape)
+
+
 def test_public_names():
     import cnn_jax.models as models
 
     assert set(models.__all__) >= {"LeNet5", "SimpleCNN", "ResNet18", "ResNet34", "ResNet50",
-                                   "MobileNetV2", "UNet", "load_torch_state_dict", "summary"}
+                                   "MobileNetV2", "UNet", "load_torch_state_dict", "summary",
+                                   "AlexNet", "VGG11", "VGG11BN", "VGG16", "VGG16BN",
+                                   "EfficientNetB0", "ConvNeXtTiny", "ResNeXt50_32x4d",
+                                   "WideResNet50_2"}
     assert all(hasattr(models, name) for name in models.__all__)
     assert BasicBlock.expansion == 1

@@ -106,11 +106,27 @@ def test_shortcut_branch_has_no_main_path_field():
     # torchvision's documented GFLOPS (multiply-adds of convs and linears) at 224x224.
     (lambda: ResNet18(1000, rngs=nnx.Rngs(0)), 1.81),
     (lambda: MobileNetV2(1000, rngs=nnx.Rngs(0)), 0.30),
+    (lambda: cj.models.AlexNet(1000, rngs=nnx.Rngs(0)), 0.71),
+    (lambda: cj.models.VGG16(1000, rngs=nnx.Rngs(0)), 15.47),
+    (lambda: cj.models.EfficientNetB0(1000, rngs=nnx.Rngs(0)), 0.39),
+    (lambda: cj.models.ConvNeXtTiny(1000, rngs=nnx.Rngs(0)), 4.46),
+    (lambda: cj.models.ResNeXt50_32x4d(1000, rngs=nnx.Rngs(0)), 4.23),
 ])
 def test_published_totals(constructor, gmacs):
     s = summary(_abstract(constructor), (224, 224, 3))
     assert s.total_flops / 2 / 1e9 == pytest.approx(gmacs, abs=0.005)
     assert s.output_shape == (1000,)
+
+
+def test_rows_are_in_execution_order():
+    model = _abstract(lambda: ResNet(10, stage_sizes=(1, 1, 1, 1), width=4, small_input=True,
+                                     rngs=nnx.Rngs(0)))
+    names = [r.name for r in summary(model, (8, 8, 3)).rows]
+    # torchvision's BasicBlock runs the residual branch, then the shortcut projection.
+    block = [n for n in names if n.startswith("layer2.0.")]
+    assert block == ["layer2.0.conv1", "layer2.0.bn1", "layer2.0.conv2", "layer2.0.bn2",
+                     "layer2.0.downsample", "layer2.0.downsample.0", "layer2.0.downsample.1"]
+    assert names[:3] == ["conv1", "bn1", "layer1.0"] and names[-2:] == ["avgpool", "fc"]
 
 
 def test_model_state_is_left_unchanged():

@@ -36,15 +36,19 @@ def _assert_close(ours, theirs, rtol=1e-4):
     np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * scale)
 
 
-@pytest.mark.parametrize("block, tblock, small_input, size", [
-    (BasicBlock, ref.BasicBlock, True, 16),
-    (Bottleneck, ref.Bottleneck, False, 32),
+@pytest.mark.parametrize("block, tblock, small_input, size, groups", [
+    (BasicBlock, ref.BasicBlock, True, 16, {}),
+    (Bottleneck, ref.Bottleneck, False, 32, {}),
+    # ResNeXt (grouped 3x3 convs) and Wide ResNet (twice the inner width), reduced.
+    (Bottleneck, ref.Bottleneck, True, 8, dict(groups=4, width_per_group=16)),
+    (Bottleneck, ref.Bottleneck, True, 8, dict(width_per_group=128)),
 ])
-def test_resnet_logits_match_torch(rng, block, tblock, small_input, size):
+def test_resnet_logits_match_torch(rng, block, tblock, small_input, size, groups):
     torch_model = ref.randomize_(ref.ResNet(tblock, (1, 1, 1, 1), num_classes=7, width=8,
-                                            small_input=small_input))
+                                            small_input=small_input, **groups))
     model = from_torch(lambda: ResNet(7, block=block, stage_sizes=(1, 1, 1, 1), width=8,
-                                      small_input=small_input, rngs=nnx.Rngs(0)), torch_model)
+                                      small_input=small_input, rngs=nnx.Rngs(0), **groups),
+                       torch_model)
     model.eval()
     x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
     _assert_close(apply(model, _to_cl(x)), _torch_logits(torch_model, x))
@@ -78,6 +82,28 @@ def test_mobilenet_v2_logits_match_torch(rng):
     a, b = np.asarray(dropout(ones)), np.asarray(dropout(ones))
     assert set(np.unique(a)) <= {0.0, np.float32(1.25)}
     assert abs((a == 0).mean() - 0.2) < 0.03 and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name, torch_ctor, ours, size", [
+    # Reduced widths keep these fast; the layer structure and names are torchvision's.
+    ("alexnet", lambda: ref.AlexNet(6, width=8, hidden=32),
+     lambda: cj.models.AlexNet(6, width=8, hidden=32, rngs=nnx.Rngs(0)), 67),
+    ("vgg11", lambda: ref.VGG("A", num_classes=6, width=4, hidden=16),
+     lambda: cj.models.VGG11(6, width=4, hidden=16, rngs=nnx.Rngs(0)), 32),
+    ("vgg16_bn", lambda: ref.VGG("D", batch_norm=True, num_classes=6, width=4, hidden=16),
+     lambda: cj.models.VGG16BN(6, width=4, hidden=16, rngs=nnx.Rngs(0)), 32),
+    ("efficientnet", lambda: ref.EfficientNet(6, width_mult=0.25, depth_mult=0.5),
+     lambda: cj.models.EfficientNet(6, width_mult=0.25, depth_mult=0.5, rngs=nnx.Rngs(0)), 32),
+    ("convnext", lambda: ref.ConvNeXt((1, 1, 2, 1), (8, 16, 32, 64), num_classes=6),
+     lambda: cj.models.ConvNeXt(6, depths=(1, 1, 2, 1), dims=(8, 16, 32, 64),
+                                rngs=nnx.Rngs(0)), 32),
+])
+def test_zoo_logits_match_torch(rng, name, torch_ctor, ours, size):
+    torch_model = ref.randomize_(torch_ctor(), seed=11)
+    model = from_torch(ours, torch_model)  # strict: every key on both sides matched
+    model.eval()
+    x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    _assert_close(apply(model, _to_cl(x)), _torch_logits(torch_model, x))
 
 
 def test_lenet5_flatten_order_matches_torch(rng):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import jax
@@ -14,6 +15,46 @@ from cnn_jax.ops._args import check_int
 def check_model_int(value, name: str, op: str) -> int:
     """A positive int constructor argument (``num_classes``, ``in_channels``, widths)."""
     return check_int(value, name, op, min_value=1)
+
+
+def public_signature(cls):
+    """Class decorator: ``inspect.signature(cls)`` and ``help(cls)`` show ``__init__``'s
+    arguments (nnx's metaclass defines ``__call__``, which otherwise hides them behind
+    ``(*args, **kwargs)``)."""
+    sig = inspect.signature(cls.__init__)
+    cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:],
+                                    return_annotation=inspect.Signature.empty)
+    return cls
+
+
+def variant(cls, name: str, doc: str, **fixed):
+    """A named factory for ``cls`` with some constructor arguments fixed.
+
+    Like ``functools.partial(cls, **fixed)``, but with its own ``__name__`` and
+    docstring, and a signature without the fixed arguments (so ``help(ResNet18)`` lists
+    what may still be passed; passing a fixed one is a ``TypeError``).
+    """
+    sig = inspect.signature(cls)
+    params = [p for n, p in sig.parameters.items() if n not in fixed]
+
+    def factory(num_classes, **kwargs):
+        clash = sorted(set(kwargs) & set(fixed))
+        if clash:
+            raise TypeError(f"{name}: {clash[0]} is fixed by this variant ({fixed[clash[0]]!r});"
+                            f" use {cls.__name__} to choose it")
+        return cls(num_classes, **fixed, **kwargs)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = cls.__module__
+    factory.__doc__ = doc
+    factory.__signature__ = sig.replace(parameters=params, return_annotation=cls.__name__)
+    return factory
+
+
+def torch_flatten(x):
+    """Flatten ``(N, H, W, C)`` in PyTorch's ``(C, H, W)`` order, so a PyTorch
+    classifier's first ``Linear`` weight loads unchanged."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
 
 
 def _uniform(bound: float):

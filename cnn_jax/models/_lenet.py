@@ -7,13 +7,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import check_model_int, receptive_field_layers, torch_linear
+from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
+                                    torch_linear)
 from cnn_jax.ops._args import check_choice, ntuple
 from cnn_jax.ops._shape import conv_output_shape
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
+@public_signature
 class LeNet5(nnx.Module):
     """LeNet-5: conv5(6) -> pool2 -> conv5(16) -> pool2 -> fc 120 -> fc 84 -> fc classes.
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import check_model_int, receptive_field_layers, torch_linear
+from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
+                                    torch_linear)
 from cnn_jax.nn._blocks import InvertedResidual, conv_bn_act
 
 # (expand ratio t, channels c, repeats n, first stride s), from the paper's Table 2.
@@ -37,6 +38,7 @@ def _normal(std: float):
     return init
 
 
+@public_signature
 class MobileNetV2(nnx.Module):
     """MobileNetV2: inverted residuals with linear bottlenecks (3,504,872 params).
 

@@ -1,9 +1,10 @@
 """ResNets (He et al. 2016) as torchvision builds them, with torchvision's layer names.
 
 One generic :class:`ResNet` and the variants as small factories (``ResNet18``,
-``ResNet34``, ``ResNet50``), as in Flax's ImageNet example. Parameter counts with
-1000 classes and 3 input channels equal torchvision's: ResNet-18 11,689,512;
-ResNet-34 21,797,672; ResNet-50 25,557,032.
+``ResNet34``, ``ResNet50``, ``ResNeXt50_32x4d``, ``WideResNet50_2``), as in Flax's
+ImageNet example. Parameter counts with 1000 classes and 3 input channels equal
+torchvision's: ResNet-18 11,689,512; ResNet-34 21,797,672; ResNet-50 25,557,032;
+ResNeXt-50 32x4d 25,028,904; Wide ResNet-50-2 68,883,240.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import check_model_int, receptive_field_layers, torch_linear
+from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
+                                    torch_linear, variant)
 from cnn_jax.nn._blocks import BasicBlock, Bottleneck, _bn, kaiming_normal_fan_out
 
 
+@public_signature
 class ResNet(nnx.Module):
     """A ResNet: stem, four stages of residual blocks, global average pool, ``fc``.
 
@@ -38,6 +41,10 @@ class ResNet(nnx.Module):
       in_channels: input channels.
       small_input: CIFAR-style stem (3x3/1 conv, no max pool).
       width: channels of the stem and of the first stage (64 in the paper).
+      groups: groups of the Bottleneck's 3x3 conv (ResNeXt's cardinality, 32).
+      width_per_group: the Bottleneck's inner width is ``int(planes * width_per_group
+        / 64) * groups`` (64: ResNet; 4 with 32 groups: ResNeXt-50 32x4d; 128: Wide
+        ResNet-50-2, twice ResNet-50's inner width). BasicBlocks need the defaults.
       zero_init_residual: zero the last BatchNorm scale of every block.
       dtype, param_dtype: compute and parameter dtypes (bf16 compute, f32 params).
       rngs: ``nnx.Rngs`` with a ``params`` stream.
@@ -53,14 +60,22 @@ class ResNet(nnx.Module):
 
     def __init__(self, num_classes: int, *, block: type = BasicBlock,
                  stage_sizes: Sequence[int] = (2, 2, 2, 2), in_channels: int = 3,
-                 small_input: bool = False, width: int = 64, zero_init_residual: bool = False,
+                 small_input: bool = False, width: int = 64, groups: int = 1,
+                 width_per_group: int = 64, zero_init_residual: bool = False,
                  dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "ResNet"
         num_classes = check_model_int(num_classes, "num_classes", op)
         in_channels = check_model_int(in_channels, "in_channels", op)
         width = check_model_int(width, "width", op)
+        groups = check_model_int(groups, "groups", op)
+        width_per_group = check_model_int(width_per_group, "width_per_group", op)
         if block not in (BasicBlock, Bottleneck):
             raise ValueError(f"{op}: block must be BasicBlock or Bottleneck, got {block!r}")
+        if block is BasicBlock and (groups, width_per_group) != (1, 64):
+            raise ValueError(f"{op}: groups and width_per_group must be 1 and 64 with "
+                             f"BasicBlock, got {groups} and {width_per_group}")
+        block_kw = {} if block is BasicBlock else dict(groups=groups,
+                                                       base_width=width_per_group)
         if (isinstance(stage_sizes, str) or not isinstance(stage_sizes, Sequence)
                 or len(stage_sizes) != 4):
             raise ValueError(f"{op}: stage_sizes must be 4 ints, got {stage_sizes!r}")
@@ -86,7 +101,7 @@ class ResNet(nnx.Module):
             for j in range(size):
                 stride = 2 if i > 0 and j == 0 else 1
                 blocks.append(block(features, planes, stride=stride,
-                                    zero_init_residual=zero_init_residual, **kw))
+                                    zero_init_residual=zero_init_residual, **block_kw, **kw))
                 features = planes * block.expansion
             setattr(self, f"layer{i + 1}", nnx.List(blocks))
         self.avgpool = nn.GlobalAvgPool()
@@ -119,20 +134,32 @@ class ResNet(nnx.Module):
         return self.fc(self.avgpool(x))
 
 
-def ResNet18(num_classes: int, **kwargs) -> ResNet:
+ResNet18 = variant(
+    ResNet, "ResNet18",
     """ResNet-18: :class:`ResNet` with BasicBlocks ``(2, 2, 2, 2)`` (11,689,512 params).
 
     >>> ResNet18(10, small_input=True, rngs=nnx.Rngs(0))(jnp.ones((1, 32, 32, 3))).shape
     (1, 10)
-    """
-    return ResNet(num_classes, block=BasicBlock, stage_sizes=(2, 2, 2, 2), **kwargs)
+    """, block=BasicBlock, stage_sizes=(2, 2, 2, 2))
 
+ResNet34 = variant(
+    ResNet, "ResNet34",
+    """ResNet-34: :class:`ResNet` with BasicBlocks ``(3, 4, 6, 3)`` (21,797,672 params).""",
+    block=BasicBlock, stage_sizes=(3, 4, 6, 3))
 
-def ResNet34(num_classes: int, **kwargs) -> ResNet:
-    """ResNet-34: :class:`ResNet` with BasicBlocks ``(3, 4, 6, 3)`` (21,797,672 params)."""
-    return ResNet(num_classes, block=BasicBlock, stage_sizes=(3, 4, 6, 3), **kwargs)
+ResNet50 = variant(
+    ResNet, "ResNet50",
+    """ResNet-50: :class:`ResNet` with Bottlenecks ``(3, 4, 6, 3)`` (25,557,032 params).""",
+    block=Bottleneck, stage_sizes=(3, 4, 6, 3))
 
+ResNeXt50_32x4d = variant(
+    ResNet, "ResNeXt50_32x4d",
+    """ResNeXt-50 32x4d (Xie et al. 2017): ResNet-50 whose 3x3 convs have 32 groups of 4
+    channels per ``planes=64`` (25,028,904 params), torchvision's ``resnext50_32x4d``.""",
+    block=Bottleneck, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4)
 
-def ResNet50(num_classes: int, **kwargs) -> ResNet:
-    """ResNet-50: :class:`ResNet` with Bottlenecks ``(3, 4, 6, 3)`` (25,557,032 params)."""
-    return ResNet(num_classes, block=Bottleneck, stage_sizes=(3, 4, 6, 3), **kwargs)
+WideResNet50_2 = variant(
+    ResNet, "WideResNet50_2",
+    """Wide ResNet-50-2 (Zagoruyko & Komodakis 2016): ResNet-50 with twice the inner
+    width of every Bottleneck (68,883,240 params), torchvision's ``wide_resnet50_2``.""",
+    block=Bottleneck, stage_sizes=(3, 4, 6, 3), width_per_group=128)

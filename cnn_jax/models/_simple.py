@@ -6,12 +6,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import check_model_int, receptive_field_layers, torch_linear
+from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
+                                    torch_linear)
 from cnn_jax.nn._blocks import conv_bn_act
 
 POOL_AFTER = (4, 6, 8)  # 1-based conv layers followed by a 2x2 max pool
 
 
+@public_signature
 class SimpleCNN(nnx.Module):
     """Ten 3x3 conv-BN-ReLU layers, 2x2 max pooling after layers 4, 6 and 8, global
     average pooling after layer 10 and one ``Linear(channels, num_classes)``.

@@ -56,7 +56,14 @@ def _identity(w):
 
 
 def _targets(module) -> list[tuple[str, str, object]]:
-    """``(torch name, attribute, torch -> ours)`` for the weights of one layer."""
+    """``(torch name, attribute, torch -> ours)`` for the weights of one layer.
+
+    A module holding parameters of its own (not in a child layer, e.g. ConvNeXt's
+    ``layer_scale``) says how to load them with a ``torch_weights()`` method that
+    returns such triples.
+    """
+    if hasattr(type(module), "torch_weights"):
+        return list(module.torch_weights())
     if isinstance(module, SeparableConv):
         n, layout = len(module.kernel_size), module.layout
         # A PyTorch separable conv is two convs; it has no single standard name.

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import check_model_int, receptive_field_layers
+from cnn_jax.models._common import check_model_int, public_signature, receptive_field_layers
 from cnn_jax.nn._blocks import conv_bn_act
 
 
@@ -16,6 +16,7 @@ def _double_conv(in_features, out_features, **kw) -> nnx.Sequential:
                           conv_bn_act(out_features, out_features, 3, **kw))
 
 
+@public_signature
 class UNet(nnx.Module):
     """A U-Net for per-pixel classification (segmentation).
 

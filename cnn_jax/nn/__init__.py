@@ -20,6 +20,7 @@ from cnn_jax.nn._pool import MinPool as MinPool
 from cnn_jax.nn._resample import PixelShuffle as PixelShuffle
 from cnn_jax.nn._resample import PixelUnshuffle as PixelUnshuffle
 from cnn_jax.nn._resample import Upsample as Upsample
+from cnn_jax.nn._stochastic import StochasticDepth as StochasticDepth
 
 from cnn_jax.nn._blocks import BasicBlock as BasicBlock
 from cnn_jax.nn._blocks import Bottleneck as Bottleneck
@@ -30,6 +31,6 @@ from cnn_jax.nn._blocks import SqueezeExcitation as SqueezeExcitation
 __all__ = [
     "AdaptiveAvgPool", "AdaptiveMaxPool", "AvgPool", "Conv", "ConvTranspose",
     "DepthwiseConv", "GlobalAvgPool", "GlobalMaxPool", "LpPool", "MaxPool", "MinPool",
-    "PixelShuffle", "PixelUnshuffle", "SeparableConv", "Upsample", "BasicBlock",
+    "PixelShuffle", "PixelUnshuffle", "SeparableConv", "StochasticDepth", "Upsample", "BasicBlock",
     "Bottleneck", "InvertedResidual", "Residual", "SqueezeExcitation",
 ]

@@ -194,9 +194,10 @@ class BasicBlock(nnx.Module):
         return [self.conv1, self.conv2]
 
     def __call__(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
         out = jax.nn.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        # The shortcut after the branch, as torchvision (and so summary rows) order them.
+        identity = x if self.downsample is None else self.downsample(x)
         return jax.nn.relu(out + identity)
 
 
@@ -251,10 +252,11 @@ class Bottleneck(nnx.Module):
         return [self.conv1, self.conv2, self.conv3]
 
     def __call__(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
         out = jax.nn.relu(self.bn1(self.conv1(x)))
         out = jax.nn.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        # The shortcut after the branch, as torchvision (and so summary rows) order them.
+        identity = x if self.downsample is None else self.downsample(x)
         return jax.nn.relu(out + identity)
 
 
