@@ -1,6 +1,8 @@
 """Shape arithmetic and the shared argument normalisers against PyTorch and by hand."""
 
 import itertools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,6 +93,14 @@ def test_conv_transpose_output_shape_pairs_and_errors():
         cj.conv_transpose_output_shape((5,), 3, padding="same")
 
 
+@pytest.mark.parametrize("padding", [2, ((3, 2),), ((0, 6),)])
+def test_conv_transpose_output_shape_rejects_non_positive_output(padding):
+    # (2 - 1) * 1 - lo - hi + (3 - 1) + 1 = 4 - lo - hi <= 0.
+    with pytest.raises(ValueError, match=r"conv_transpose_output_shape: padding .* must leave "
+                                         r"a positive output size, got \((0|-1|-2),\)"):
+        cj.conv_transpose_output_shape((2,), 3, padding=padding)
+
+
 # --- receptive_field ---------------------------------------------------------------
 
 
@@ -157,3 +167,61 @@ def test_resolve_padding_forms():
         resolve_padding([(1, 1, 1)], 1, "op")
     with pytest.raises(TypeError, match="op: padding must be an int, a tuple of 1 ints"):
         resolve_padding(1.0, 1, "op")
+
+
+# --- size bounds (MAX_SIZE) ----------------------------------------------------------
+
+_BOUND = r"must keep the {} within 2\*\*31 - 1 elements per spatial dim"
+_X = np.ones((1, 2, 3, 3), np.float32)  # channels_first
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: cj.conv(_X, np.ones((3, 2, 3, 3), np.float32), padding=10**6,
+                     layout="channels_first"), "conv: padding " + _BOUND.format("padded input")),
+    (lambda: cj.conv(_X, np.ones((3, 2, 1, 1), np.float32), stride=2**40,
+                     layout="channels_first"), r"conv: stride must be <= 2\*\*31 - 1"),
+    (lambda: cj.conv(_X, np.ones((3, 2, 1, 1), np.float32), dilation=(1, 2**31),
+                     layout="channels_first"), r"conv: dilation must be <= 2\*\*31 - 1"),
+    (lambda: cj.conv(_X, np.ones((3, 2, 1, 1), np.float32), groups=2**31,
+                     layout="channels_first"), r"conv: groups must be <= 2\*\*31 - 1"),
+    (lambda: cj.conv_transpose(_X, np.ones((2, 3, 1, 1), np.float32), stride=10**5,
+                               layout="channels_first"),
+     "conv_transpose: stride, dilation and output_padding " + _BOUND.format("output")),
+    (lambda: cj.conv_input_grad(np.ones((1, 3, 3, 1)), np.ones((1, 1, 1, 1)), (10**5, 10**5)),
+     "conv_input_grad: input_shape " + _BOUND.format("output")),
+    (lambda: cj.max_pool(_X, 3, padding=((10**5, 10**5), (2**31, 0)), layout="channels_first"),
+     r"max_pool: padding must be <= 2\*\*31 - 1"),
+    (lambda: cj.avg_pool(np.ones((1, 1, 1, 1)), (1, 1), padding=((2**16, 2**16),) * 2),
+     "avg_pool: padding " + _BOUND.format("padded input")),
+    (lambda: cj.adaptive_avg_pool(_X, 10**5), "adaptive_avg_pool: output_size " + _BOUND.format("output")),
+    (lambda: cj.adaptive_max_pool(_X, (2**31, 1), layout="channels_first"),
+     "adaptive_max_pool: output_size " + _BOUND.format("output")),
+    (lambda: cj.upsample(_X, 1e6), "upsample: scale_factor " + _BOUND.format("output")),
+    (lambda: cj.upsample(_X, size=(2**31 - 1, 2)), "upsample: size " + _BOUND.format("output")),
+    (lambda: cj.pad(_X, 10**5), "pad: padding " + _BOUND.format("output")),
+    (lambda: cj.unfold(_X, 1, padding=10**5), "unfold: padding " + _BOUND.format("padded input")),
+    (lambda: cj.unfold(np.ones((1, 1, 1)), (50001,), padding=((50000, 50000),)),
+     "unfold: window " + _BOUND.format("patches")),
+    (lambda: cj.fold(np.ones((1, 1, 1)), (10**5, 10**5), 1),
+     "fold: output_size " + _BOUND.format("output")),
+])
+def test_sizes_beyond_int32_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_padding_2_to_31_raises_instead_of_aborting():
+    # This call once aborted the interpreter (SIGABRT inside XLA), so it runs in a
+    # subprocess: an abort fails this test instead of killing pytest.
+    code = (
+        "import jax.numpy as jnp, cnn_jax as cj\n"
+        "try:\n"
+        "    cj.conv(jnp.ones((1, 2, 3, 3)), jnp.ones((3, 2, 3, 3)), padding=2**31,\n"
+        "            layout='channels_first')\n"
+        "except ValueError as e:\n"
+        "    print('ValueError:', e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ValueError: conv: padding must be <= 2**31 - 1 in every dim, got 2147483648" in proc.stdout

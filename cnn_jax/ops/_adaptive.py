@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cnn_jax.ops._args import batched_spatial_dims, check_layout, check_rank, spatial_axes
+from cnn_jax.ops._args import (
+    batched_spatial_dims,
+    check_layout,
+    check_rank,
+    check_size,
+    spatial_axes,
+)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -125,6 +131,7 @@ def _output_size(output_size, x, layout: str, op: str):
         if entry <= 0:
             raise ValueError(f"{op}: output_size must be >= 1 in every dim, got {output_size!r}")
         sizes.append(entry)
+    check_size(op, "output_size", f"output_size={output_size!r}", sizes, "output")
     for axis in axes:
         if x.shape[axis] == 0:
             raise ValueError(

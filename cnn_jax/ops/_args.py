@@ -16,6 +16,14 @@ PaddingLike = Union[int, Sequence[int], Sequence[tuple[int, int]], str]
 Pads = tuple[tuple[int, int], ...]
 
 LAYOUTS = ("channels_last", "channels_first")
+
+# Size bound, checked before XLA sees a shape. XLA indexes with int32 in places and
+# aborts the process (SIGABRT) on some larger values, and a huge padding or output
+# size otherwise reaches the allocator (RESOURCE_EXHAUSTED). So every int argument,
+# every spatial extent of a padded input or an output, and the spatial volume (the
+# product of those extents) of each such array must be at most MAX_SIZE. Batch and
+# channel counts come from the caller's own arrays and are not bounded here.
+MAX_SIZE = 2**31 - 1
 PADDING_STRINGS = ("valid", "same", "full", "causal")
 
 
@@ -24,11 +32,29 @@ def _as_int(value, op: str, name: str) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be an int or a tuple of ints, got {value!r}")
     try:
-        return operator.index(value)
+        out = operator.index(value)
     except TypeError:
         raise TypeError(
             f"{op}: {name} must be an int or a tuple of ints, got {value!r}"
         ) from None
+    if out > MAX_SIZE:
+        raise ValueError(f"{op}: {name} must be <= 2**31 - 1 in every dim, got {value!r}")
+    return int(out)
+
+
+def check_size(op: str, name: str, got: str, spatial, what: str) -> None:
+    """Bound a padded-input or output spatial shape (see ``MAX_SIZE``) before XLA sees it.
+
+    ``name`` is the argument that set the size (``padding``, ``size``...), ``got`` how
+    the caller gave it (``"padding=3"``), ``what`` the array (``"output"``...).
+    """
+    spatial = tuple(int(v) for v in spatial)
+    if max(spatial, default=0) > MAX_SIZE or math.prod(spatial) > MAX_SIZE:
+        raise ValueError(
+            f"{op}: {name} must keep the {what} within 2**31 - 1 elements per spatial "
+            f"dim and over all spatial dims together, got {got} giving {what} spatial "
+            f"shape {spatial}"
+        )
 
 
 def ntuple(value, n: int, name: str, op: str, *, min_value: int | None = 1) -> tuple[int, ...]:
@@ -292,4 +318,6 @@ def check_int(value, name: str, op: str, *, min_value: int | None = 1) -> int:
         raise TypeError(f"{op}: {name} must be an int, got {value!r}") from None
     if min_value is not None and out < min_value:
         raise ValueError(f"{op}: {name} must be >= {min_value}, got {value!r}")
-    return out
+    if out > MAX_SIZE:
+        raise ValueError(f"{op}: {name} must be <= 2**31 - 1, got {value!r}")
+    return int(out)

@@ -27,6 +27,7 @@ from cnn_jax.ops._args import (
     check_int,
     check_layout,
     check_rank,
+    check_size,
     conv_dimension_numbers,
     ntuple,
     resolve_padding,
@@ -216,6 +217,8 @@ def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, 
     axes = spatial_axes(x.ndim, n, layout)
     in_sp = tuple(x.shape[a] for a in axes)
     pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=k, stride=s, dilation=d)
+    check_size(op, "padding", f"padding={padding!r}",
+               [i + lo + hi for i, (lo, hi) in zip(in_sp, pads)], "padded input")
     out_sp = _check_fits(op, in_sp, k, s, d, pads, kernel.shape)
     if padding_mode != "zeros":
         x = pad_spatial(x, pads, padding_mode, axes, op, "padding_mode")
@@ -565,6 +568,8 @@ def conv_transpose(x, kernel, bias=None, *, stride=1, padding=0, output_padding=
             f"{op}: padding must leave a positive output size, got padding={padding!r} "
             f"giving output {out_sp}"
         )
+    check_size(op, "stride, dilation and output_padding",
+               f"stride={s}, dilation={d}, output_padding={op_pad}", out_sp, "output")
     y = _conv_transpose_core(x, conv_kernel, out_sp, s, pads, d, g, layout, n, precision,
                              preferred_element_type)
     y = _add_bias(op, y, bias, c_out_g * g, n, layout)
@@ -632,6 +637,7 @@ def conv_input_grad(dy, kernel, input_shape, *, stride=1, padding=0, dilation=1,
     layout, s, d, g, k, c_in, batched = _grad_setup(
         op, dy, kernel.shape, layout, n, stride, dilation, groups)
     in_sp = _input_spatial(op, input_shape, n, layout, batched, dy, c_in)
+    check_size(op, "input_shape", f"input_shape={input_shape!r}", in_sp, "output")
     if not batched:
         dy = dy[None]
     pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=k, stride=s, dilation=d)

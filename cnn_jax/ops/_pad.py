@@ -9,6 +9,7 @@ from cnn_jax.ops._args import (
     batched_spatial_dims,
     check_choice,
     check_layout,
+    check_size,
     resolve_padding,
     spatial_axes,
 )
@@ -45,9 +46,12 @@ def pad(x, padding, *, mode="zeros", value=0.0, layout="channels_last"):
     x = jnp.asarray(x)
     n = batched_spatial_dims(x, op)
     pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
+    axes = spatial_axes(x.ndim, n, layout)
+    check_size(op, "padding", f"padding={padding!r}",
+               [x.shape[a] + lo + hi for a, (lo, hi) in zip(axes, pads)], "output")
     if mode == "zeros":
         mode, value = "constant", 0.0
-    return pad_spatial(x, pads, mode, spatial_axes(x.ndim, n, layout), op, "mode", value)
+    return pad_spatial(x, pads, mode, axes, op, "mode", value)
 
 
 def pad_spatial(x, pads: Pads, mode: str, axes, op: str, name: str, value=0.0):

@@ -48,6 +48,7 @@ from cnn_jax.ops._args import (
     check_int,
     check_layout,
     check_rank,
+    check_size,
     is_pairs,
     ntuple,
     resolve_padding,
@@ -111,6 +112,8 @@ def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
         padding, n, op, input_shape=size, kernel_size=k, stride=s, dilation=d,
         allowed_strings=_POOL_PADDING_STRINGS,
     )
+    check_size(op, "padding", f"padding={padding!r}",
+               [i + lo + hi for i, (lo, hi) in zip(size, pads)], "padded input")
     symmetric = not isinstance(padding, str) and not is_pairs(padding)
     if symmetric and any(lo > kk // 2 for (lo, _), kk in zip(pads, k)):
         raise ValueError(

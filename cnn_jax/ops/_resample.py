@@ -23,6 +23,7 @@ from cnn_jax.ops._args import (
     check_int,
     check_layout,
     check_rank,
+    check_size,
     ntuple,
     prod,
     resolve_padding,
@@ -175,6 +176,9 @@ def upsample(
     else:
         scales = (None,) * n
         out_sizes = ntuple(size, n, "size", op)
+    check_size(op, "scale_factor" if size is None else "size",
+               f"scale_factor={scale_factor!r}" if size is None else f"size={size!r}",
+               out_sizes, "output")
     if any(i == 0 for i in in_sizes):
         raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     x = jnp.asarray(x)
@@ -307,6 +311,8 @@ def _window_geometry(op, n, spatial, window, stride, padding, dilation):
         padding, n, op, input_shape=spatial, kernel_size=k, stride=s, dilation=d,
         allowed_strings=("valid", "same", "full"),
     )
+    check_size(op, "padding", f"padding={padding!r}",
+               [i + lo + hi for i, (lo, hi) in zip(spatial, pads)], "padded input")
     out = tuple(
         window_output_size(i, kk, ss, dd, lo, hi)
         for i, kk, ss, dd, (lo, hi) in zip(spatial, k, s, d, pads)
@@ -368,6 +374,7 @@ def unfold(
     axes = spatial_axes(x.ndim, n, layout)
     spatial = tuple(x.shape[a] for a in axes)
     k, s, d, pads, out = _window_geometry(op, n, spatial, window, stride, padding, dilation)
+    check_size(op, "window", f"window={window!r}", (prod(k), prod(out)), "patches")
     config = [(0, 0, 0)] * x.ndim
     for a, (lo, hi) in zip(axes, pads):
         config[a] = (lo, hi, 0)
@@ -433,6 +440,7 @@ def fold(
             f"{op}: output_size must have one entry per spatial dim, got {output_size!r}"
         )
     spatial = ntuple(output_size, n, "output_size", op)
+    check_size(op, "output_size", f"output_size={output_size!r}", spatial, "output")
     ndim = getattr(patches, "ndim", None)
     if ndim is None:
         raise TypeError(f"{op}: patches must be an array, got {type(patches).__name__}")
