@@ -2,7 +2,8 @@
 
 ``import cnn_jax as cj``; every op of :mod:`cnn_jax.ops` is re-exported here
 (``cj.conv is cj.ops.conv``). Layers live in :mod:`cnn_jax.nn`, models in
-:mod:`cnn_jax.models`, training in :mod:`cnn_jax.train`.
+:mod:`cnn_jax.models`, training in :mod:`cnn_jax.train`, what a trained CNN
+looks at in :mod:`cnn_jax.interpret`.
 """
 
 import importlib
@@ -40,7 +41,7 @@ _OPS = (
 _WHERE = {**{name: "cnn_jax.ops" for name in _OPS}, "summary": "cnn_jax.models"}
 
 __version__ = "0.1.0"
-__all__ = sorted(("models", "nn", "ops", "summary", *_OPS))
+__all__ = sorted(("interpret", "models", "nn", "ops", "summary", *_OPS))
 
 
 def __getattr__(name):
