@@ -3,6 +3,7 @@ Ctrl-C and non-finite loss through ``fit``."""
 
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +12,11 @@ import pytest
 from flax import nnx
 
 from cnn_jax.train import make_mesh
-from cnn_jax.train._checkpoint import MANIFEST, _write_manifest
 
 # orbax's tensorstore callbacks may reach an already-closed asyncio loop during garbage
 # collection ("Event loop is closed"); harmless, and not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-from cnn_jax.train._loop import _Trainer
+from cnn_jax.train._step import Trainer
 from cnn_jax.train import (Checkpointer, CheckpointError, Dataset, NonFiniteLossError,
                            TrainConfig, fit)
 
@@ -56,8 +56,8 @@ def test_keeps_the_latest_few_and_the_best(tmp_path):
 def test_mismatched_checkpoints_are_refused(tmp_path):
     ckpt = Checkpointer(str(tmp_path / "c"))
     ckpt.save(1, _state(), {"model": "lenet5"})
-    with pytest.raises(CheckpointError, match=r"does not match this run: model must be "
-                                              r"'resnet18', got 'lenet5'"):
+    with pytest.raises(CheckpointError, match=r"was written for model 'lenet5', but this run "
+                                              r"has model 'resnet18'"):
         ckpt.restore(1, _state(), expect={"model": "resnet18"})
     wrong_shape = dict(_state(), w=jnp.zeros((3, 5)))
     with pytest.raises(CheckpointError, match=r"\['w'\] must have shape/dtype \[\[3, 5\], "
@@ -87,35 +87,35 @@ def test_corrupt_checkpoints_are_refused(tmp_path):
         for i in range(len(data) // 2, len(data)):
             data[i] ^= 0xFF
         open(f, "wb").write(bytes(data))
-    with pytest.raises(CheckpointError, match=r"checkpoint .*1 is corrupt: file state/.* does "
-                                              r"not match its recorded SHA-1"):
+    with pytest.raises(CheckpointError, match=r"checkpoint .*1 is corrupt"):
         ckpt.restore(1, _state())
     # A damaged JSON record is refused before any array is read.
     meta_file = tmp_path / "c" / "2" / "meta" / "metadata"
     meta_file.write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"checkpoint .*2 is corrupt: file meta/metadata"):
-        ckpt.read_meta(2)
-    # Bytes that pass the manifest but that orbax cannot parse, or a foreign record.
-    _write_manifest(str(tmp_path / "c" / "2"))
     with pytest.raises(CheckpointError, match=r"checkpoint .*2 is corrupt or unreadable: its "
                                               r"JSON record"):
         ckpt.restore(2, _state())
     meta_file.write_text(json.dumps({"format": 999}))
-    _write_manifest(str(tmp_path / "c" / "2"))
     with pytest.raises(CheckpointError, match=r"not a cnn_jax checkpoint"):
         ckpt.read_meta(2)
-    (tmp_path / "c" / "2" / MANIFEST).write_text("[")
-    with pytest.raises(CheckpointError, match=r"corrupt: malformed file cnn_jax_manifest.json"):
-        ckpt.read_meta(2)
-    os.remove(tmp_path / "c" / "2" / MANIFEST)
-    with pytest.raises(CheckpointError, match=r"incomplete or not a cnn_jax checkpoint: "
-                                              r"missing file cnn_jax_manifest.json"):
-        ckpt.restore(2, _state())
     for f in files:
         os.remove(f)
-    with pytest.raises(CheckpointError, match=r"1 is corrupt: missing file state/"):
+    with pytest.raises(CheckpointError, match=r"1 is corrupt or unreadable: its arrays"):
         ckpt.restore(1, _state())
     ckpt.close()
+
+
+def test_a_write_cut_off_never_shows_as_a_checkpoint(tmp_path):
+    # orbax writes into a temporary folder and renames it when complete: a folder
+    # left by a killed process is not a step.
+    ckpt = Checkpointer(str(tmp_path / "c"))
+    ckpt.save(1, _state(), {})
+    ckpt.close()
+    partial = tmp_path / "c" / "2.orbax-checkpoint-tmp-123"
+    (partial / "state").mkdir(parents=True)
+    again = Checkpointer(str(tmp_path / "c"))
+    assert again.all_steps() == [1] and again.latest_step() == 1
+    again.close()
 
 
 def test_checkpointer_argument_error(tmp_path):
@@ -150,7 +150,7 @@ def _data(rng, n=48):
 def _config(out, **kw):
     base = dict(epochs=2, batch_size=8, eval_batch_size=16, lr=1e-2, warmup=0.5,
                 num_devices=1, quiet=True, out=None if out is None else str(out),
-                keep_checkpoints=2)
+                keep_checkpoints=2, checkpoint_every=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -167,12 +167,12 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, rng, stop_at):
     h_full = fit(full, train, test, _config(tmp_path / "full", augment=True))
 
     def ctrl_c(step):
-        if step == stop_at:
-            raise KeyboardInterrupt
+        if step == stop_at:  # a real signal: the guard turns it into a stop after this step
+            os.kill(os.getpid(), signal.SIGINT)
 
     part = Tiny(nnx.Rngs(0))
     h_part = fit(part, train, test, _config(tmp_path / "part", augment=True), on_step=ctrl_c)
-    assert h_part.interrupted and h_part.step == stop_at
+    assert h_part.interrupted and h_part.step == stop_at and h_part.signal == signal.SIGINT
     assert stop_at in Checkpointer(str(tmp_path / "part" / "checkpoints")).all_steps()
     resumed = Tiny(nnx.Rngs(1))  # different init: everything must come from the checkpoint
     h_res = fit(resumed, train, test, _config(tmp_path / "part", augment=True, resume=True))
@@ -199,8 +199,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, rng):
         fit(model, train, test, _config(tmp_path / "nan"), on_step=poison)
     ckpt = Checkpointer(str(tmp_path / "nan" / "checkpoints"))
     assert ckpt.all_steps() == [6]
-    trainer = _Trainer(Tiny(nnx.Rngs(0)), _config(None), 6, make_mesh(1))
-    carry, meta = ckpt.restore(6, trainer.initial_carry)
+    trainer = Trainer(Tiny(nnx.Rngs(0)), _config(None), 6, make_mesh(1))
+    carry, meta = ckpt.restore(6, trainer.initial_state())
     ckpt.close()
     assert meta["epoch"] == 1 and np.isfinite(meta["metric"]) and int(carry["step"]) == 6
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(carry["params"]))

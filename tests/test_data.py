@@ -9,10 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from cnn_jax.train import (Dataset, DatasetError, augment, load_cifar10, load_dataset,
                            load_digits, load_idx, load_image_folder, make_shapes,
                            random_crop, random_flip, read_idx)
+from cnn_jax.train import TrainConfig, crop_offsets, flip_draws
 
 # ---------------------------------------------------------------- digits
 
@@ -39,6 +41,21 @@ def test_digits_split_is_fixed_stratified_and_real():
     assert sorted(np.bincount(lab)) == sorted(whole)
     again, _ = load_digits()
     np.testing.assert_array_equal(again.images, train.images)
+
+
+def test_bundled_digits_equal_scikit_learns_copy_and_the_anchors_split():
+    # The oracle: the data and split that ../shared/anchors/*.py build with scikit-learn.
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = sk_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, stratify=y, random_state=0)
+    train, test = load_digits()
+    np.testing.assert_array_equal(train.images, x_tr)
+    np.testing.assert_array_equal(test.images, x_te)
+    np.testing.assert_array_equal(train.labels, y_tr)
+    np.testing.assert_array_equal(test.labels, y_te)
 
 
 # ---------------------------------------------------------------- IDX
@@ -228,7 +245,7 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_load_dataset_argument_errors(tmp_path):
-    with pytest.raises(DatasetError, match="data_dir must be given for 'mnist', got None"):
+    with pytest.raises(DatasetError, match=r"data_dir must be given for 'mnist' \(--data-dir\), got None"):
         load_dataset("mnist")
     with pytest.raises(DatasetError, match="data_dir must be an existing folder, got"):
         load_dataset("cifar10", str(tmp_path / "nope"))
@@ -238,6 +255,11 @@ def test_load_dataset_argument_errors(tmp_path):
         Dataset(np.zeros((3, 4)), np.zeros(3), 2, "x")
     with pytest.raises(DatasetError, match="same length, got 3 images and 2 labels"):
         Dataset(np.zeros((3, 2, 2, 1)), np.zeros(2), 2, "x")
+    with pytest.raises(DatasetError, match=r"x: labels of a segment data set must have 3 "
+                                           r"dimension\(s\), got shape \(3,\)"):
+        Dataset(np.zeros((3, 2, 2, 1)), np.zeros(3), 2, "x", task="segment")
+    with pytest.raises(DatasetError, match=r"x: task must be 'classify' or 'segment', got 'det'"):
+        Dataset(np.zeros((3, 2, 2, 1)), np.zeros(3), 2, "x", task="det")
 
 
 # ---------------------------------------------------------------- shapes
@@ -246,7 +268,7 @@ def test_load_dataset_argument_errors(tmp_path):
 def test_shapes_masks_match_the_drawn_pixels():
     train, test = make_shapes(n_train=16, n_test=4, size=24, seed=1)
     assert train.images.shape == (16, 24, 24, 3) and train.labels.shape == (16, 24, 24)
-    assert train.task == "segmentation" and train.class_names[3] == "triangle"
+    assert train.task == "segment" and train.class_names[3] == "triangle"
     assert set(np.unique(train.labels)) <= {0, 1, 2, 3} and len(np.unique(train.labels)) == 4
     # Background pixels are dark noise (< 0.15), shape pixels a colour in [0.4, 1].
     bg = train.labels == 0
@@ -290,6 +312,76 @@ def test_random_flip_mirrors_images_and_masks_together(rng):
         np.testing.assert_array_equal(o[0], [3, 2, 1, 0] if f else [0, 1, 2, 3])
     y = augment(jax.random.key(2), jnp.asarray(x), crop_padding=1, flip=False)
     assert y.shape == x.shape
+
+
+def test_shift_moves_content_by_the_drawn_offset_and_fills_with_zero(rng):
+    # Oracle: numpy shifts by the offsets that crop_offsets reports.
+    x = rng.uniform(0.5, 1.0, size=(5, 6, 6, 2)).astype(np.float32)  # no zeros inside
+    m = rng.integers(1, 4, (5, 6, 6)).astype(np.int32)
+    key, index = jax.random.key(7), jnp.asarray([10, 3, 99, 4, 0], jnp.int32)
+    out, out_m = random_crop(key, x, 2, m, index=index)
+    offsets = np.asarray(crop_offsets(key, 5, 2, index))
+    assert offsets.min() >= 0 and offsets.max() <= 4
+    for i, (dy, dx) in enumerate(offsets):
+        sy, sx = 2 - dy, 2 - dx  # content moves down/right by (sy, sx)
+        want = np.zeros_like(x[i])
+        want_m = np.zeros_like(m[i])
+        src_y = slice(max(0, -sy), 6 - max(0, sy))
+        dst_y = slice(max(0, sy), 6 - max(0, -sy))
+        src_x = slice(max(0, -sx), 6 - max(0, sx))
+        dst_x = slice(max(0, sx), 6 - max(0, -sx))
+        want[dst_y, dst_x] = x[i][src_y, src_x]
+        want_m[dst_y, dst_x] = m[i][src_y, src_x]
+        np.testing.assert_array_equal(np.asarray(out[i]), want)
+        np.testing.assert_array_equal(np.asarray(out_m[i]), want_m)  # masks move exactly
+
+
+def test_draws_depend_on_the_example_index_not_the_batch(rng):
+    x = rng.normal(size=(8, 5, 5, 3)).astype(np.float32)
+    key, index = jax.random.key(1), jnp.arange(100, 108, dtype=jnp.int32)
+    whole = np.asarray(augment(key, x, crop_padding=1, flip=True, index=index))
+    halves = [np.asarray(augment(key, x[s], crop_padding=1, flip=True, index=index[s]))
+              for s in (slice(0, 3), slice(3, 8))]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)
+    flips = np.asarray(flip_draws(key, 8, index))
+    assert flips.any() and not flips.all()
+
+
+def test_the_train_step_never_flips_grey_images_and_augment_off_is_the_identity(rng):
+    # A model that returns its (augmented) input's mean column profile exposes what
+    # the step fed it; digits-like grey input must only ever be shifted, not mirrored.
+    from cnn_jax.train._step import Trainer
+    from cnn_jax.train._sharding import make_mesh
+
+    seen = []
+
+    class Probe(nnx.Module):
+        def __init__(self, rngs):
+            self.w = nnx.Param(jnp.zeros((2,)))
+
+        def __call__(self, x):
+            seen.append(x)
+            return jnp.zeros((x.shape[0], 2)) + self.w.value[None, :]
+
+    ramp = np.broadcast_to(np.arange(1.0, 9.0, dtype=np.float32)[None, None, :, None],
+                           (4, 8, 8, 1)).copy()
+    batch = {"image": jnp.asarray(ramp), "label": jnp.zeros((4,), jnp.int32),
+             "index": jnp.arange(4, dtype=jnp.int32)}
+    # The step's function run eagerly, so the probe sees real values.
+    for augment_on in (True, False):
+        cfg = TrainConfig(batch_size=4, num_devices=1, augment=augment_on, quiet=True)
+        trainer = Trainer(Probe(nnx.Rngs(0)), cfg, 1, make_mesh(1), flip=True)
+        with jax.disable_jit():
+            seen.clear()
+            trainer._train_step(trainer.initial_state(), batch)
+        fed = np.asarray(seen[-1])
+        if not augment_on:
+            np.testing.assert_array_equal(fed, ramp)
+            continue
+        for img in fed[..., 0]:
+            row = img[4]  # a middle row: the ramp shifted by <= 1, zero-filled at one end
+            nonzero = row[row != 0]
+            assert np.all(np.diff(nonzero) == 1.0)  # increasing: never mirrored
 
 
 def test_augment_errors():

@@ -11,8 +11,9 @@ import optax
 import pytest
 from flax import nnx
 
-from cnn_jax.train import Dataset, TrainConfig, fit, make_optimizer
-from cnn_jax.train import _loop
+from cnn_jax.train import ConfigError, Dataset, TrainConfig, fit, make_optimizer, make_schedule
+from cnn_jax.train import _hooks, _step
+from cnn_jax.train._sharding import make_mesh
 
 # orbax's tensorstore callbacks may reach an already-closed asyncio loop during garbage
 # collection ("Event loop is closed"); harmless, and not ours to fix.
@@ -76,12 +77,12 @@ def test_train_step_traced_once_for_all_batches_and_epochs(rng):
     train, test = _data(rng)
     cfg = TrainConfig(epochs=3, batch_size=8, eval_batch_size=12, num_devices=1, quiet=True,
                       lr=7e-3)  # a recipe no other test uses: nothing cached
-    before = dict(_loop.TRACE_COUNTS)
+    before = dict(_step.TRACE_COUNTS)
     history = fit(Tiny(nnx.Rngs(0)), train, test, cfg)
     assert history.step == 18  # 6 batches x 3 epochs
     # 18 train steps and 3 x 2 eval batches (16 examples padded to 12 + 12): one trace each.
     assert history.trace_counts == {"train_step": 1, "eval_step": 1}
-    assert _loop.TRACE_COUNTS["train_step"] - before["train_step"] == 1
+    assert _step.TRACE_COUNTS["train_step"] - before["train_step"] == 1
 
 
 def test_training_learns_and_batchnorm_statistics_move(rng):
@@ -122,7 +123,8 @@ def test_adamw_schedule_and_decay_match_hand_derivation():
         b = b - lr(t) * (1.0 / (1.0 + 1e-8))
         np.testing.assert_allclose(params["w"], w, rtol=1e-5)
         np.testing.assert_allclose(params["b"], b, rtol=1e-5)
-        assert _loop._current_lr(cfg, steps_per_epoch, t) == pytest.approx(lr(t))
+        # The logged lr reads the optimiser's own schedule object.
+        assert float(make_schedule(cfg, steps_per_epoch)(t)) == pytest.approx(lr(t))
 
 
 def test_sgd_constant_schedule_matches_hand_derivation():
@@ -146,9 +148,10 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(rng):
     model = Tiny(nnx.Rngs(0), dtype=jnp.bfloat16)
     SEEN_DTYPES.clear()
     cfg = TrainConfig.quick(batch_size=8, num_devices=1, dtype="bfloat16")
-    trainer = _loop._Trainer(model, cfg, 2, _loop.make_mesh(1))
-    carry = trainer.train_step(trainer.initial_carry, jnp.asarray(train.images[:8]),
-                               jnp.asarray(train.labels[:8]))
+    batch = {"image": jnp.asarray(train.images[:8]), "label": jnp.asarray(train.labels[:8]),
+             "index": jnp.arange(8)}
+    trainer = _step.Trainer(model, cfg, 2, make_mesh(1))
+    carry = trainer.train_step(trainer.initial_state(), batch)
     assert SEEN_DTYPES == [jnp.bfloat16] * 3  # input, features and logits all bf16
     for tree in (carry["params"], carry["opt_state"], carry["rest"]):
         for x in jax.tree.leaves(tree):
@@ -157,9 +160,8 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(rng):
     assert np.isfinite(float(carry["sums"][0]))
     # The bf16 step follows the f32 step closely (same data, same init).
     model32 = Tiny(nnx.Rngs(0))
-    t32 = _loop._Trainer(model32, cfg.replace(dtype="float32"), 2, _loop.make_mesh(1))
-    c32 = t32.train_step(t32.initial_carry, jnp.asarray(train.images[:8]),
-                         jnp.asarray(train.labels[:8]))
+    t32 = _step.Trainer(model32, cfg.replace(dtype="float32"), 2, make_mesh(1))
+    c32 = t32.train_step(t32.initial_state(), batch)
     np.testing.assert_allclose(float(carry["sums"][0]), float(c32["sums"][0]), rtol=3e-2)
 
 
@@ -182,8 +184,8 @@ def test_outputs_metrics_summary_and_plots(tmp_path, rng):
 
 
 def test_progress_bar_off_when_quiet_or_not_a_tty():
-    assert _loop._progress(10, "x", quiet=True) is None
-    assert _loop._progress(10, "x", quiet=False) is None  # pytest's stderr is not a TTY
+    assert not _hooks.Progress(quiet=True).enabled
+    assert not _hooks.Progress(quiet=False).enabled  # pytest's stderr is not a TTY
 
 
 def test_fit_errors(rng):
@@ -192,7 +194,8 @@ def test_fit_errors(rng):
                                          r"devices \(8\), got 12"):
         fit(Tiny(nnx.Rngs(0)), train, test, TrainConfig(batch_size=12, quiet=True))
     with pytest.raises(ValueError, match=r"fit: batch_size must be <= the number of training "
-                                         r"examples \(8\), got 16"):
+                                         r"examples of 'fake' \(8\), got 16; pass a smaller "
+                                         r"--batch-size"):
         fit(Tiny(nnx.Rngs(0)), train, test, TrainConfig(batch_size=16, num_devices=1))
 
 
@@ -209,14 +212,29 @@ def test_fit_errors(rng):
     ({"warmup": -1.0}, r"TrainConfig: warmup must be >= 0 epochs, got -1.0"),
     ({"weight_decay": -0.1}, r"TrainConfig: weight_decay must be >= 0, got -0.1"),
     ({"resume": True}, r"TrainConfig: resume must come with an out folder, got out=None"),
+    ({"seed": -1}, r"TrainConfig: seed must be an int >= 0, got -1"),
+    ({"lr": float("nan")}, r"TrainConfig: lr must be > 0, got nan"),
+    ({"checkpoint_every": -1.0}, r"TrainConfig: checkpoint_every must be >= 0 seconds"),
+    ({"dataset": "shapes", "model": "lenet5"},
+     r"TrainConfig: model must suit the 'shapes' data set's task \(segment\), got 'lenet5' "
+     r"\(task classify\); e.g. --model unet"),
+    ({"model": "unet"}, r"model must suit the 'digits' data set's task \(classify\), got "
+                        r"'unet'"),
 ])
 def test_config_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         TrainConfig(**kwargs)
 
 
 def test_config_defaults_and_quick_variant():
-    assert TrainConfig().model_name == "lenet5"
+    assert TrainConfig().model_name == "digits_cnn"
     assert TrainConfig(dataset="shapes").model_name == "unet"
+    assert TrainConfig(dataset="mnist").model_name == "lenet5"
+    assert TrainConfig(dataset="shapes").task == "segment"
+    config = TrainConfig(epochs=3, out="x")
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"TrainConfig: fields must be among .*, got unknown "
+                                         r"\['colour'\]"):
+        TrainConfig.from_dict(dict(config.to_dict(), colour="red"))
     quick = TrainConfig.quick(lr=0.5)
     assert quick.epochs == 1 and quick.quiet and quick.lr == 0.5 and quick.limit == 256

@@ -99,10 +99,11 @@ def resume_config(out: str, **changes) -> TrainConfig:
     """
     config = read_run(out)["config"]
     for key, value in changes.items():
-        if key not in RESUMABLE and getattr(config, key) != value:
+        current = config.model_name if key == "model" else getattr(config, key)
+        if key not in RESUMABLE and current != value:
             raise CheckpointError(
                 f"cannot resume {out} with {key}={value!r}: the run was started with "
-                f"{key}={getattr(config, key)!r} (in {os.path.join(out, RUN_FILE)}); only "
+                f"{key}={current!r} (in {os.path.join(out, RUN_FILE)}); only "
                 f"{', '.join(k for k in RESUMABLE if k not in ('out', 'resume'))} may change "
                 f"on --resume")
     return config.replace(**dict(changes, out=out, resume=True))
