@@ -13,9 +13,6 @@ from flax import nnx
 
 from cnn_jax.train import make_mesh
 
-# orbax's tensorstore callbacks may reach an already-closed asyncio loop during garbage
-# collection ("Event loop is closed"); harmless, and not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 from cnn_jax.train._step import Trainer
 from cnn_jax.train import (Checkpointer, CheckpointError, Dataset, NonFiniteLossError,
                            TrainConfig, fit)

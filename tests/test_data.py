@@ -361,7 +361,7 @@ def test_the_train_step_never_flips_grey_images_and_augment_off_is_the_identity(
 
         def __call__(self, x):
             seen.append(x)
-            return jnp.zeros((x.shape[0], 2)) + self.w.value[None, :]
+            return jnp.zeros((x.shape[0], 2)) + self.w[...][None, :]
 
     ramp = np.broadcast_to(np.arange(1.0, 9.0, dtype=np.float32)[None, None, :, None],
                            (4, 8, 8, 1)).copy()

@@ -15,9 +15,6 @@ from cnn_jax.train import ConfigError, Dataset, TrainConfig, fit, make_optimizer
 from cnn_jax.train import _hooks, _step
 from cnn_jax.train._sharding import make_mesh
 
-# orbax's tensorstore callbacks may reach an already-closed asyncio loop during garbage
-# collection ("Event loop is closed"); harmless, and not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 SEEN_DTYPES = []
 

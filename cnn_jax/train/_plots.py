@@ -45,10 +45,9 @@ def first_conv_kernel(model: nnx.Module) -> np.ndarray | None:
     channels equal those of the first such kernel found, preferring 3 or 1 (RGB or
     grey inputs) so a depthwise kernel deeper in is not mistaken for it.
     """
-    kernels = [(path, np.asarray(v.value if hasattr(v, "value") else v))
-               for path, v in nnx.iter_graph(model)
+    kernels = [(path, np.asarray(v[...])) for path, v in nnx.iter_graph(model)
                if isinstance(v, nnx.Param) and path and path[-1] == "kernel"
-               and getattr(v.value, "ndim", 0) == 4]
+               and getattr(v[...], "ndim", 0) == 4]
     if not kernels:
         return None
     for channels in (3, 1):
