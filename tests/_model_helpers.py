@@ -18,8 +18,8 @@ def from_torch(constructor, torch_module):
     load_torch_state_dict(model, torch_module.state_dict())
     for _, node in nnx.iter_graph(model):
         if isinstance(node, nnx.RngStream):  # dropout keys: not weights, give them values
-            node.key.value = jax.random.key(0)
-            node.count.value = jnp.zeros((), jnp.uint32)
+            node.key.set_value(jax.random.key(0))
+            node.count.set_value(jnp.zeros((), jnp.uint32))
     abstract = [x for x in jax.tree.leaves(nnx.state(model))
                 if isinstance(x, jax.ShapeDtypeStruct)]
     assert not abstract, "every weight must come from the state_dict"

@@ -151,7 +151,7 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping, *, strict: boo
                 continue
             variable = getattr(module, attr)
             value = convert(_to_numpy(state_dict[key], key))
-            want = tuple(variable.value.shape)
+            want = tuple(variable.get_value().shape)
             if tuple(value.shape) != want:
                 raise ValueError(
                     f"{op}: state_dict[{key!r}] must have shape {want} after conversion "
@@ -159,7 +159,7 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping, *, strict: boo
                     f"{type(module).__name__}), got {tuple(value.shape)} (PyTorch shape "
                     f"{tuple(np.shape(state_dict[key]))})"
                 )
-            updates.append((variable, jnp.asarray(value, dtype=variable.value.dtype)))
+            updates.append((variable, jnp.asarray(value, dtype=variable.get_value().dtype)))
     if strict:
         unmapped = [
             ".".join(map(str, path)) for path, node in nnx.iter_graph(model)
@@ -187,5 +187,5 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping, *, strict: boo
                 f"key(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
             )
     for variable, value in updates:
-        variable.value = value
+        variable.set_value(value)
     return model
