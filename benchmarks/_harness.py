@@ -94,9 +94,16 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
 
 
-def write_json(name: str, env: dict, rows: list[dict]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def results_path(name: str, *, quick: bool = False) -> Path:
+    """``results/NAME.json``; smoke runs (``--quick``) go to ``results/quick/`` (not
+    tracked), so they never overwrite the recorded results the README cites."""
+    folder = RESULTS / "quick" if quick else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}.json"
+
+
+def write_json(name: str, env: dict, rows: list[dict], *, quick: bool = False) -> Path:
+    path = results_path(name, quick=quick)
     path.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
     return path
 

@@ -7,7 +7,7 @@
 Each case is timed forward (``fwd``) and forward+backward (``fwd+bwd``: the
 gradient of ``sum(op(x, w))`` with respect to every input). Ratios are cnn_jax's
 median time over the other implementation's: < 1 means cnn_jax is faster.
-Results go to ``benchmarks/results/ops.json``.
+Results go to ``benchmarks/results/ops.json`` (``--quick``: ``results/quick/ops.json``).
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def main(argv=None):
         print(f"\n## {name}")
         print_table(section, list(section[0]))
         rows += section
-    path = write_json(args.out, env, rows)
+    path = write_json(args.out, env, rows, quick=args.quick)
     print(f"\nwrote {path}")
 
 

@@ -2,13 +2,14 @@
 
 For each case: steady-state training images/s (the first step excluded) and
 time-to-first-step (JAX: tracing + compilation + one step; PyTorch: one eager step),
-both measured in this one run on this machine, plus the wall time and accuracy of
-the default ``cnn-jax train`` digits run. Where a GPU is present, ResNet-50 at
-224x224 in bf16 on synthetic data: images/s and MFU (training FLOPs = 3 x forward,
+both measured in this one run on this machine; the default ``cnn-jax train`` run
+(wall time and accuracy over seeds, cold and warm compilation cache) beside the
+hand-written anchors in ``shared/anchors/``; help latency; the checkpoint cost.
+Where a GPU is present, ResNet-50 at 224x224 in bf16 on synthetic data: images/s and MFU (training FLOPs = 3 x forward,
 against a measured bf16 matmul peak), next to PyTorch on the same GPU if it has CUDA.
 
     python benchmarks/train.py            # writes benchmarks/results/train.json
-    python benchmarks/train.py --quick    # smaller, for a smoke run
+    python benchmarks/train.py --quick    # smaller; writes results/quick/train.json
 """
 
 from __future__ import annotations
@@ -151,21 +152,108 @@ def run_cpu_cases(quick: bool) -> list[dict]:
     return results
 
 
-def run_digits() -> dict:
-    """The README's main job, as a user runs it: ``cnn-jax train`` (new process)."""
+ANCHORS = os.path.join(HERE, "..", "..", "shared", "anchors")
+
+
+def _timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return time.perf_counter() - t0, proc
+
+
+def _accuracy(text: str) -> float | None:
+    match = re.search(r"acc(?:uracy)? ([0-9.]+)", text)
+    return float(match.group(1)) if match else None
+
+
+def run_main_job(seeds: list[int], anchors: str) -> dict:
+    """``cnn-jax train`` with no arguments, as a user runs it (a new process, imports and
+    compilation included, a cold compilation cache), beside the two hand-written anchors
+    in the same loop: one round per seed runs torch anchor, flax anchor, cnn-jax."""
     import tempfile
 
-    out = os.path.join(tempfile.mkdtemp(prefix="cnn_jax_bench_"), "digits")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cnn_jax.cli", "train", "--quiet", "--out", out],
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    match = re.search(r"test accuracy ([0-9.]+)", proc.stdout)
-    row = {"case": "cnn-jax train (digits, defaults)", "wall_s": wall,
-           "test_accuracy": float(match.group(1)) if match else None,
-           "returncode": proc.returncode}
-    print(f"{row['case']:<40} wall {wall:.1f} s  test accuracy {row['test_accuracy']}",
-          flush=True)
+    cli = [sys.executable, "-m", "cnn_jax.cli"]
+    tmp = tempfile.mkdtemp(prefix="cnn_jax_bench_")
+    rows = []
+    for seed in seeds:
+        row = {"seed": seed}
+        for name in ("digits_torch", "digits_flax"):
+            path = os.path.join(anchors, name + ".py")
+            if os.path.exists(path):
+                wall, proc = _timed([sys.executable, path])
+                row[name] = {"wall_s": wall, "test_accuracy": _accuracy(proc.stdout)}
+        env = dict(os.environ, CNN_JAX_COMPILATION_CACHE=os.path.join(tmp, f"cache{seed}"))
+        out = os.path.join(tmp, f"run{seed}")
+        wall, proc = _timed([*cli, "train", "--quiet", "--seed", str(seed), "--out", out], env)
+        if proc.returncode:
+            raise RuntimeError(f"cnn-jax train failed: {proc.stderr[-2000:]}")
+        summary = json.load(open(os.path.join(out, "summary.json")))
+        row["cnn_jax"] = {"wall_s": wall, "test_accuracy": summary["test_accuracy"],
+                          "time_to_first_step_s": summary["time_to_first_step_s"]}
+        rows.append(row)
+        print(f"seed {seed}: " + "  ".join(
+            f"{k} {v['wall_s']:.1f} s acc {v['test_accuracy']}" for k, v in row.items()
+            if isinstance(v, dict)), flush=True)
+    # Warm compilation cache: the last seed's cache, a new process.
+    out = os.path.join(tmp, "warm")
+    wall, proc = _timed([*cli, "train", "--quiet", "--seed", str(seeds[-1]), "--out", out], env)
+    warm = json.load(open(os.path.join(out, "summary.json")))
+    result = {"rounds": rows, "warm_cache": {"wall_s": wall, "time_to_first_step_s":
+                                             warm["time_to_first_step_s"]}}
+
+    def mean(key, field):
+        values = [r[key][field] for r in rows if key in r and r[key][field] is not None]
+        return sum(values) / len(values) if values else None
+
+    for key in ("cnn_jax", "digits_torch", "digits_flax"):
+        result[f"{key}_mean_wall_s"] = mean(key, "wall_s")
+        result[f"{key}_mean_accuracy"] = mean(key, "test_accuracy")
+    for anchor in ("digits_torch", "digits_flax"):
+        if result[f"{anchor}_mean_wall_s"]:
+            result[f"ratio_cnn_jax_over_{anchor}"] = (result["cnn_jax_mean_wall_s"]
+                                                      / result[f"{anchor}_mean_wall_s"])
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2), flush=True)
+    return result
+
+
+def run_help(repeats: int = 5) -> dict:
+    """Wall time of ``cnn-jax --help`` and ``cnn-jax train --help`` (median of a few)."""
+    import statistics
+
+    exe = [sys.executable, "-m", "cnn_jax.cli"]
+    row = {}
+    for name, args in (("help_s", ["--help"]), ("train_help_s", ["train", "--help"])):
+        row[name] = statistics.median(_timed([*exe, *args])[0] for _ in range(repeats))
+    row["python_startup_s"] = statistics.median(
+        _timed([sys.executable, "-c", "pass"])[0] for _ in range(repeats))
+    print(f"cnn-jax --help {row['help_s']:.2f} s, train --help {row['train_help_s']:.2f} s "
+          f"(python itself {row['python_startup_s']:.2f} s)", flush=True)
+    return row
+
+
+def run_checkpoint_cost(repeats: int = 2) -> dict:
+    """The default recipe in-process, with and without an out folder (checkpoint, metrics,
+    summary, plots): the difference is what the side jobs cost the run."""
+    import statistics
+    import tempfile
+
+    from cnn_jax.train import create_model, load_digits
+
+    train, test = load_digits()
+    times = {"no_out": [], "out": []}
+    for i in range(repeats + 1):  # the first round compiles: not counted
+        for key in ("no_out", "out"):
+            out = tempfile.mkdtemp(prefix="cnn_jax_ckpt_") if key == "out" else None
+            model = create_model("digits_cnn", 10, (8, 8, 1))
+            t0 = time.perf_counter()
+            fit(model, train, test, TrainConfig(quiet=True, out=out), flip=False)
+            if i:
+                times[key].append(time.perf_counter() - t0)
+    no_out, with_out = statistics.median(times["no_out"]), statistics.median(times["out"])
+    row = {"fit_s_without_out": no_out, "fit_s_with_out": with_out,
+           "side_jobs_fraction": (with_out - no_out) / with_out}
+    print(f"fit without out {no_out:.2f} s, with checkpoints/metrics/plots {with_out:.2f} s: "
+          f"side jobs {100 * row['side_jobs_fraction']:.1f}% of the run", flush=True)
     return row
 
 
@@ -235,7 +323,11 @@ def _torch_resnet50_gpu(batch_size, steps):  # pragma: no cover - GPU only
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--skip-digits", action="store_true",
+                        help="skip the main-job comparison against the anchors")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the main-job rounds")
+    parser.add_argument("--anchors", default=ANCHORS,
+                        help="folder with digits_torch.py and digits_flax.py")
     args = parser.parse_args()
     import torch
 
@@ -247,15 +339,19 @@ def main():
         "torch_threads": torch.get_num_threads(),
     }
     print("# cnn_jax training benchmark: " + ", ".join(f"{k}={v}" for k, v in header.items()))
-    result = {"header": header, "cases": run_cpu_cases(args.quick)}
+    result = {"header": header, "help": run_help()}
     if not args.skip_digits:
-        result["digits"] = run_digits()
+        seeds = [int(s) for s in args.seeds.split(",")][:1 if args.quick else None]
+        result["main_job"] = run_main_job(seeds, args.anchors)
+    result["checkpoint_cost"] = run_checkpoint_cost(1 if args.quick else 2)
+    result["cases"] = run_cpu_cases(args.quick)
     if jax.devices()[0].platform == "gpu":
         result["gpu_resnet50"] = run_gpu_resnet50()
     else:
         result["gpu_resnet50"] = "not run: no GPU on this machine"
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", "train.json")
+    folder = os.path.join(HERE, "results", "quick" if args.quick else "")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "train.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
