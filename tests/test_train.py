@@ -235,3 +235,19 @@ def test_config_defaults_and_quick_variant():
         TrainConfig.from_dict(dict(config.to_dict(), colour="red"))
     quick = TrainConfig.quick(lr=0.5)
     assert quick.epochs == 1 and quick.quiet and quick.lr == 0.5 and quick.limit == 256
+
+
+def test_filter_mosaic_places_each_scaled_kernel_in_its_tile():
+    from cnn_jax.train._plots import filter_mosaic
+
+    kernel = np.zeros((2, 2, 1, 3))
+    kernel[..., 0, 0] = [[0.0, 2.0], [4.0, 8.0]]  # scaled to [0, 1] on its own
+    kernel[..., 0, 1] = [[5.0, 5.0], [5.0, 5.0]]  # constant: all zeros after scaling
+    kernel[..., 0, 2] = [[1.0, 0.0], [0.0, 1.0]]
+    m = filter_mosaic(kernel)  # 3 kernels: a 2x2 grid of 2x2 tiles, 1-pixel white borders
+    assert m.shape == (7, 7)
+    np.testing.assert_allclose(m[1:3, 1:3], [[0.0, 0.25], [0.5, 1.0]])
+    np.testing.assert_allclose(m[1:3, 4:6], 0.0, atol=1e-9)
+    np.testing.assert_allclose(m[4:6, 1:3], [[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(m[4:6, 4:6], 1.0)  # the unused tile stays white
+    np.testing.assert_array_equal(m[0], 1.0)

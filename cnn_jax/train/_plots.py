@@ -57,30 +57,44 @@ def first_conv_kernel(model: nnx.Module) -> np.ndarray | None:
     return kernels[0][1]
 
 
-def plot_filters(model: nnx.Module, path: str, *, max_filters: int = 64) -> bool:
-    """A grid of the first conv layer's kernels; returns False when there is none."""
-    kernel = first_conv_kernel(model)
-    fig = _figure(6, 6)
-    if kernel is None:
-        ax = fig.subplots()
-        ax.text(0.5, 0.5, "no 2-D conv kernel", ha="center", va="center")
-        ax.axis("off")
-        fig.savefig(path)
-        return False
+def filter_mosaic(kernel: np.ndarray, max_filters: int = 64) -> np.ndarray:
+    """The first ``max_filters`` kernels of an HWIO ``kernel`` tiled into one image.
+
+    Each kernel is scaled to ``[0, 1]`` on its own; RGB kernels stay RGB, others are
+    averaged over their input channels. Tiles are separated by a 1-pixel border of
+    ones (white). Returns ``(rows * (H + 1) + 1, cols * (W + 1) + 1[, 3])``.
+    """
     n = min(kernel.shape[-1], max_filters)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for i, ax in enumerate(axes):
-        ax.axis("off")
-        if i >= n:
-            continue
-        k = kernel[..., i]
+    h, w, c = kernel.shape[:3]
+    rgb = c == 3
+    mosaic = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1) + ((3,) if rgb else ()))
+    for i in range(n):
+        k = kernel[..., i].astype(np.float64)
         k = (k - k.min()) / (np.ptp(k) + 1e-12)
-        if k.shape[-1] == 3:
-            ax.imshow(k, interpolation="nearest")
-        else:
-            ax.imshow(k.mean(-1), cmap="gray", interpolation="nearest")
-    fig.suptitle(f"first-layer kernels {tuple(kernel.shape)} (HWIO)")
+        r, q = divmod(i, cols)
+        mosaic[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = (
+            k if rgb else k.mean(-1))
+    return mosaic
+
+
+def plot_filters(model: nnx.Module, path: str, *, max_filters: int = 64) -> bool:
+    """The first conv layer's kernels as one tiled image; returns False when there is none.
+
+    One ``imshow`` of :func:`filter_mosaic` (not one axes per kernel, which costs
+    matplotlib a second for 64 kernels).
+    """
+    kernel = first_conv_kernel(model)
+    fig = _figure(6, 6)
+    ax = fig.subplots()
+    ax.axis("off")
+    if kernel is None:
+        ax.text(0.5, 0.5, "no 2-D conv kernel", ha="center", va="center")
+        fig.savefig(path)
+        return False
+    ax.imshow(filter_mosaic(kernel, max_filters), cmap="gray", interpolation="nearest",
+              vmin=0.0, vmax=1.0)
+    ax.set_title(f"first-layer kernels {tuple(kernel.shape)} (HWIO)")
     fig.savefig(path)
     return True
