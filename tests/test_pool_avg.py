@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from jax import lax
 from jax.test_util import check_grads
 
@@ -229,3 +230,29 @@ def test_large_window_avg_pool_falls_back_to_reduce_window_and_matches_torch(rng
         "channels_first", True)
     np.testing.assert_allclose(y, y_t, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dx, dx_t, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,ours,theirs", [
+    ("avg_pool", lambda a: cj.avg_pool(a, 3, 2, padding=1, layout="channels_first"),
+     lambda t: F.avg_pool2d(t, 3, 2, 1)),
+    ("min_pool", lambda a: cj.min_pool(a, 3, 2, padding=1, layout="channels_first"),
+     lambda t: -F.max_pool2d(-t, 3, 2, 1)),
+    ("adaptive_avg_pool", lambda a: cj.adaptive_avg_pool(a, 4, layout="channels_first"),
+     lambda t: F.adaptive_avg_pool2d(t, 4)),
+    ("adaptive_max_pool", lambda a: cj.adaptive_max_pool(a, 4, layout="channels_first"),
+     lambda t: F.adaptive_max_pool2d(t, 4)),
+    ("global_avg_pool", lambda a: cj.global_avg_pool(a, keepdims=True, layout="channels_first"),
+     lambda t: F.adaptive_avg_pool2d(t, 1)),
+    ("global_max_pool", lambda a: cj.global_max_pool(a, keepdims=True, layout="channels_first"),
+     lambda t: F.adaptive_max_pool2d(t, 1)),
+])
+def test_nan_and_inf_propagate_like_torch(name, ours, theirs, rng):
+    x = rng.standard_normal((1, 3, 6, 7)).astype(np.float32)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 1, 2, 3], x[0, 1, 4, 4] = np.inf, -np.inf
+    x[0, 2, 0, 0], x[0, 2, 5, 6] = np.inf, np.inf
+    y = np.asarray(ours(jnp.asarray(x)))
+    y_t = theirs(torch.tensor(x)).numpy()
+    # NaN, +inf and -inf in the same places, finite values equal.
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_t))
+    np.testing.assert_allclose(y, y_t, rtol=1e-6, equal_nan=True)

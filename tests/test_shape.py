@@ -4,6 +4,7 @@ import itertools
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -225,3 +226,64 @@ def test_padding_2_to_31_raises_instead_of_aborting():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ValueError: conv: padding must be <= 2**31 - 1 in every dim, got 2147483648" in proc.stdout
+
+
+# --- one dtype rule for every op (DTYPE_RULES) ---------------------------------------
+
+_XI = np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3) % 7 - 3  # small ints, channels_last
+
+# (name, call, rule): "float" refuses integers, "number" refuses bool, "any" takes both.
+_DTYPE_CASES = [
+    ("conv", lambda x: cj.conv(x, np.ones((2, 2, 3, 2), x.dtype)), "number"),
+    ("conv_transpose", lambda x: cj.conv_transpose(x, np.ones((2, 2, 3, 2), x.dtype), stride=2),
+     "number"),
+    ("conv_input_grad", lambda x: cj.conv_input_grad(x, np.ones((1, 1, 2, 3), x.dtype), (4, 4)),
+     "number"),
+    ("conv_kernel_grad", lambda x: cj.conv_kernel_grad(x, x, (1, 1, 3, 3)), "number"),
+    ("sum_pool", lambda x: cj.sum_pool(x, 2, 1, padding=1), "number"),
+    ("fold", lambda x: cj.fold(x.reshape(2, 4, 12), (3, 3), 2), "number"),
+    ("max_pool", lambda x: cj.max_pool(x, 3, 2, padding=1, dilation=1), "any"),
+    ("min_pool", lambda x: cj.min_pool(x, 2, 1, padding=1), "any"),
+    ("adaptive_max_pool", lambda x: cj.adaptive_max_pool(x, 3), "any"),
+    ("global_max_pool", lambda x: cj.global_max_pool(x), "any"),
+    ("upsample", lambda x: cj.upsample(x, 1.5), "any"),
+    ("pixel_shuffle", lambda x: cj.pixel_shuffle(x.reshape(2, 4, 2, 6), 1), "any"),
+    ("pixel_unshuffle", lambda x: cj.pixel_unshuffle(x, 2), "any"),
+    ("unfold", lambda x: cj.unfold(x, 2, padding=1), "any"),
+    ("pad", lambda x: cj.pad(x, 1, mode="reflect"), "any"),
+    ("avg_pool", lambda x: cj.avg_pool(x, 2), "float"),
+    ("lp_pool", lambda x: cj.lp_pool(x, 2, 2), "float"),
+    ("adaptive_avg_pool", lambda x: cj.adaptive_avg_pool(x, 3), "float"),
+    ("global_avg_pool", lambda x: cj.global_avg_pool(x), "float"),
+    ("upsample", lambda x: cj.upsample(x, 2, method="linear"), "float"),
+]
+
+
+@pytest.mark.parametrize("name,call,rule", _DTYPE_CASES, ids=[
+    f"{c[0]}-{i}" for i, c in enumerate(_DTYPE_CASES)])
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.bool_])
+def test_integer_and_bool_inputs_follow_one_rule(name, call, rule, dtype):
+    x = (_XI > 0) if dtype is np.bool_ else (_XI % 4 if dtype is np.uint8 else _XI)
+    x = jnp.asarray(x, dtype)
+    refused = rule == "float" or (rule == "number" and dtype is np.bool_)
+    if refused:
+        kind = "floating-point array" if rule == "float" else "floating-point or integer array"
+        with pytest.raises(TypeError, match=rf"{name}: (x|patches|dy) must be a {kind} .*got "
+                                            rf"dtype {np.dtype(dtype).name}"):
+            call(x)
+        return
+    y = call(x)
+    assert y.dtype == x.dtype
+    # Exact: the same numbers as the float computation (small ints, no rounding).
+    ref = np.asarray(call(x.astype(jnp.float32)))
+    np.testing.assert_array_equal(np.asarray(y).astype(np.float32), ref.astype(dtype).astype(np.float32))
+
+
+def test_pad_value_must_fit_an_integer_dtype():
+    x = jnp.zeros((1, 2, 2, 1), jnp.int32)
+    with pytest.raises(ValueError, match=r"pad: value must be exactly representable in x's "
+                                         r"dtype int32, got 0.5"):
+        cj.pad(x, 1, mode="constant", value=0.5)
+    with pytest.raises(ValueError, match=r"dtype uint8, got 300"):
+        cj.pad(x.astype(jnp.uint8), 1, mode="constant", value=300)
+    assert int(cj.pad(x, 1, mode="constant", value=7.0)[0, 0, 0, 0]) == 7

@@ -19,6 +19,7 @@ from jax import lax
 
 from cnn_jax.ops._args import (
     batched_spatial_dims,
+    check_dtype,
     check_layout,
     check_rank,
     check_size,
@@ -48,7 +49,17 @@ def _first_max_jvp(axis, primals, tangents):
 def _lowest(dtype):
     if jnp.issubdtype(dtype, jnp.floating):
         return -jnp.inf
+    if dtype == jnp.bool_:
+        return False
     return jnp.iinfo(dtype).min
+
+
+def _check_dtype(x, op: str, reduce: str):
+    """Means need floating point; a max takes any real dtype (see ``DTYPE_RULES``)."""
+    if reduce == "mean":
+        check_dtype(x, op, "float")
+    elif jnp.issubdtype(x.dtype, jnp.complexfloating):
+        raise TypeError(f"{op}: x must be a real (not complex) array, got dtype {x.dtype}")
 
 
 def _sum_dtype(dtype):
@@ -144,6 +155,7 @@ def _adaptive(x, output_size, layout: str, op: str, reduce: str):
     layout = check_layout(layout, op)
     n, _, sizes = _output_size(output_size, x, layout, op)
     x = jnp.asarray(x)
+    _check_dtype(x, op, reduce)
     axes = spatial_axes(x.ndim, n, layout)
     # Last spatial axis first: the max then keeps the first maximum in scan order.
     for axis, out in reversed(tuple(zip(axes, sizes))):
@@ -208,6 +220,7 @@ def _global(x, keepdims, layout: str, op: str, reduce: str):
     if any(x.shape[a] == 0 for a in axes):
         raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     x = jnp.asarray(x)
+    _check_dtype(x, op, reduce)
     if reduce == "mean":
         return jnp.mean(x, axis=axes, keepdims=keepdims).astype(x.dtype)
     for axis in reversed(axes):

@@ -304,6 +304,35 @@ def prod(values) -> int:
     return math.prod(values)
 
 
+# Which element types an op takes, one rule for every op (PyTorch's CPU kernels differ
+# op by op and dtype by dtype: int64 avg_pool truncates, max_pool1d refuses what
+# max_pool2d takes). An op computes exactly in x's dtype or refuses with a TypeError:
+#   "float":  means and interpolation (avg/lp/adaptive/global avg pools, linear
+#             upsample) would truncate in integers, so they need floating point;
+#   "number": sums of (products of) elements (conv, conv_transpose, sum_pool, fold)
+#             are exact in integers (wrapping on overflow, as PyTorch); not bool;
+#   "any":    selection and data movement (max/min pools, nearest upsample, pixel
+#             shuffle, pad, unfold) take every real dtype, bool included.
+DTYPE_RULES = ("float", "number", "any")
+
+
+def check_dtype(x, op: str, rule: str, name: str = "x") -> None:
+    """Check ``x``'s dtype against one of ``DTYPE_RULES``; raise ``TypeError`` if not."""
+    import jax.numpy as jnp
+
+    dtype = jnp.result_type(x)
+    if rule == "float" and not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{op}: {name} must be a floating-point array (this op divides or "
+            f"interpolates, which integers would truncate), got dtype {dtype}"
+        )
+    if rule == "number" and dtype == jnp.bool_:
+        raise TypeError(
+            f"{op}: {name} must be a floating-point or integer array (this op adds "
+            f"elements), got dtype {dtype}"
+        )
+
+
 def check_int(value, name: str, op: str, *, min_value: int | None = 1) -> int:
     """Validate a scalar int argument (feature counts, groups, factors) and return it.
 

@@ -24,6 +24,7 @@ from jax import lax
 from cnn_jax.ops._args import (
     channel_axis,
     check_choice,
+    check_dtype,
     check_int,
     check_layout,
     check_rank,
@@ -200,6 +201,7 @@ def _prologue(op, x, kernel, stride, dilation, groups, layout):
     n = _num_spatial(kernel, op)
     batched = check_rank(x, n, op, "kernel")
     x, kernel = _as_arrays(x, kernel)
+    check_dtype(x, op, "number")
     if not batched:
         x = x[None]
     s = ntuple(stride, n, "stride", op)
@@ -634,6 +636,7 @@ def conv_input_grad(dy, kernel, input_shape, *, stride=1, padding=0, dilation=1,
     op = "conv_input_grad"
     n = _num_spatial(kernel, op)
     dy, kernel = _as_arrays(dy, kernel)
+    check_dtype(dy, op, "number", "dy")
     layout, s, d, g, k, c_in, batched = _grad_setup(
         op, dy, kernel.shape, layout, n, stride, dilation, groups)
     in_sp = _input_spatial(op, input_shape, n, layout, batched, dy, c_in)
@@ -706,6 +709,7 @@ def conv_kernel_grad(x, dy, kernel_shape, *, stride=1, padding=0, dilation=1, gr
     n = len(kernel_shape) - 2
     kernel_shape = ntuple(kernel_shape, n + 2, "kernel_shape", op)
     x, dy = _as_arrays(x, dy)
+    check_dtype(x, op, "number")
     layout, s, d, g, k, c_in, batched = _grad_setup(
         op, dy, kernel_shape, layout, n, stride, dilation, groups)
     if check_rank(x, n, op, "kernel_shape") != batched:

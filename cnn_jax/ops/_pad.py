@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from cnn_jax.ops._args import (
     Pads,
@@ -51,6 +52,8 @@ def pad(x, padding, *, mode="zeros", value=0.0, layout="channels_last"):
                [x.shape[a] + lo + hi for a, (lo, hi) in zip(axes, pads)], "output")
     if mode == "zeros":
         mode, value = "constant", 0.0
+    elif mode == "constant" and not jnp.issubdtype(x.dtype, jnp.inexact):
+        _check_value(value, x.dtype, op)
     return pad_spatial(x, pads, mode, axes, op, "mode", value)
 
 
@@ -84,3 +87,17 @@ def pad_spatial(x, pads: Pads, mode: str, axes, op: str, name: str, value=0.0):
     if mode == "constant":
         return jnp.pad(x, widths, mode="constant", constant_values=jnp.asarray(value, x.dtype))
     return jnp.pad(x, widths, mode=_NUMPY_MODE[mode])
+
+
+def _check_value(value, dtype, op: str) -> None:
+    """An integer or bool ``x`` takes only a fill value its dtype holds exactly: PyTorch
+    silently truncates ``value=0.7`` to ``0`` for an integer tensor; refuse instead."""
+    try:
+        cast = np.asarray(value).astype(dtype)
+        exact = bool(np.asarray(value) == cast)
+    except (TypeError, ValueError, OverflowError):
+        exact = False
+    if not exact:
+        raise ValueError(
+            f"{op}: value must be exactly representable in x's dtype {dtype}, got {value!r}"
+        )

@@ -45,6 +45,7 @@ from jax import lax
 
 from cnn_jax.ops._args import (
     batched_spatial_dims,
+    check_dtype,
     check_int,
     check_layout,
     check_rank,
@@ -465,11 +466,6 @@ def min_pool(x, window, stride=None, *, padding=0, dilation=1, ceil_mode=False,
     return _unbatch(_reduce(x, w, init, lax.min), batched)
 
 
-def _check_float(x, op):
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{op}: x must be a floating-point array, got dtype {x.dtype}")
-
-
 def _window_count(w: _Window, i: int, include_pad_hi: int | None) -> np.ndarray:
     """Per output position along dim ``i``: how many taps the divisor counts.
 
@@ -512,7 +508,7 @@ def avg_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
     """
     op = "avg_pool"
     x, batched, w = _window(op, x, window, stride, padding, 1, ceil_mode, layout)
-    _check_float(x, op)
+    check_dtype(x, op, "float")
     if divisor_override is not None:
         divisor_override = check_int(divisor_override, "divisor_override", op)
     total = _sum_any(x, w)
@@ -546,7 +542,7 @@ def sum_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
     [[4.0, 4.0], [4.0, 4.0]]
     """
     x, batched, w = _window("sum_pool", x, window, stride, padding, 1, ceil_mode, layout)
-    _check_float(x, "sum_pool")
+    check_dtype(x, "sum_pool", "number")
     return _unbatch(_sum_any(x, w), batched)
 
 
@@ -577,7 +573,7 @@ def lp_pool(x, p, window, stride=None, *, ceil_mode=False, layout="channels_last
     if math.isnan(p) or p <= 0:
         raise ValueError(f"{op}: p must be a number > 0, got {p!r}")
     x_b, _, w = _window(op, x, window, stride, 0, 1, ceil_mode, layout)
-    _check_float(x_b, op)
+    check_dtype(x_b, op, "float")
     if math.isinf(p):
         return max_pool(jnp.abs(x), window, stride, ceil_mode=ceil_mode, layout=layout)
     power = int(p) if float(p).is_integer() else float(p)

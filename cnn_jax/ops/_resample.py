@@ -20,6 +20,7 @@ from cnn_jax.ops._args import (
     batched_spatial_dims,
     channel_axis,
     check_choice,
+    check_dtype,
     check_int,
     check_layout,
     check_rank,
@@ -182,8 +183,8 @@ def upsample(
     if any(i == 0 for i in in_sizes):
         raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     x = jnp.asarray(x)
-    if method == "linear" and not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{op}: x must be floating point for method='linear', got dtype {x.dtype}")
+    if method == "linear":
+        check_dtype(x, op, "float")
     fdt = _index_dtype(x.dtype)
     dtype = x.dtype
     if method == "linear" and jnp.finfo(dtype).bits < 32:
@@ -451,6 +452,7 @@ def fold(
         )
     k, s, d, pads, out = _window_geometry(op, n, spatial, window, stride, padding, dilation)
     patches = jnp.asarray(patches)
+    check_dtype(patches, op, "number", "patches")
     batched = ndim == 3
     if not batched:
         patches = patches[None]
