@@ -180,9 +180,28 @@ def test_outputs_metrics_summary_and_plots(tmp_path, rng):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_progress_bar_off_when_quiet_or_not_a_tty():
-    assert not _hooks.Progress(quiet=True).enabled
-    assert not _hooks.Progress(quiet=False).enabled  # pytest's stderr is not a TTY
+@pytest.mark.parametrize("quiet, tty, enabled", [(True, True, False), (False, False, False),
+                                                 (False, True, True)])
+def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch, quiet, tty, enabled):
+    # Both cases are forced, so the test holds under `pytest -s` in a terminal too.
+    monkeypatch.setattr(_hooks.sys.stderr, "isatty", lambda: tty, raising=False)
+    assert _hooks.Progress(quiet=quiet).enabled is enabled
+
+
+def test_load_run_without_a_checkpoint_says_so(tmp_path):
+    from cnn_jax.train import CheckpointError, load_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({
+        "config": TrainConfig().to_dict(), "model": "digits_cnn", "dataset": "digits",
+        "task": "classify", "num_classes": 10, "image_shape": [8, 8, 1],
+        "class_names": [str(i) for i in range(10)]}))
+    with pytest.raises(CheckpointError, match=r"load_run: no checkpoint in .*checkpoints"):
+        load_run(str(out))
+    with pytest.raises(ValueError, match=r"load_run: which must be 'best' or 'latest', got "
+                                         r"'first'"):
+        load_run(str(out), which="first")
 
 
 def test_fit_errors(rng):
