@@ -128,3 +128,23 @@ def test_dispatch_rule(monkeypatch):
     cj.conv(jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 1, 8)), padding=1, groups=4)
     cj.conv(jnp.ones((2, 7, 7, 4)), jnp.ones((7, 7, 4, 8)))  # 49 taps
     assert len(calls) == 2
+
+
+def test_windows_that_read_only_padding_give_the_bias(rng):
+    # Found by tests/fuzz.py: size 1, kernel 2 dilated by 2, padding 1 puts both taps
+    # in the padding, so im2col has no live tap; PyTorch returns the bias there (and
+    # no gradient reaches x or the kernel).
+    x = rng.standard_normal((2, 3, 1, 2))  # 1x2 output: the im2col path
+    w = rng.standard_normal((5, 3, 2, 1))
+    b = rng.standard_normal(5)
+    kw = dict(padding=(1, 0), dilation=(2, 1))
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = F.conv2d(xt, wt, bt, **kw)
+    yt.sum().backward()
+    with jax.enable_x64(True):
+        f = lambda *a: cj.conv(*a, layout="channels_first", **kw)
+        y, vjp = jax.vjp(f, *map(jnp.asarray, (x, w, b)))
+        grads = vjp(jnp.ones_like(y))
+    np.testing.assert_allclose(np.asarray(y), yt.detach().numpy(), rtol=1e-12)
+    for ours, theirs in zip(grads, (xt.grad, wt.grad, bt.grad)):
+        np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-12, atol=1e-12)

@@ -266,6 +266,11 @@ def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=No
     x = lax.pad(x, jnp.zeros((), x.dtype),
                 [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)])
     taps = list(itertools.product(*live))
+    if not taps:  # every tap reads padding only (large padding, dilation): zeros
+        c_out = kernel.shape[-1]
+        dtype = preferred_element_type or jnp.result_type(x, kernel)
+        y = jnp.zeros((x.shape[0], *out, c_out), dtype)
+        return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y
     cols = []
     for t in taps:
         start = [tt * dd for tt, dd in zip(t, dilation)]
