@@ -104,7 +104,7 @@ def _evaluate(trainer: Trainer, state, data: Dataset, batch_size: int) -> dict:
     batches = _Batches(data, _eval_batch_size(batch_size, len(data), n_dev), trainer.mesh)
     total = jnp.zeros((3,), jnp.float32)
     for batch in batches.eval():
-        total = total + trainer.eval_step(state["params"], state["rest"], batch)
+        total = total + trainer.evaluate_batch(state["params"], state["rest"], batch)
     loss_sum, correct, count = (float(v) for v in to_host(total))
     return {"loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0)}
 
@@ -246,6 +246,10 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
         # Stopped after an epoch's last step but before its evaluation: close it first.
         start_epoch, offset = start_epoch - 1, steps_per_epoch
     batches = _Batches(train, cfg.batch_size, trainer.mesh)
+    if len(test):
+        n_dev = trainer.mesh.shape["data"]
+        trainer.compile_eval_early(state, _eval_batch_size(cfg.eval_batch_size, len(test),
+                                                           n_dev), test)
     progress = Progress(cfg.quiet)
     chrono = {"train_s": 0.0, "images": 0, "first_step_s": None}
     t_fit = time.perf_counter()

@@ -16,6 +16,8 @@ is decided from array ranks.
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +26,7 @@ from flax import nnx
 
 from cnn_jax.train._augment import augment as augment_batch
 from cnn_jax.train._config import TrainConfig
-from cnn_jax.train._sharding import replicated
+from cnn_jax.train._sharding import data_sharded, replicated
 
 # How often each jitted function was traced (a test checks: once per fit).
 TRACE_COUNTS = {"train_step": 0, "eval_step": 0}
@@ -169,6 +171,32 @@ class Trainer:
         loss, correct, count = task_metrics(self.task, logits, batch["label"])
         w = batch["valid"]
         return jnp.stack([(loss * w).sum(), (correct * w).sum(), (count * w).sum()])
+
+    def compile_eval_early(self, state, batch_rows: int, data) -> None:
+        """Trace the eval step for ``batch_rows``-row batches of ``data`` now and compile it
+        on a background thread, while the first train step compiles on this one (XLA
+        compiles without the GIL: on two cores the two compilations overlap)."""
+        sharding = data_sharded(self.mesh)
+
+        def spec(shape, dtype, sh):
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+        batch = {"image": spec((batch_rows, *data.images.shape[1:]), data.images.dtype, sharding),
+                 "label": spec((batch_rows, *data.labels.shape[1:]), data.labels.dtype, sharding),
+                 "valid": spec((batch_rows,), np.float32, sharding)}
+        params, rest = (jax.tree.map(lambda x: spec(x.shape, x.dtype, x.sharding), state[k])
+                        for k in ("params", "rest"))
+        lowered = self.eval_step.lower(params, rest, batch)
+        self._eval_signature = jax.tree.map(lambda x: (x.shape, x.dtype), batch)
+        self._eval_compiled = concurrent.futures.ThreadPoolExecutor(1).submit(lowered.compile)
+
+    def evaluate_batch(self, params, rest, batch):
+        """``eval_step`` on one batch, through the early-compiled program when it fits."""
+        future = getattr(self, "_eval_compiled", None)
+        if future is not None and jax.tree.map(lambda x: (x.shape, x.dtype), batch) == \
+                self._eval_signature:
+            return future.result()(params, rest, batch)
+        return self.eval_step(params, rest, batch)
 
     def sync_model(self, state):
         """Write ``state``'s parameters and statistics back into the nnx model."""
