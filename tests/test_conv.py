@@ -273,6 +273,26 @@ def test_check_grads(rng):
     check_grads(jax.jit(f), (x, w, b), order=1, modes=("fwd", "rev"), eps=1e-2, atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.parametrize("layout,padding_mode,order", [
+    ("channels_last", "reflect", 1), ("channels_first", "zeros", 2),
+    ("channels_last", "circular", 2),
+])
+def test_check_grads_float64_default_tolerances(rng, layout, padding_mode, order):
+    # Forward and reverse mode, first and second order, in float64 at JAX's default
+    # tolerances (float32 needs 5e-2, which would hide a wrong gradient).
+    x = rng.standard_normal((1, 2, 5, 4) if layout == "channels_first" else (1, 5, 4, 2))
+    w = rng.standard_normal((2, 1, 3, 2) if layout == "channels_first" else (3, 2, 1, 2))
+    b = rng.standard_normal(2)
+
+    def f(x_, w_, b_):
+        return cj.conv(x_, w_, b_, stride=(2, 1), padding=((1, 0), (1, 1)), dilation=(1, 2),
+                       groups=2, padding_mode=padding_mode, layout=layout)
+
+    with jax.enable_x64(True):
+        check_grads(jax.jit(f), tuple(map(jnp.asarray, (x, w, b))), order=order,
+                    modes=("fwd", "rev"))
+
+
 def test_jit_grad_vmap_compose(rng):
     x = jnp.asarray(rng.standard_normal((3, 6, 6, 2)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32)

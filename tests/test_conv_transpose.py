@@ -212,6 +212,25 @@ def test_check_grads_and_vmap(rng):
     np.testing.assert_allclose(np.asarray(g(xs, w)), np.asarray(f(xs, w)), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kw,order", [
+    (dict(stride=2, padding=1, output_padding=1), 1),   # phase decomposition
+    (dict(stride=(2, 3), dilation=(2, 1), groups=2), 2),
+    (dict(stride=3, padding=((0, 1), (2, 0))), 2),
+    (dict(stride=(5, 4)), 1),                              # > _MAX_PHASES: interior padding
+])
+def test_check_grads_float64_default_tolerances(rng, kw, order):
+    # Forward and reverse mode at JAX's default tolerances, in float64.
+    x = rng.standard_normal((1, 3, 3, 4))
+    w = rng.standard_normal((3, 2, 4, 1))  # (*k, C_in, C_out // groups)
+
+    def f(x_, w_):
+        return cj.conv_transpose(x_, w_, **kw)
+
+    with jax.enable_x64(True):
+        check_grads(jax.jit(f), (jnp.asarray(x), jnp.asarray(w)), order=order,
+                    modes=("fwd", "rev"))
+
+
 def test_conv_transpose_errors():
     x = jnp.zeros((1, 4, 4, 4))
     w = jnp.zeros((3, 3, 4, 2))
