@@ -26,6 +26,7 @@ from cnn_jax.models._summary import Summary as Summary
 from cnn_jax.models._summary import SummaryRow as SummaryRow
 from cnn_jax.models._summary import summary as summary
 from cnn_jax.models._torch import load_torch_state_dict as load_torch_state_dict
+from cnn_jax.models._torch import save_torch_state_dict as save_torch_state_dict
 from cnn_jax.models._unet import UNet as UNet
 from cnn_jax.models._vgg import VGG as VGG
 from cnn_jax.models._vgg import VGG11 as VGG11
@@ -37,5 +38,5 @@ __all__ = [
     "AlexNet", "ConvNeXt", "ConvNeXtTiny", "EfficientNet", "EfficientNetB0", "LeNet5",
     "MobileNetV2", "ResNeXt50_32x4d", "ResNet", "ResNet18", "ResNet34", "ResNet50",
     "SimpleCNN", "Summary", "SummaryRow", "UNet", "VGG", "VGG11", "VGG11BN", "VGG16",
-    "VGG16BN", "WideResNet50_2", "load_torch_state_dict", "summary",
+    "VGG16BN", "WideResNet50_2", "load_torch_state_dict", "save_torch_state_dict", "summary",
 ]

@@ -189,3 +189,87 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping, *, strict: boo
     for variable, value in updates:
         variable.set_value(value)
     return model
+
+
+# ---------------------------------------------------------------- the other way round
+
+_PROBE_SIZES = (2, 3, 5, 7, 11, 13)
+
+
+def _to_torch(convert):
+    """The inverse of a torch -> ours converter of :func:`_targets`.
+
+    Every built-in converter is an axis permutation (identity, ``np.transpose``, the conv
+    kernel layouts); converting a probe whose axes have distinct sizes reveals which, so
+    the two directions cannot drift apart. A ``torch_weights()`` entry with a fourth
+    element gives its inverse explicitly (needed for a reshape).
+    """
+
+    def inverse(value):
+        shape = _PROBE_SIZES[:value.ndim]
+        probe = np.arange(int(np.prod(shape))).reshape(shape)
+        out = np.asarray(convert(probe))
+        perm = tuple(shape.index(s) if s in shape else -1 for s in out.shape)
+        if sorted(perm) != list(range(len(shape))) or not np.array_equal(
+                out, np.transpose(probe, perm)):
+            return None
+        return np.transpose(value, tuple(np.argsort(perm)))
+
+    return inverse
+
+
+def save_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    """A PyTorch ``state_dict`` of ``model``: the inverse of :func:`load_torch_state_dict`.
+
+    Names are PyTorch's dotted module paths (torchvision's for the zoo), values numpy
+    arrays in PyTorch's layouts: conv kernels ``(O, I // g, *k)``, transposed-conv
+    kernels ``(I, O // g, *k)``, Linear ``(out, in)``; BatchNorm gives ``weight``,
+    ``bias``, ``running_mean``, ``running_var`` and ``num_batches_tracked`` (0).
+    ``torch_module.load_state_dict({k: torch.from_numpy(v) ...})`` loads it, and
+    ``load_torch_state_dict(other, save_torch_state_dict(model))`` copies ``model``'s
+    weights into ``other`` exactly.
+
+    Args:
+      model: an ``nnx.Module`` whose every weight has a PyTorch counterpart.
+
+    Returns:
+      ``{name: np.ndarray}`` in ``model``'s parameter dtypes.
+
+    Raises:
+      ValueError: a weight of a layer this module does not know, or a converter it
+        cannot invert, naming the weight.
+
+    >>> sd = save_torch_state_dict(LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)))
+    >>> sd["conv1.weight"].shape
+    (6, 1, 5, 5)
+    """
+    op = "save_torch_state_dict"
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"{op}: model must be an nnx.Module, got {type(model).__name__}")
+    out, covered = {}, set()
+    for prefix, module in named_modules(model):
+        entries = (module.torch_weights() if hasattr(type(module), "torch_weights")
+                   else _targets(module))
+        for entry in entries:
+            suffix, attr, convert = entry[:3]
+            key = f"{prefix}.{suffix}" if prefix else suffix
+            variable = getattr(module, attr)
+            covered.add(id(variable))
+            value = np.asarray(variable.get_value())
+            torch_value = entry[3](value) if len(entry) > 3 else _to_torch(convert)(value)
+            if torch_value is None:
+                raise ValueError(
+                    f"{op}: the converter of {key!r} ({type(module).__name__}.torch_weights) "
+                    f"must be an axis permutation or come with its inverse as a fourth "
+                    f"element, got one that changes {value.shape} otherwise")
+            out[key] = np.ascontiguousarray(torch_value)
+        if isinstance(module, nnx.BatchNorm):
+            out[f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"] = (
+                np.zeros((), np.int64))
+    unmapped = [".".join(map(str, path)) for path, node in nnx.iter_graph(model)
+                if isinstance(node, (nnx.Param, nnx.BatchStat)) and id(node) not in covered]
+    if unmapped:
+        raise ValueError(
+            f"{op}: every weight of the model must have a PyTorch counterpart, but "
+            f"{unmapped[:10]} belong to layers this module does not know")
+    return out
