@@ -144,6 +144,20 @@ def test_generic_layers_conv_transpose_and_channels_first(rng):
     _assert_close(apply(model, _to_cl(x)), _torch_logits(torch_model, x))
 
 
+def test_loaded_weights_do_not_alias_torch_memory():
+    # PyTorch updates tensors in place (BatchNorm statistics, optimiser steps); a loaded
+    # model must keep the values it was given, even while a jitted call still reads them.
+    torch_model = ref.randomize_(ref.ResNet(ref.BasicBlock, (1, 1, 1, 1), 3, width=4), seed=9)
+    model = from_torch(lambda: ResNet(3, stage_sizes=(1, 1, 1, 1), width=4, rngs=nnx.Rngs(0)),
+                       torch_model)
+    before = torch_model.bn1.running_mean.clone().numpy()
+    with torch.no_grad():
+        torch_model.bn1.running_mean.add_(1.0)
+        torch_model.conv1.weight.mul_(0.0)
+    np.testing.assert_array_equal(np.asarray(model.bn1.mean[...]), before)
+    assert np.abs(np.asarray(model.conv1.kernel[...])).max() > 0
+
+
 def test_numpy_arrays_and_dtype_cast():
     torch_model = ref.LeNet5(10, in_channels=1)
     state = {k: v.double().numpy() for k, v in torch_model.state_dict().items()}

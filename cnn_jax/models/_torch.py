@@ -159,7 +159,10 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping, *, strict: boo
                     f"{type(module).__name__}), got {tuple(value.shape)} (PyTorch shape "
                     f"{tuple(np.shape(state_dict[key]))})"
                 )
-            updates.append((variable, jnp.asarray(value, dtype=variable.get_value().dtype)))
+            # A copy: jnp.asarray may alias the tensor's CPU memory, and PyTorch updates
+            # tensors in place (optimiser steps, BatchNorm statistics).
+            updates.append((variable, jnp.array(value, dtype=variable.get_value().dtype,
+                                                copy=True)))
     if strict:
         unmapped = [
             ".".join(map(str, path)) for path, node in nnx.iter_graph(model)
