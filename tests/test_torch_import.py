@@ -104,6 +104,13 @@ def test_zoo_logits_match_torch(rng, name, torch_ctor, ours, size):
     model.eval()
     x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
     _assert_close(apply(model, _to_cl(x)), _torch_logits(torch_model, x))
+    # And back: save_torch_state_dict gives the torch model's own state_dict.
+    saved = cj.models.save_torch_state_dict(model)
+    theirs = {k: v.numpy() for k, v in torch_model.state_dict().items()
+              if not k.endswith("num_batches_tracked")}
+    assert set(theirs) <= set(saved)
+    for key, value in theirs.items():
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)
 
 
 def test_lenet5_flatten_order_matches_torch(rng):

@@ -64,8 +64,9 @@ class CNBlock(nnx.Module):
         self.stochastic_depth = nn.StochasticDepth(stochastic_depth_prob, "row", rngs=rngs)
 
     def torch_weights(self) -> list:
-        """PyTorch's ``layer_scale`` is ``(C, 1, 1)``; ours is ``(C,)``."""
-        return [("layer_scale", "layer_scale", lambda w: w.reshape(-1))]
+        """PyTorch's ``layer_scale`` is ``(C, 1, 1)``; ours is ``(C,)`` (to, from PyTorch)."""
+        return [("layer_scale", "layer_scale", lambda w: w.reshape(-1),
+                 lambda w: w.reshape(-1, 1, 1))]
 
     def main_path(self) -> list:
         return [self.block.layers[0]]

@@ -62,8 +62,8 @@ def _targets(module) -> list[tuple[str, str, object]]:
     ``layer_scale``) says how to load them with a ``torch_weights()`` method that
     returns such triples.
     """
-    if hasattr(type(module), "torch_weights"):
-        return list(module.torch_weights())
+    if hasattr(type(module), "torch_weights"):  # a 4th entry (the inverse) is for saving
+        return [tuple(entry[:3]) for entry in module.torch_weights()]
     if isinstance(module, SeparableConv):
         n, layout = len(module.kernel_size), module.layout
         # A PyTorch separable conv is two convs; it has no single standard name.
