@@ -443,3 +443,13 @@ def test_the_wrapper_lowers_to_the_same_program_as_raw_lax(layout):
 
     for f in (lambda g: g, lambda g: jax.grad(lambda x, w: jnp.sum(g(x, w) ** 2), (0, 1))):
         assert _ops(jax.jit(f(ours)).lower(x, w)) == _ops(jax.jit(f(raw)).lower(x, w))
+
+
+def test_conv_rejects_empty_spatial_dims_like_torch():
+    # Found by tests/fuzz.py: padding alone used to invent an output from an empty dim;
+    # PyTorch raises ("Only zero batch or zero channel inputs are supported").
+    with pytest.raises(ValueError, match=r"conv: x must have non-empty spatial dims, got "
+                                         r"x.shape=\(2, 3, 0, 2\)"):
+        cj.conv(jnp.ones((2, 3, 0, 2)), jnp.ones((1, 1, 2, 2)), padding=1)
+    with pytest.raises(RuntimeError, match="Only zero batch or zero channel"):
+        torch.nn.functional.conv2d(torch.ones(2, 2, 3, 0), torch.ones(2, 2, 1, 1), padding=1)

@@ -218,6 +218,8 @@ def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, 
     k, c_out = _check_conv_channels(op, c_in, kernel.shape, n, layout, g)
     axes = spatial_axes(x.ndim, n, layout)
     in_sp = tuple(x.shape[a] for a in axes)
+    if 0 in in_sp:  # PyTorch refuses too; padding alone would invent an output
+        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=k, stride=s, dilation=d)
     check_size(op, "padding", f"padding={padding!r}",
                [i + lo + hi for i, (lo, hi) in zip(in_sp, pads)], "padded input")
