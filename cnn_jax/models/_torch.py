@@ -265,7 +265,7 @@ def save_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
                     f"{op}: the converter of {key!r} ({type(module).__name__}.torch_weights) "
                     f"must be an axis permutation or come with its inverse as a fourth "
                     f"element, got one that changes {value.shape} otherwise")
-            out[key] = np.ascontiguousarray(torch_value)
+            out[key] = np.array(torch_value, order="C")  # writable, its own memory
         if isinstance(module, nnx.BatchNorm):
             out[f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"] = (
                 np.zeros((), np.int64))
