@@ -3,14 +3,15 @@
 ``import cnn_jax as cj``; every op of :mod:`cnn_jax.ops` is re-exported here
 (``cj.conv is cj.ops.conv``). Layers live in :mod:`cnn_jax.nn`, models in
 :mod:`cnn_jax.models`, training in :mod:`cnn_jax.train`, what a trained CNN
-looks at in :mod:`cnn_jax.interpret`.
+looks at in :mod:`cnn_jax.interpret`, StableHLO / ONNX / PyTorch export in
+:mod:`cnn_jax.export`.
 """
 
 import importlib
 
 # Everything is imported on first use (PEP 562): ``import cnn_jax`` is instant and
 # the ``cnn-jax`` command prints its help without loading jax.
-_SUBMODULES = ("interpret", "models", "nn", "ops", "train")
+_SUBMODULES = ("export", "interpret", "models", "nn", "ops", "train")
 _OPS = (
     "ReceptiveField",
     "adaptive_avg_pool",
@@ -41,7 +42,7 @@ _OPS = (
 _WHERE = {**{name: "cnn_jax.ops" for name in _OPS}, "summary": "cnn_jax.models"}
 
 __version__ = "0.1.0"
-__all__ = sorted(("interpret", "models", "nn", "ops", "summary", *_OPS))
+__all__ = sorted(("export", "interpret", "models", "nn", "ops", "summary", *_OPS))
 
 
 def __getattr__(name):

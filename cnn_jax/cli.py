@@ -5,6 +5,7 @@
     cnn-jax train --out runs/r18 --resume
     cnn-jax evaluate --out runs/digits
     cnn-jax predict img1.png img2.png --out runs/digits
+    cnn-jax export --out runs/digits --format onnx
     cnn-jax summary --model lenet5 --input-shape 32,32,1
 
 ``train``'s flags are generated from :class:`~cnn_jax.train.TrainConfig`'s fields
@@ -30,8 +31,11 @@ import time
 
 from cnn_jax.train import _registry
 from cnn_jax.train._config import ConfigError, TrainConfig
+from cnn_jax.train._signals import SignalGuard
 
 _TYPES = {"int": int, "float": float, "str": str}
+# cnn_jax.export.FORMATS, spelled out so that printing help imports no jax.
+EXPORT_FORMATS = ("stablehlo", "onnx", "torch")
 
 
 def _input_shape(text: str) -> tuple[int, int, int]:
@@ -97,7 +101,7 @@ def _registry_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``cnn-jax`` (subcommands train/evaluate/predict/summary)."""
+    """The argument parser of ``cnn-jax`` (train/evaluate/predict/export/summary)."""
     parser = argparse.ArgumentParser(
         prog="cnn-jax", description="Train and use convolutional networks written in JAX.")
     parser.add_argument("--import", dest="imports", action="append", default=[],
@@ -131,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which checkpoint (default: best)")
     p.add_argument("--top", type=_positive(int), default=1,
                    help="classes to print per image (default: 1)")
+
+    x = sub.add_parser("export", help="write a trained run as StableHLO, ONNX or PyTorch "
+                                      "weights",
+                       description="Export a run's model for inference (eval mode). StableHLO "
+                                   "and ONNX take float32 (N, H, W, C) images in [0, 1], "
+                                   "channels last; torch writes a torchvision-named "
+                                   "state_dict as .pt and .safetensors.")
+    x.add_argument("--out", required=True, help="the run folder written by train")
+    x.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                   help="stablehlo (jax.export), onnx (opset 17) or torch (state_dict)")
+    x.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint (default: best)")
+    size = x.add_mutually_exclusive_group()
+    size.add_argument("--batch", type=_positive(int), default=None, metavar="N",
+                      help="a fixed batch size (default: any, see --dynamic-batch)")
+    size.add_argument("--dynamic-batch", action="store_true",
+                      help="a symbolic batch dimension: any batch size runs (the default)")
+    x.add_argument("--dest", default=None, metavar="FILE",
+                   help="the file to write (default: OUT/export/model.stablehlo, model.onnx "
+                        "or model.pt; torch also writes FILE's .safetensors beside it)")
 
     s = sub.add_parser("summary", help="layer table of a model")
     s.add_argument("--model", choices=tuple(_registry.MODELS), required=True)
@@ -179,8 +203,14 @@ def _train(args) -> int:
               f"continue")
         return 0
     if history.interrupted:
-        print(f"stopped after {s['epochs']} epoch(s); continue with: cnn-jax train --out "
-              f"{config.out} --resume")
+        if history.step:  # fit printed what it saved; say how to go on
+            print(f"stopped after {s['epochs']} epoch(s); continue with: cnn-jax train --out "
+                  f"{config.out} --resume")
+        return 128 + history.signal
+    if history.signal:  # arrived while the finished run wrote its last checkpoint
+        print(f"{config.out}: complete ({s['epochs']} epochs, test accuracy "
+              f"{s['test_accuracy']:.4f}) and saved; exiting on "
+              f"{signal.Signals(history.signal).name}")
         return 128 + history.signal
     print(f"{s['model']} on {s['dataset']}: test accuracy {s['test_accuracy']:.4f}, "
           f"test loss {s['test_loss']:.4f}, {s['epochs']} epochs, "
@@ -226,6 +256,23 @@ def _predict(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    if args.format == "torch" and args.batch is not None:
+        raise ConfigError("export: --batch applies to --format stablehlo and onnx; torch "
+                          "weights have no batch size")
+    from cnn_jax.export import export_run
+
+    try:
+        paths = export_run(args.out, args.format, batch=args.batch, dest=args.dest,
+                           which=args.checkpoint)
+    except (ImportError, NotImplementedError, OSError) as e:
+        raise ConfigError(str(e)) from e
+    batch = "any batch size" if args.batch is None else f"batch {args.batch}"
+    for path in paths:
+        print(f"wrote {path}" + ("" if args.format == "torch" else f" ({batch})"))
+    return 0
+
+
 def _summary(args) -> int:
     from cnn_jax.models import summary
     from cnn_jax.train import create_model
@@ -241,8 +288,25 @@ def _summary(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``cnn-jax``; returns the exit status (see the module docstring)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Entry point of ``cnn-jax``; returns the exit status (see the module docstring).
+
+    From the first line on, SIGINT/SIGTERM only set a flag (a Ctrl-C while jax loads
+    must not land inside its C++ callbacks): the training loop stops between steps,
+    every other phase at its end, with exit status 128 + the signal.
+    """
+    with SignalGuard() as guard:
+        try:
+            code = _main(sys.argv[1:] if argv is None else list(argv), guard)
+        except KeyboardInterrupt:  # raised by a handler that is not ours
+            guard.signal = guard.signal or signal.SIGINT
+            code = 0
+        if guard.stop and code in (0, 1):
+            print(f"cnn-jax: interrupted ({guard.name})", file=sys.stderr)
+            return 128 + guard.signal
+        return code
+
+
+def _main(argv: list[str], guard) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--import", dest="imports", action="append", default=[])
     known, _ = pre.parse_known_args(argv)
@@ -260,19 +324,18 @@ def main(argv: list[str] | None = None) -> int:
     from cnn_jax.train._checkpoint import CheckpointError
     from cnn_jax.train._data import DatasetError
 
+    if guard.stop:
+        return 0  # main reports the interruption
     handlers = {"train": _train, "evaluate": _evaluate, "predict": _predict,
-                "summary": _summary}
+                "export": _export, "summary": _summary}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DatasetError, CheckpointError) as e:
+    except (ConfigError, DatasetError, CheckpointError, FloatingPointError) as e:
+        # FloatingPointError: NonFiniteLossError (the last good checkpoint stays)
+        if guard.stop:  # e.g. a half-read file after the signal: report the signal
+            return 1
         print(f"cnn-jax {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except FloatingPointError as e:  # NonFiniteLossError: the last good checkpoint stays
-        print(f"cnn-jax {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # outside a training loop (loading data, compiling)
-        print(f"cnn-jax {args.command}: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
