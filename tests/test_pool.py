@@ -210,3 +210,12 @@ def test_window_pools_are_reverse_mode_only(pool):
     with pytest.raises(TypeError, match=r"can't apply forward-mode autodiff"):
         jax.jacfwd(pool)(x)
     assert jax.grad(lambda a: pool(a).sum())(x).shape == x.shape
+
+
+@pytest.mark.parametrize("pool", [cj.max_pool, cj.avg_pool])
+def test_pools_reject_empty_spatial_dims_like_torch(pool):
+    # Found by tests/fuzz.py: padding alone used to invent windows over an empty dim;
+    # PyTorch raises ("Expected input's non-batch dimensions to have positive length").
+    with pytest.raises(ValueError, match=r"pool: x must have non-empty spatial dims, got "
+                                         r"x.shape=\(2, 3, 0, 2\)"):
+        pool(jnp.ones((2, 3, 0, 2)), 2, padding=1)

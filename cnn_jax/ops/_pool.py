@@ -109,6 +109,8 @@ def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
         x = x[None]
     axes = spatial_axes(x.ndim, n, layout)
     size = tuple(x.shape[a] for a in axes)
+    if 0 in size:  # PyTorch refuses too; padding alone would invent windows
+        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     pads = resolve_padding(
         padding, n, op, input_shape=size, kernel_size=k, stride=s, dilation=d,
         allowed_strings=_POOL_PADDING_STRINGS,
