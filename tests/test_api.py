@@ -17,7 +17,7 @@ LAYERS = [
     "GlobalMaxPool", "Upsample", "PixelShuffle", "Residual", "BasicBlock", "Bottleneck",
     "SqueezeExcitation", "InvertedResidual", "StochasticDepth",
 ]
-MODELS = ["LeNet5", "SimpleCNN", "ResNet18", "ResNet34", "ResNet50", "MobileNetV2", "UNet",
+MODELS = ["DigitsCNN", "LeNet5", "SimpleCNN", "ResNet18", "ResNet34", "ResNet50", "MobileNetV2", "UNet",
           "AlexNet", "VGG11", "VGG11BN", "VGG16", "VGG16BN", "EfficientNetB0", "ConvNeXtTiny",
           "ResNeXt50_32x4d", "WideResNet50_2", "load_torch_state_dict"]
 

@@ -11,6 +11,7 @@ with its published variants as factories (``ResNet50``, ``VGG16BN``, ...).
 from cnn_jax.models._alexnet import AlexNet as AlexNet
 from cnn_jax.models._convnext import ConvNeXt as ConvNeXt
 from cnn_jax.models._convnext import ConvNeXtTiny as ConvNeXtTiny
+from cnn_jax.models._digits import DigitsCNN as DigitsCNN
 from cnn_jax.models._efficientnet import EfficientNet as EfficientNet
 from cnn_jax.models._efficientnet import EfficientNetB0 as EfficientNetB0
 from cnn_jax.models._lenet import LeNet5 as LeNet5
@@ -35,6 +36,7 @@ from cnn_jax.models._vgg import VGG16 as VGG16
 from cnn_jax.models._vgg import VGG16BN as VGG16BN
 
 __all__ = [
+    "DigitsCNN",
     "AlexNet", "ConvNeXt", "ConvNeXtTiny", "EfficientNet", "EfficientNetB0", "LeNet5",
     "MobileNetV2", "ResNeXt50_32x4d", "ResNet", "ResNet18", "ResNet34", "ResNet50",
     "SimpleCNN", "Summary", "SummaryRow", "UNet", "VGG", "VGG11", "VGG11BN", "VGG16",

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import check_model_int, torch_linear
+from cnn_jax.models._common import check_model_int, public_signature, torch_linear
 
 
+@public_signature
 class DigitsCNN(nnx.Module):
     """Two 3x3 conv-ReLU layers (``width``, ``2 * width`` channels, padding 1), one 2x2
     max pool and one Linear: the network of the hand-written training loops that

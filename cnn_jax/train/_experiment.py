@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from cnn_jax.train._data import Dataset, load_dataset
 from cnn_jax.train._loop import History, fit
 from cnn_jax.train._registry import DATASETS, MODELS
 from cnn_jax.train._sharding import make_mesh
+from cnn_jax.train._signals import active_guard
 from cnn_jax.train._step import Trainer
 
 RUN_FILE = "run.json"
@@ -118,6 +120,12 @@ def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
     """
     check_out_folder(config.out)
     train, test = prepare_data(config)
+    guard = active_guard()
+    if guard is not None and guard.stop:  # interrupted while the data loaded
+        print(f"{guard.name}: interrupted while loading the data; nothing written",
+              file=sys.stderr)
+        return History(interrupted=True, signal=guard.signal,
+                       summary={"epochs": 0, "interrupted": True})
     if len(train) < config.batch_size:
         raise ConfigError(
             f"train: batch_size must be <= the number of training examples of "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -22,53 +21,13 @@ import time
 import jax
 
 from cnn_jax.train._checkpoint import Checkpointer
+from cnn_jax.train._signals import SignalGuard  # noqa: F401 - part of the side jobs
 
 
 def log(quiet: bool, message: str):
     """One line on stderr from process 0, unless quiet."""
     if not quiet and jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
-
-
-class SignalGuard:
-    """Within ``with SignalGuard() as guard:``, SIGINT and SIGTERM set ``guard.signal``.
-
-    The loop polls :attr:`stop` between steps. A signal that arrives while the
-    final checkpoint is being written (``guard.saving = True``) is reported and
-    otherwise ignored: the write finishes, atomically, and the run then exits.
-    Outside the main thread (where Python cannot install handlers) it does nothing.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signal: int | None = None
-        self.saving = False
-        self._previous = {}
-
-    @property
-    def stop(self) -> bool:
-        return self.signal is not None
-
-    def _handle(self, signum, frame):
-        if self.saving or self.signal is not None:
-            print(f"\n{signal.Signals(signum).name}: writing the checkpoint; "
-                  "it finishes first (it is never left half-written)", file=sys.stderr,
-                  flush=True)
-        if self.signal is None:
-            self.signal = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous.clear()
-        return False
 
 
 class _Worker:
@@ -161,6 +120,10 @@ class Checkpointing:
         snapshot = jax.tree.map(lambda x: x.copy(), state)
         meta = dict(self.meta, **extra)
         self._worker.submit(lambda: self._ckpt.save(step, snapshot, meta, metric=metric))
+        if jax.process_count() > 1:
+            # orbax's multi-process save synchronises the processes with collectives of
+            # its own: they must not interleave with the train steps' all-reduces.
+            self._worker.drain()
         self.last_saved = step
         self._last_time = time.monotonic()
         return os.path.join(self.directory, str(step))

@@ -25,8 +25,8 @@ from flax import nnx
 from cnn_jax.train._checkpoint import CheckpointError
 from cnn_jax.train._config import ConfigError, TrainConfig
 from cnn_jax.train._data import Dataset
-from cnn_jax.train._hooks import (Checkpointing, MetricsWriter, Progress, SignalGuard,
-                                  log)
+from cnn_jax.train._hooks import Checkpointing, MetricsWriter, Progress, log
+from cnn_jax.train._signals import SignalGuard
 from cnn_jax.train._sharding import local_rows, make_mesh, shard_batch, to_host
 from cnn_jax.train._step import TRACE_COUNTS, Trainer, make_optimizer, make_schedule
 
@@ -199,18 +199,24 @@ def fit(model: nnx.Module, train: Dataset, test: Dataset, config: TrainConfig, *
         metrics = MetricsWriter(os.path.join(cfg.out, "metrics.jsonl"))
         ckpt = Checkpointing(ckpt_dir, keep=cfg.keep_checkpoints, every=cfg.checkpoint_every,
                              meta=meta)
-    try:
-        trainer = Trainer(model, cfg, steps_per_epoch, mesh, task=train.task, flip=flip)
-        state = trainer.initial_state()
-        if ckpt is not None:
-            state = _restore(ckpt, state, cfg, history, metrics, steps_per_epoch, total_steps)
-            if history.already_complete:
-                return history
-        return _run(trainer, state, train, test, cfg, history, ckpt, metrics, info,
-                    on_step)
-    finally:
-        if ckpt is not None:
-            ckpt.close()
+    with SignalGuard() as guard:  # until the last checkpoint is on disk
+        try:
+            trainer = Trainer(model, cfg, steps_per_epoch, mesh, task=train.task, flip=flip)
+            state = trainer.initial_state()
+            if ckpt is not None:
+                state = _restore(ckpt, state, cfg, history, metrics, steps_per_epoch,
+                                 total_steps)
+                if history.already_complete:
+                    return history
+            history = _run(trainer, state, train, test, cfg, history, ckpt, metrics, info,
+                           on_step, guard)
+        finally:
+            if ckpt is not None:
+                guard.saving = True
+                ckpt.close()
+                guard.saving = False
+        history.signal = guard.signal
+        return history
 
 
 def _restore(ckpt, state, cfg, history, metrics, steps_per_epoch, total_steps):
@@ -237,7 +243,17 @@ def _restore(ckpt, state, cfg, history, metrics, steps_per_epoch, total_steps):
     return state
 
 
-def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step):
+def _agreed_stop(guard, multi: bool) -> bool:
+    """Whether to stop now. With several processes, all must stop at the same step, so
+    the flag is reduced over them (a collective: only called where every process is)."""
+    if not multi:
+        return guard.stop
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(guard.stop))).any())
+
+
+def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step, guard):
     steps_per_epoch = trainer.steps_per_epoch
     counts_before = dict(TRACE_COUNTS)
     start_step = int(to_host(state["step"]))
@@ -254,93 +270,105 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
     chrono = {"train_s": 0.0, "images": 0, "first_step_s": None}
     t_fit = time.perf_counter()
     step = start_step
-    with SignalGuard() as guard:
-        try:
-            for epoch in range(start_epoch, cfg.epochs):
-                order = _epoch_order(cfg.seed, epoch, len(train))
-                progress.start(steps_per_epoch, offset, f"epoch {epoch + 1}/{cfg.epochs}")
-                t_epoch, timed = time.perf_counter(), 0
-                for i in range(offset, steps_per_epoch):
-                    if guard.stop:
-                        break
-                    t0 = time.perf_counter()
-                    state = trainer.train_step(state, batches.train(order, i))
-                    step = epoch * steps_per_epoch + i + 1
-                    if chrono["first_step_s"] is None:  # it compiled: timed apart
-                        jax.block_until_ready(state["step"])
-                        chrono["first_step_s"] = time.perf_counter() - t0
-                        t_epoch = time.perf_counter()
-                    else:
-                        timed += 1
-                    if on_step is not None:
-                        on_step(step)
-                    if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
-                        sums = to_host(state["sums"])
-                        _check_finite(sums, epoch, step, ckpt)
-                        progress.update(i + 1, loss=f"{sums[0] / sums[2]:.4f}",
-                                        acc=f"{sums[1] / sums[2]:.4f}")
-                progress.close()
-                if guard.stop:
+    multi = jax.process_count() > 1
+    stop = False
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            order = _epoch_order(cfg.seed, epoch, len(train))
+            progress.start(steps_per_epoch, offset, f"epoch {epoch + 1}/{cfg.epochs}")
+            t_epoch, timed = time.perf_counter(), 0
+            for i in range(offset, steps_per_epoch):
+                # Single process: checked every step; several: at the sync points.
+                if (not multi or (i - offset) % LOG_EVERY == 0) and \
+                        _agreed_stop(guard, multi):
+                    stop = True
                     break
-                sums = to_host(state["sums"])
-                _check_finite(sums, epoch, step, ckpt)
-                epoch_s = time.perf_counter() - t_epoch
-                chrono["train_s"] += epoch_s
-                chrono["images"] += timed * cfg.batch_size
-                test_metrics = _evaluate(trainer, state, test, cfg.eval_batch_size)
-                record = {
-                    "epoch": epoch + 1, "step": step,
-                    "train_loss": float(sums[0] / sums[2]),
-                    "train_accuracy": float(sums[1] / sums[2]),
-                    "test_loss": test_metrics["loss"],
-                    "test_accuracy": test_metrics["accuracy"],
-                    "lr": float(trainer.schedule(step)),
-                    "epoch_time_s": epoch_s,
-                    "images_per_s": timed * cfg.batch_size / max(epoch_s, 1e-9),
-                }
-                history.epochs.append(record)
-                state = dict(state, sums=jnp.zeros_like(state["sums"]))
-                offset = 0
-                if metrics is not None:
-                    metrics.write(record)
-                last = epoch + 1 == cfg.epochs
-                if ckpt is not None and (last or ckpt.due()):
-                    ckpt.save(step, state, metric=record["test_accuracy"], epoch=epoch + 1)
-                log(cfg.quiet, f"epoch {epoch + 1}/{cfg.epochs}  train loss "
-                               f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
-                               f"  test loss {record['test_loss']:.4f} acc "
-                               f"{record['test_accuracy']:.4f}  "
-                               f"{record['images_per_s']:.0f} img/s")
-        except KeyboardInterrupt:  # Ctrl-C raised by code the guard does not cover
-            guard.signal = signal.SIGINT
-        finally:
+                t0 = time.perf_counter()
+                state = trainer.train_step(state, batches.train(order, i))
+                step = epoch * steps_per_epoch + i + 1
+                if chrono["first_step_s"] is None:  # it compiled: timed apart
+                    jax.block_until_ready(state["step"])
+                    chrono["first_step_s"] = time.perf_counter() - t0
+                    t_epoch = time.perf_counter()
+                else:
+                    timed += 1
+                if on_step is not None:
+                    on_step(step)
+                if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
+                    sums = to_host(state["sums"])
+                    _check_finite(sums, epoch, step, ckpt)
+                    progress.update(i + 1, loss=f"{sums[0] / sums[2]:.4f}",
+                                    acc=f"{sums[1] / sums[2]:.4f}")
             progress.close()
-        if guard.stop:
-            history.interrupted, history.signal = True, guard.signal
-            step = int(to_host(state["step"]))
+            if stop or _agreed_stop(guard, multi):
+                stop = True
+                break
+            sums = to_host(state["sums"])
+            _check_finite(sums, epoch, step, ckpt)
+            epoch_s = time.perf_counter() - t_epoch
+            chrono["train_s"] += epoch_s
+            chrono["images"] += timed * cfg.batch_size
+            test_metrics = _evaluate(trainer, state, test, cfg.eval_batch_size)
+            record = {
+                "epoch": epoch + 1, "step": step,
+                "train_loss": float(sums[0] / sums[2]),
+                "train_accuracy": float(sums[1] / sums[2]),
+                "test_loss": test_metrics["loss"],
+                "test_accuracy": test_metrics["accuracy"],
+                "lr": float(trainer.schedule(step)),
+                "epoch_time_s": epoch_s,
+                "images_per_s": timed * cfg.batch_size / max(epoch_s, 1e-9),
+            }
+            history.epochs.append(record)
+            state = dict(state, sums=jnp.zeros_like(state["sums"]))
+            offset = 0
+            if metrics is not None:
+                metrics.write(record)
+            last = epoch + 1 == cfg.epochs
+            if ckpt is not None and (last or ckpt.due()):
+                ckpt.save(step, state, metric=record["test_accuracy"], epoch=epoch + 1)
+            log(cfg.quiet, f"epoch {epoch + 1}/{cfg.epochs}  train loss "
+                           f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+                           f"  test loss {record['test_loss']:.4f} acc "
+                           f"{record['test_accuracy']:.4f}  "
+                           f"{record['images_per_s']:.0f} img/s")
+    except KeyboardInterrupt:  # Ctrl-C raised by code the guard does not cover
+        guard.signal, stop = signal.SIGINT, True
+    finally:
+        progress.close()
+    if stop:
+        history.interrupted = True
+        history.signal = guard.signal or signal.SIGINT
+        step = int(to_host(state["step"]))
+        name = signal.Signals(history.signal).name
+        if step == start_step and (ckpt is None or ckpt.last_saved is None
+                                   or ckpt.last_saved == step):
+            log(False, f"\n{name}: interrupted before the first step; nothing to save")
+        else:
             guard.saving = True
             saved = None
             if ckpt is not None:
                 saved = (os.path.join(ckpt.directory, str(step)) if ckpt.last_saved == step
                          else ckpt.save(step, state, interrupted=True))
                 ckpt.wait()
-            log(False, f"\n{signal.Signals(guard.signal).name}: stopped at step {step}; "
+            guard.saving = False
+            log(False, f"\n{name}: stopped at step {step}; "
                        + (f"saved {saved} (continue with --resume)" if saved
                           else "nothing saved (no out folder)"))
-        trainer.sync_model(state)
-        model = trainer.model
-        model.eval()
-        history.step = int(to_host(state["step"]))
-        history.trace_counts = {k: TRACE_COUNTS[k] - counts_before[k] for k in TRACE_COUNTS}
-        history.summary = _summary(history, chrono, time.perf_counter() - t_fit, trainer, info,
-                                   cfg)
-        if cfg.out is not None and jax.process_index() == 0:
-            with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-                json.dump(history.summary, f, indent=2)
-            if ckpt is not None:
-                ckpt.submit(lambda: _plots(history.epochs, model, cfg.out))
-            else:
-                _plots(history.epochs, model, cfg.out)
+    trainer.sync_model(state)
+    model = trainer.model
+    model.eval()
+    history.step = int(to_host(state["step"]))
+    history.trace_counts = {k: TRACE_COUNTS[k] - counts_before[k] for k in TRACE_COUNTS}
+    history.summary = _summary(history, chrono, time.perf_counter() - t_fit, trainer, info,
+                               cfg)
+    if cfg.out is not None and jax.process_index() == 0:
+        with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+            json.dump(history.summary, f, indent=2)
+        if ckpt is not None:
+            ckpt.submit(lambda: _plots(history.epochs, model, cfg.out))
+        else:
+            _plots(history.epochs, model, cfg.out)
     return history
 
 

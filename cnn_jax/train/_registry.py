@@ -159,7 +159,21 @@ register_model("simple_cnn", _M + "SimpleCNN", width_arg="width",
 for _depth in (18, 34, 50):
     register_model(f"resnet{_depth}", f"{_M}ResNet{_depth}", adapt=_small_input,
                    help=f"ResNet-{_depth} (CIFAR stem for inputs <= 64 px)")
+register_model("resnext50_32x4d", _M + "ResNeXt50_32x4d", adapt=_small_input,
+               help="ResNeXt-50 32x4d (CIFAR stem for inputs <= 64 px)")
+register_model("wide_resnet50_2", _M + "WideResNet50_2", adapt=_small_input,
+               help="Wide ResNet-50-2 (CIFAR stem for inputs <= 64 px)")
 register_model("mobilenet_v2", _M + "MobileNetV2", help="MobileNetV2 (inputs >= 32x32)")
+register_model("efficientnet_b0", _M + "EfficientNetB0", help="EfficientNet-B0 (any size)")
+register_model("convnext_tiny", _M + "ConvNeXtTiny", help="ConvNeXt-T (inputs >= 32x32)")
+register_model("alexnet", _M + "AlexNet", input_size=64, width_arg="width",
+               kwargs={"hidden": 512}, help="AlexNet, 512-wide classifier; inputs resized "
+                                            "to 64x64")
+for _name, _cls in (("vgg11", "VGG11"), ("vgg11_bn", "VGG11BN"), ("vgg16", "VGG16"),
+                    ("vgg16_bn", "VGG16BN")):
+    register_model(_name, _M + _cls, width_arg="width", kwargs={"hidden": 512},
+                   help=f"{_cls.replace('BN', ' with BatchNorm')}, 512-wide classifier "
+                        f"(inputs >= 32x32)")
 register_model("unet", _M + "UNet", task="segment", width_arg="base_width",
                help="U-Net for per-pixel classes (sides divisible by 16)")
 
