@@ -453,3 +453,14 @@ def test_conv_rejects_empty_spatial_dims_like_torch():
         cj.conv(jnp.ones((2, 3, 0, 2)), jnp.ones((1, 1, 2, 2)), padding=1)
     with pytest.raises(RuntimeError, match="Only zero batch or zero channel"):
         torch.nn.functional.conv2d(torch.ones(2, 2, 3, 0), torch.ones(2, 2, 1, 1), padding=1)
+
+
+def test_conv_transpose_rejects_empty_spatial_dims_like_torch():
+    # Found by the fuzz sweep (seed 7, config 1462): output_padding made an output.
+    with pytest.raises(ValueError, match=r"conv_transpose: x must have non-empty spatial "
+                                         r"dims, got x.shape=\(1, 0, 3, 2\)"):
+        cj.conv_transpose(jnp.ones((1, 0, 3, 2)), jnp.ones((2, 2, 2, 2)), stride=2,
+                          output_padding=1)
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.conv_transpose2d(torch.ones(1, 2, 0, 3), torch.ones(2, 2, 2, 2),
+                                             stride=2, output_padding=1)

@@ -568,6 +568,8 @@ def conv_transpose(x, kernel, bias=None, *, stride=1, padding=0, output_padding=
         )
     pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
     in_sp = _spatial(x.shape, n, layout)
+    if 0 in in_sp:  # PyTorch refuses too; output_padding alone would invent an output
+        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     out_sp = tuple(
         (i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
         for i, kk, ss, dd, oo, (lo, hi) in zip(in_sp, k, s, d, op_pad, pads)
