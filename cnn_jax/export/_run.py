@@ -6,6 +6,8 @@ import importlib
 import json
 import os
 
+from flax import nnx
+
 from cnn_jax.export._onnx import export_onnx
 from cnn_jax.export._stablehlo import export_stablehlo
 from cnn_jax.export._torch import export_torch
@@ -32,7 +34,8 @@ def export_run(out: str, format: str, *, batch: int | None = None, dest: str | N
 
     The exported program takes the run's images as float32 ``(N, H, W, C)`` in
     ``[0, 1]`` (channels last, ``H, W, C`` from ``run.json``) and returns its logits
-    (``(N, classes)``, or ``(N, H, W, classes)`` for segmentation runs).
+    (``(N, classes)``, or ``(N, H, W, classes)`` for segmentation runs). It computes
+    in float32, also for a ``--dtype bfloat16`` run (whose parameters are float32).
 
     Raises:
       ValueError: an unknown ``format``, or a ``batch`` for ``"torch"``.
@@ -52,10 +55,17 @@ def export_run(out: str, format: str, *, batch: int | None = None, dest: str | N
             raise ImportError(f"{op}: format {format!r} needs the {package} package; pip "
                               f"install 'cnn-jax[export]'" + (" torch" if package == "torch"
                                                                else ""))
-    from cnn_jax.train import load_run
+    from cnn_jax.train import create_model, load_run
 
     model, run = load_run(out, which=which)
-    shape = tuple(run["image_shape"])
+    shape, config = tuple(run["image_shape"]), run["config"]
+    if config.dtype != "float32":
+        # A bfloat16 run computes in bf16 on float32 parameters; the export computes in
+        # float32 (ONNX's Conv has no bfloat16, and deployment wants the accuracy).
+        exported = create_model(config.model_name, run["num_classes"], shape,
+                                width=config.width, seed=config.seed)
+        nnx.update(exported, nnx.state(model))
+        model = exported
     dest = dest or os.path.join(out, "export", _FILE[format])
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     if format == "stablehlo":
