@@ -285,7 +285,12 @@ class _Doubling(_Scaled):
 
 
 def test_save_torch_state_dict_custom_mappings_and_errors():
-    assert save_torch_state_dict(_Scaled(inverse=True))["gamma"].shape == (4, 1, 1)
+    state = save_torch_state_dict(_Scaled(inverse=True))
+    assert state["gamma"].shape == (4, 1, 1)
+    other = _Scaled(inverse=True)
+    other.gamma.set_value(jnp.zeros(4))
+    load_torch_state_dict(other, state)  # the 4-item entry loads too
+    np.testing.assert_array_equal(np.asarray(other.gamma.get_value()), np.arange(4.0))
     assert save_torch_state_dict(_Scaled(inverse=False))["gamma"].shape == (4,)
     with pytest.raises(ValueError, match="must be an axis permutation or come with its inverse"):
         save_torch_state_dict(_Doubling(inverse=False))
