@@ -25,7 +25,7 @@ from cnn_jax.train._loop import History, fit
 from cnn_jax.train._registry import DATASETS, MODELS
 from cnn_jax.train._sharding import make_mesh
 from cnn_jax.train._signals import active_guard
-from cnn_jax.train._step import Trainer
+from cnn_jax.train._step import Trainer, run_once
 
 RUN_FILE = "run.json"
 
@@ -53,11 +53,17 @@ def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int],
     entry = MODELS[name]
     compute = None if dtype == "float32" else jnp.dtype(dtype)
 
-    def build():
-        return entry.build(num_classes, tuple(image_shape), rngs=nnx.Rngs(seed), width=width,
-                           dtype=compute)
+    graphdef = []
 
-    return nnx.jit(build)()
+    def init():
+        model = entry.build(num_classes, tuple(image_shape), rngs=nnx.Rngs(seed), width=width,
+                            dtype=compute)
+        g, state = nnx.split(model)
+        graphdef.append(g)  # static structure, no tracers
+        return state
+
+    state = run_once(jax.jit(init))
+    return nnx.merge(graphdef[0], state)
 
 
 def prepare_data(config: TrainConfig) -> tuple[Dataset, Dataset]:

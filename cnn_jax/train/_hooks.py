@@ -73,6 +73,13 @@ class _Worker:
         self._thread.join()
 
 
+@jax.jit
+def _copy(tree):
+    """A copy of every leaf in one program (the state's buffers are donated to the next
+    step, the snapshot must not be)."""
+    return jax.tree.map(lambda x: x.copy(), tree)
+
+
 class Checkpointing:
     """Saves the training state on a cadence, at the end and on interrupt.
 
@@ -117,7 +124,7 @@ class Checkpointing:
 
     def save(self, step: int, state, *, metric=None, **extra) -> str:
         """Queue a save of ``state`` as checkpoint ``step``; returns its folder."""
-        snapshot = jax.tree.map(lambda x: x.copy(), state)
+        snapshot = _copy(state)
         meta = dict(self.meta, **extra)
         self._worker.submit(lambda: self._ckpt.save(step, snapshot, meta, metric=metric))
         if jax.process_count() > 1:
