@@ -274,10 +274,14 @@ def _export(args) -> int:
 
 
 def _summary(args) -> int:
-    from cnn_jax.models import summary
-    from cnn_jax.train import create_model
+    from flax import nnx
 
-    model = create_model(args.model, args.num_classes, args.input_shape)
+    from cnn_jax.models import summary
+    from cnn_jax.train import MODELS
+
+    # Shapes only: the table needs no parameter values, so none are computed.
+    model = nnx.eval_shape(lambda: MODELS[args.model].build(
+        args.num_classes, args.input_shape, rngs=nnx.Rngs(0)))
     try:
         table = summary(model, args.input_shape)
     except (ValueError, TypeError) as e:
