@@ -371,9 +371,10 @@ def test_the_train_step_never_flips_grey_images_and_augment_off_is_the_identity(
     for augment_on in (True, False):
         cfg = TrainConfig(batch_size=4, num_devices=1, augment=augment_on, quiet=True)
         trainer = Trainer(Probe(nnx.Rngs(0)), cfg, 1, make_mesh(1), flip=True)
+        state = trainer.initial_state()
         with jax.disable_jit():
             seen.clear()
-            trainer._train_step(trainer.initial_state(), batch)
+            trainer._train_step(state, batch)
         fed = np.asarray(seen[-1])
         if not augment_on:
             np.testing.assert_array_equal(fed, ramp)

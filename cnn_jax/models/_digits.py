@@ -31,7 +31,7 @@ class DigitsCNN(nnx.Module):
     (2, 10)
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 1, input_size=8,
+    def __init__(self, num_classes: int, *, in_channels: int = 3, input_size=8,
                  width: int = 32, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "DigitsCNN"
         num_classes = check_model_int(num_classes, "num_classes", op)

@@ -174,8 +174,8 @@ def fit(model: nnx.Module, train: Dataset, test: Dataset, config: TrainConfig, *
     Example::
 
         train, test = load_digits()
-        model = DigitsCNN(10, rngs=nnx.Rngs(0))
-        history = fit(model, train, test, TrainConfig())
+        model = DigitsCNN(10, in_channels=1, rngs=nnx.Rngs(0))
+        history = fit(model, train, test, TrainConfig(), flip=False)
         history.summary["test_accuracy"]  # ~0.99
     """
     cfg = config
