@@ -337,15 +337,15 @@ def _install_hooks(spec: str):
         _marker("preimport")
         if len(points) == 1:
             return
-    from cnn_jax.train import _hooks, _loop, _step
+    from cnn_jax.train import _loop, _signals, _step
 
-    real_handle = _hooks.SignalGuard._handle
+    real_handle = _signals.SignalGuard._handle
 
     def handle(self, signum, frame):  # counts the signals the run's guard receives
         _SIGNALS_SEEN.append(signum)
         return real_handle(self, signum, frame)
 
-    _hooks.SignalGuard._handle = handle
+    _signals.SignalGuard._handle = handle
 
     if "step" in points:
         step_at, step_wait = points["step"].split(":")

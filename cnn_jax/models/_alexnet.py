@@ -7,20 +7,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
-                                    torch_flatten, torch_linear)
+from cnn_jax.models._common import (check_model_int, check_probability, public_signature,
+                                    receptive_field_layers, torch_flatten, torch_linear)
 
 # (output channels at width 64, kernel, stride, padding, max pool after)
 ALEXNET_CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
                  (256, 3, 1, 1, False), (256, 3, 1, 1, True))
 MIN_SIZE = 63  # the smallest input that survives the stride-4 conv and three 3x3/2 pools
-
-
-def check_dropout(dropout, op: str) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-            or not 0 <= dropout < 1:
-        raise ValueError(f"{op}: dropout must be in [0, 1), got {dropout!r}")
-    return float(dropout)
 
 
 @public_signature
@@ -59,7 +52,7 @@ class AlexNet(nnx.Module):
         in_channels = check_model_int(in_channels, "in_channels", op)
         width = check_model_int(width, "width", op)
         hidden = check_model_int(hidden, "hidden", op)
-        dropout = check_dropout(dropout, op)
+        dropout = check_probability(dropout, "dropout", op)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         layers, features = [], in_channels
         for channels, k, s, p, pool in ALEXNET_CONVS:

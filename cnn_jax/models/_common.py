@@ -17,6 +17,13 @@ def check_model_int(value, name: str, op: str) -> int:
     return check_int(value, name, op, min_value=1)
 
 
+def check_probability(value, name: str, op: str) -> float:
+    """A rate in ``[0, 1)`` (dropout, stochastic depth) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{op}: {name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
 def public_signature(cls):
     """Class decorator: ``inspect.signature(cls)`` and ``help(cls)`` show ``__init__``'s
     arguments (nnx's metaclass defines ``__call__``, which otherwise hides them behind

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
-                                    variant)
+from cnn_jax.models._common import (check_model_int, check_probability, public_signature,
+                                    receptive_field_layers, variant)
 
 LN_EPSILON = 1e-6
 _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
@@ -122,11 +122,8 @@ class ConvNeXt(nnx.Module):
                              f"and {dims!r}")
         depths = tuple(check_model_int(d, "depths", op) for d in depths)
         dims = tuple(check_model_int(d, "dims", op) for d in dims)
-        if isinstance(stochastic_depth_prob, bool) \
-                or not isinstance(stochastic_depth_prob, (int, float)) \
-                or not 0 <= stochastic_depth_prob < 1:
-            raise ValueError(f"{op}: stochastic_depth_prob must be in [0, 1), got "
-                             f"{stochastic_depth_prob!r}")
+        stochastic_depth_prob = check_probability(stochastic_depth_prob,
+                                                  "stochastic_depth_prob", op)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = dict(kernel_init=_trunc_normal, bias_init=nnx.initializers.zeros)
         layers = [nnx.Sequential(nn.Conv(in_channels, dims[0], 4, stride=4, **init, **kw),

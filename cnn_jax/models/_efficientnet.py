@@ -13,9 +13,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._alexnet import check_dropout
-from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
-                                    torch_linear, variant)
+from cnn_jax.models._common import (check_model_int, check_probability, public_signature,
+                                    receptive_field_layers, torch_linear, variant)
 from cnn_jax.models._mobilenet import make_divisible
 from cnn_jax.nn._blocks import conv_bn_act
 
@@ -126,12 +125,9 @@ class EfficientNet(nnx.Module):
         for name, value in (("width_mult", width_mult), ("depth_mult", depth_mult)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{op}: {name} must be a positive number, got {value!r}")
-        dropout = check_dropout(dropout, op)
-        if isinstance(stochastic_depth_prob, bool) \
-                or not isinstance(stochastic_depth_prob, (int, float)) \
-                or not 0 <= stochastic_depth_prob < 1:
-            raise ValueError(f"{op}: stochastic_depth_prob must be in [0, 1), got "
-                             f"{stochastic_depth_prob!r}")
+        dropout = check_probability(dropout, "dropout", op)
+        stochastic_depth_prob = check_probability(stochastic_depth_prob,
+                                                  "stochastic_depth_prob", op)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
         def channels(c):

@@ -7,9 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._alexnet import check_dropout
-from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
-                                    torch_flatten, torch_linear, variant)
+from cnn_jax.models._common import (check_model_int, check_probability, public_signature,
+                                    receptive_field_layers, torch_flatten, torch_linear, variant)
 from cnn_jax.nn._blocks import _bn, kaiming_normal_fan_out
 
 # torchvision's configurations: output channels of 3x3 convs, "M" a 2x2 max pool.
@@ -64,7 +63,7 @@ class VGG(nnx.Module):
         in_channels = check_model_int(in_channels, "in_channels", op)
         width = check_model_int(width, "width", op)
         hidden = check_model_int(hidden, "hidden", op)
-        dropout = check_dropout(dropout, op)
+        dropout = check_probability(dropout, "dropout", op)
         if not isinstance(batch_norm, bool):
             raise TypeError(f"{op}: batch_norm must be a bool, got {batch_norm!r}")
         if isinstance(config, str) or not config or not all(

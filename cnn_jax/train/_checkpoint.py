@@ -15,7 +15,6 @@ multi-process run calls :meth:`Checkpointer.save` (orbax writes collectively).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 import jax

@@ -21,7 +21,6 @@ import time
 import jax
 
 from cnn_jax.train._checkpoint import Checkpointer
-from cnn_jax.train._signals import SignalGuard  # noqa: F401 - part of the side jobs
 
 
 def log(quiet: bool, message: str):
