@@ -623,7 +623,8 @@ def gen_pad(rng, invalid):
     layout = _pick(rng, ["channels_last", "channels_first"])
     mode = _pick(rng, ["zeros", "constant", "reflect", "replicate", "circular"])
     sp = tuple(_wide(rng, invalid, 1, 4, 0) for _ in range(n))
-    top = [s - 1 if mode == "reflect" else (s if mode == "circular" else 3) for s in sp]
+    # An empty dim (invalid configs) would leave reflect no valid amount: 0 then.
+    top = [max(s - 1, 0) if mode == "reflect" else (s if mode == "circular" else 3) for s in sp]
     pads = tuple((_wide(rng, invalid, 0, t, -1, t + 2), _wide(rng, invalid, 0, t, -1, t + 2)) for t in top)
     padding = pads
     if all(a == b for a, b in pads) and rng.random() < 0.5:

@@ -229,6 +229,7 @@ def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, 
         pads = ((0, 0),) * n
     if flip:
         kernel = jnp.flip(kernel, axis=_kernel_axes(n, layout))
+    x, kernel, pads, k = _trim_dead_taps(x, kernel, k, s, d, pads, out_sp, axes, layout)
     if (g == 1 and max(out_sp) <= _IM2COL_MAX_OUT and math.prod(k) <= _IM2COL_MAX_TAPS
             and jax.default_backend() == "cpu"):
         y = _conv_im2col(x, kernel, s, pads, d, g, layout, precision, preferred_element_type)
@@ -240,6 +241,50 @@ def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, 
         )
     y = _add_bias(op, y, bias, c_out, n, layout)
     return y if batched else y[0]
+
+
+def _live_taps(i, k, s, d, o, lo):
+    """The taps of one spatial dim that read at least one real (non-padding) element."""
+    return [t for t in range(k) if any(lo <= t * d + j * s < lo + i for j in range(o))]
+
+
+def _trim_dead_taps(x, kernel, k, s, d, pads, out_sp, axes, layout):
+    """Drop the leading and trailing taps that read only zero padding, per spatial dim.
+
+    Such taps contribute nothing, so slicing them off the kernel (and the padding they
+    would have read) leaves the output unchanged and saves their multiplies. It also
+    keeps XLA:CPU from aborting: its algebraic simplifier fails a check ("Window
+    dimensions do not match RHS shape") compiling the input gradient of some convs
+    whose dilated kernel overhangs a tiny input (e.g. a 1x4 input, kernel 3x2,
+    dilation (2, 1), stride (1, 2), padding (2, 1)). Ordinary convs have no dead taps
+    and are returned untouched, so they lower exactly as raw ``lax`` does. Where
+    the kept taps start past the low padding or end before the real input does, the
+    input is cropped instead of padded negatively. Returns ``(x, kernel, pads, k)``.
+    """
+    spans = []
+    for i, kk, ss, dd, o, (lo, _) in zip(_spatial(x.shape, len(k), layout), k, s, d,
+                                         out_sp, pads):
+        live = _live_taps(i, kk, ss, dd, o, lo)
+        spans.append((live[0], live[-1]) if live else (0, kk - 1))
+    if all(t0 == 0 and t1 == kk - 1 for (t0, t1), kk in zip(spans, k)):
+        return x, kernel, pads, k
+    new_pads, new_k = [], []
+    for (t0, t1), ax, kax, ss, dd, o, (lo, _) in zip(
+            spans, axes, _kernel_axes(len(k), layout), s, d, out_sp, pads):
+        kernel = lax.slice_in_dim(kernel, t0, t1 + 1, axis=kax)
+        # The kept window of output j reads padded positions [j*s + t0*d, j*s + t1*d].
+        start, stop = lo - t0 * dd, (o - 1) * ss + (t1 - t0) * dd + 1
+        crop = max(-start, 0)  # real elements before the first window: crop them
+        i = x.shape[ax] - crop
+        x = lax.slice_in_dim(x, crop, x.shape[ax], axis=ax)
+        lo = start + crop
+        hi = stop - lo - i
+        if hi < 0:  # real elements past the last window
+            x = lax.slice_in_dim(x, 0, x.shape[ax] + hi, axis=ax)
+            hi = 0
+        new_pads.append((lo, hi))
+        new_k.append(t1 - t0 + 1)
+    return x, kernel, tuple(new_pads), tuple(new_k)
 
 
 def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=None,
@@ -263,7 +308,7 @@ def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=No
     out = tuple(window_output_size(i, kk, ss, dd, lo, hi)
                 for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, stride, dilation, pads))
     # Per dim, the taps that read at least one real (non-padding) element.
-    live = [[t for t in range(kk) if any(lo <= t * dd + j * ss < lo + i for j in range(o))]
+    live = [_live_taps(i, kk, ss, dd, o, lo)
             for i, kk, ss, dd, o, (lo, _) in zip(in_sp, k, stride, dilation, out, pads)]
     x = lax.pad(x, jnp.zeros((), x.dtype),
                 [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)])
