@@ -230,8 +230,7 @@ def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, 
     if flip:
         kernel = jnp.flip(kernel, axis=_kernel_axes(n, layout))
     x, kernel, pads, k = _trim_dead_taps(x, kernel, k, s, d, pads, out_sp, axes, layout)
-    if (g == 1 and max(out_sp) <= _IM2COL_MAX_OUT and math.prod(k) <= _IM2COL_MAX_TAPS
-            and jax.default_backend() == "cpu"):
+    if _use_im2col(g, out_sp, k, c_in):
         y = _conv_im2col(x, kernel, s, pads, d, g, layout, precision, preferred_element_type)
     else:
         y = lax.conv_general_dilated(
@@ -241,6 +240,12 @@ def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, 
         )
     y = _add_bias(op, y, bias, c_out, n, layout)
     return y if batched else y[0]
+
+
+def _use_im2col(groups, out_sp, k, c_in):
+    """Whether ``_conv`` computes as patches @ kernel rather than XLA's convolution."""
+    return (groups == 1 and max(out_sp) <= _IM2COL_MAX_OUT
+            and math.prod(k) <= _IM2COL_MAX_TAPS and jax.default_backend() == "cpu")
 
 
 def _live_taps(i, k, s, d, o, lo):
