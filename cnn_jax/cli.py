@@ -246,7 +246,7 @@ def _predict(args) -> int:
                           f"run ({run['model']} on {run['dataset']}) in {args.out}")
     enable_compilation_cache()
     model, run = load_run(args.out, which=args.checkpoint)
-    images = load_images(args.images, tuple(run["image_shape"]))
+    images = load_images(args.images, tuple(run["image_shape"]), input=run.get("input"))
     probs = predict(model, images)
     names = run["class_names"]
     top = min(args.top, len(names))

@@ -219,10 +219,17 @@ def test_image_folder_split_and_train_test(tmp_path, rng):
                 size = (4, 4) if i == 0 else (8, 8)
                 _png(str(root / split / c / f"{i}.png"), np.full(size, 255 if c == "b" else 0,
                                                                  np.uint8))
-    train, test = load_dataset("folder", str(root))
+    train, test = load_image_folder(str(root))
     assert train.images.shape == (6, 4, 4, 1) and test.images.shape == (4, 4, 4, 1)
     np.testing.assert_allclose(train.images[train.labels == 1], 1.0)
     np.testing.assert_allclose(test.images[test.labels == 0], 0.0)
+    # --dataset folder streams the same files: nothing decoded until read, same images.
+    streams = load_dataset("folder", str(root))
+    assert [type(s).__name__ for s in streams] == ["ImageStream", "ImageStream"]
+    for stream, data in zip(streams, (train, test)):
+        assert (len(stream), stream.image_shape) == (len(data), data.image_shape)
+        np.testing.assert_array_equal(stream.to_dataset().images, data.images)
+        np.testing.assert_array_equal(stream.labels, data.labels)
 
 
 def test_image_folder_errors(tmp_path):
@@ -249,8 +256,8 @@ def test_load_dataset_argument_errors(tmp_path):
         load_dataset("mnist")
     with pytest.raises(DatasetError, match="data_dir must be an existing folder, got"):
         load_dataset("cifar10", str(tmp_path / "nope"))
-    with pytest.raises(DatasetError, match="name must be one of .* got 'imagenet'"):
-        load_dataset("imagenet")
+    with pytest.raises(DatasetError, match="name must be one of .* got 'imagenet21k'"):
+        load_dataset("imagenet21k")
     with pytest.raises(DatasetError, match=r"images must be \(N, H, W, C\), got shape \(3, 4\)"):
         Dataset(np.zeros((3, 4)), np.zeros(3), 2, "x")
     with pytest.raises(DatasetError, match="same length, got 3 images and 2 labels"):

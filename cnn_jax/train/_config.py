@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from cnn_jax.train import _registry
 
 OPTIMIZERS = ("sgd", "adamw")
+BAD_IMAGE_POLICIES = ("error", "skip")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")
 
 # Fields that may differ between a run and its --resume (everything else must match).
 RESUMABLE = ("epochs", "data_dir", "out", "resume", "quiet", "keep_checkpoints",
-             "checkpoint_every", "eval_batch_size", "num_devices")
+             "checkpoint_every", "eval_batch_size", "num_devices", "workers", "on_bad_image")
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,13 @@ class TrainConfig:
     width: int | None = _field(None, "channel width of models that have one "
                                      "(digits_cnn, simple_cnn, unet)")
     limit: int | None = _field(None, "use only the first N train and test examples")
+    workers: int | None = _field(None, "processes decoding and augmenting streamed images "
+                                       "(folder, imagenet); 0: in this process (default: "
+                                       "one per core, at most 16)")
+    on_bad_image: str = _field("error", "an unreadable image in a streamed data set: stop "
+                                        "the run naming the file (error), or skip it and "
+                                        "count it in summary.json (skip)",
+                               choices=BAD_IMAGE_POLICIES)
 
     def __post_init__(self):
         op = "TrainConfig"
@@ -85,7 +93,7 @@ class TrainConfig:
             raise ConfigError(f"{op}: dataset must be one of {tuple(_registry.DATASETS)}, "
                              f"got {self.dataset!r}")
         for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("dtype", DTYPES)):
+                              ("dtype", DTYPES), ("on_bad_image", BAD_IMAGE_POLICIES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{op}: {name} must be one of {choices}, "
                                  f"got {getattr(self, name)!r}")
@@ -93,8 +101,13 @@ class TrainConfig:
             _check_int(getattr(self, name), name, op, optional=False)
         for name in ("num_devices", "image_size", "width", "limit"):
             _check_int(getattr(self, name), name, op, optional=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"{op}: seed must be an int >= 0, got {self.seed!r}")
+        for name in ("seed", "workers"):
+            value = getattr(self, name)
+            if (value is None and name == "workers") or (
+                    not isinstance(value, bool) and isinstance(value, int) and value >= 0):
+                continue
+            rule = "None or an int >= 0" if name == "workers" else "an int >= 0"
+            raise ConfigError(f"{op}: {name} must be {rule}, got {value!r}")
         for name, rule, ok in (("lr", "be > 0", self.lr > 0),
                                ("warmup", "be >= 0 epochs", self.warmup >= 0),
                                ("weight_decay", "be >= 0", self.weight_decay >= 0),

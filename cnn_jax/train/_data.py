@@ -140,7 +140,15 @@ def cifar10_loader(data_dir, seed):
 
 
 def folder_loader(data_dir, seed):
-    return load_image_folder(data_dir, seed=seed)
+    from cnn_jax.train._stream import stream_image_folder
+
+    return stream_image_folder(data_dir, seed=seed)
+
+
+def imagenet_loader(data_dir, seed):
+    from cnn_jax.train._stream import stream_image_folder
+
+    return stream_image_folder(data_dir, seed=seed, recipe="imagenet")
 
 
 def shapes_loader(data_dir, seed):
@@ -299,15 +307,21 @@ def load_cifar10(data_dir: str) -> tuple[Dataset, Dataset]:
 
 # ---------------------------------------------------------------- image folder
 
-def read_image(path: str, size: tuple[int, int] | None = None, channels: int | None = None
-               ) -> np.ndarray:
-    """One image file as ``(H, W, C)`` float32 in ``[0, 1]`` (Pillow).
+def decode_image(path: str, size: tuple[int, int] | None = None, channels: int | None = None,
+                 *, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """One image file as ``(H, W, C)`` uint8 (Pillow), the decoding every loader shares.
 
     Args:
       path: the image file.
       size: ``(H, W)`` to resize to (bilinear), or None.
       channels: 1 (grayscale) or 3 (RGB); None keeps grayscale as 1 and makes the
         rest RGB.
+      box: ``(left, upper, right, lower)`` region of the image to resize to ``size``
+        (a crop and a resize in one resampling), or None for the whole image. A
+        callable ``box(width, height)`` returning one is also accepted.
+
+    Raises:
+      DatasetError: the file is missing or Pillow cannot read it (the message names it).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -317,15 +331,38 @@ def read_image(path: str, size: tuple[int, int] | None = None, channels: int | N
             if channels is None:
                 channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
             img = img.convert("L" if channels == 1 else "RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(img, np.float32) / 255.0
+            if callable(box):
+                box = box(*img.size)
+            if size is not None and (box is not None or img.size != (size[1], size[0])):
+                img = img.resize((size[1], size[0]), Image.BILINEAR, box=box)
+            arr = np.asarray(img, np.uint8)
     except FileNotFoundError as e:
         raise DatasetError(f"missing file {path}: expected an image") from e
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        # SyntaxError: Pillow's plugins raise it for some truncated headers
         raise DatasetError(f"malformed file {path}: expected an image Pillow can read "
                            f"({type(e).__name__}: {e})") from e
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def read_image(path: str, size: tuple[int, int] | None = None, channels: int | None = None
+               ) -> np.ndarray:
+    """One image file as ``(H, W, C)`` float32 in ``[0, 1]`` (:func:`decode_image` / 255).
+
+    Args:
+      path: the image file.
+      size: ``(H, W)`` to resize to (bilinear), or None.
+      channels: 1 (grayscale) or 3 (RGB); None keeps grayscale as 1 and makes the
+        rest RGB.
+    """
+    return decode_image(path, size, channels).astype(np.float32) / 255.0
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The example order of ``epoch``: a function of ``(seed, epoch)`` only, so a resumed
+    run, another device or process count, and a streamed copy of the same data set all
+    see exactly the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def _scan_classes(root: str) -> dict[str, list[str]]:
@@ -345,33 +382,51 @@ def _scan_classes(root: str) -> dict[str, list[str]]:
     return out
 
 
-def load_image_folder(data_dir: str, *, test_fraction: float = 0.2, seed: int = 0,
-                      image_size: tuple[int, int] | None = None
-                      ) -> tuple[Dataset, Dataset]:
-    """An image folder with one sub-folder per class (Pillow reads the files).
+def split_image_folder(data_dir: str, *, test_fraction: float = 0.2, seed: int = 0,
+                       test_names: tuple[str, ...] = ("test", "val")
+                       ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The files of an image folder as ``(train, test)`` dicts ``class -> sorted paths``.
 
-    ``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` when both exist;
-    otherwise ``data_dir/<class>/*`` split per class (stratified) with
-    ``test_fraction`` held out, the split fixed by ``seed``. Every image is
-    resized to ``image_size`` (default: the first image's size); all are grayscale
-    if the first one is, else RGB.
+    ``data_dir/train/<class>/*`` with ``data_dir/<test_name>/<class>/*`` (the first of
+    ``test_names`` that exists) are used as given; otherwise ``data_dir/<class>/*`` is
+    split per class (stratified), ``test_fraction`` held out, the split fixed by
+    ``seed``.
     """
-    train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
-    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+    train_dir = os.path.join(data_dir, "train")
+    test_dir = next((os.path.join(data_dir, t) for t in test_names
+                     if os.path.isdir(os.path.join(data_dir, t))), None)
+    if os.path.isdir(train_dir) and test_dir is not None:
         train_files, test_files = _scan_classes(train_dir), _scan_classes(test_dir)
         if sorted(train_files) != sorted(test_files):
             raise DatasetError(f"malformed folder {data_dir}: expected the same class "
-                               f"sub-folders in train/ and test/, got {sorted(train_files)} "
-                               f"and {sorted(test_files)}")
-    else:
-        files = _scan_classes(data_dir)
-        rng = np.random.default_rng(seed)
-        train_files, test_files = {}, {}
-        for c, paths in files.items():
-            order = rng.permutation(len(paths))
-            n_test = int(round(len(paths) * test_fraction)) if len(paths) > 1 else 0
-            test_files[c] = [paths[i] for i in sorted(order[:n_test])]
-            train_files[c] = [paths[i] for i in sorted(order[n_test:])]
+                               f"sub-folders in train/ and {os.path.basename(test_dir)}/, "
+                               f"got {sorted(train_files)} and {sorted(test_files)}")
+        return train_files, test_files
+    files = _scan_classes(data_dir)
+    rng = np.random.default_rng(seed)
+    train_files, test_files = {}, {}
+    for c, paths in files.items():
+        order = rng.permutation(len(paths))
+        n_test = int(round(len(paths) * test_fraction)) if len(paths) > 1 else 0
+        test_files[c] = [paths[i] for i in sorted(order[:n_test])]
+        train_files[c] = [paths[i] for i in sorted(order[n_test:])]
+    return train_files, test_files
+
+
+def load_image_folder(data_dir: str, *, test_fraction: float = 0.2, seed: int = 0,
+                      image_size: tuple[int, int] | None = None
+                      ) -> tuple[Dataset, Dataset]:
+    """An image folder with one sub-folder per class, read into memory (Pillow).
+
+    ``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (or ``val/``) when
+    both exist; otherwise ``data_dir/<class>/*`` split per class (stratified) with
+    ``test_fraction`` held out, the split fixed by ``seed``. Every image is
+    resized to ``image_size`` (default: the first image's size); all are grayscale
+    if the first one is, else RGB. ``--dataset folder`` streams the same images
+    from disk instead (``cnn_jax.train._stream``), batch for batch the same.
+    """
+    train_files, test_files = split_image_folder(data_dir, test_fraction=test_fraction,
+                                                 seed=seed)
     classes = sorted(train_files)
     first_path = train_files[classes[0]][0]
     first = read_image(first_path)

@@ -26,6 +26,7 @@ from cnn_jax.train._registry import DATASETS, MODELS
 from cnn_jax.train._sharding import make_mesh
 from cnn_jax.train._signals import active_guard
 from cnn_jax.train._step import Trainer, run_once
+from cnn_jax.train._stream import ImageStream, load_image, normalize
 
 RUN_FILE = "run.json"
 
@@ -67,11 +68,19 @@ def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int],
 
 
 def prepare_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
-    """The config's data set, subset by ``limit`` and resized as the model needs."""
+    """The config's data set, subset by ``limit`` and resized as the model needs.
+
+    Streamed sets (``folder``, ``imagenet``) come back as ``ImageStream`` s that read
+    with the config's ``workers`` and ``on_bad_image``; nothing is decoded yet.
+    """
     train, test = load_dataset(config.dataset, config.data_dir, seed=config.seed)
     size = MODELS[config.model_name].input_size or config.image_size
     train, test = train.take(config.limit), test.take(config.limit)
-    return train.resized(size), test.resized(size)
+    train, test = train.resized(size), test.resized(size)
+    if isinstance(train, ImageStream):
+        options = dict(workers=config.workers, on_bad_image=config.on_bad_image)
+        train, test = train.with_options(**options), test.with_options(**options)
+    return train, test
 
 
 def read_run(out: str) -> dict:
@@ -145,6 +154,8 @@ def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
                "dataset": config.dataset, "task": config.task,
                "num_classes": train.num_classes, "image_shape": list(train.image_shape),
                "class_names": train.class_names}
+        if isinstance(test, ImageStream):  # how predict must prepare an image
+            run["input"] = test.input_record()
         tmp = os.path.join(config.out, RUN_FILE + ".tmp")
         with open(tmp, "w") as f:
             json.dump(run, f, indent=2)
@@ -202,9 +213,18 @@ def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
     return model, dict(run, step=step)
 
 
-def load_images(paths: list[str], image_shape: tuple[int, int, int]) -> np.ndarray:
-    """Image files as a ``(N, H, W, C)`` batch in ``[0, 1]``, resized to ``image_shape``."""
-    from cnn_jax.train._data import read_image
+def load_images(paths: list[str], image_shape: tuple[int, int, int], *,
+                input: dict | None = None) -> np.ndarray:
+    """Image files as the ``(N, H, W, C)`` float32 batch a run's model takes.
 
+    Args:
+      paths: the files.
+      image_shape: ``(H, W, C)`` of the run's inputs.
+      input: the run's ``run.json`` ``"input"`` record (streamed data sets): its
+        evaluation transform (``imagenet``: resize the shorter side, centre crop) and
+        normalisation (mean/std). None: the whole image resized, in ``[0, 1]``.
+    """
     h, w, c = image_shape
-    return np.stack([read_image(p, (h, w), c) for p in paths])
+    recipe = (input or {}).get("recipe", "folder")
+    norm = (input["mean"], input["std"]) if input and input.get("mean") else None
+    return normalize(np.stack([load_image(p, recipe, (h, w), c) for p in paths]), norm)

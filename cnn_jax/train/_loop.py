@@ -6,6 +6,11 @@ after each step (signal check, progress), after each epoch (evaluation, metrics
 line, cadence checkpoint) and at the end (final checkpoint, summary, plots). The
 jitted steps and the state layout are in ``_step``; batches are sharded over a
 ``data`` mesh axis, parameters replicated (``_sharding``).
+
+Batches come from one of two sources with the same two calls (``order(epoch)``,
+``train(order, i)``): :class:`_Batches` indexes an in-memory ``Dataset`` (no copy
+but the rows of the batch), :class:`_StreamBatches` takes them from a
+:class:`~cnn_jax.train._feed.StreamFeed` over an ``ImageStream`` (``_stream``).
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from flax import nnx
 
 from cnn_jax.train._checkpoint import CheckpointError
 from cnn_jax.train._config import ConfigError, TrainConfig
-from cnn_jax.train._data import Dataset
+from cnn_jax.train._data import Dataset, epoch_order
 from cnn_jax.train._hooks import Checkpointing, MetricsWriter, Progress, log
 from cnn_jax.train._signals import SignalGuard
-from cnn_jax.train._sharding import local_rows, make_mesh, shard_batch, to_host
+from cnn_jax.train._sharding import (data_sharded, local_rows, make_mesh, shard_batch,
+                                     to_host)
 from cnn_jax.train._step import TRACE_COUNTS, Trainer, make_optimizer, make_schedule
+from cnn_jax.train._stream import BatchPlan, ImageStream, default_workers
 
 __all__ = ["History", "NonFiniteLossError", "evaluate", "fit", "make_optimizer",
            "make_schedule", "predict", "TRACE_COUNTS"]
@@ -67,12 +74,15 @@ class History:
 
 
 class _Batches:
-    """This process's rows of the global batches of a data set, as host arrays."""
+    """This process's rows of the global batches of an in-memory data set."""
 
-    def __init__(self, data: Dataset, batch_size: int, mesh):
-        self.data, self.batch_size, self.mesh = data, batch_size, mesh
-        self.rows = local_rows(batch_size, mesh) if jax.process_count() > 1 else \
-            slice(0, batch_size)
+    def __init__(self, data: Dataset, batch_size: int, mesh, seed: int = 0):
+        self.data, self.batch_size, self.mesh, self.seed = data, batch_size, mesh, seed
+        self.rows = _rows(batch_size, mesh)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The example order of ``epoch`` (``epoch_order``)."""
+        return epoch_order(self.seed, epoch, len(self.data))
 
     def train(self, order: np.ndarray, i: int):
         """Batch ``i`` of an epoch whose example order is ``order``."""
@@ -91,28 +101,83 @@ class _Batches:
                                "valid": valid}, self.mesh)
 
 
+class _StreamBatches:
+    """The training batches of a streamed data set, from a ``StreamFeed``: the same
+    calls as :class:`_Batches` (the order lives in the workers; ``order`` is the
+    epoch). ``train`` returns None when a signal arrives while it waits (one process)."""
+
+    def __init__(self, feed):
+        self.feed = feed
+        self.interruptible = jax.process_count() == 1
+
+    def order(self, epoch: int) -> int:
+        return epoch
+
+    def train(self, order: int, i: int):
+        return self.feed.next("train", order, i, interruptible=self.interruptible)
+
+
+def _compile_train_step(trainer, state, image_shape, batch_size: int):
+    """Compile the train step for a stream's batches now, while the input workers start
+    (seconds: each imports Grain and jax), instead of after the first batch arrives; the
+    first step then finds the program in JAX's cache."""
+    sharding = data_sharded(trainer.mesh)
+    spec = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), np.float32,
+                                          sharding=sharding),
+            "label": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding),
+            "index": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
+    trainer.train_step.lower(state, spec).compile()
+
+
+def _rows(batch_size: int, mesh) -> slice:
+    """This process's rows of a global batch (all of them in a single-process run)."""
+    return local_rows(batch_size, mesh) if jax.process_count() > 1 else slice(0, batch_size)
+
+
 def _eval_batch_size(requested: int, n: int, n_dev: int) -> int:
     """``requested`` rounded up to the device count, but no larger than the data needs."""
     size = min(requested, -(-n // n_dev) * n_dev)
     return max(-(-size // n_dev) * n_dev, n_dev)
 
 
-def _evaluate(trainer: Trainer, state, data: Dataset, batch_size: int) -> dict:
+def _evaluate(trainer: Trainer, state, data, batch_size: int, batches=None) -> dict:
+    """Loss and accuracy over ``data``: its in-memory batches, or ``batches`` (a
+    stream's evaluation pass)."""
     if len(data) == 0:
         return {"loss": float("nan"), "accuracy": float("nan")}
-    n_dev = trainer.mesh.shape["data"]
-    batches = _Batches(data, _eval_batch_size(batch_size, len(data), n_dev), trainer.mesh)
+    if batches is None:
+        n_dev = trainer.mesh.shape["data"]
+        batches = _Batches(data, _eval_batch_size(batch_size, len(data), n_dev),
+                           trainer.mesh).eval()
     total = np.zeros((3,), np.float64)  # summed on the host: no extra program to compile
-    for batch in batches.eval():
+    for batch in batches:
         total += to_host(trainer.evaluate_batch(state["params"], state["rest"], batch))
     loss_sum, correct, count = (float(v) for v in total)
     return {"loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0)}
 
 
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The data order of ``epoch``: a function of (seed, epoch) only, so a resumed run
-    (or another device or process count) sees exactly the same batches."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def _open_feed(train, test, cfg, mesh, *, start_step=0, steps_per_epoch=1,
+               eval_first=False):
+    """A ``StreamFeed`` for a run (``train`` given) or one evaluation of ``test``."""
+    from cnn_jax.train._feed import StreamFeed
+
+    n_dev = mesh.shape["data"]
+    eval_rows = 0
+    if test is not None and len(test):
+        eval_rows = _eval_batch_size(cfg.eval_batch_size, len(test), n_dev)
+    if train is None:
+        plan = BatchPlan.for_evaluation(test, eval_batch_size=eval_rows,
+                                        eval_rows=_rows(eval_rows, mesh))
+    else:
+        plan = BatchPlan.for_run(
+            train, test, seed=cfg.seed, batch_size=cfg.batch_size,
+            rows=_rows(cfg.batch_size, mesh), steps_per_epoch=steps_per_epoch,
+            start_step=start_step, epochs=cfg.epochs, eval_batch_size=max(eval_rows, 1),
+            eval_rows=_rows(max(eval_rows, 1), mesh), eval_first=eval_first)
+    source = train if train is not None else test
+    workers = default_workers() if source.workers is None else source.workers
+    return StreamFeed(plan, mesh, workers=workers,
+                      normalization=(test if test is not None else train).normalization)
 
 
 def _check_finite(sums, epoch: int, step: int, ckpt: Checkpointing | None):
@@ -144,7 +209,8 @@ def _existing_steps(directory: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
-def fit(model: nnx.Module, train: Dataset, test: Dataset, config: TrainConfig, *,
+def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageStream,
+        config: TrainConfig, *,
         on_step: Callable[[int], None] | None = None, run_info: dict | None = None,
         flip: bool = True) -> History:
     """Train ``model`` on ``train``, evaluate on ``test`` after every epoch.
@@ -153,7 +219,9 @@ def fit(model: nnx.Module, train: Dataset, test: Dataset, config: TrainConfig, *
       model: a flax.nnx module mapping ``(N, H, W, C)`` images to ``(N, classes)``
         logits (``train.task == "classify"``) or ``(N, H, W, classes)`` (``"segment"``).
         It is updated in place with the trained parameters and left in eval mode.
-      train, test: :class:`Dataset` s.
+      train, test: :class:`Dataset` s, or ``ImageStream`` s read from disk batch by
+        batch (``load_dataset("folder", ...)``), with ``config.workers`` processes
+        decoding and ``config.on_bad_image`` deciding what an unreadable file does.
       config: a :class:`TrainConfig`. With ``config.out`` set, writes
         ``checkpoints/``, ``metrics.jsonl``, ``summary.json``, ``curves.png`` and
         ``filters.png`` there; ``config.resume`` continues from its latest checkpoint.
@@ -186,6 +254,14 @@ def fit(model: nnx.Module, train: Dataset, test: Dataset, config: TrainConfig, *
     total_steps = cfg.epochs * steps_per_epoch
     meta = {"model": info["model"], "dataset": info["dataset"],
             "steps_per_epoch": steps_per_epoch, "seed": cfg.seed, "batch_size": cfg.batch_size}
+    trainer_cfg = cfg
+    if isinstance(train, ImageStream):
+        options = dict(workers=cfg.workers, on_bad_image=cfg.on_bad_image)
+        train = train.with_options(augment=cfg.augment, **options)
+        test = test.with_options(**options) if isinstance(test, ImageStream) else test
+        meta["data"] = train.fingerprint()  # a resume must read the same files
+        if train.augments_on_host:  # the workers crop and flip; the step must not shift
+            trainer_cfg = cfg.replace(augment=False)
     history = History()
     metrics = ckpt = None
     if cfg.out is not None:
@@ -201,7 +277,8 @@ def fit(model: nnx.Module, train: Dataset, test: Dataset, config: TrainConfig, *
                              meta=meta)
     with SignalGuard() as guard:  # until the last checkpoint is on disk
         try:
-            trainer = Trainer(model, cfg, steps_per_epoch, mesh, task=train.task, flip=flip)
+            trainer = Trainer(model, trainer_cfg, steps_per_epoch, mesh, task=train.task,
+                              flip=flip)
             state = trainer.initial_state()
             if ckpt is not None:
                 state = _restore(ckpt, state, cfg, history, metrics, steps_per_epoch,
@@ -227,6 +304,14 @@ def _restore(ckpt, state, cfg, history, metrics, steps_per_epoch, total_steps):
             log(False, f"no checkpoint in {ckpt.directory}; starting from scratch")
         metrics.reset([])
         return state
+    data = ckpt.meta.get("data")
+    saved = ckpt.checkpointer.read_meta(latest).get("data") if data else None
+    if saved is not None and saved != data:
+        raise CheckpointError(
+            f"checkpoint {ckpt.directory}/{latest} was written for other image files "
+            f"({saved['files']} files, SHA-1 {saved['sha1'][:12]}), but the data set now has "
+            f"{data['files']} (SHA-1 {data['sha1'][:12]}): resuming would not replay the same "
+            f"batches; restore the folder's files or start a new run")
     state, meta = ckpt.checkpointer.restore(latest, state, expect={
         k: ckpt.meta[k] for k in ("model", "dataset", "steps_per_epoch", "batch_size")})
     ckpt.last_saved = latest
@@ -250,7 +335,10 @@ def _agreed_stop(guard, multi: bool) -> bool:
         return guard.stop
     from jax.experimental import multihost_utils
 
-    return bool(np.asarray(multihost_utils.process_allgather(np.int32(guard.stop))).any())
+    signals = np.asarray(multihost_utils.process_allgather(np.int32(guard.signal or 0)))
+    if guard.signal is None and signals.any():  # stop as the peer that was signalled
+        guard.signal = int(signals[signals > 0][0])
+    return bool(signals.any())
 
 
 def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step, guard):
@@ -261,20 +349,29 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
     if offset == 0 and start_step > 0 and float(to_host(state["sums"])[2]) > 0:
         # Stopped after an epoch's last step but before its evaluation: close it first.
         start_epoch, offset = start_epoch - 1, steps_per_epoch
-    batches = _Batches(train, cfg.batch_size, trainer.mesh)
+    feed = None
+    if isinstance(train, ImageStream):  # workers start building batches now
+        feed = _open_feed(train, test, cfg, trainer.mesh, start_step=start_step,
+                          steps_per_epoch=steps_per_epoch,
+                          eval_first=offset == steps_per_epoch)
+        batches = _StreamBatches(feed)
+        _compile_train_step(trainer, state, train.image_shape, cfg.batch_size)
+    else:
+        batches = _Batches(train, cfg.batch_size, trainer.mesh, cfg.seed)
     if len(test):
         n_dev = trainer.mesh.shape["data"]
         trainer.compile_eval_early(state, _eval_batch_size(cfg.eval_batch_size, len(test),
-                                                           n_dev), test)
+                                                           n_dev),
+                                   test if feed is None else feed.eval_signature())
     progress = Progress(cfg.quiet)
-    chrono = {"train_s": 0.0, "images": 0, "first_step_s": None}
+    chrono = {"train_s": 0.0, "images": 0, "first_step_s": None, "wait_before_s": 0.0}
     t_fit = time.perf_counter()
     step = start_step
     multi = jax.process_count() > 1
     stop = False
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            order = _epoch_order(cfg.seed, epoch, len(train))
+            order = batches.order(epoch)
             progress.start(steps_per_epoch, offset, f"epoch {epoch + 1}/{cfg.epochs}")
             t_epoch, timed = time.perf_counter(), 0
             for i in range(offset, steps_per_epoch):
@@ -284,11 +381,16 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
                     stop = True
                     break
                 t0 = time.perf_counter()
-                state = trainer.train_step(state, batches.train(order, i))
+                batch = batches.train(order, i)
+                if batch is None:  # a signal arrived while the input was late
+                    stop = True
+                    break
+                state = trainer.train_step(state, batch)
                 step = epoch * steps_per_epoch + i + 1
                 if chrono["first_step_s"] is None:  # it compiled: timed apart
                     jax.block_until_ready(state["step"])
                     chrono["first_step_s"] = time.perf_counter() - t0
+                    chrono["wait_before_s"] = feed.wait_s if feed is not None else 0.0
                     t_epoch = time.perf_counter()
                 else:
                     timed += 1
@@ -308,7 +410,8 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
             epoch_s = time.perf_counter() - t_epoch
             chrono["train_s"] += epoch_s
             chrono["images"] += timed * cfg.batch_size
-            test_metrics = _evaluate(trainer, state, test, cfg.eval_batch_size)
+            test_metrics = _evaluate(trainer, state, test, cfg.eval_batch_size,
+                                     None if feed is None else feed.eval_pass(epoch))
             record = {
                 "epoch": epoch + 1, "step": step,
                 "train_loss": float(sums[0] / sums[2]),
@@ -336,6 +439,10 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
         guard.signal, stop = signal.SIGINT, True
     finally:
         progress.close()
+        if feed is not None:
+            feed.close()
+    if feed is not None:
+        chrono["input"] = _input_summary(feed, chrono, multi)
     if stop:
         history.interrupted = True
         history.signal = guard.signal or signal.SIGINT
@@ -372,6 +479,29 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
     return history
 
 
+def _input_summary(feed, chrono, multi: bool) -> dict:
+    """The summary's lines on streamed input: workers, the time the steps waited for
+    batches (after the first), and the unreadable files skipped (over all processes)."""
+    bad = {kind: sorted(found) for kind, found in feed.bad.items()}
+    if multi:  # every process saw other files: the union (collectives, all processes)
+        from jax.experimental import multihost_utils
+
+        for kind, found in bad.items():
+            counts = np.asarray(multihost_utils.process_allgather(np.int64(len(found))))
+            width = int(counts.max())
+            if width:
+                padded = np.full((width,), -1, np.int64)
+                padded[:len(found)] = found
+                every = np.asarray(multihost_utils.process_allgather(padded)).ravel()
+                bad[kind] = sorted(set(every[every >= 0].tolist()))
+    plan = feed.plan
+    files = ([plan.train.path(k) for k in bad["train"]] +
+             [plan.test.path(k) for k in bad["eval"]])
+    return {"input_workers": feed.workers,
+            "input_wait_s": max(feed.wait_s - chrono["wait_before_s"], 0.0),
+            "skipped_images": len(files), "skipped_files": files[:20]}
+
+
 def _summary(history, chrono, fit_s, trainer, info, cfg) -> dict:
     last = history.epochs[-1] if history.epochs else {}
     return {
@@ -389,6 +519,7 @@ def _summary(history, chrono, fit_s, trainer, info, cfg) -> dict:
         "device_kind": jax.devices()[0].device_kind,
         "dtype": cfg.dtype,
         "interrupted": history.interrupted,
+        **chrono.get("input", {}),
         **{k: v for k, v in info.items() if k not in ("model", "dataset")},
     }
 
@@ -400,20 +531,33 @@ def _plots(epochs, model, out):
     plot_filters(model, os.path.join(out, "filters.png"))
 
 
-def evaluate(model: nnx.Module, data: Dataset, *, batch_size: int = 512,
+def evaluate(model: nnx.Module, data: Dataset | ImageStream, *, batch_size: int = 512,
              num_devices: int | None = None, dtype: str = "float32") -> dict:
     """Loss and accuracy of ``model`` (in eval mode) on ``data``.
 
+    ``data`` may be an ``ImageStream``: its images are read in one pass by its
+    ``workers`` (unreadable files stop the evaluation or, with ``on_bad_image="skip"``,
+    are left out and counted).
+
     Returns:
       ``{"loss": float, "accuracy": float}``: mean cross entropy and accuracy per
-      image (``"classify"``) or per pixel (``"segment"``).
+      image (``"classify"``) or per pixel (``"segment"``); for a stream also
+      ``"skipped_images"``.
     """
     cfg = TrainConfig(batch_size=1, eval_batch_size=batch_size, num_devices=num_devices,
                       dtype=dtype, quiet=True)
     mesh = make_mesh(num_devices)
     trainer = Trainer(model, cfg, 1, mesh, task=data.task)
     model.eval()
-    return _evaluate(trainer, trainer.initial_state(), data, batch_size)
+    if not isinstance(data, ImageStream) or len(data) == 0:
+        return _evaluate(trainer, trainer.initial_state(), data, batch_size)
+    feed = _open_feed(None, data, cfg, mesh)
+    try:
+        result = _evaluate(trainer, trainer.initial_state(), data, batch_size,
+                           feed.eval_pass(0))
+    finally:
+        feed.close()
+    return dict(result, skipped_images=len(feed.bad["eval"]))
 
 
 _PREDICT_FNS: dict = {}

@@ -15,7 +15,8 @@ module (and printing help) imports neither jax nor the models::
 A model factory is called as ``factory(num_classes, in_channels=C, rngs=rngs,
 **entry.kwargs, **entry.adapt((H, W, C)), [width_arg=width], [dtype=dtype])``.
 A data set loader is called as ``loader(data_dir, seed)`` and returns
-``(train, test)`` :class:`~cnn_jax.train.Dataset` s.
+``(train, test)`` :class:`~cnn_jax.train.Dataset` s (in memory) or image streams
+(``cnn_jax.train._stream.ImageStream``: read from disk batch by batch).
 """
 
 from __future__ import annotations
@@ -189,6 +190,11 @@ register_dataset("fashion_mnist", _D + "fashion_mnist_loader", default_model="le
 register_dataset("cifar10", _D + "cifar10_loader", default_model="resnet18",
                  needs_data_dir=True, help="CIFAR-10 python pickle batches in --data-dir")
 register_dataset("folder", _D + "folder_loader", needs_data_dir=True,
-                 help="--data-dir/<class>/* images (or train/ and test/ sub-folders)")
+                 help="--data-dir/<class>/* images (or train/ and test/ or val/ sub-folders), "
+                      "streamed from disk")
+register_dataset("imagenet", _D + "imagenet_loader", default_model="resnet50",
+                 needs_data_dir=True,
+                 help="ImageNet layout (--data-dir/train/<class>/*, val/<class>/*), streamed: "
+                      "random-resized crops and flips, 224 px, ImageNet mean/std")
 register_dataset("shapes", _D + "shapes_loader", task="segment", default_model="unet",
                  help="synthetic circles/squares/triangles with per-pixel masks")
