@@ -186,12 +186,8 @@ def _train(args) -> int:
     config = _config_from_args(args)
     from cnn_jax.train import enable_compilation_cache, initialize_distributed
 
-    if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
-    else:
-        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id,
+                           auto=args.distributed)
     enable_compilation_cache()
     from cnn_jax.train import train_and_evaluate
 

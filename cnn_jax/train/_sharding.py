@@ -15,19 +15,35 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+                           process_id: int | None = None, *, auto: bool = False) -> bool:
     """Join a multi-host job via ``jax.distributed.initialize`` when asked to.
+
+    JAX's preemption service is turned off first: its notifier replaces the process's
+    SIGTERM handler, so a scheduler's SIGTERM would be swallowed and the run would go
+    on to the end. cnn_jax's loop handles SIGTERM itself and agrees on the stop step
+    across processes.
 
     Args:
       coordinator: ``host:port`` of process 0.
       num_processes: total number of processes.
       process_id: this process's index.
+      auto: let JAX find all three from the cluster environment (SLURM, Open MPI,
+        Kubernetes, ...); then the three must be None.
 
     Returns:
       True when ``jax.distributed.initialize`` was called, False when all three are
-      None (single host).
+      None and ``auto`` is False (single host).
     """
     given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if auto:
+        if any(given):
+            raise ValueError("initialize_distributed: auto=True finds coordinator, "
+                             "num_processes and process_id itself; got "
+                             f"coordinator={coordinator!r}, num_processes={num_processes!r}, "
+                             f"process_id={process_id!r}")
+        jax.config.update("jax_enable_preemption_service", False)
+        jax.distributed.initialize()
+        return True
     if not any(given):
         return False
     if not all(given):
@@ -38,6 +54,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ValueError(f"initialize_distributed: process_id must be in [0, num_processes), "
                          f"got process_id={process_id!r}, num_processes={num_processes!r}")
+    jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
     return True
