@@ -30,8 +30,7 @@ import sys
 import time
 
 from cnn_jax.train import _registry
-from cnn_jax.train._config import ConfigError, TrainConfig
-from cnn_jax.train._signals import SignalGuard
+from cnn_jax.train import ConfigError, SignalGuard, TrainConfig
 
 _TYPES = {"int": int, "float": float, "str": str}
 # cnn_jax.export.FORMATS, spelled out so that printing help imports no jax.
@@ -168,7 +167,7 @@ def _config_from_args(args) -> TrainConfig:
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if hasattr(args, f.name)}
     if given.get("resume"):
-        from cnn_jax.train._experiment import resume_config
+        from cnn_jax.train import resume_config
 
         if given.get("out") is None:
             raise ConfigError("train: --resume needs --out, the run folder to continue")
@@ -217,7 +216,7 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from cnn_jax.train import enable_compilation_cache, evaluate, load_run
-    from cnn_jax.train._experiment import prepare_data
+    from cnn_jax.train import prepare_data
 
     enable_compilation_cache()
     model, run = load_run(args.out, which=args.checkpoint)
@@ -234,7 +233,7 @@ def _predict(args) -> int:
     import numpy as np
 
     from cnn_jax.train import enable_compilation_cache, load_images, load_run, predict
-    from cnn_jax.train._experiment import read_run
+    from cnn_jax.train import read_run
 
     run = read_run(args.out)
     if run["config"].task != "classify":
@@ -321,8 +320,7 @@ def _main(argv: list[str], guard) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from cnn_jax.train._checkpoint import CheckpointError
-    from cnn_jax.train._data import DatasetError
+    from cnn_jax.train import CheckpointError, DatasetError
 
     if guard.stop:
         return 0  # main reports the interruption
