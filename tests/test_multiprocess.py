@@ -5,7 +5,8 @@ Data order is a function of (seed, epoch) and augmentation is keyed by each
 example's index, so splitting the global batch over 2 processes (x 1 or 2 simulated
 devices each) must give the single-process run's metrics, up to the summation order
 of the gradient all-reduce. Checkpoints are written by all processes together; one
-written by 2 processes must resume in 1.
+written by 2 processes must resume in 1. A streamed image folder (Grain workers, each
+process reading only its rows of every batch) gives the same run as well.
 """
 
 import os
@@ -100,3 +101,43 @@ def test_resume_in_one_process_from_a_two_process_checkpoint(tmp_path, tmp_path_
     assert "Traceback" not in proc.stderr
     assert h.checkpoint_steps(out) == ["4", "8"]
     assert_same_run(out, ref, processes=1, devices=1)
+
+
+def _image_folder(root):
+    """36 small PNGs in three class folders, the same for every call."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        os.makedirs(os.path.join(root, c), exist_ok=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (12, 10, 3)).astype(np.uint8)).save(
+                os.path.join(root, c, f"{i}.png"))
+    return root
+
+
+STREAM = ("--dataset", "folder", "--model", "digits_cnn", "--width", "4", "--batch-size", "8",
+          "--eval-batch-size", "8", "--epochs", "2", "--quiet", "--checkpoint-every", "0")
+
+
+def test_two_processes_stream_an_image_folder_like_one(tmp_path, tmp_path_factory, cache):
+    """The folder is streamed: one process decoding in a thread (--workers 0) against two
+    processes, each with its own Grain worker process building only its rows."""
+    folder = _image_folder(str(tmp_path / "images"))
+
+    def make(out):
+        h.check(h.run(h.command("train", *STREAM, "--data-dir", folder, "--workers", "0",
+                                "--out", out), h.base_env(cache), timeout=240))
+
+    ref = h.shared_run(tmp_path_factory, "reference-stream", make)
+    out = str(tmp_path / "run")
+    procs = check_job(h.run_processes(2, ["train", *STREAM, "--data-dir", folder,
+                                          "--workers", "1", "--out", out],
+                                      h.base_env(cache, 1), timeout=TIMEOUT + 60))
+    # (+60 s: each process first starts a worker, which imports Grain and jax)
+    assert_same_run(out, ref, processes=2, devices=2)
+    assert h.checkpoint_steps(out) == ["3", "6"]
+    for p in procs:
+        for word in ("Exception ignored", "mmap", "leaked"):
+            assert word not in p.stderr, p.stderr

@@ -101,15 +101,18 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
 
 def center_crop_box(width: int, height: int, size: tuple[int, int],
                     crop_fraction: float = CROP_FRACTION) -> tuple[float, ...]:
-    """The box of the evaluation crop, in the source image's pixels: resize the shorter
-    side to ``max(size) / crop_fraction`` (256 for 224), then take the centred
-    ``size`` crop (torchvision's ``Resize`` then ``CenterCrop``, resampled once)."""
+    """The box of the evaluation crop, in the source image's pixels: torchvision's
+    ``Resize(max(size) / crop_fraction)`` (the shorter side to 256 for 224, the longer
+    in proportion, truncated) then ``CenterCrop(size)``, resampled once."""
     short = int(round(max(size) / crop_fraction))
-    scale = short / min(width, height)
-    resized_w, resized_h = width * scale, height * scale
-    top = round((resized_h - size[0]) / 2)
-    left = round((resized_w - size[1]) / 2)
-    return (left / scale, top / scale, (left + size[1]) / scale, (top + size[0]) / scale)
+    if width <= height:
+        new_w, new_h = short, int(short * height / width)
+    else:
+        new_w, new_h = int(short * width / height), short
+    top = int(round((new_h - size[0]) / 2))
+    left = int(round((new_w - size[1]) / 2))
+    sx, sy = width / new_w, height / new_h
+    return (left * sx, top * sy, (left + size[1]) * sx, (top + size[0]) * sy)
 
 
 # ---------------------------------------------------------------- the stream
