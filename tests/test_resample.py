@@ -509,3 +509,12 @@ def test_unfold_fold_errors():
         cj.fold(p, (4, 4), 5)
     with pytest.raises(ValueError, match="fold: layout must be one of"):
         cj.fold(p, (4, 4), 2, layout="cf")
+
+
+def test_unfold_rejects_empty_spatial_dims_like_torch():
+    # Found by the fuzz sweep (seed 7, config 4087): padding alone made patches.
+    with pytest.raises(ValueError, match=r"unfold: x must have non-empty spatial dims, got "
+                                         r"x.shape=\(1, 1, 0, 4\)"):
+        cj.unfold(jnp.ones((1, 0, 4)), (2, 2), padding=1, layout="channels_first")
+    with pytest.raises(RuntimeError, match="non-zero dimensions"):
+        torch.nn.functional.unfold(torch.ones(1, 0, 4), (2, 2), padding=1)

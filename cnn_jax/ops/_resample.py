@@ -374,6 +374,8 @@ def unfold(
         x = x[None]
     axes = spatial_axes(x.ndim, n, layout)
     spatial = tuple(x.shape[a] for a in axes)
+    if 0 in spatial:  # PyTorch refuses too; padding alone would invent patches
+        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     k, s, d, pads, out = _window_geometry(op, n, spatial, window, stride, padding, dilation)
     check_size(op, "window", f"window={window!r}", (prod(k), prod(out)), "patches")
     config = [(0, 0, 0)] * x.ndim
