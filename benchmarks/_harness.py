@@ -1,112 +1,220 @@
-"""Timing harness shared by the benchmark scripts.
+"""Timing and statistics shared by every suite.
 
-JAX cases are jitted, run once untimed (compile + warm-up), then timed with
-``block_until_ready`` inside the loop; the median of the repeats is reported.
-PyTorch cases get the same warm-up and median.
+One method for every implementation, JAX or PyTorch (benchmarks/README.md,
+"Methodology"):
+
+* the first call is timed apart and reported as ``compile_s`` (JAX: trace, compile
+  and one run; ``torch.compile``: the same; eager PyTorch: one run);
+* a second call estimates the time of one call; a sample is then ``number``
+  back-to-back calls (enough to last ``min_sample_s``), waited for at the end
+  (``jax.block_until_ready``; ``torch.cuda.synchronize`` on a GPU), divided by
+  ``number``;
+* the implementations of one case are sampled **interleaved** (round robin, the
+  starting one rotating), so that load from other processes on a shared machine
+  falls on all of them alike rather than on whichever ran last;
+* the median of the samples is the result, with the quartiles and the extremes as
+  its spread. A ratio whose quartile interval contains 1 is reported as parity.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import math
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
-import jax
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+
+@dataclasses.dataclass
+class Impl:
+    """One implementation of a case: ``run()`` launches it, ``wait(result)`` blocks
+    until it is done; ``before()`` (optional) runs outside the timed region before each
+    sample (e.g. setting PyTorch's thread count)."""
+
+    name: str
+    run: Callable[[], Any]
+    wait: Callable[[Any], None]
+    before: Callable[[], None] | None = None
+    info: dict = dataclasses.field(default_factory=dict)
 
 
-def time_jax(fn, *args, repeats: int = 10) -> float:
-    """Median wall time in ms of ``fn(*args)`` (already jitted), after one warm-up."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def jax_wait(result):
+    import jax
+
+    jax.block_until_ready(result)
 
 
-def time_torch(fn, repeats: int = 10) -> float:
-    """Median wall time in ms of ``fn()`` (a PyTorch closure), after one warm-up."""
-    import torch
+def summarize(samples_s: list[float]) -> dict:
+    """Median, quartiles and extremes in ms of per-call times given in seconds."""
+    ms = sorted(1e3 * s for s in samples_s)
+    if len(ms) >= 2:
+        q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+    else:
+        q1 = q3 = ms[0]
+    return {"median_ms": statistics.median(ms), "q1_ms": q1, "q3_ms": q3,
+            "min_ms": ms[0], "max_ms": ms[-1], "n": len(ms)}
 
-    fn()
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+
+def measure(impls: list[Impl], *, repeats: int, min_sample_s: float,
+            max_case_s: float) -> dict[str, dict]:
+    """Time ``impls`` interleaved; returns ``{name: summarize(...) + compile_s, number}``.
+
+    ``repeats`` samples per implementation, fewer (never under 3) when one round of
+    all of them would make the case last longer than ``max_case_s``. An
+    implementation that raises is reported as ``{"error": message}``.
+    """
+    first, number, alive = {}, {}, []
+    for impl in impls:
+        try:
+            if impl.before:
+                impl.before()
+            t0 = time.perf_counter()
+            impl.wait(impl.run())
+            first[impl.name] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            impl.wait(impl.run())
+            one = max(time.perf_counter() - t0, 1e-7)
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run this case
+            first[impl.name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            continue
+        number[impl.name] = max(1, min(1000, math.ceil(min_sample_s / one)))
+        alive.append((impl, one))
+    round_s = sum(one * number[i.name] for i, one in alive)
+    n = max(3, min(repeats, int(max_case_s / max(round_s, 1e-9))))
+    samples = {impl.name: [] for impl, _ in alive}
+    for r in range(n):
+        order = alive[r % len(alive):] + alive[:r % len(alive)] if alive else []
+        for impl, _ in order:
+            if impl.before:
+                impl.before()
+            k = number[impl.name]
+            t0 = time.perf_counter()
+            results = [impl.run() for _ in range(k)]
+            impl.wait(results)
+            samples[impl.name].append((time.perf_counter() - t0) / k)
+            del results
+    out = {}
+    for impl in impls:
+        if isinstance(first[impl.name], dict):
+            out[impl.name] = first[impl.name]
+            continue
+        out[impl.name] = dict(summarize(samples[impl.name]), compile_s=first[impl.name],
+                              number=number[impl.name], **impl.info)
+    return out
+
+
+def fold_variants(timings: dict[str, dict]) -> dict[str, dict]:
+    """``{"torch@1": t1, "torch@2": t2}`` -> ``{"torch": the faster, with "threads"}``.
+
+    PyTorch on CPU runs at 1 thread and at every core, and keeps the faster: on a
+    shared machine its OpenMP barriers can wait a scheduler tick for a descheduled
+    thread, which costs a small op 10-100x (measured; benchmarks/README.md).
+    """
+    out, groups = {}, {}
+    for name, t in timings.items():
+        base, _, threads = name.partition("@")
+        if threads:
+            groups.setdefault(base, []).append((int(threads), t))
+        else:
+            out[name] = t
+    for base, variants in groups.items():
+        ok = [(th, t) for th, t in variants if "median_ms" in t]
+        if not ok:
+            out[base] = variants[0][1]
+            continue
+        th, best = min(ok, key=lambda v: v[1]["median_ms"])
+        out[base] = dict(best, threads=th, other_threads={
+            str(o): t.get("median_ms") for o, t in ok if o != th})
+    return out
+
+
+def ratio(a: dict | None, b: dict | None, *, noise: float = 0.0) -> dict | None:
+    """``a / b`` of two timings with its quartile interval and a verdict.
+
+    ``lo = a.q1 / b.q3`` and ``hi = a.q3 / b.q1``; when ``lo <= 1 <= hi`` (widened by
+    ``noise``, a relative floor) the two are at **parity**; otherwise ``a`` is
+    ``faster`` (ratio < 1) or ``slower``.
+    """
+    if not a or not b or "median_ms" not in a or "median_ms" not in b:
+        return None
+    r = a["median_ms"] / b["median_ms"]
+    lo = a["q1_ms"] / b["q3_ms"] * (1 - noise)
+    hi = a["q3_ms"] / b["q1_ms"] * (1 + noise)
+    if min(a.get("n", 0), b.get("n", 0)) < 2:
+        verdict = "single run"  # no spread to judge noise by
+    else:
+        verdict = "parity" if lo <= 1.0 <= hi else ("faster" if r < 1 else "slower")
+    return {"ratio": r, "lo": lo, "hi": hi, "verdict": verdict}
 
 
 def environment() -> dict:
-    """Device, versions and machine facts for the results header."""
+    """Device, versions and machine facts for the results header (imports jax)."""
+    import jax
+
     env = {
         "device": str(jax.devices()[0].device_kind),
         "platform": jax.default_backend(),
+        "device_count": jax.device_count(),
         "jax": jax.__version__,
+        "jaxlib": getattr(__import__("jaxlib"), "__version__", None),
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
     }
-    try:
-        import flax
-
-        env["flax"] = flax.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    for name in ("flax", "optax", "equinox", "torchvision"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - absent or broken: recorded as absent
+            env[name] = None
     try:
         import torch
 
         env["torch"] = torch.__version__
-        env["torch_threads"] = torch.get_num_threads()
+        env["torch_cuda"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            env["torch_device"] = torch.cuda.get_device_name(0)
+            env["cudnn"] = torch.backends.cudnn.version()
+            env["torch_matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+            env["torch_cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     except ImportError:
         env["torch"] = None
     return env
 
 
-def print_header(title: str, env: dict) -> None:
-    print(f"# {title}")
-    print("# " + ", ".join(f"{k}={v}" for k, v in env.items()))
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
-def print_table(rows: list[dict], columns: list[str]) -> None:
-    """Print rows as an aligned table; floats with 2 decimals."""
-
-    def fmt(v):
-        if v is None:
-            return "-"
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+        return round(kb / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def results_path(name: str, *, quick: bool = False) -> Path:
-    """``results/NAME.json``; smoke runs (``--quick``) go to ``results/quick/`` (not
-    tracked), so they never overwrite the recorded results the README cites."""
-    folder = RESULTS / "quick" if quick else RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{name}.json"
-
-
-def write_json(name: str, env: dict, rows: list[dict], *, quick: bool = False) -> Path:
-    path = results_path(name, quick=quick)
-    path.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
-    return path
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a / b
+def device_slug(env: dict) -> str:
+    """``"NVIDIA H200"`` -> ``"nvidia-h200"``; the CPU is named by its platform."""
+    text = env["device"] if env["platform"] != "cpu" else "cpu"
+    slug = "".join(c if c.isalnum() else "-" for c in text.lower())
+    return "-".join(p for p in slug.split("-") if p)

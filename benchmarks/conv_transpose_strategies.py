@@ -19,24 +19,31 @@ some runs but within the noise in others, and a ``custom_vjp`` would cost
 forward-mode autodiff (``jax.jvp``/``jacfwd``) of ``conv_transpose``, so it stays here
 as a measured alternative only.
 
-Each case is jitted, run once untimed, then timed with ``block_until_ready`` inside
-the loop; the median over repeats is reported. Writes
+Timed with the suites' harness (``benchmarks/_harness.py``: the first call apart,
+then interleaved samples, ``block_until_ready``, the median). Writes
 ``benchmarks/results/conv_transpose_strategies.json``.
 
-Run: ``python benchmarks/conv_transpose_strategies.py [--repeats 10]``.
+Run: ``python -m benchmarks.conv_transpose_strategies [--repeats 10]`` (or
+``python benchmarks/conv_transpose_strategies.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-import cnn_jax as cj
-from _harness import environment, print_header, time_jax, time_torch, write_json
+if __package__ in (None, ""):  # run as a script: the repository root on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import cnn_jax as cj  # noqa: E402
+from benchmarks._harness import Impl, environment, jax_wait, measure  # noqa: E402
 
 # (name, x shape NHWC, kernel size, stride, padding, output_padding, C_out)
 CASES = [
@@ -91,23 +98,24 @@ def make_phase_custom_vjp(k, s, p, op):
     return f
 
 
-def _torch_times(x, w, k, s, p, op, repeats):
+def _torch_impls(x, w, k, s, p, op):
     try:
         import torch
     except ImportError:
-        return None, None
+        return []
     xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy(), requires_grad=True)
     wt = torch.tensor(np.asarray(w).transpose(2, 3, 0, 1).copy(), requires_grad=True)
 
     def fwd():
         with torch.no_grad():
-            return torch.nn.functional.conv_transpose2d(xt, wt, stride=s, padding=p, output_padding=op)
+            return torch.nn.functional.conv_transpose2d(xt, wt, stride=s, padding=p,
+                                                        output_padding=op)
 
     def fwd_bwd():
         y = torch.nn.functional.conv_transpose2d(xt, wt, stride=s, padding=p, output_padding=op)
         return torch.autograd.grad((y * y).sum(), (xt, wt))
 
-    return time_torch(fwd, repeats), time_torch(fwd_bwd, repeats)
+    return [Impl("torch fwd", fwd, lambda _: None), Impl("torch fwd+bwd", fwd_bwd, lambda _: None)]
 
 
 def main():
@@ -115,7 +123,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     env = environment()
-    print_header("transposed convolution strategies (median ms)", env)
+    print("# transposed convolution strategies (median ms); " + ", ".join(
+        f"{k}={env[k]}" for k in ("device", "jax", "torch")))
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'case':30s} {'strategy':18s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'max|err|':>9s}")
@@ -129,22 +138,30 @@ def main():
             "phase": lambda x, w: phase(x, w, k, s, p, op),
             "phase_custom_vjp": make_phase_custom_vjp(k, s, p, op),
         }
-        ref = None
+        impls, errs, ref = [], {}, None
         for sname, f in strategies.items():
             fwd = jax.jit(f)
             fwd_bwd = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
             y = fwd(x, w)
             ref = y if ref is None else ref
-            err = float(jnp.max(jnp.abs(y - ref)))
-            t_f = time_jax(fwd, x, w, repeats=args.repeats)
-            t_fb = time_jax(fwd_bwd, x, w, repeats=args.repeats)
-            rows.append(dict(case=name, strategy=sname, fwd_ms=t_f, fwd_bwd_ms=t_fb, max_err=err))
-            print(f"{name:30s} {sname:18s} {t_f:9.2f} {t_fb:11.2f} {err:9.1e}", flush=True)
-        t_f, t_fb = _torch_times(x, w, k, s, p, op, args.repeats)
-        if t_f is not None:
-            rows.append(dict(case=name, strategy="torch", fwd_ms=t_f, fwd_bwd_ms=t_fb, max_err=None))
-            print(f"{name:30s} {'torch':18s} {t_f:9.2f} {t_fb:11.2f} {'':>9s}", flush=True)
-    print(f"wrote {write_json('conv_transpose_strategies', env, rows)}")
+            errs[sname] = float(jnp.max(jnp.abs(y - ref)))
+            impls += [Impl(f"{sname} fwd", lambda fwd=fwd: fwd(x, w), jax_wait),
+                      Impl(f"{sname} fwd+bwd", lambda fb=fwd_bwd: fb(x, w), jax_wait)]
+        impls += _torch_impls(x, w, k, s, p, op)
+        t = measure(impls, repeats=args.repeats, min_sample_s=0.02, max_case_s=20.0)
+        for sname in [*strategies, "torch"]:
+            if f"{sname} fwd" not in t:
+                continue
+            t_f, t_fb = t[f"{sname} fwd"]["median_ms"], t[f"{sname} fwd+bwd"]["median_ms"]
+            rows.append(dict(case=name, strategy=sname, fwd_ms=t_f, fwd_bwd_ms=t_fb,
+                             max_err=errs.get(sname)))
+            err = f"{errs[sname]:9.1e}" if sname in errs else f"{'':>9s}"
+            print(f"{name:30s} {sname:18s} {t_f:9.2f} {t_fb:11.2f} {err}", flush=True)
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        "conv_transpose_strategies.json")
+    with open(path, "w") as f:
+        json.dump({"environment": env, "results": rows}, f, indent=2)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

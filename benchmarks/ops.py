@@ -1,254 +1,208 @@
-"""Benchmark of cnn_jax's ops against raw lax, flax.nnx and PyTorch, in one run.
+"""The ``ops`` suite: convolutions of real networks, cnn_jax against its peers.
 
-    python benchmarks/ops.py                 # every section
-    python benchmarks/ops.py --section pool  # conv | transpose | pool
-    python benchmarks/ops.py --quick         # small shapes, a smoke run
+Cases (channels_last; batch small on a CPU, 64 on a GPU):
 
-Each case is timed forward (``fwd``) and forward+backward (``fwd+bwd``: the
-gradient of ``sum(op(x, w))`` with respect to every input). Ratios are cnn_jax's
-median time over the other implementation's: < 1 means cnn_jax is faster.
-Results go to ``benchmarks/results/ops.json`` (``--quick``: ``results/quick/ops.json``).
+* ResNet-50 training convolutions (the DeepBench set): the 7x7/2 stem, the 1x1 and
+  3x3 layers of each stage at 56, 28, 14 and 7 pixels, the strided 3x3;
+* depthwise 3x3 of MobileNetV2 (stride 1 and 2) and 5x5 of EfficientNet-B0;
+* a 3-D 3x3x3 convolution (video / volumetric networks).
+
+Peers: ``lax.conv_general_dilated`` (what cnn_jax lowers to), ``flax.nnx.Conv``,
+``equinox.nn.Conv`` (if installed), PyTorch (channels_last; ``torch.compile`` too on
+a GPU), and for depthwise cases on a CPU the shifted multiply-add prototype of
+``benchmarks/depthwise_prototype.py``. Forward (``fwd``) and forward + both
+gradients (``fwd+bwd``), float32 (and bfloat16 on a GPU).
+
+Run: ``python -m benchmarks --suite ops`` (``python benchmarks/ops.py`` forwards there).
 """
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # `python benchmarks/ops.py [--section S] [--quick]`, as before
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks._cli import legacy_script
+
+    sys.exit(legacy_script("ops", sys.argv[1:]))
+
+import dataclasses
 import functools
+import math
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax import lax
+from benchmarks import _peers as P
+from benchmarks._suite import time_case
 
-import cnn_jax as cj
-from _harness import environment, print_header, print_table, ratio, time_jax, time_torch, write_json
-
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError:  # PyTorch is optional for the benchmark
-    torch = None
+PASSES = ("fwd", "fwd+bwd")
 
 
-def _time_fwd_bwd(f, *args, repeats):
-    """Median ms of the forward pass plus the VJP of every argument of ``f``.
+@dataclasses.dataclass(frozen=True)
+class ConvCase:
+    what: str  # the layer it stands for
+    n: int
+    spatial: tuple[int, ...]
+    cin: int
+    cout: int
+    k: int
+    s: int
+    depthwise: bool = False
 
-    The cotangent is random (not ones), so XLA cannot simplify the backward pass.
-    """
-    out = jax.eval_shape(f, *args)
-    ct = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape), out.dtype)
+    @property
+    def dims(self) -> int:
+        return len(self.spatial)
 
-    @jax.jit
-    def fwd_bwd(args, ct):
-        y, pull = jax.vjp(f, *args)
-        return y, pull(ct)
+    @property
+    def pad(self) -> int:
+        return self.k // 2
 
-    return time_jax(fwd_bwd, args, ct, repeats=repeats)
+    @property
+    def out(self) -> tuple[int, ...]:
+        return tuple((h + 2 * self.pad - self.k) // self.s + 1 for h in self.spatial)
 
+    @property
+    def groups(self) -> int:
+        return self.cin if self.depthwise else 1
 
-def _torch_case(fn_fwd, tensors, repeats):
-    """Forward and forward+backward times of a PyTorch closure over ``tensors``."""
-    if torch is None:
-        return None, None
+    def name(self, dtype: str) -> str:
+        kind = "dwconv" if self.depthwise else "conv"
+        size = "x".join(map(str, (self.n, *self.spatial, self.cin)))
+        return f"{kind}{self.dims}d_{size}_k{self.k}s{self.s}_o{self.cout}_{_short(dtype)}"
 
-    def fwd():
-        with torch.no_grad():
-            fn_fwd(*tensors)
-
-    with torch.no_grad():
-        ct = torch.randn_like(fn_fwd(*tensors))
-
-    def fwd_bwd():
-        for t in tensors:
-            t.grad = None
-        fn_fwd(*tensors).backward(ct)
-
-    return time_torch(fwd, repeats), time_torch(fwd_bwd, repeats)
-
-
-def _to_torch_cl(x_nhwc, requires_grad=True):
-    t = torch.from_numpy(np.array(x_nhwc)).permute(0, 3, 1, 2)
-    t = t.contiguous(memory_format=torch.channels_last)
-    return t.requires_grad_(requires_grad)
+    def forward_flops(self) -> int:
+        return (2 * self.n * math.prod(self.out) * self.cout * self.k ** self.dims
+                * self.cin // self.groups)
 
 
-def _rows(name, t, others):
-    """One table row per pass from the timings ``t`` (``{impl}_{fwd|bwd}`` -> ms)."""
+def _short(dtype: str) -> str:
+    return {"float32": "f32", "bfloat16": "bf16"}[dtype]
+
+
+# (what, H, C_in, C_out, k, stride): ResNet-50 (torchvision v1.5: stride on the 3x3).
+RESNET50 = [
+    ("ResNet-50 stem 7x7/2", 224, 3, 64, 7, 2),
+    ("ResNet-50 layer1 1x1 reduce", 56, 256, 64, 1, 1),
+    ("ResNet-50 layer1 3x3", 56, 64, 64, 3, 1),
+    ("ResNet-50 layer1 1x1 expand", 56, 64, 256, 1, 1),
+    ("ResNet-50 layer2 3x3/2", 56, 128, 128, 3, 2),
+    ("ResNet-50 layer2 3x3", 28, 128, 128, 3, 1),
+    ("ResNet-50 layer2 1x1 reduce", 28, 512, 128, 1, 1),
+    ("ResNet-50 layer3 3x3", 14, 256, 256, 3, 1),
+    ("ResNet-50 layer3 1x1 reduce", 14, 1024, 256, 1, 1),
+    ("ResNet-50 layer4 3x3", 7, 512, 512, 3, 1),
+    ("ResNet-50 layer4 1x1 reduce", 7, 2048, 512, 1, 1),
+]
+# (what, H, C, k, stride): depthwise layers of MobileNetV2 (3x3) and EfficientNet-B0 (5x5).
+DEPTHWISE = [
+    ("MobileNetV2 dw3x3 56px", 56, 144, 3, 1),
+    ("MobileNetV2 dw3x3/2 56px", 56, 144, 3, 2),
+    ("MobileNetV2 dw3x3 28px", 28, 192, 3, 1),
+    ("MobileNetV2 dw3x3 14px", 14, 384, 3, 1),
+    ("MobileNetV2 dw3x3 7px", 7, 960, 3, 1),
+    ("EfficientNet-B0 dw5x5/2 56px", 56, 144, 5, 2),
+    ("EfficientNet-B0 dw5x5 28px", 28, 240, 5, 1),
+    ("EfficientNet-B0 dw5x5 14px", 14, 672, 5, 1),
+    ("EfficientNet-B0 dw5x5 7px", 7, 1152, 5, 1),
+]
+
+
+def cases(plan: str, quick: bool) -> list[ConvCase]:
+    if quick:  # one of each kind, tiny, so that every code path runs in seconds
+        return [ConvCase("ResNet-50 3x3 (tiny)", 2, (8, 8), 16, 16, 3, 1),
+                ConvCase("MobileNetV2 dw3x3/2 (tiny)", 2, (8, 8), 16, 16, 3, 2, True),
+                ConvCase("EfficientNet-B0 dw5x5 (tiny)", 2, (8, 8), 16, 16, 5, 1, True),
+                ConvCase("3-D 3x3x3 (tiny)", 1, (4, 8, 8), 8, 8, 3, 1)]
+    gpu = plan == "gpu"
+    n_resnet, n_dw = (64, 64) if gpu else (8, 4)
+    out = [ConvCase(w, n_resnet, (h, h), ci, co, k, s) for w, h, ci, co, k, s in RESNET50]
+    out += [ConvCase(w, n_dw, (h, h), c, c, k, s, True) for w, h, c, k, s in DEPTHWISE]
+    out.append(ConvCase("3-D 3x3x3 (video/volume)", 8 if gpu else 2,
+                        (16, 56, 56) if gpu else (8, 28, 28), 64 if gpu else 32,
+                        64 if gpu else 32, 3, 1))
+    return out
+
+
+def run(ctx) -> list[dict]:
     rows = []
-    for mode in ("fwd", "bwd"):
-        row = {"case": name, "pass": "fwd" if mode == "fwd" else "fwd+bwd",
-               "cnn_jax_ms": t[f"cj_{mode}"]}
-        row.update({f"{o}_ms": t.get(f"{o}_{mode}") for o in others})
-        row.update({f"vs_{o}": ratio(t[f"cj_{mode}"], t.get(f"{o}_{mode}")) for o in others})
-        rows.append(row)
+    for case in cases(ctx.plan, ctx.quick):
+        for dtype in ctx.dtypes:
+            rows += _run_case(ctx, case, dtype)
     return rows
 
 
-def conv_cases(quick: bool):
-    # (N, H, W, C_in, C_out, k, stride): ResNet-50-like layers.
-    if quick:
-        return [(2, 16, 16, 8, 8, 3, 1), (2, 16, 16, 8, 16, 1, 2)]
-    return [
-        (8, 112, 112, 3, 64, 7, 2),
-        (8, 56, 56, 64, 64, 3, 1),
-        (8, 56, 56, 64, 128, 3, 2),
-        (8, 28, 28, 128, 128, 3, 1),
-        (8, 14, 14, 256, 1024, 1, 1),
-    ]
-
-
-def bench_conv(quick: bool, repeats: int):
+def _run_case(ctx, c: ConvCase, dtype: str) -> list[dict]:
+    import jax.numpy as jnp
     from flax import nnx
+    from jax import lax
 
-    rows = []
-    for n, h, w, cin, cout, k, s in conv_cases(quick):
-        p = k // 2
-        rng = np.random.default_rng(0)
-        x = jnp.asarray(rng.standard_normal((n, h, w, cin)), jnp.float32)
-        kern = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
-        ours = functools.partial(cj.conv, stride=s, padding=p)
-        raw = functools.partial(
-            lax.conv_general_dilated,
-            window_strides=(s, s),
-            padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        layer = nnx.Conv(cin, cout, (k, k), strides=s, padding=((p, p), (p, p)), use_bias=False, rngs=nnx.Rngs(0))
-        layer.kernel.value = kern
-        graphdef, state = nnx.split(layer)
-        flax_fn = lambda st, x: nnx.merge(graphdef, st)(x)  # noqa: E731
+    import cnn_jax as cj
 
-        t = {}
-        t["cj_fwd"] = time_jax(jax.jit(ours), x, kern, repeats=repeats)
-        t["lax_fwd"] = time_jax(jax.jit(raw), x, kern, repeats=repeats)
-        t["flax_fwd"] = time_jax(jax.jit(flax_fn), state, x, repeats=repeats)
-        t["cj_bwd"] = _time_fwd_bwd(ours, x, kern, repeats=repeats)
-        t["lax_bwd"] = _time_fwd_bwd(raw, x, kern, repeats=repeats)
-        t["flax_bwd"] = _time_fwd_bwd(flax_fn, state, x, repeats=repeats)
-        if torch is not None:
-            tx = _to_torch_cl(x)
-            tw = torch.from_numpy(np.array(kern)).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-            tw.requires_grad_(True)
-            t["torch_fwd"], t["torch_bwd"] = _torch_case(
-                lambda a, b: F.conv2d(a, b, stride=s, padding=p), (tx, tw), repeats
-            )
-        name = f"conv2d_{n}x{h}x{w}x{cin}_k{k}s{s}_o{cout}_f32"
-        rows += _rows(name, t, ("lax", "flax", "torch"))
-    return rows
+    d = c.dims
+    x = P.normal((c.n, *c.spatial, c.cin), dtype, seed=0)
+    # HWIO kernel; depthwise: (*k, 1, C), as cj.depthwise_conv takes it.
+    kshape = (c.k,) * d + (c.cin // c.groups, c.cout)
+    w = P.normal(kshape, dtype, seed=1, scale=1 / math.sqrt(c.k ** d * c.cin / c.groups))
+    pads = ((c.pad, c.pad),) * d
+    spatial = "DHW"[-d:]
+    dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
 
+    if c.depthwise:
+        ours = functools.partial(cj.depthwise_conv, stride=c.s, padding=c.pad)
+    else:
+        ours = functools.partial(cj.conv, stride=c.s, padding=c.pad)
+    raw = functools.partial(lax.conv_general_dilated, window_strides=(c.s,) * d, padding=pads,
+                            dimension_numbers=dn, feature_group_count=c.groups)
+    impls = {p: [] for p in PASSES}
+    outputs = {}
 
-def transpose_cases(quick: bool):
-    # (N, H, W, C_in, C_out, k, stride, padding, output_padding): decoder layers.
-    if quick:
-        return [(2, 8, 8, 8, 4, 2, 2, 0, 0), (2, 8, 8, 8, 4, 3, 2, 1, 1)]
-    return [
-        (8, 28, 28, 256, 128, 2, 2, 0, 0),  # U-Net up-conv
-        (8, 16, 16, 256, 128, 4, 2, 1, 0),  # DCGAN
-        (8, 28, 28, 128, 64, 3, 2, 1, 1),  # "same"-style decoder
-    ]
+    def add(name, f, args, info=None):
+        made = P.jax_pass_impls(name, f, args, passes=PASSES, info=info)
+        for p, impl in made.items():
+            impls[p].append(impl)
+        outputs[name] = made["fwd"].run
 
+    add("cnn_jax", ours, (x, w))
+    add("lax", raw, (x, w))
+    layer = nnx.Conv(c.cin, c.cout, (c.k,) * d, strides=c.s, padding=pads,
+                     feature_group_count=c.groups, use_bias=False, dtype=x.dtype,
+                     param_dtype=x.dtype, kernel_init=lambda *_: w, rngs=nnx.Rngs(0))
+    f, state = P.flax_layer_fn(layer)
+    add("flax", f, (state, x))
+    if ctx.equinox is not None:
+        eqx = ctx.equinox
+        conv = P.equinox_layer(eqx.nn.Conv, d, c.cin, c.cout, c.k, stride=c.s, padding=c.pad,
+                               groups=c.groups, use_bias=False, dtype=x.dtype,
+                               weight=jnp.transpose(w, (d + 1, d, *range(d))))
+        f, params = P.equinox_layer_fn(conv)
+        x_cf = jnp.transpose(x, P.nhwc_to_nchw(d + 2))
+        made = P.jax_pass_impls("equinox", f, (params, x_cf), passes=PASSES)
+        for p, impl in made.items():
+            impls[p].append(impl)
+        outputs["equinox"] = lambda: jnp.transpose(made["fwd"].run(), P.nchw_to_nhwc(d + 2))
+    if c.depthwise and ctx.plan == "cpu" and d == 2:
+        from benchmarks.depthwise_prototype import depthwise_conv
 
-def bench_transpose(quick: bool, repeats: int):
-    rows = []
-    for n, h, w, cin, cout, k, s, p, op in transpose_cases(quick):
-        rng = np.random.default_rng(0)
-        x = jnp.asarray(rng.standard_normal((n, h, w, cin)), jnp.float32)
-        kern = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
-        ours = functools.partial(cj.conv_transpose, stride=s, padding=p, output_padding=op)
-        # The same op through lax.conv_transpose (lhs_dilation inside): padding in
-        # lax's convention for PyTorch's (k - 1 - p, k - 1 - p + output_padding).
-        raw = functools.partial(
-            lax.conv_transpose,
-            strides=(s, s),
-            padding=((k - 1 - p, k - 1 - p + op),) * 2,
-            dimension_numbers=("NHWC", "HWOI", "NHWC"),
-            transpose_kernel=True,
-        )
-        t = {}
-        t["cj_fwd"] = time_jax(jax.jit(ours), x, kern, repeats=repeats)
-        t["lax_fwd"] = time_jax(jax.jit(raw), x, kern, repeats=repeats)
-        t["cj_bwd"] = _time_fwd_bwd(ours, x, kern, repeats=repeats)
-        t["lax_bwd"] = _time_fwd_bwd(raw, x, kern, repeats=repeats)
-        if torch is not None:
-            tx = _to_torch_cl(x)
-            tw = torch.from_numpy(np.array(kern)).permute(2, 3, 0, 1).contiguous().requires_grad_(True)
-            t["torch_fwd"], t["torch_bwd"] = _torch_case(
-                lambda a, b: F.conv_transpose2d(a, b, stride=s, padding=p, output_padding=op), (tx, tw), repeats
-            )
-        name = f"conv_transpose2d_{n}x{h}x{w}x{cin}_k{k}s{s}p{p}op{op}_o{cout}_f32"
-        rows += _rows(name, t, ("lax", "torch"))
-    return rows
+        add("prototype", functools.partial(depthwise_conv, stride=c.s, padding=c.pad), (x, w))
+    if ctx.torch is not None:
+        torch = ctx.torch
+        tx = P.torch_tensor(ctx, x, perm=P.nhwc_to_nchw(d + 2), channels_last=True, grad=True)
+        tw = P.torch_tensor(ctx, w, perm=(d + 1, d, *range(d)), grad=True)
+        conv_fn = {2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}[d]
 
+        def tfn(a, b):
+            return conv_fn(a, b, stride=c.s, padding=c.pad, groups=c.groups)
 
-def pool_cases(quick: bool):
-    # (kind, N, H, W, C, window, stride, padding)
-    if quick:
-        return [("max", 2, 16, 16, 8, 3, 2, 1), ("avg", 2, 16, 16, 8, 2, 2, 0)]
-    shapes = [(32, 112, 112, 64), (8, 56, 56, 64)]
-    cases = []
-    for shape in shapes:
-        cases += [
-            ("max", *shape, 3, 2, 1),  # the ResNet stem
-            ("max", *shape, 2, 2, 0),
-            ("avg", *shape, 3, 2, 1),
-            ("avg", *shape, 2, 2, 0),
-        ]
-    return cases
+        for p, lst in P.torch_pass_impls(ctx, tfn, (tx, tw), passes=PASSES).items():
+            impls[p] += lst
+        outputs["torch"] = lambda: P.torch_output(ctx, tfn, (tx, tw))
 
+    def errors():
+        ref = outputs["cnn_jax"]()
+        return {name: P.rel_err(ref, out()) for name, out in outputs.items()
+                if name != "cnn_jax"}
 
-def _lax_pool(kind, window, stride, padding):
-    """The plain ``lax.reduce_window`` pool that JAX users write (XLA's gradients)."""
-    pads = ((0, 0), (padding, padding), (padding, padding), (0, 0))
-    dims, strides = (1, window, window, 1), (1, stride, stride, 1)
-    if kind == "max":
-        return lambda x: lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, pads)
-    return lambda x: lax.reduce_window(x, 0.0, lax.add, dims, strides, pads) / (window * window)
+    base = {"suite": "ops", "case": c.name(dtype), "what": c.what, "dtype": dtype}
+    fwd = c.forward_flops()
+    return time_case(ctx, base, impls, flops={"fwd": fwd, "fwd+bwd": 3 * fwd},
+                     errors=errors, peaks=ctx.peaks)
 
-
-def bench_pool(quick: bool, repeats: int):
-    rows = []
-    for kind, n, h, w, c, k, s, p in pool_cases(quick):
-        x = jnp.asarray(np.random.default_rng(0).standard_normal((n, h, w, c)), jnp.float32)
-        op = cj.max_pool if kind == "max" else cj.avg_pool
-        ours = functools.partial(op, window=k, stride=s, padding=p)
-        raw = _lax_pool(kind, k, s, p)
-        t = {}
-        t["cj_fwd"] = time_jax(jax.jit(ours), x, repeats=repeats)
-        t["lax_fwd"] = time_jax(jax.jit(raw), x, repeats=repeats)
-        t["cj_bwd"] = _time_fwd_bwd(ours, x, repeats=repeats)
-        t["lax_bwd"] = _time_fwd_bwd(raw, x, repeats=repeats)
-        if torch is not None:
-            tx = _to_torch_cl(x)
-            tfn = F.max_pool2d if kind == "max" else F.avg_pool2d
-            t["torch_fwd"], t["torch_bwd"] = _torch_case(lambda a: tfn(a, k, s, p), (tx,), repeats)
-        name = f"{kind}_pool2d_{n}x{h}x{w}x{c}_k{k}s{s}p{p}_f32"
-        rows += _rows(name, t, ("lax", "torch"))
-    return rows
-
-
-SECTIONS = {"conv": bench_conv, "transpose": bench_transpose, "pool": bench_pool}
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", choices=sorted(SECTIONS), action="append")
-    parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="ops", help="name of the JSON file in benchmarks/results")
-    args = parser.parse_args(argv)
-    if torch is not None and jax.default_backend() == "cpu":
-        torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
-    env = environment()
-    print_header("cnn_jax ops benchmark (median ms; ratio = cnn_jax / other, < 1 is faster)", env)
-    rows = []
-    for name in args.section or list(SECTIONS):
-        section = SECTIONS[name](args.quick, args.repeats)
-        print(f"\n## {name}")
-        print_table(section, list(section[0]))
-        rows += section
-    path = write_json(args.out, env, rows, quick=args.quick)
-    print(f"\nwrote {path}")
-
-
-if __name__ == "__main__":
-    main()

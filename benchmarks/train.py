@@ -1,38 +1,52 @@
-"""Training throughput: cnn_jax (fit) vs the same network and optimiser in plain PyTorch.
+"""The ``train`` suite: ``cnn_jax.train`` as a user runs it, against PyTorch.
 
-For each case: steady-state training images/s (the first step excluded) and
-time-to-first-step (JAX: tracing + compilation + one step; PyTorch: one eager step),
-both measured in this one run on this machine; the default ``cnn-jax train`` run
-(wall time and accuracy over seeds, cold and warm compilation cache) beside the
-hand-written anchors in ``shared/anchors/``; help latency; the checkpoint cost.
-Where a GPU is present, ResNet-50 at 224x224 in bf16 on synthetic data: images/s and MFU (training FLOPs = 3 x forward,
-against a measured bf16 matmul peak), next to PyTorch on the same GPU if it has CUDA.
+* **The main job**: ``cnn-jax train`` with no arguments, a new process each time
+  (imports, data, compilation, training, evaluation, checkpoint and plots included),
+  with an empty compilation cache, beside the hand-written anchors of
+  ``shared/anchors/`` in the same loop (one round per seed); then once with a warm
+  cache (time to first step).
+* **Help latency**: ``cnn-jax --help`` and ``cnn-jax train --help``.
+* **Side jobs**: the default recipe in-process with and without an out folder
+  (checkpoints, metrics, summary, plots).
+* **The fit path**: steady-state images/s of ``cnn_jax.train.fit`` (the first step
+  excluded) against the same network and optimiser (AdamW) written in plain PyTorch
+  (rows ``train_fit_*``; one run each, so no spread: their verdict is "single run").
 
-    python benchmarks/train.py            # writes benchmarks/results/train.json
-    python benchmarks/train.py --quick    # smaller; writes results/quick/train.json
+``--quick`` keeps the help latency and one small ``fit`` case. Whole-network step
+times with spreads are the ``models`` suite.
+
+Run: ``python -m benchmarks --suite train`` (``python benchmarks/train.py`` forwards
+there; ``--skip-digits`` skips the main job, ``--seeds 0,1,2`` its seeds).
 """
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # `python benchmarks/train.py`, as before
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks._cli import legacy_script
+
+    sys.exit(legacy_script("train", sys.argv[1:]))
+
 import json
 import os
-import platform
 import re
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-import cnn_jax
-from cnn_jax.models import LeNet5, ResNet50, SimpleCNN
-from cnn_jax.train import Dataset, TrainConfig, fit
+from benchmarks._suite import add_rates, add_ratios
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ANCHORS = os.path.join(HERE, "..", "..", "shared", "anchors")
+# Set by the command line (benchmarks/_cli.py): the main job's seeds, None to skip it.
+OPTIONS = {"seeds": (0, 1, 2), "anchors": ANCHORS}
 
 
 # ---------------------------------------------------------------- PyTorch twins
@@ -63,7 +77,7 @@ def torch_simple_cnn(width: int, in_channels: int = 1, num_classes: int = 10):
 
 
 def torch_train(model, images, labels, batch_size, steps, lr, weight_decay, channels_last):
-    """AdamW + cosine-free constant LR loop; returns (time_to_first_step, images/s)."""
+    """AdamW at a constant learning rate; returns (time_to_first_step_s, images/s)."""
     import torch
 
     torch.manual_seed(0)
@@ -77,8 +91,7 @@ def torch_train(model, images, labels, batch_size, steps, lr, weight_decay, chan
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(images))
+    order = np.random.default_rng(0).permutation(len(images))
 
     def step(i):
         idx = torch.from_numpy(order[(i * batch_size) % (len(images) - batch_size + 1):][
@@ -102,10 +115,12 @@ def torch_train(model, images, labels, batch_size, steps, lr, weight_decay, chan
     return first, (steps - 1) * batch_size / (time.perf_counter() - t0)
 
 
-# ---------------------------------------------------------------- cases
+# ---------------------------------------------------------------- the fit path
 
 
-def jax_case(model, images, labels, batch_size, epochs, lr, weight_decay):
+def _fit_case(model, images, labels, batch_size, epochs, lr, weight_decay):
+    from cnn_jax.train import Dataset, TrainConfig, fit
+
     train = Dataset(images, labels, 10, "synthetic")
     test = Dataset(images[:batch_size], labels[:batch_size], 10, "synthetic")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, eval_batch_size=batch_size, lr=lr,
@@ -115,44 +130,60 @@ def jax_case(model, images, labels, batch_size, epochs, lr, weight_decay):
     return s["time_to_first_step_s"], s["images_per_s"]
 
 
-def run_cpu_cases(quick: bool) -> list[dict]:
+def _single(ms: float, first_s: float, **info) -> dict:
+    """A timing of one run (no spread): quartiles and extremes equal the value."""
+    return dict(median_ms=ms, q1_ms=ms, q3_ms=ms, min_ms=ms, max_ms=ms, n=1,
+                compile_s=first_s, **info)
+
+
+def fit_rows(ctx) -> list[dict]:
+    from flax import nnx
+
+    from cnn_jax.models import LeNet5, SimpleCNN
+
+    cases = [("lenet5", (32, 32, 1), 128, lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
+              torch_lenet5)]
+    if not ctx.quick:
+        cases.append(("simple_cnn_w32", (8, 8, 1), 64,
+                      lambda: SimpleCNN(10, in_channels=1, width=32, rngs=nnx.Rngs(0)),
+                      lambda: torch_simple_cnn(32)))
+    n_images = 512 if ctx.quick else 4096
+    epochs = 1 if ctx.quick else 2
     rng = np.random.default_rng(0)
-    results = []
-    cases = [
-        ("lenet5", (32, 32, 1), 128, lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
-         torch_lenet5),
-        ("simple_cnn_w32", (8, 8, 1), 64,
-         lambda: SimpleCNN(10, in_channels=1, width=32, rngs=nnx.Rngs(0)),
-         lambda: torch_simple_cnn(32)),
-    ]
-    n_images = 1024 if quick else 4096
+    rows = []
     for name, shape, bs, make_jax, make_torch in cases:
         images = rng.uniform(size=(n_images, *shape)).astype(np.float32)
         labels = rng.integers(0, 10, n_images).astype(np.int32)
-        steps = n_images // bs * (1 if quick else 2)
-        jt, jips = jax_case(make_jax(), images, labels, bs, 1 if quick else 2, 1e-3, 5e-4)
-        best_torch = None
-        for channels_last in (False, True):
-            tt, tips = torch_train(make_torch(), images, labels, bs, steps, 1e-3, 5e-4,
-                                   channels_last)
-            if best_torch is None or tips > best_torch[1]:
-                best_torch = (tt, tips, channels_last)
+        steps = n_images // bs * epochs
+        first, ips = _fit_case(make_jax(), images, labels, bs, epochs, 1e-3, 5e-4)
+        impls = {"cnn_jax": _single(1e3 * bs / ips, first)}
+        if ctx.torch is not None:
+            best = None
+            for threads in ctx.torch_threads:
+                ctx.torch.set_num_threads(threads)
+                for channels_last in (False, True):
+                    tfirst, tips = torch_train(make_torch(), images, labels, bs, steps, 1e-3,
+                                               5e-4, channels_last)
+                    if best is None or tips > best[1]:
+                        best = (tfirst, tips, channels_last, threads)
+            ctx.torch.set_num_threads(max(ctx.torch_threads))
+            impls["torch"] = _single(1e3 * bs / best[1], best[0], channels_last=best[2],
+                                     threads=best[3])
         h, w, c = shape
-        row = {
-            "case": f"train_{name}_{bs}x{h}x{w}x{c}_float32",
-            "jax_images_per_s": jips, "torch_images_per_s": best_torch[1],
-            "ratio_jax_over_torch": jips / best_torch[1],
-            "jax_time_to_first_step_s": jt, "torch_time_to_first_step_s": best_torch[0],
-            "torch_channels_last": best_torch[2],
-        }
-        results.append(row)
-        print(f"{row['case']:<40} cnn_jax {jips:9.0f} img/s  torch {best_torch[1]:9.0f} img/s  "
-              f"ratio {row['ratio_jax_over_torch']:.2f}x  first step {jt:.2f} s vs "
-              f"{best_torch[0]:.2f} s", flush=True)
-    return results
+        row = {"suite": "train", "case": f"train_fit_{name}_{bs}x{h}x{w}x{c}_f32",
+               "what": f"cnn_jax.train.fit vs a PyTorch loop, AdamW, {steps} steps",
+               "dtype": "float32", "pass": "train step", "flops": None, "items": bs,
+               "impls": impls}
+        add_rates(row, {})
+        add_ratios(row)
+        rows.append(row)
+        ctx.log(f"  {row['case']:<44} cnn_jax {ips:,.0f} img/s, torch "
+                f"{row['impls'].get('torch', {}).get('items_per_s', 0):,.0f} img/s; first "
+                f"step {first:.2f} s")
+    return rows
 
 
-ANCHORS = os.path.join(HERE, "..", "..", "shared", "anchors")
+# ---------------------------------------------------------------- the command
 
 
 def _timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -166,15 +197,21 @@ def _accuracy(text: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def run_main_job(seeds: list[int], anchors: str) -> dict:
+def _cli_env(**extra) -> dict:
+    """The environment of a ``cnn-jax`` subprocess: this checkout's cnn_jax first."""
+    root = os.path.dirname(HERE)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def run_main_job(ctx, seeds, anchors: str) -> dict:
     """``cnn-jax train`` with no arguments, as a user runs it (a new process, imports and
     compilation included, a cold compilation cache), beside the two hand-written anchors
     in the same loop: one round per seed runs torch anchor, flax anchor, cnn-jax."""
-    import tempfile
-
     cli = [sys.executable, "-m", "cnn_jax.cli"]
     tmp = tempfile.mkdtemp(prefix="cnn_jax_bench_")
     rows = []
+    env = None
     for seed in seeds:
         row = {"seed": seed}
         for name in ("digits_torch", "digits_flax"):
@@ -182,22 +219,24 @@ def run_main_job(seeds: list[int], anchors: str) -> dict:
             if os.path.exists(path):
                 wall, proc = _timed([sys.executable, path])
                 row[name] = {"wall_s": wall, "test_accuracy": _accuracy(proc.stdout)}
-        env = dict(os.environ, CNN_JAX_COMPILATION_CACHE=os.path.join(tmp, f"cache{seed}"))
+        env = _cli_env(CNN_JAX_COMPILATION_CACHE=os.path.join(tmp, f"cache{seed}"))
         out = os.path.join(tmp, f"run{seed}")
         wall, proc = _timed([*cli, "train", "--quiet", "--seed", str(seed), "--out", out], env)
         if proc.returncode:
             raise RuntimeError(f"cnn-jax train failed: {proc.stderr[-2000:]}")
-        summary = json.load(open(os.path.join(out, "summary.json")))
+        with open(os.path.join(out, "summary.json")) as f:
+            summary = json.load(f)
         row["cnn_jax"] = {"wall_s": wall, "test_accuracy": summary["test_accuracy"],
                           "time_to_first_step_s": summary["time_to_first_step_s"]}
         rows.append(row)
-        print(f"seed {seed}: " + "  ".join(
+        ctx.log(f"  main job, seed {seed}: " + "  ".join(
             f"{k} {v['wall_s']:.1f} s acc {v['test_accuracy']}" for k, v in row.items()
-            if isinstance(v, dict)), flush=True)
+            if isinstance(v, dict)))
     # Warm compilation cache: the last seed's cache, a new process.
     out = os.path.join(tmp, "warm")
     wall, proc = _timed([*cli, "train", "--quiet", "--seed", str(seeds[-1]), "--out", out], env)
-    warm = json.load(open(os.path.join(out, "summary.json")))
+    with open(os.path.join(out, "summary.json")) as f:
+        warm = json.load(f)
     result = {"rounds": rows, "warm_cache": {"wall_s": wall, "time_to_first_step_s":
                                              warm["time_to_first_step_s"]}}
 
@@ -212,32 +251,25 @@ def run_main_job(seeds: list[int], anchors: str) -> dict:
         if result[f"{anchor}_mean_wall_s"]:
             result[f"ratio_cnn_jax_over_{anchor}"] = (result["cnn_jax_mean_wall_s"]
                                                       / result[f"{anchor}_mean_wall_s"])
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2), flush=True)
     return result
 
 
-def run_help(repeats: int = 5) -> dict:
+def run_help(repeats: int) -> dict:
     """Wall time of ``cnn-jax --help`` and ``cnn-jax train --help`` (median of a few)."""
-    import statistics
-
     exe = [sys.executable, "-m", "cnn_jax.cli"]
+    env = _cli_env()
     row = {}
     for name, args in (("help_s", ["--help"]), ("train_help_s", ["train", "--help"])):
-        row[name] = statistics.median(_timed([*exe, *args])[0] for _ in range(repeats))
+        row[name] = statistics.median(_timed([*exe, *args], env)[0] for _ in range(repeats))
     row["python_startup_s"] = statistics.median(
         _timed([sys.executable, "-c", "pass"])[0] for _ in range(repeats))
-    print(f"cnn-jax --help {row['help_s']:.2f} s, train --help {row['train_help_s']:.2f} s "
-          f"(python itself {row['python_startup_s']:.2f} s)", flush=True)
     return row
 
 
-def run_checkpoint_cost(repeats: int = 2) -> dict:
+def run_checkpoint_cost(repeats: int) -> dict:
     """The default recipe in-process, with and without an out folder (checkpoint, metrics,
     summary, plots): the difference is what the side jobs cost the run."""
-    import statistics
-    import tempfile
-
-    from cnn_jax.train import create_model, load_digits
+    from cnn_jax.train import TrainConfig, create_model, fit, load_digits
 
     train, test = load_digits()
     times = {"no_out": [], "out": []}
@@ -250,112 +282,21 @@ def run_checkpoint_cost(repeats: int = 2) -> dict:
             if i:
                 times[key].append(time.perf_counter() - t0)
     no_out, with_out = statistics.median(times["no_out"]), statistics.median(times["out"])
-    row = {"fit_s_without_out": no_out, "fit_s_with_out": with_out,
-           "side_jobs_fraction": (with_out - no_out) / with_out}
-    print(f"fit without out {no_out:.2f} s, with checkpoints/metrics/plots {with_out:.2f} s: "
-          f"side jobs {100 * row['side_jobs_fraction']:.1f}% of the run", flush=True)
-    return row
+    return {"fit_s_without_out": no_out, "fit_s_with_out": with_out,
+            "side_jobs_fraction": (with_out - no_out) / with_out}
 
 
-def bf16_matmul_peak() -> float:
-    n = 8192
-    a = jnp.ones((n, n), jnp.bfloat16)
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    t0 = time.perf_counter()
-    for _ in range(10):
-        r = f(a)
-    r.block_until_ready()
-    return 10 * 2 * n ** 3 / (time.perf_counter() - t0)
-
-
-def run_gpu_resnet50(batch_size: int = 128, steps: int = 30) -> dict:
-    """ResNet-50, 224x224, bf16 compute, synthetic data (only where a GPU is present)."""
-    model = ResNet50(1000, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    fwd_flops = cnn_jax.summary(model, (224, 224, 3)).total_flops  # per image
-    rng = np.random.default_rng(0)
-    n = batch_size * steps
-    images = rng.uniform(size=(n, 224, 224, 3)).astype(np.float32)
-    labels = rng.integers(0, 1000, n).astype(np.int32)
-    train = Dataset(images, labels, 1000, "synthetic")
-    cfg = TrainConfig(epochs=1, batch_size=batch_size, eval_batch_size=batch_size, lr=0.1,
-                      optimizer="sgd", dtype="bfloat16", augment=False, quiet=True)
-    s = fit(model, train, train.take(batch_size), cfg).summary
-    peak = bf16_matmul_peak()
-    row = {"case": f"train_resnet50_{batch_size}x224x224x3_bfloat16",
-           "jax_images_per_s": s["images_per_s"], "jax_time_to_first_step_s":
-           s["time_to_first_step_s"], "forward_flops_per_image": fwd_flops,
-           "measured_bf16_peak_flops": peak,
-           "mfu": 3 * fwd_flops * s["images_per_s"] / peak}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            row["torch_images_per_s"] = _torch_resnet50_gpu(batch_size, steps)
-    except ImportError:
-        pass
-    print(json.dumps(row, indent=2), flush=True)
-    return row
-
-
-def _torch_resnet50_gpu(batch_size, steps):  # pragma: no cover - GPU only
-    import torch
-    import torchvision  # noqa: F401  (only where installed)
-
-    model = torchvision.models.resnet50().cuda().to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(batch_size, 3, 224, 224, device="cuda").to(
-        memory_format=torch.channels_last)
-    y = torch.randint(0, 1000, (batch_size,), device="cuda")
-    for i in range(steps + 1):
-        if i == 1:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - t0)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip-digits", action="store_true",
-                        help="skip the main-job comparison against the anchors")
-    parser.add_argument("--seeds", default="0,1,2", help="seeds of the main-job rounds")
-    parser.add_argument("--anchors", default=ANCHORS,
-                        help="folder with digits_torch.py and digits_flax.py")
-    args = parser.parse_args()
-    import torch
-
-    header = {
-        "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-        "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "python": platform.python_version(), "jax": jax.__version__,
-        "flax": __import__("flax").__version__, "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-    print("# cnn_jax training benchmark: " + ", ".join(f"{k}={v}" for k, v in header.items()))
-    result = {"header": header, "help": run_help()}
-    if not args.skip_digits:
-        seeds = [int(s) for s in args.seeds.split(",")][:1 if args.quick else None]
-        result["main_job"] = run_main_job(seeds, args.anchors)
-    result["checkpoint_cost"] = run_checkpoint_cost(1 if args.quick else 2)
-    result["cases"] = run_cpu_cases(args.quick)
-    if jax.devices()[0].platform == "gpu":
-        result["gpu_resnet50"] = run_gpu_resnet50()
-    else:
-        result["gpu_resnet50"] = "not run: no GPU on this machine"
-    folder = os.path.join(HERE, "results", "quick" if args.quick else "")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "train.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
+def run(ctx) -> list[dict]:
+    records = ctx.records.setdefault("train", {})
+    records["help"] = run_help(3 if ctx.quick else 5)
+    h = records["help"]
+    ctx.log(f"  cnn-jax --help {h['help_s']:.2f} s, train --help {h['train_help_s']:.2f} s "
+            f"(python itself {h['python_startup_s']:.2f} s)")
+    if not ctx.quick and OPTIONS["seeds"]:
+        records["main_job"] = run_main_job(ctx, list(OPTIONS["seeds"]), OPTIONS["anchors"])
+    if not ctx.quick:
+        c = records["checkpoint_cost"] = run_checkpoint_cost(2)
+        ctx.log(f"  fit without out {c['fit_s_without_out']:.2f} s, with checkpoints/metrics/"
+                f"plots {c['fit_s_with_out']:.2f} s: side jobs "
+                f"{100 * c['side_jobs_fraction']:.1f}% of the run")
+    return fit_rows(ctx)

@@ -7,6 +7,7 @@
     cnn-jax predict img1.png img2.png --out runs/digits
     cnn-jax export --out runs/digits --format onnx
     cnn-jax summary --model lenet5 --input-shape 32,32,1
+    cnn-jax bench --quick               # from a checkout: python -m benchmarks --quick
 
 ``train``'s flags are generated from :class:`~cnn_jax.train.TrainConfig`'s fields
 (help text and default from one place); the model and data set choices come from
@@ -155,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the file to write (default: OUT/export/model.stablehlo, model.onnx "
                         "or model.pt; torch also writes FILE's .safetensors beside it)")
 
+    # Listed for help only: _main forwards everything after "bench" to the benchmarks.
+    sub.add_parser("bench", add_help=False,
+                   help="run the benchmarks from a checkout of the repository (the same as "
+                        "python -m benchmarks; cnn-jax bench --help lists its flags)")
+
     s = sub.add_parser("summary", help="layer table of a model")
     s.add_argument("--model", choices=tuple(_registry.MODELS), required=True)
     s.add_argument("--input-shape", type=_input_shape, required=True, metavar="H,W,C")
@@ -286,6 +292,45 @@ def _summary(args) -> int:
     return 0
 
 
+def _bench_argv(argv: list[str]) -> list[str] | None:
+    """The arguments after ``bench`` when that is the command (``--import M`` may come
+    first), else None: they go to the benchmarks' own parser untouched."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("--import"):
+        i += 1 if "=" in argv[i] else 2
+    return argv[i + 1:] if i < len(argv) and argv[i] == "bench" else None
+
+
+def _bench(argv: list[str]) -> int:
+    """``cnn-jax bench ARGS``: ``python -m benchmarks ARGS``. The benchmarks are not part
+    of the installed package; they are imported from the current folder (a checkout)."""
+    import importlib.util
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.util.find_spec("benchmarks._cli") is not None
+    except ImportError:
+        found = False
+    if not found:
+        raise ConfigError(f"the benchmarks are not part of the installed package and there "
+                          f"is no benchmarks/ folder in {os.getcwd()}: run cnn-jax bench, or "
+                          f"python -m benchmarks, from the root of a checkout of the repository")
+    from benchmarks import main as bench_main
+
+    # Long runs stop at once on Ctrl-C or SIGTERM (no state to save, unlike training).
+    try:
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                    signal.SIGTERM: signal.signal(signal.SIGTERM, signal.SIG_DFL)}
+    except ValueError:  # not the main thread: handlers cannot change
+        previous = {}
+    try:
+        return bench_main(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``cnn-jax``; returns the exit status (see the module docstring).
 
@@ -314,6 +359,13 @@ def _main(argv: list[str], guard) -> int:
             importlib.import_module(module)
         except ImportError as e:
             print(f"cnn-jax: error: --import {module}: {e}", file=sys.stderr)
+            return 1
+    bench = _bench_argv(argv)
+    if bench is not None:
+        try:
+            return _bench(bench)
+        except ConfigError as e:
+            print(f"cnn-jax bench: error: {e}", file=sys.stderr)
             return 1
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,0 +1,103 @@
+"""One case, timed: rows of the results file and the line printed while it runs.
+
+A row is one case x pass x dtype::
+
+    {"suite", "case", "what", "pass", "dtype", "flops", "items",
+     "impls": {name: {median_ms, q1_ms, q3_ms, min_ms, max_ms, n, compile_s, ...}},
+     "ratios": {"cnn_jax/torch": {ratio, lo, hi, verdict}, ...}}
+
+``flops`` is per call (None where FLOP/s means nothing, e.g. pooling); ``items``
+is the images per call where images/s is the natural unit (whole models).
+"""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks._harness import fold_variants, measure, ratio
+from benchmarks._peers import set_torch_threads
+
+# Whose time is compared with whose: "A/B" for A in SUBJECTS, B any other impl.
+SUBJECTS = ("cnn_jax", "prototype")
+
+
+def add_ratios(row: dict) -> dict:
+    impls = row["impls"]
+    ratios = {}
+    for a in SUBJECTS:
+        if a not in impls or "median_ms" not in impls[a]:
+            continue
+        for b, tb in impls.items():
+            if b == a or (b in SUBJECTS and SUBJECTS.index(b) < SUBJECTS.index(a)):
+                continue
+            r = ratio(impls[a], tb)
+            if r is not None:
+                ratios[f"{a}/{b}"] = r
+    row["ratios"] = ratios
+    return row
+
+
+def add_rates(row: dict, peaks: dict) -> dict:
+    """Achieved FLOP/s, its fraction of the measured matmul peak of the row's dtype,
+    and images/s, per implementation."""
+    peak = peaks.get(row.get("dtype"))
+    for t in row["impls"].values():
+        if "median_ms" not in t:
+            continue
+        seconds = t["median_ms"] / 1e3
+        if row.get("flops"):
+            t["tflops"] = row["flops"] / seconds / 1e12
+            if peak:
+                t["peak_fraction"] = row["flops"] / seconds / peak
+        if row.get("items"):
+            t["items_per_s"] = row["items"] / seconds
+    return row
+
+
+def time_case(ctx, base: dict, impls_by_pass: dict, *, flops: dict | None = None,
+              items: int | None = None, errors=None, peaks=None) -> list[dict]:
+    """Time every pass of one case and return its rows (also printed as they finish).
+
+    ``impls_by_pass``: ``{pass: [Impl, ...]}``; ``flops``: ``{pass: FLOPs per call}``;
+    ``errors``: a function returning ``{impl: relative error of its forward output vs
+    cnn_jax}`` (a trust check: every peer computes the same thing), called after the
+    first pass is timed (so that its compilations are not) and added to its row.
+    """
+    rows = []
+    for p, impls in impls_by_pass.items():
+        row = dict(base, **{"pass": p})
+        if ctx.time_left() <= 0:
+            row.update(impls={}, ratios={}, skipped="time budget of the run spent")
+            ctx.log(f"  {base['case']:<44} {p:<8} skipped: time budget spent")
+            rows.append(row)
+            continue
+        timings = fold_variants(measure(impls, repeats=ctx.repeats,
+                                        min_sample_s=ctx.min_sample_s,
+                                        max_case_s=ctx.max_case_s))
+        set_torch_threads(ctx)
+        row["flops"] = (flops or {}).get(p)
+        row["items"] = items
+        row["impls"] = timings
+        if errors and p == next(iter(impls_by_pass)):
+            for name, e in errors().items():
+                if name in timings:
+                    timings[name]["rel_err_vs_cnn_jax"] = e
+        add_rates(row, peaks or {})
+        add_ratios(row)
+        rows.append(row)
+        ctx.log(progress_line(row))
+    return rows
+
+
+def progress_line(row: dict) -> str:
+    cells = []
+    for name, t in row["impls"].items():
+        cells.append(f"{name} {t['median_ms']:.3g}" if "median_ms" in t else f"{name} ERR")
+    keys = [k for k in row["ratios"] if k.startswith("cnn_jax/")]
+    ratios = " ".join(f"{k[8:]} {row['ratios'][k]['ratio']:.2f}" for k in keys)
+    return (f"  {row['case']:<44} {row['pass']:<8} {row['dtype']:<8} ms: {', '.join(cells)}"
+            f" | cnn_jax/: {ratios}")
+
+
+def finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
