@@ -108,7 +108,7 @@ X = jnp.zeros((1, 6, 6, 2))
     (dict(window=0), ValueError, r"window must be >= 1"),
     (dict(window=(2, -1)), ValueError, r"window must be >= 1"),
     (dict(window=(2, 2, 2, 2)), ValueError, r"x must have 6 dims .* 4-D window"),
-    (dict(window=()), ValueError, r"window must have at least one spatial dim"),
+    (dict(window=()), ValueError, r"window must have one entry per spatial dim"),
     (dict(window=2.0), TypeError, r"window must be an int or a tuple of ints"),
     (dict(window=2, stride=0), ValueError, r"stride must be >= 1"),
     (dict(window=2, stride=(1, 2, 3)), ValueError, r"stride must be an int or a tuple of 2"),

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import cnn_jax as cj
-from cnn_jax.ops._args import ntuple, resolve_padding
+from cnn_jax._checks import ntuple, resolve_padding
 
 
 # --- conv_output_shape -----------------------------------------------------------

@@ -9,11 +9,11 @@ from cnn_jax.ops._adaptive import adaptive_max_pool as adaptive_max_pool
 from cnn_jax.ops._adaptive import global_avg_pool as global_avg_pool
 from cnn_jax.ops._adaptive import global_max_pool as global_max_pool
 from cnn_jax.ops._conv import conv as conv
-from cnn_jax.ops._conv import conv_input_grad as conv_input_grad
 from cnn_jax.ops._conv import conv_kernel_grad as conv_kernel_grad
-from cnn_jax.ops._conv import conv_transpose as conv_transpose
 from cnn_jax.ops._conv import depthwise_conv as depthwise_conv
 from cnn_jax.ops._conv import separable_conv as separable_conv
+from cnn_jax.ops._conv_transpose import conv_input_grad as conv_input_grad
+from cnn_jax.ops._conv_transpose import conv_transpose as conv_transpose
 from cnn_jax.ops._pad import pad as pad
 from cnn_jax.ops._pool import avg_pool as avg_pool
 from cnn_jax.ops._pool import lp_pool as lp_pool

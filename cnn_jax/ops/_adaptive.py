@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnn_jax._checks import check_bool, check_layout
 from cnn_jax.ops._args import (
     batched_spatial_dims,
     check_dtype,
-    check_layout,
     check_rank,
     check_size,
     spatial_axes,
@@ -54,10 +54,10 @@ def _lowest(dtype):
     return jnp.iinfo(dtype).min
 
 
-def _check_dtype(x, op: str, reduce: str):
+def _check_reduce_dtype(x, reduce: str, op: str):
     """Means need floating point; a max takes any real dtype (see ``DTYPE_RULES``)."""
     if reduce == "mean":
-        check_dtype(x, op, "float")
+        check_dtype(x, "float", "x", op)
     elif jnp.issubdtype(x.dtype, jnp.complexfloating):
         raise TypeError(f"{op}: x must be a real (not complex) array, got dtype {x.dtype}")
 
@@ -116,11 +116,11 @@ def _output_size(output_size, x, layout: str, op: str):
             raise ValueError(
                 f"{op}: output_size must have one entry per spatial dim, got {output_size!r}"
             )
-        batched = check_rank(x, n, op, "output_size")
+        batched = check_rank(x, n, "output_size", op)
         entries = tuple(output_size)
     else:
         n = batched_spatial_dims(
-            x, op, " for an int output_size (pass a tuple output_size for an unbatched input)"
+            x, op, hint=" for an int output_size (pass a tuple output_size for an unbatched input)"
         )
         batched, entries = True, (output_size,) * n
     axes = spatial_axes(x.ndim, n, layout)
@@ -142,7 +142,7 @@ def _output_size(output_size, x, layout: str, op: str):
         if entry <= 0:
             raise ValueError(f"{op}: output_size must be >= 1 in every dim, got {output_size!r}")
         sizes.append(entry)
-    check_size(op, "output_size", f"output_size={output_size!r}", sizes, "output")
+    check_size(sizes, "output", "output_size", f"output_size={output_size!r}", op)
     for axis in axes:
         if x.shape[axis] == 0:
             raise ValueError(
@@ -151,11 +151,11 @@ def _output_size(output_size, x, layout: str, op: str):
     return n, batched, tuple(sizes)
 
 
-def _adaptive(x, output_size, layout: str, op: str, reduce: str):
+def _adaptive(op: str, reduce: str, x, output_size, layout: str):
     layout = check_layout(layout, op)
     n, _, sizes = _output_size(output_size, x, layout, op)
     x = jnp.asarray(x)
-    _check_dtype(x, op, reduce)
+    _check_reduce_dtype(x, reduce, op)
     axes = spatial_axes(x.ndim, n, layout)
     # Last spatial axis first: the max then keeps the first maximum in scan order.
     for axis, out in reversed(tuple(zip(axes, sizes))):
@@ -185,42 +185,31 @@ def adaptive_avg_pool(x, output_size, *, layout: str = "channels_last"):
     >>> adaptive_avg_pool(jnp.ones((2, 7, 5, 3)), (3, None)).shape
     (2, 3, 5, 3)
     """
-    return _adaptive(x, output_size, layout, "adaptive_avg_pool", "mean")
+    return _adaptive("adaptive_avg_pool", "mean", x, output_size, layout)
 
 
 def adaptive_max_pool(x, output_size, *, layout: str = "channels_last"):
     """Adaptive max pooling to a fixed spatial size, with PyTorch's bins.
 
-    Bins as :func:`adaptive_avg_pool`. The gradient of each output goes to the first
-    maximum of its bin in row-major scan order, as in PyTorch.
-
-    Args:
-      x: ``(N, *spatial, C)`` for channels_last, ``(N, C, *spatial)`` for
-        channels_first; unbatched (no N axis) when ``output_size`` is a tuple.
-      output_size: an int (every spatial dim; ``x`` read as batched) or a tuple with
-        one int or ``None`` (keep that dim) per spatial dim. Entries must be >= 1.
-      layout: ``"channels_last"`` or ``"channels_first"``.
-
-    Returns:
-      ``x`` with its spatial dims replaced by ``output_size``. Equals the values of
-      ``torch.nn.functional.adaptive_max_pool{1,2,3}d``.
+    Bins, arguments and output shape as :func:`adaptive_avg_pool`; values equal
+    ``torch.nn.functional.adaptive_max_pool{1,2,3}d``. The gradient of each output
+    goes to the first maximum of its bin in row-major scan order, as in PyTorch.
 
     >>> adaptive_max_pool(jnp.ones((2, 3, 7, 5)), 2, layout="channels_first").shape
     (2, 3, 2, 2)
     """
-    return _adaptive(x, output_size, layout, "adaptive_max_pool", "max")
+    return _adaptive("adaptive_max_pool", "max", x, output_size, layout)
 
 
-def _global(x, keepdims, layout: str, op: str, reduce: str):
+def _global(op: str, reduce: str, x, keepdims, layout: str):
     layout = check_layout(layout, op)
     n = batched_spatial_dims(x, op)
-    if not isinstance(keepdims, bool):
-        raise TypeError(f"{op}: keepdims must be a bool, got {keepdims!r}")
+    check_bool(keepdims, "keepdims", op)
     axes = spatial_axes(x.ndim, n, layout)
     if any(x.shape[a] == 0 for a in axes):
         raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     x = jnp.asarray(x)
-    _check_dtype(x, op, reduce)
+    _check_reduce_dtype(x, reduce, op)
     if reduce == "mean":
         return jnp.mean(x, axis=axes, keepdims=keepdims).astype(x.dtype)
     for axis in reversed(axes):
@@ -246,24 +235,16 @@ def global_avg_pool(x, *, keepdims: bool = False, layout: str = "channels_last")
     >>> global_avg_pool(jnp.ones((2, 7, 7, 16))).shape
     (2, 16)
     """
-    return _global(x, keepdims, layout, "global_avg_pool", "mean")
+    return _global("global_avg_pool", "mean", x, keepdims, layout)
 
 
 def global_max_pool(x, *, keepdims: bool = False, layout: str = "channels_last"):
     """Max over every spatial dim; the gradient goes to the first maximum in scan order.
 
-    Args:
-      x: ``(N, *spatial, C)`` for channels_last, ``(N, C, *spatial)`` for
-        channels_first (always batched).
-      keepdims: keep the spatial dims as size 1.
-      layout: ``"channels_last"`` or ``"channels_first"``.
-
-    Returns:
-      ``(N, C)``, or with ``keepdims`` ``(N, 1, ..., 1, C)`` / ``(N, C, 1, ..., 1)``.
-      Equals ``adaptive_max_pool(x, 1)`` (flattened unless ``keepdims``), gradient
-      included.
+    Arguments and output shape as :func:`global_avg_pool`. Equals
+    ``adaptive_max_pool(x, 1)`` (flattened unless ``keepdims``), gradient included.
 
     >>> global_max_pool(jnp.ones((2, 16, 7, 7)), keepdims=True, layout="channels_first").shape
     (2, 16, 1, 1)
     """
-    return _global(x, keepdims, layout, "global_max_pool", "max")
+    return _global("global_max_pool", "max", x, keepdims, layout)

@@ -1,46 +1,48 @@
-"""The convolution family: conv, depthwise/separable conv, transposed conv, conv gradients.
+"""The convolution family: conv, depthwise and separable conv, the kernel gradient.
 
 One function per op serves 1-D, 2-D and 3-D (``n = kernel.ndim - 2``) in both layouts.
-Arguments are checked at trace time with the shared normalisers of ``_args``.
+Every argument is checked once, at trace time, by one checker (``_conv_spec``) that
+returns a hashable ``_ConvSpec`` record of the call; the compute reads its fields.
+A ``_ConvSpec`` always describes a *forward* convolution, so transposed convolution
+and ``conv_input_grad`` (``ops/_conv_transpose.py``: the input gradient of the conv
+they describe) use the same record and the same helpers.
 
-Transposed convolution (and so ``conv_input_grad``) is computed by a phase (sub-pixel)
-decomposition: output pixel ``m`` of a stride-``s`` transposed conv only receives taps
-``t`` with ``t * d = m + lo (mod s)``, so each of the ``prod(s)`` output phases is a
-stride-1 convolution of the *undilated* input with a sub-kernel, and the phases are
-interleaved by one reshape. Unlike XLA's ``lhs_dilation`` form, no multiply ever
-touches an inserted zero, and autodiff of stride-1 convs stays on XLA's fast paths
-(see ``benchmarks/conv_transpose_strategies.py`` for the measured comparison).
+On CPU, tiny output maps are computed as patches @ kernel (``_conv_im2col``), and
+kernel taps that read only zero padding are sliced off first (``_trim_dead_taps``);
+every other conv is one ``lax.conv_general_dilated``, lowered exactly as raw lax.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnn_jax.ops._args import (
-    channel_axis,
+from cnn_jax._checks import (
+    PADDING_MODES,
+    Pads,
     check_choice,
-    check_dtype,
     check_int,
     check_layout,
-    check_rank,
-    check_size,
-    conv_dimension_numbers,
     ntuple,
     resolve_padding,
+)
+from cnn_jax.ops._args import (
+    channel_axis,
+    check_dtype,
+    check_ndim,
+    check_padded_size,
+    check_rank,
+    conv_dimension_numbers,
     spatial_axes,
     window_output_size,
 )
 from cnn_jax.ops._pad import pad_spatial
-from cnn_jax.ops._shape import check_output_padding
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-# Above this many output phases (prod(stride)) conv_transpose inserts zeros instead.
-_MAX_PHASES = 16
 # On CPU, conv uses _conv_im2col when every output spatial size is at most
 # _IM2COL_MAX_OUT and the kernel has at most _IM2COL_MAX_TAPS taps. Measured (jit,
 # forward + both gradients, 3x3 kernels, 32-256 channels): on 2x2 and 1x1 outputs
@@ -51,26 +53,55 @@ _MAX_PHASES = 16
 _IM2COL_MAX_OUT = 2
 _IM2COL_MAX_TAPS = 32
 
+# --------------------------------------------------------------------------- the record
+
+
+class _ConvSpec(NamedTuple):
+    """Static description of one forward convolution of a *batched* x (hashable).
+
+    ``in_sp`` is x's spatial shape, ``out`` the output's; ``c_in``/``c_out`` count
+    channels of x and of the output; ``pads`` are resolved ``(low, high)`` pairs.
+    """
+
+    layout: str
+    batched: bool  # whether the caller's array had its N axis
+    k: tuple[int, ...]
+    s: tuple[int, ...]
+    d: tuple[int, ...]
+    groups: int
+    c_in: int
+    c_out: int
+    in_sp: tuple[int, ...] = ()
+    pads: Pads = ()
+    out: tuple[int, ...] = ()
+    padding_mode: str = "zeros"
+    flip: bool = False
+    precision: object = None
+    preferred_element_type: object = None
+
 
 # --------------------------------------------------------------------------- checks
 
 
 def _num_spatial(kernel, op: str, name: str = "kernel") -> int:
-    ndim = getattr(kernel, "ndim", None)
-    if ndim is None:
-        raise TypeError(f"{op}: {name} must be an array, got {type(kernel).__name__}")
-    if ndim < 3:
-        raise ValueError(
-            f"{op}: {name} must have at least 3 dims (kernel_size + 2 channel dims), "
-            f"got {name}.shape={tuple(kernel.shape)}"
-        )
-    return ndim - 2
+    return check_ndim(kernel, 3, "(kernel_size + 2 channel dims)", name, op) - 2
 
 
 def _as_arrays(*arrays):
     arrays = [jnp.asarray(a) for a in arrays]
     dtype = jnp.result_type(*arrays)
     return [a.astype(dtype) for a in arrays]
+
+
+def _start(op, x, kernel, layout):
+    """The checks every conv and transposed conv starts with: ``(x batched, kernel,
+    n, batched)``, both arrays in one dtype (a number, not bool)."""
+    check_layout(layout, op)
+    n = _num_spatial(kernel, op)
+    batched = check_rank(x, n, "kernel", op)
+    x, kernel = _as_arrays(x, kernel)
+    check_dtype(x, "number", "x", op)
+    return (x if batched else x[None]), kernel, n, batched
 
 
 def _kernel_dims(shape, n: int, layout: str):
@@ -80,7 +111,7 @@ def _kernel_dims(shape, n: int, layout: str):
     return tuple(shape[2:]), shape[1], shape[0]
 
 
-def _check_conv_channels(op, c_in, kernel_shape, n, layout, groups, name="kernel"):
+def _check_conv_channels(c_in, kernel_shape, n, layout, groups, op, name="kernel"):
     """Checks a conv kernel against ``c_in`` input channels; returns ``(k, c_out)``."""
     k, k_in, c_out = _kernel_dims(kernel_shape, n, layout)
     if c_in % groups:
@@ -100,34 +131,39 @@ def _check_conv_channels(op, c_in, kernel_shape, n, layout, groups, name="kernel
             f"layout={layout!r})"
         )
     if any(kk < 1 for kk in k):
-        raise ValueError(f"{op}: {name} spatial sizes must be >= 1, got {name}.shape={tuple(kernel_shape)}")
+        raise ValueError(f"{op}: {name} spatial sizes must be >= 1, got "
+                         f"{name}.shape={tuple(kernel_shape)}")
     return k, c_out
 
 
-def _check_fits(op, in_sp, k, s, d, pads, kernel_shape):
+def _check_fits(spec: _ConvSpec, kernel_shape, op):
+    """The output size of ``spec``'s conv, or an error naming the kernel."""
     out = tuple(
         window_output_size(i, kk, ss, dd, lo, hi)
-        for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, s, d, pads)
+        for i, kk, ss, dd, (lo, hi) in zip(spec.in_sp, spec.k, spec.s, spec.d, spec.pads)
     )
     if any(o <= 0 for o in out):
-        eff = tuple(dd * (kk - 1) + 1 for kk, dd in zip(k, d))
-        padded = tuple(i + lo + hi for i, (lo, hi) in zip(in_sp, pads))
+        eff = tuple(dd * (kk - 1) + 1 for kk, dd in zip(spec.k, spec.d))
+        padded = tuple(i + lo + hi for i, (lo, hi) in zip(spec.in_sp, spec.pads))
         raise ValueError(
-            f"{op}: kernel (effective size {eff} with dilation {d}) must not exceed the "
-            f"padded input {padded}, got kernel.shape={tuple(kernel_shape)}"
+            f"{op}: kernel (effective size {eff} with dilation {spec.d}) must not exceed "
+            f"the padded input {padded}, got kernel.shape={tuple(kernel_shape)}"
         )
     return out
 
 
-def _add_bias(op, y, bias, c_out, n, layout):
+def _check_bias(bias, c_out, op):
+    if bias is not None and tuple(jnp.shape(bias)) != (c_out,):
+        raise ValueError(f"{op}: bias must have shape ({c_out},), got {tuple(jnp.shape(bias))}")
+
+
+def _add_bias(y, bias, c_out, layout):
+    """``y`` (batched) plus a checked ``(C_out,)`` bias on its channel axis."""
     if bias is None:
         return y
-    bias = jnp.asarray(bias)
-    if bias.shape != (c_out,):
-        raise ValueError(f"{op}: bias must have shape ({c_out},), got {tuple(bias.shape)}")
     shape = [1] * y.ndim
-    shape[channel_axis(y.ndim, n, layout)] = c_out
-    return y + bias.astype(y.dtype).reshape(shape)
+    shape[channel_axis(y.ndim, y.ndim - 2, layout)] = c_out
+    return y + jnp.asarray(bias).astype(y.dtype).reshape(shape)
 
 
 def _kernel_axes(n, layout):
@@ -137,6 +173,32 @@ def _kernel_axes(n, layout):
 
 def _spatial(shape, n, layout):
     return tuple(shape[a] for a in spatial_axes(len(shape), n, layout))
+
+
+def _conv_spec(op, x, kernel, bias, *, stride, padding, dilation, groups, padding_mode,
+               flip, layout, precision, preferred_element_type):
+    """Check every argument of a conv once: ``(x batched, kernel, _ConvSpec)``.
+
+    ``groups=None`` means one group per input channel (depthwise).
+    """
+    padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode", op)
+    x, kernel, n, batched = _start(op, x, kernel, layout)
+    s = ntuple(stride, n, "stride", op)
+    d = ntuple(dilation, n, "dilation", op)
+    c_in = x.shape[channel_axis(x.ndim, n, layout)]
+    g = c_in if groups is None else check_int(groups, "groups", op)
+    k, c_out = _check_conv_channels(c_in, kernel.shape, n, layout, g, op)
+    in_sp = _spatial(x.shape, n, layout)
+    if 0 in in_sp:  # PyTorch refuses too; padding alone would invent an output
+        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
+    pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=k, stride=s, dilation=d)
+    check_padded_size(in_sp, pads, padding, op)
+    spec = _ConvSpec(layout, batched, k, s, d, g, c_in, c_out, in_sp, pads,
+                     padding_mode=padding_mode, flip=flip, precision=precision,
+                     preferred_element_type=preferred_element_type)
+    spec = spec._replace(out=_check_fits(spec, kernel.shape, op))
+    _check_bias(bias, c_out, op)
+    return x, kernel, spec
 
 
 # --------------------------------------------------------------------------- conv
@@ -185,61 +247,35 @@ def conv(
     >>> conv(jnp.ones((2, 28, 28, 1)), jnp.ones((3, 3, 1, 8)), padding=2, stride=2).shape
     (2, 15, 15, 8)
     """
-    return _conv(
-        "conv", x, kernel, bias, stride, padding, dilation, groups, padding_mode, flip,
-        layout, precision, preferred_element_type,
-    )
+    x, kernel, spec = _conv_spec(
+        "conv", x, kernel, bias, stride=stride, padding=padding, dilation=dilation,
+        groups=groups, padding_mode=padding_mode, flip=flip, layout=layout,
+        precision=precision, preferred_element_type=preferred_element_type)
+    return _conv("conv", x, kernel, bias, spec)
 
 
-def _prologue(op, x, kernel, stride, dilation, groups, layout):
-    """The checks ``conv`` and ``conv_transpose`` share, in one place.
-
-    Returns ``(layout, n, batched, x, kernel, stride, dilation, groups, c_in)`` with
-    ``x`` batched (a leading axis added when it was not) and both arrays in one dtype.
-    """
-    layout = check_layout(layout, op)
-    n = _num_spatial(kernel, op)
-    batched = check_rank(x, n, op, "kernel")
-    x, kernel = _as_arrays(x, kernel)
-    check_dtype(x, op, "number")
-    if not batched:
-        x = x[None]
-    s = ntuple(stride, n, "stride", op)
-    d = ntuple(dilation, n, "dilation", op)
-    g = check_int(groups, "groups", op)
-    return layout, n, batched, x, kernel, s, d, g, x.shape[channel_axis(x.ndim, n, layout)]
-
-
-def _conv(op, x, kernel, bias, stride, padding, dilation, groups, padding_mode, flip,
-          layout, precision, preferred_element_type):
-    padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode", op)
-    layout, n, batched, x, kernel, s, d, g, c_in = _prologue(
-        op, x, kernel, stride, dilation, groups, layout)
-    k, c_out = _check_conv_channels(op, c_in, kernel.shape, n, layout, g)
+def _conv(op, x, kernel, bias, spec: _ConvSpec):
+    """The convolution ``spec`` describes, of the batched ``x``; unbatched as given."""
+    n, layout, s, d, pads, k = len(spec.k), spec.layout, spec.s, spec.d, spec.pads, spec.k
     axes = spatial_axes(x.ndim, n, layout)
-    in_sp = tuple(x.shape[a] for a in axes)
-    if 0 in in_sp:  # PyTorch refuses too; padding alone would invent an output
-        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
-    pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=k, stride=s, dilation=d)
-    check_size(op, "padding", f"padding={padding!r}",
-               [i + lo + hi for i, (lo, hi) in zip(in_sp, pads)], "padded input")
-    out_sp = _check_fits(op, in_sp, k, s, d, pads, kernel.shape)
-    if padding_mode != "zeros":
-        x = pad_spatial(x, pads, padding_mode, axes, op, "padding_mode")
+    if spec.padding_mode != "zeros":
+        x = pad_spatial(x, pads, spec.padding_mode, axes, "padding_mode", op)
         pads = ((0, 0),) * n
-    if flip:
+    if spec.flip:
         kernel = jnp.flip(kernel, axis=_kernel_axes(n, layout))
-    x, kernel, pads, k = _trim_dead_taps(x, kernel, k, s, d, pads, out_sp, axes, layout)
-    if _use_im2col(g, out_sp, k, c_in):
-        y = _conv_im2col(x, kernel, s, pads, d, g, layout, precision, preferred_element_type)
+    x, kernel, pads, k = _trim_dead_taps(x, kernel, k, s, d, pads, spec.out, axes, layout)
+    if _use_im2col(spec.groups, spec.out, k, spec.c_in):
+        y = _conv_im2col(x, kernel, s, pads, d, spec.groups, layout, spec.precision,
+                         spec.preferred_element_type)
     else:
         y = lax.conv_general_dilated(
             x, kernel, s, pads, rhs_dilation=d,
-            dimension_numbers=conv_dimension_numbers(n, layout), feature_group_count=g,
-            precision=precision, preferred_element_type=preferred_element_type,
+            dimension_numbers=conv_dimension_numbers(n, layout),
+            feature_group_count=spec.groups, precision=spec.precision,
+            preferred_element_type=spec.preferred_element_type,
         )
-    y = _add_bias(op, y, bias, c_out, n, layout)
-    return y if batched else y[0]
+    y = _add_bias(y, bias, spec.c_out, layout)
+    return y if spec.batched else y[0]
 
 
 def _use_im2col(groups, out_sp, k, c_in):
@@ -349,14 +385,15 @@ def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=No
 
 
 def depthwise_conv(x, kernel, bias=None, *, stride=1, padding=0, dilation=1,
-                   padding_mode="zeros", layout="channels_last"):
+                   padding_mode="zeros", layout="channels_last", precision=None):
     """Depthwise convolution: ``conv`` with ``groups = C_in``.
 
     Args:
       x: ``(N, *spatial, C_in)`` or ``(N, C_in, *spatial)``, N optional.
       kernel: ``(*k, 1, C_in * m)`` (channels_last) or ``(C_in * m, 1, *k)``
         (channels_first): ``m`` filters per input channel.
-      bias, stride, padding, dilation, padding_mode, layout: as in :func:`conv`.
+      bias, stride, padding, dilation, padding_mode, layout, precision: as in
+        :func:`conv`.
 
     Returns:
       ``(N, *out, C_in * m)`` (or channels_first), sizes as :func:`conv`.
@@ -365,16 +402,15 @@ def depthwise_conv(x, kernel, bias=None, *, stride=1, padding=0, dilation=1,
     (1, 8, 8, 8)
     """
     op = "depthwise_conv"
-    layout = check_layout(layout, op)
-    n = _num_spatial(kernel, op)
-    check_rank(x, n, op, "kernel")
-    c_in = x.shape[channel_axis(x.ndim, n, layout)]
-    return _conv(op, x, kernel, bias, stride, padding, dilation, c_in, padding_mode,
-                 False, layout, None, None)
+    x, kernel, spec = _conv_spec(
+        op, x, kernel, bias, stride=stride, padding=padding, dilation=dilation, groups=None,
+        padding_mode=padding_mode, flip=False, layout=layout, precision=precision,
+        preferred_element_type=None)
+    return _conv(op, x, kernel, bias, spec)
 
 
 def separable_conv(x, depthwise_kernel, pointwise_kernel, bias=None, *, stride=1, padding=0,
-                   dilation=1, padding_mode="zeros", layout="channels_last"):
+                   dilation=1, padding_mode="zeros", layout="channels_last", precision=None):
     """Depthwise-separable convolution: a depthwise conv, then a 1x1 conv.
 
     Args:
@@ -384,7 +420,7 @@ def separable_conv(x, depthwise_kernel, pointwise_kernel, bias=None, *, stride=1
         ``(C_out, C_mid, *ones)`` (channels_first).
       bias: ``(C_out,)`` or None, added after the pointwise conv.
       stride, padding, dilation, padding_mode: of the depthwise conv.
-      layout: ``"channels_last"`` or ``"channels_first"``.
+      layout, precision: as in :func:`conv`, for both convs.
 
     Returns:
       ``(N, *out, C_out)`` (or channels_first), sizes as :func:`conv`.
@@ -409,329 +445,52 @@ def separable_conv(x, depthwise_kernel, pointwise_kernel, bias=None, *, stride=1
             f"{op}: pointwise_kernel in-channels must equal the depthwise output channels "
             f"{c_mid}, got pointwise_kernel.shape={tuple(pointwise_kernel.shape)}"
         )
-    check_rank(x, n, op, "depthwise_kernel")
-    c_in = x.shape[channel_axis(x.ndim, n, layout)]
-    h = _conv(op, x, depthwise_kernel, None, stride, padding, dilation, c_in, padding_mode,
-              False, layout, None, None)
-    return _conv(op, h, pointwise_kernel, bias, 1, 0, 1, 1, "zeros", False, layout, None, None)
-
-
-# --------------------------------------------------------------------------- transpose
-
-
-def _transpose_kernel(kernel, n, layout, groups):
-    """The kernel of the conv that maps ``dy`` to ``dx``: groups regrouped, I/O swapped.
-
-    In: a conv kernel ``(*k, I/G, O)`` / ``(O, I/G, *k)``. Out, in the same layout,
-    ``(*k, O/G, I)`` / ``(I, O/G, *k)`` with output channel ``g * I/G + c`` taken from
-    ``kernel[..., c, g * O/G + o]``. Not flipped.
-    """
-    g = groups
-    if layout == "channels_last":
-        *k, ig, o = kernel.shape
-        w = kernel.reshape(*k, ig, g, o // g)
-        w = jnp.moveaxis(w, (n, n + 1, n + 2), (n + 2, n + 1, n))  # (*k, O/G, G, I/G)
-        return w.reshape(*k, o // g, g * ig)
-    o, ig, *k = kernel.shape
-    w = kernel.reshape(g, o // g, ig, *k)
-    w = jnp.swapaxes(w, 1, 2)  # (G, I/G, O/G, *k)
-    return w.reshape(g * ig, o // g, *k)
-
-
-def _phase_plan(out_size, in_size, k, s, d, lo):
-    """Per-phase stride-1 conv parameters of a 1-D transposed conv.
-
-    Output ``m = q * s + p`` receives ``dy[j] * K[t]`` for ``j * s + t * d = m + lo``.
-    With ``g = gcd(s, d)`` the taps of phase ``p`` are ``t = t0 + u * (s / g)`` and read
-    ``dy[q + c - u * (d / g)]``: a stride-1 correlation with the flipped sub-kernel
-    ``K[t0::s/g]`` (``ku`` taps) dilated by ``d / g``. Returns ``(q_max, plans)``, one
-    ``(t0, ku, s / g, d / g, (low, high))`` per phase (None where no tap lands), every
-    phase computing ``q_max = ceil(out / s)`` outputs (the surplus is sliced off).
-    """
-    q_max = -(-out_size // s)
-    gcd = math.gcd(s, d)
-    s_t, d_t = s // gcd, d // gcd
-    plans = []
-    for p in range(s):
-        t0 = next((t for t in range(s_t) if (t * d - p - lo) % s == 0), None)
-        if t0 is None or t0 >= k:
-            plans.append(None)
-            continue
-        c = (p + lo - t0 * d) // s
-        ku = -(-(k - t0) // s_t)
-        low = (ku - 1) * d_t - c
-        high = q_max + (ku - 1) * d_t - in_size - low
-        plans.append((t0, ku, s_t, d_t, (low, high)))
-    return q_max, plans
-
-
-def _transpose_non_overlapping(dy, kernel, n, layout, precision, preferred_element_type):
-    """Transposed conv with ``kernel_size == stride`` and no padding (U-Net's up-conv).
-
-    Every input pixel writes its own ``k``-sized output block,
-    ``y[s * q + t] = dy[q] @ K[t]^T``, so the whole op is one matmul
-    ``(N * prod(q), O) @ (O, prod(k) * C)`` and a depth-to-space reshape; its gradients
-    are matmuls too. ``kernel`` is the forward conv's kernel (HWIO / OIHW).
-    """
-    if layout == "channels_first":
-        dy = jnp.moveaxis(dy, 1, -1)
-        kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2))  # OIHW -> HWIO
-    # (N, *q, O) . (*k, C, O) over O -> (N, *q, *k, C)
-    y = lax.dot_general(dy, kernel, (((n + 1,), (n + 1,)), ((), ())), precision=precision,
-                        preferred_element_type=preferred_element_type)
-    perm = [0, *itertools.chain.from_iterable((1 + i, n + 1 + i) for i in range(n)), 2 * n + 1]
-    y = jnp.transpose(y, perm)
-    shape = (y.shape[0], *(y.shape[1 + 2 * i] * y.shape[2 + 2 * i] for i in range(n)), y.shape[-1])
-    y = y.reshape(shape)
-    return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y
-
-
-def _conv_transpose_core(dy, kernel, out_sp, s, pads, d, groups, layout, n, precision,
-                         preferred_element_type):
-    """``dx`` of ``conv(x, kernel, stride=s, padding=pads, dilation=d, groups)`` given ``dy``.
-
-    ``kernel`` is the forward conv's kernel (conv layout); ``out_sp`` is ``x``'s spatial
-    shape. This is transposed convolution; both public ops call it.
-    """
-    in_sp = _spatial(dy.shape, n, layout)
-    if (groups == 1 and _kernel_dims(kernel.shape, n, layout)[0] == tuple(s)
-            and all(dd == 1 for dd in d) and all(p == (0, 0) for p in pads)
-            and tuple(out_sp) == tuple(i * ss for i, ss in zip(in_sp, s))):
-        return _transpose_non_overlapping(dy, kernel, n, layout, precision, preferred_element_type)
-    w = _transpose_kernel(kernel, n, layout, groups)
-    k_axes = _kernel_axes(n, layout)
-    k = tuple(w.shape[a] for a in k_axes)
-    dn = conv_dimension_numbers(n, layout)
-    if math.prod(s) > _MAX_PHASES:
-        # Too many phases to compile quickly: one stride-1 conv of dy with its zeros
-        # inserted by lax.pad (interior padding). Still far faster to differentiate
-        # than lhs_dilation, though each multiply-by-zero is paid.
-        config = [(0, 0, 0)] * dy.ndim
-        for a, o, i, kk, ss, dd, (lo, _) in zip(
-                spatial_axes(dy.ndim, n, layout), out_sp, in_sp, k, s, d, pads):
-            config[a] = (dd * (kk - 1) - lo, o - (i - 1) * ss - 1 + lo, ss - 1)
-        dy = lax.pad(dy, jnp.zeros((), dy.dtype), config)
-        return lax.conv_general_dilated(
-            dy, jnp.flip(w, axis=k_axes), (1,) * n, ((0, 0),) * n, rhs_dilation=d,
-            dimension_numbers=dn, feature_group_count=groups, precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-    plans = [_phase_plan(o, i, kk, ss, dd, lo)
-             for o, i, kk, ss, dd, (lo, _) in zip(out_sp, in_sp, k, s, d, pads)]
-    q_max = tuple(p[0] for p in plans)
-    n_batch = dy.shape[0]
-    c_out = w.shape[0] if layout == "channels_first" else w.shape[-1]
-    out_dtype = preferred_element_type or jnp.result_type(dy, w)
-    phases = []
-    for combo in itertools.product(*[p[1] for p in plans]):
-        if any(c is None for c in combo):
-            shape = (n_batch, *q_max, c_out) if layout == "channels_last" else (n_batch, c_out, *q_max)
-            phases.append(jnp.zeros(shape, out_dtype))
-            continue
-        idx = [slice(None)] * w.ndim
-        for a, (t0, _, s_t, _, _) in zip(k_axes, combo):
-            idx[a] = slice(t0, None, s_t)
-        sub = jnp.flip(w[tuple(idx)], axis=k_axes)
-        phases.append(lax.conv_general_dilated(
-            dy, sub, (1,) * n, [c[4] for c in combo], rhs_dilation=[c[3] for c in combo],
-            dimension_numbers=dn, feature_group_count=groups, precision=precision,
-            preferred_element_type=preferred_element_type,
-        ))
-    if len(phases) == 1:
-        y = phases[0]
-    else:
-        y = jnp.stack(phases).reshape(*s, *phases[0].shape)
-        # (*s, N, *q, C) -> (N, q1, s1, q2, s2, ..., C), then merge each (q, s) pair.
-        sp = spatial_axes(n + 2, n, layout)
-        ch = channel_axis(n + 2, n, layout)
-        perm = [n]
-        for i in range(n + 2):
-            if i in sp:
-                j = sp.index(i)
-                perm += [n + i, j]
-            elif i == ch:
-                perm.append(n + i)
-        y = jnp.transpose(y, perm)
-        shape = [n_batch]
-        for i in range(n + 2):
-            if i in sp:
-                shape.append(q_max[sp.index(i)] * s[sp.index(i)])
-            elif i == ch:
-                shape.append(c_out)
-        y = y.reshape(shape)
-    if tuple(_spatial(y.shape, n, layout)) != tuple(out_sp):
-        idx = [slice(None)] * y.ndim
-        for a, o in zip(spatial_axes(y.ndim, n, layout), out_sp):
-            idx[a] = slice(0, o)
-        y = y[tuple(idx)]
-    return y
-
-
-def conv_transpose(x, kernel, bias=None, *, stride=1, padding=0, output_padding=0,
-                   dilation=1, groups=1, layout="channels_last", precision=None,
-                   preferred_element_type=None):
-    """Transposed convolution, as ``torch.nn.functional.conv_transpose{1,2,3}d``.
-
-    The gradient of :func:`conv` with respect to its input: ``padding`` is the padding
-    of that forward conv. Computed as ``prod(stride)`` stride-1 convolutions (one per
-    output phase), never multiplying inserted zeros.
-
-    Args:
-      x: ``(N, *spatial, C_in)`` (channels_last) or ``(N, C_in, *spatial)``
-        (channels_first); the N axis may be left out.
-      kernel: ``(C_in, C_out // groups, *k)`` (channels_first, PyTorch's weight) or
-        ``(*k, C_in, C_out // groups)`` (channels_last).
-      bias: ``(C_out,)`` or None.
-      stride, dilation: int or tuple of ``n`` ints, >= 1.
-      padding: int, tuple, ``(low, high)`` pairs or ``"valid"``.
-      output_padding: int or tuple, extra size on the high side; each must be smaller
-        than its stride or its dilation.
-      groups: must divide ``C_in``.
-      layout, precision, preferred_element_type: as :func:`conv`.
-
-    Returns:
-      ``(N, *out, C_out)`` (or channels_first), per dim
-      ``out = (in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1``.
-
-    >>> conv_transpose(jnp.ones((1, 16, 16, 8)), jnp.ones((4, 4, 8, 3)), stride=2, padding=1).shape
-    (1, 32, 32, 3)
-    """
-    op = "conv_transpose"
-    layout, n, batched, x, kernel, s, d, g, c_in = _prologue(
-        op, x, kernel, stride, dilation, groups, layout)
-    op_pad = ntuple(output_padding, n, "output_padding", op, min_value=0)
-    check_output_padding(op_pad, s, d, op)
-    if layout == "channels_last":
-        k, kc_in, c_out_g = tuple(kernel.shape[:n]), kernel.shape[n], kernel.shape[n + 1]
-        conv_kernel = jnp.swapaxes(kernel, n, n + 1)  # (*k, C_out/G, C_in): HWIO
-    else:
-        kc_in, c_out_g, k = kernel.shape[0], kernel.shape[1], tuple(kernel.shape[2:])
-        conv_kernel = kernel  # (C_in, C_out/G, *k) is OIHW of the forward conv
-    if c_in % g:
-        raise ValueError(
-            f"{op}: groups must divide the input channels, got groups={g} for C_in={c_in}"
-        )
-    if kc_in != c_in:
-        raise ValueError(
-            f"{op}: kernel in-channels must equal the input channels C_in={c_in}, got "
-            f"{kc_in} (kernel.shape={tuple(kernel.shape)}, layout={layout!r})"
-        )
-    pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
-    in_sp = _spatial(x.shape, n, layout)
-    if 0 in in_sp:  # PyTorch refuses too; output_padding alone would invent an output
-        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
-    out_sp = tuple(
-        (i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
-        for i, kk, ss, dd, oo, (lo, hi) in zip(in_sp, k, s, d, op_pad, pads)
-    )
-    if any(o <= 0 for o in out_sp):
-        raise ValueError(
-            f"{op}: padding must leave a positive output size, got padding={padding!r} "
-            f"giving output {out_sp}"
-        )
-    check_size(op, "stride, dilation and output_padding",
-               f"stride={s}, dilation={d}, output_padding={op_pad}", out_sp, "output")
-    y = _conv_transpose_core(x, conv_kernel, out_sp, s, pads, d, g, layout, n, precision,
-                             preferred_element_type)
-    y = _add_bias(op, y, bias, c_out_g * g, n, layout)
-    return y if batched else y[0]
+    check_rank(x, n, "depthwise_kernel", op)
+    x, kernel, spec = _conv_spec(
+        op, x, depthwise_kernel, None, stride=stride, padding=padding, dilation=dilation,
+        groups=None, padding_mode=padding_mode, flip=False, layout=layout,
+        precision=precision, preferred_element_type=None)
+    h = _conv(op, x, kernel, None, spec)
+    h, kernel, spec = _conv_spec(
+        op, h, pointwise_kernel, bias, stride=1, padding=0, dilation=1, groups=1,
+        padding_mode="zeros", flip=False, layout=layout, precision=precision,
+        preferred_element_type=None)
+    return _conv(op, h, kernel, bias, spec)
 
 
 # --------------------------------------------------------------------------- gradients
 
 
-def _grad_setup(op, dy, kernel_shape, layout, n, stride, dilation, groups):
-    layout = check_layout(layout, op)
+def _grad_spec(op, dy, kernel_shape, n, stride, dilation, groups, layout) -> _ConvSpec:
+    """The forward conv that ``dy`` is the output gradient of, as far as ``dy`` and
+    the kernel tell it; the caller adds its input size, padding and output size."""
+    check_layout(layout, op)
     s = ntuple(stride, n, "stride", op)
     d = ntuple(dilation, n, "dilation", op)
     g = check_int(groups, "groups", op)
     k, k_in, c_out = _kernel_dims(kernel_shape, n, layout)
-    batched = check_rank(dy, n, op, "kernel")
+    batched = check_rank(dy, n, "kernel", op)
     c_dy = dy.shape[channel_axis(dy.ndim, n, layout)]
     if c_dy != c_out:
         raise ValueError(
             f"{op}: dy channels must equal the kernel's output channels C_out={c_out}, "
             f"got {c_dy} (dy.shape={tuple(dy.shape)})"
         )
-    _check_conv_channels(op, k_in * g, kernel_shape, n, layout, g)
-    return layout, s, d, g, k, k_in * g, batched
+    _check_conv_channels(k_in * g, kernel_shape, n, layout, g, op)
+    return _ConvSpec(layout, batched, k, s, d, g, k_in * g, c_out)
 
 
-def _check_dy_shape(op, dy_sp, in_sp, k, s, d, pads, name):
+def _check_dy_shape(spec: _ConvSpec, name, op):
+    """``spec.out`` (dy's spatial shape) must be the output shape of ``spec``'s conv."""
     expected = tuple(
         window_output_size(i, kk, ss, dd, lo, hi)
-        for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, s, d, pads)
+        for i, kk, ss, dd, (lo, hi) in zip(spec.in_sp, spec.k, spec.s, spec.d, spec.pads)
     )
-    if tuple(dy_sp) != expected:
+    if tuple(spec.out) != expected:
         raise ValueError(
             f"{op}: dy spatial shape must be the conv output shape {expected} for "
-            f"{name} spatial shape {tuple(in_sp)}, got {tuple(dy_sp)}"
+            f"{name} spatial shape {tuple(spec.in_sp)}, got {tuple(spec.out)}"
         )
-
-
-def conv_input_grad(dy, kernel, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                    layout="channels_last"):
-    """Gradient of :func:`conv` with respect to ``x``, written as a convolution.
-
-    ``dx`` is the full convolution of ``dy`` (dilated by the stride) with the flipped
-    kernel, cropped by the forward padding: the transposed convolution that
-    :func:`conv_transpose` computes. Equal to ``jax.vjp(conv, x, ...)`` on ``dy``.
-
-    Args:
-      dy: ``(N, *out, C_out)`` or ``(N, C_out, *out)``; the N axis may be left out.
-      kernel: the forward conv's kernel, layout as in :func:`conv`.
-      input_shape: the shape of ``x``: full (``(N, *spatial, C_in)`` /
-        ``(N, C_in, *spatial)``, or without N for unbatched) or spatial only.
-      stride, padding, dilation, groups, layout: of the forward conv (every padding
-        form of :func:`conv`).
-
-    Returns:
-      ``dx``, shaped like ``x``.
-
-    >>> conv_input_grad(jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 2, 8)), (1, 8, 8, 2),
-    ...                 stride=2, padding=1).shape
-    (1, 8, 8, 2)
-    """
-    op = "conv_input_grad"
-    n = _num_spatial(kernel, op)
-    dy, kernel = _as_arrays(dy, kernel)
-    check_dtype(dy, op, "number", "dy")
-    layout, s, d, g, k, c_in, batched = _grad_setup(
-        op, dy, kernel.shape, layout, n, stride, dilation, groups)
-    in_sp = _input_spatial(op, input_shape, n, layout, batched, dy, c_in)
-    check_size(op, "input_shape", f"input_shape={input_shape!r}", in_sp, "output")
-    if not batched:
-        dy = dy[None]
-    pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=k, stride=s, dilation=d)
-    _check_dy_shape(op, _spatial(dy.shape, n, layout), in_sp, k, s, d, pads, "input_shape")
-    dx = _conv_transpose_core(dy, kernel, in_sp, s, pads, d, g, layout, n, None, None)
-    return dx if batched else dx[0]
-
-
-def _input_spatial(op, input_shape, n, layout, batched, dy, c_in):
-    shape = tuple(getattr(input_shape, "shape", input_shape)) if not isinstance(
-        input_shape, (int, str)) else input_shape
-    if isinstance(shape, (int, str)) or len(shape) not in (n, n + 1, n + 2):
-        raise ValueError(
-            f"{op}: input_shape must be x's shape ({n + 2} or {n + 1} dims) or its {n} "
-            f"spatial sizes, got {input_shape!r}"
-        )
-    shape = ntuple(shape, len(shape), "input_shape", op)
-    if len(shape) == n:
-        return shape
-    full_batched = len(shape) == n + 2
-    if full_batched != batched:
-        raise ValueError(
-            f"{op}: input_shape must be batched exactly when dy is, got input_shape="
-            f"{shape} for dy.shape={tuple(dy.shape)}"
-        )
-    if shape[channel_axis(len(shape), n, layout)] != c_in or (
-            batched and shape[0] != dy.shape[0]):
-        raise ValueError(
-            f"{op}: input_shape must have C_in={c_in} channels and dy's batch size, got "
-            f"input_shape={shape} for dy.shape={tuple(dy.shape)}"
-        )
-    return _spatial(shape, n, layout)
 
 
 def conv_kernel_grad(x, dy, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
@@ -759,41 +518,15 @@ def conv_kernel_grad(x, dy, kernel_shape, *, stride=1, padding=0, dilation=1, gr
     (3, 3, 2, 8)
     """
     op = "conv_kernel_grad"
-    if isinstance(kernel_shape, (int, str)) or len(tuple(kernel_shape)) < 3:
-        raise ValueError(
-            f"{op}: kernel_shape must be the full kernel shape (at least 3 dims), got "
-            f"{kernel_shape!r}"
-        )
-    kernel_shape = tuple(kernel_shape)
-    n = len(kernel_shape) - 2
-    kernel_shape = ntuple(kernel_shape, n + 2, "kernel_shape", op)
-    x, dy = _as_arrays(x, dy)
-    check_dtype(x, op, "number")
-    layout, s, d, g, k, c_in, batched = _grad_setup(
-        op, dy, kernel_shape, layout, n, stride, dilation, groups)
-    if check_rank(x, n, op, "kernel_shape") != batched:
-        raise ValueError(
-            f"{op}: x must be batched exactly when dy is, got x.shape={tuple(x.shape)} "
-            f"for dy.shape={tuple(dy.shape)}"
-        )
-    if not batched:
-        x, dy = x[None], dy[None]
-    cx = x.shape[channel_axis(x.ndim, n, layout)]
-    if cx != c_in or x.shape[0] != dy.shape[0]:
-        raise ValueError(
-            f"{op}: x must have C_in={c_in} channels and dy's batch size, got "
-            f"x.shape={tuple(x.shape)} for dy.shape={tuple(dy.shape)}"
-        )
-    in_sp = _spatial(x.shape, n, layout)
-    pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=k, stride=s, dilation=d)
-    _check_fits(op, in_sp, k, s, d, pads, kernel_shape)
-    out_sp = _spatial(dy.shape, n, layout)
-    _check_dy_shape(op, out_sp, in_sp, k, s, d, pads, "x")
+    x, dy, spec = _kernel_grad_spec(op, x, dy, kernel_shape, stride=stride, padding=padding,
+                                    dilation=dilation, groups=groups, layout=layout)
+    n, layout = len(spec.k), spec.layout
     # Trim the high padding by the input tail the forward conv never read, so exactly
     # k taps come out: (in + lo + hi) - ((out - 1) * s + d * (k - 1) + 1).
     kpads = tuple(
         (lo, hi - (i + lo + hi - (o - 1) * ss - dd * (kk - 1) - 1))
-        for i, o, kk, ss, dd, (lo, hi) in zip(in_sp, out_sp, k, s, d, pads)
+        for i, o, kk, ss, dd, (lo, hi) in zip(spec.in_sp, spec.out, spec.k, spec.s, spec.d,
+                                               spec.pads)
     )
     sp = tuple(range(1, n + 1)) if layout == "channels_last" else tuple(range(2, n + 2))
     c_ax = n + 1 if layout == "channels_last" else 1
@@ -807,6 +540,40 @@ def conv_kernel_grad(x, dy, kernel_shape, *, stride=1, padding=0, dilation=1, gr
         out_spec=out_spec,
     )
     return lax.conv_general_dilated(
-        x, dy, window_strides=d, padding=kpads, rhs_dilation=s, dimension_numbers=dn,
-        batch_group_count=g,
+        x, dy, window_strides=spec.d, padding=kpads, rhs_dilation=spec.s,
+        dimension_numbers=dn, batch_group_count=spec.groups,
     )
+
+
+def _kernel_grad_spec(op, x, dy, kernel_shape, *, stride, padding, dilation, groups, layout):
+    """Check every argument of ``conv_kernel_grad``: ``(x, dy batched, _ConvSpec)``."""
+    if isinstance(kernel_shape, (int, str)) or len(tuple(kernel_shape)) < 3:
+        raise ValueError(
+            f"{op}: kernel_shape must be the full kernel shape (at least 3 dims), got "
+            f"{kernel_shape!r}"
+        )
+    n = len(tuple(kernel_shape)) - 2
+    kernel_shape = ntuple(tuple(kernel_shape), n + 2, "kernel_shape", op)
+    x, dy = _as_arrays(x, dy)
+    check_dtype(x, "number", "x", op)
+    spec = _grad_spec(op, dy, kernel_shape, n, stride, dilation, groups, layout)
+    if check_rank(x, n, "kernel_shape", op) != spec.batched:
+        raise ValueError(
+            f"{op}: x must be batched exactly when dy is, got x.shape={tuple(x.shape)} "
+            f"for dy.shape={tuple(dy.shape)}"
+        )
+    if not spec.batched:
+        x, dy = x[None], dy[None]
+    if x.shape[channel_axis(x.ndim, n, layout)] != spec.c_in or x.shape[0] != dy.shape[0]:
+        raise ValueError(
+            f"{op}: x must have C_in={spec.c_in} channels and dy's batch size, got "
+            f"x.shape={tuple(x.shape)} for dy.shape={tuple(dy.shape)}"
+        )
+    in_sp = _spatial(x.shape, n, layout)
+    pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=spec.k,
+                           stride=spec.s, dilation=spec.d)
+    spec = spec._replace(in_sp=in_sp, pads=pads)
+    _check_fits(spec, kernel_shape, op)
+    spec = spec._replace(out=_spatial(dy.shape, n, layout))
+    _check_dy_shape(spec, "x", op)
+    return x, dy, spec

@@ -5,15 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from cnn_jax.ops._args import (
-    Pads,
-    batched_spatial_dims,
-    check_choice,
-    check_layout,
-    check_size,
-    resolve_padding,
-    spatial_axes,
-)
+from cnn_jax._checks import Pads, check_choice, check_layout, resolve_padding
+from cnn_jax.ops._args import batched_spatial_dims, check_size, spatial_axes
 
 PAD_MODES = ("zeros", "constant", "reflect", "replicate", "circular")
 _NUMPY_MODE = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -48,16 +41,16 @@ def pad(x, padding, *, mode="zeros", value=0.0, layout="channels_last"):
     n = batched_spatial_dims(x, op)
     pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
     axes = spatial_axes(x.ndim, n, layout)
-    check_size(op, "padding", f"padding={padding!r}",
-               [x.shape[a] + lo + hi for a, (lo, hi) in zip(axes, pads)], "output")
+    check_size([x.shape[a] + lo + hi for a, (lo, hi) in zip(axes, pads)], "output", "padding",
+               f"padding={padding!r}", op)
     if mode == "zeros":
         mode, value = "constant", 0.0
     elif mode == "constant" and not jnp.issubdtype(x.dtype, jnp.inexact):
         _check_value(value, x.dtype, op)
-    return pad_spatial(x, pads, mode, axes, op, "mode", value)
+    return pad_spatial(x, pads, mode, axes, "mode", op, value=value)
 
 
-def pad_spatial(x, pads: Pads, mode: str, axes, op: str, name: str, value=0.0):
+def pad_spatial(x, pads: Pads, mode: str, axes, name: str, op: str, *, value=0.0):
     """Pads ``axes`` of ``x`` by resolved ``pads`` (shared by ``pad`` and ``conv``).
 
     ``mode`` is one of ``"constant"``, ``"reflect"``, ``"replicate"``, ``"circular"``;

@@ -1,8 +1,8 @@
 """Window pooling (max, min, average, sum, power-average) with fast gradients.
 
 Semantics are PyTorch's (``torch.nn.functional.{max,avg,lp}_pool{1,2,3}d``), shapes
-and ``ceil_mode`` included. How it is computed, and why (CPU timings in
-``benchmarks/pool.py``):
+and ``ceil_mode`` included. How it is computed, and why (CPU timings: the pool
+cases of ``benchmarks/``):
 
 * Forward. A window of at most ``_MAX_TAPS`` taps is reduced as one fused
   elementwise chain over its ``prod(window)`` strided slices (``lax.max`` /
@@ -35,7 +35,6 @@ import functools
 import itertools
 import math
 import numbers
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -43,21 +42,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from cnn_jax.ops._args import (
-    batched_spatial_dims,
-    check_dtype,
+from cnn_jax._checks import (
+    POOL_PADDING_STRINGS,
     check_int,
     check_layout,
-    check_rank,
-    check_size,
+    check_pool_padding,
     is_pairs,
     ntuple,
     resolve_padding,
-    spatial_axes,
-    window_output_size,
 )
-
-_POOL_PADDING_STRINGS = ("valid", "same", "full")
+from cnn_jax.ops._args import check_dtype, check_padded_size, window_input, window_output_size
 
 
 class _Window(NamedTuple):
@@ -91,39 +85,19 @@ class _Window(NamedTuple):
 def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
     """Check every argument once and return ``(x_batched, batched, _Window)``."""
     check_layout(layout, op)
-    if getattr(x, "ndim", None) is None:
-        raise TypeError(f"{op}: x must be an array, got {type(x).__name__}")
-    if isinstance(window, Sequence) and not isinstance(window, str):
-        n = len(window)
-        if n == 0:
-            raise ValueError(f"{op}: window must have at least one spatial dim, got {window!r}")
-    else:
-        n = batched_spatial_dims(
-            x, op, " for an int window (pass a tuple window to pool an unbatched input)"
-        )
+    x, batched, axes, size = window_input(
+        x, window, layout, op,
+        hint=" for an int window (pass a tuple window to pool an unbatched input)")
+    n = len(size)
     k = ntuple(window, n, "window", op)
     s = k if stride is None else ntuple(stride, n, "stride", op)
     d = ntuple(dilation, n, "dilation", op)
-    batched = check_rank(x, n, op, "window")
-    if not batched:
-        x = x[None]
-    axes = spatial_axes(x.ndim, n, layout)
-    size = tuple(x.shape[a] for a in axes)
-    if 0 in size:  # PyTorch refuses too; padding alone would invent windows
-        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     pads = resolve_padding(
         padding, n, op, input_shape=size, kernel_size=k, stride=s, dilation=d,
-        allowed_strings=_POOL_PADDING_STRINGS,
+        allowed_strings=POOL_PADDING_STRINGS,
     )
-    check_size(op, "padding", f"padding={padding!r}",
-               [i + lo + hi for i, (lo, hi) in zip(size, pads)], "padded input")
-    symmetric = not isinstance(padding, str) and not is_pairs(padding)
-    if symmetric and any(lo > kk // 2 for (lo, _), kk in zip(pads, k)):
-        raise ValueError(
-            f"{op}: padding must be at most half the window (window // 2 = "
-            f"{tuple(kk // 2 for kk in k)}) in every dim, got padding={padding!r} "
-            f"for window={k}"
-        )
+    check_padded_size(size, pads, padding, op)
+    check_pool_padding(padding, pads, k, op)
     out = tuple(
         window_output_size(i, kk, ss, dd, lo, hi, bool(ceil_mode))
         for i, kk, ss, dd, (lo, hi) in zip(size, k, s, d, pads)
@@ -137,7 +111,7 @@ def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
     hi = tuple((o - 1) * ss + dd * (kk - 1) + 1 - i - l
                for o, ss, dd, kk, i, l in zip(out, s, d, k, size, lo))
     w = _Window(x.ndim, axes, size, k, s, d, lo, hi, out, tuple(p[1] for p in pads))
-    if not symmetric:
+    if isinstance(padding, str) or is_pairs(padding):  # else PyTorch's rule held above
         for i in range(n):
             if not _taps_valid(w, i).any(axis=1).all():
                 raise ValueError(
@@ -510,7 +484,7 @@ def avg_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
     """
     op = "avg_pool"
     x, batched, w = _window(op, x, window, stride, padding, 1, ceil_mode, layout)
-    check_dtype(x, op, "float")
+    check_dtype(x, "float", "x", op)
     if divisor_override is not None:
         divisor_override = check_int(divisor_override, "divisor_override", op)
     total = _sum_any(x, w)
@@ -544,7 +518,7 @@ def sum_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
     [[4.0, 4.0], [4.0, 4.0]]
     """
     x, batched, w = _window("sum_pool", x, window, stride, padding, 1, ceil_mode, layout)
-    check_dtype(x, "sum_pool", "number")
+    check_dtype(x, "number", "x", "sum_pool")
     return _unbatch(_sum_any(x, w), batched)
 
 
@@ -575,7 +549,7 @@ def lp_pool(x, p, window, stride=None, *, ceil_mode=False, layout="channels_last
     if math.isnan(p) or p <= 0:
         raise ValueError(f"{op}: p must be a number > 0, got {p!r}")
     x_b, _, w = _window(op, x, window, stride, 0, 1, ceil_mode, layout)
-    check_dtype(x_b, op, "float")
+    check_dtype(x_b, "float", "x", op)
     if math.isinf(p):
         return max_pool(jnp.abs(x), window, stride, ceil_mode=ceil_mode, layout=layout)
     power = int(p) if float(p).is_integer() else float(p)

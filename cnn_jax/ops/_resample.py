@@ -16,23 +16,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnn_jax._checks import (
+    POOL_PADDING_STRINGS,
+    UPSAMPLE_METHODS,
+    check_choice,
+    check_int,
+    check_layout,
+    ntuple,
+    resolve_padding,
+)
 from cnn_jax.ops._args import (
     batched_spatial_dims,
     channel_axis,
-    check_choice,
     check_dtype,
-    check_int,
-    check_layout,
-    check_rank,
+    check_padded_size,
     check_size,
-    ntuple,
-    prod,
-    resolve_padding,
     spatial_axes,
+    window_input,
     window_output_size,
 )
-
-METHODS = ("nearest", "linear")
 
 
 # --------------------------------------------------------------------------- upsample
@@ -111,6 +113,25 @@ def _take(x, index: np.ndarray, axis: int):
     return jnp.take(x, jnp.asarray(index), axis=axis, mode="clip", indices_are_sorted=True)
 
 
+def _output_sizes(in_sizes, scale_factor, size, op: str):
+    """``(scales, out_sizes)`` of ``upsample``: one of ``scale_factor`` (output
+    ``floor(in * scale)``) and ``size``, checked and bounded."""
+    n = len(in_sizes)
+    if scale_factor is None:
+        out_sizes = ntuple(size, n, "size", op)
+        check_size(out_sizes, "output", "size", f"size={size!r}", op)
+        return (None,) * n, out_sizes
+    scales = _scales(scale_factor, n, op)
+    out_sizes = tuple(math.floor(i * s) for i, s in zip(in_sizes, scales))
+    if any(o <= 0 for o in out_sizes):
+        raise ValueError(
+            f"{op}: scale_factor must give an output size >= 1 (floor(in * scale)), got "
+            f"scale_factor={scale_factor!r} for spatial shape {in_sizes} -> {out_sizes}"
+        )
+    check_size(out_sizes, "output", "scale_factor", f"scale_factor={scale_factor!r}", op)
+    return scales, out_sizes
+
+
 def upsample(
     x,
     scale_factor=None,
@@ -150,7 +171,7 @@ def upsample(
     """
     op = "upsample"
     layout = check_layout(layout, op)
-    method = check_choice(method, METHODS, "method", op)
+    method = check_choice(method, UPSAMPLE_METHODS, "method", op)
     n = batched_spatial_dims(x, op)
     if not isinstance(align_corners, (bool, np.bool_)):
         raise TypeError(f"{op}: align_corners must be a bool, got {align_corners!r}")
@@ -166,25 +187,12 @@ def upsample(
         )
     axes = spatial_axes(x.ndim, n, layout)
     in_sizes = tuple(x.shape[a] for a in axes)
-    if scale_factor is not None:
-        scales = _scales(scale_factor, n, op)
-        out_sizes = tuple(math.floor(i * s) for i, s in zip(in_sizes, scales))
-        if any(o <= 0 for o in out_sizes):
-            raise ValueError(
-                f"{op}: scale_factor must give an output size >= 1 (floor(in * scale)), got "
-                f"scale_factor={scale_factor!r} for spatial shape {in_sizes} -> {out_sizes}"
-            )
-    else:
-        scales = (None,) * n
-        out_sizes = ntuple(size, n, "size", op)
-    check_size(op, "scale_factor" if size is None else "size",
-               f"scale_factor={scale_factor!r}" if size is None else f"size={size!r}",
-               out_sizes, "output")
+    scales, out_sizes = _output_sizes(in_sizes, scale_factor, size, op)
     if any(i == 0 for i in in_sizes):
         raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     x = jnp.asarray(x)
     if method == "linear":
-        check_dtype(x, op, "float")
+        check_dtype(x, "float", "x", op)
     fdt = _index_dtype(x.dtype)
     dtype = x.dtype
     if method == "linear" and jnp.finfo(dtype).bits < 32:
@@ -209,6 +217,16 @@ def upsample(
 # ----------------------------------------------------------------------- pixel shuffle
 
 
+def _rearrange_args(x, factor, name, layout, op):
+    """The checks the pixel (un)shuffles share: ``(x, factor, batch, channels, spatial)``."""
+    layout = check_layout(layout, op)
+    r = check_int(factor, name, op)
+    n = batched_spatial_dims(x, op)
+    x = jnp.asarray(x)
+    spatial = tuple(x.shape[a] for a in spatial_axes(x.ndim, n, layout))
+    return x, r, x.shape[0], x.shape[channel_axis(x.ndim, n, layout)], spatial
+
+
 def pixel_shuffle(x, upscale_factor, *, layout: str = "channels_last"):
     """Rearrange channels into space: ``C * r**n`` channels to ``C``, each spatial dim ``* r``.
 
@@ -231,21 +249,15 @@ def pixel_shuffle(x, upscale_factor, *, layout: str = "channels_last"):
     (1, 6, 10, 2)
     """
     op = "pixel_shuffle"
-    layout = check_layout(layout, op)
-    r = check_int(upscale_factor, "upscale_factor", op)
-    n = batched_spatial_dims(x, op)
-    ndim = x.ndim
-    c_ax = channel_axis(ndim, n, layout)
-    channels = x.shape[c_ax]
-    block = r**n
-    if channels % block:
+    x, r, batch, channels, spatial = _rearrange_args(x, upscale_factor, "upscale_factor",
+                                                     layout, op)
+    n = len(spatial)
+    if channels % r**n:
         raise ValueError(
-            f"{op}: the channel count must be divisible by upscale_factor**{n} = {block}, got "
+            f"{op}: the channel count must be divisible by upscale_factor**{n} = {r**n}, got "
             f"{channels} channels (x.shape={tuple(x.shape)}) for upscale_factor={r}"
         )
-    x = jnp.asarray(x)
-    batch, c = x.shape[0], channels // block
-    spatial = tuple(x.shape[a] for a in spatial_axes(ndim, n, layout))
+    c = channels // r**n
     if layout == "channels_first":
         # (N, C, r..., S...) -> (N, C, S1, r1, S2, r2, ...)
         x = x.reshape((batch, c) + (r,) * n + spatial)
@@ -275,18 +287,14 @@ def pixel_unshuffle(x, downscale_factor, *, layout: str = "channels_last"):
     (1, 3, 5, 8)
     """
     op = "pixel_unshuffle"
-    layout = check_layout(layout, op)
-    r = check_int(downscale_factor, "downscale_factor", op)
-    n = batched_spatial_dims(x, op)
-    ndim = x.ndim
-    spatial = tuple(x.shape[a] for a in spatial_axes(ndim, n, layout))
+    x, r, batch, c, spatial = _rearrange_args(x, downscale_factor, "downscale_factor", layout,
+                                              op)
+    n = len(spatial)
     if any(s % r for s in spatial):
         raise ValueError(
             f"{op}: every spatial size must be divisible by downscale_factor={r}, got "
             f"spatial shape {spatial} (x.shape={tuple(x.shape)})"
         )
-    x = jnp.asarray(x)
-    batch, c = x.shape[0], x.shape[channel_axis(ndim, n, layout)]
     small = tuple(s // r for s in spatial)
     split = tuple(v for s in small for v in (s, r))
     if layout == "channels_first":
@@ -310,10 +318,9 @@ def _window_geometry(op, n, spatial, window, stride, padding, dilation):
     d = ntuple(dilation, n, "dilation", op)
     pads = resolve_padding(
         padding, n, op, input_shape=spatial, kernel_size=k, stride=s, dilation=d,
-        allowed_strings=("valid", "same", "full"),
+        allowed_strings=POOL_PADDING_STRINGS,
     )
-    check_size(op, "padding", f"padding={padding!r}",
-               [i + lo + hi for i, (lo, hi) in zip(spatial, pads)], "padded input")
+    check_padded_size(spatial, pads, padding, op)
     out = tuple(
         window_output_size(i, kk, ss, dd, lo, hi)
         for i, kk, ss, dd, (lo, hi) in zip(spatial, k, s, d, pads)
@@ -362,22 +369,10 @@ def unfold(
     """
     op = "unfold"
     layout = check_layout(layout, op)
-    if isinstance(window, (list, tuple)):
-        n = len(window)
-        if n == 0:
-            raise ValueError(f"{op}: window must have one entry per spatial dim, got {window!r}")
-        batched = check_rank(x, n, op, "window")
-    else:
-        n, batched = batched_spatial_dims(x, op), True
-    x = jnp.asarray(x)
-    if not batched:
-        x = x[None]
-    axes = spatial_axes(x.ndim, n, layout)
-    spatial = tuple(x.shape[a] for a in axes)
-    if 0 in spatial:  # PyTorch refuses too; padding alone would invent patches
-        raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
+    x, batched, axes, spatial = window_input(x, window, layout, op)
+    x, n = jnp.asarray(x), len(spatial)
     k, s, d, pads, out = _window_geometry(op, n, spatial, window, stride, padding, dilation)
-    check_size(op, "window", f"window={window!r}", (prod(k), prod(out)), "patches")
+    check_size((math.prod(k), math.prod(out)), "patches", "window", f"window={window!r}", op)
     config = [(0, 0, 0)] * x.ndim
     for a, (lo, hi) in zip(axes, pads):
         config[a] = (lo, hi, 0)
@@ -388,7 +383,7 @@ def unfold(
         for a, j, ss, dd, o in zip(axes, offset, s, d, out):
             start[a], limit[a], strides[a] = j * dd, j * dd + ss * (o - 1) + 1, ss
         blocks.append(lax.slice(xp, start, limit, strides))
-    batch, length = x.shape[0], prod(out)
+    batch, length = x.shape[0], math.prod(out)
     channels = x.shape[channel_axis(x.ndim, n, layout)]
     if layout == "channels_first":
         patches = jnp.stack(blocks, axis=2).reshape(batch, channels * len(blocks), length)
@@ -443,7 +438,7 @@ def fold(
             f"{op}: output_size must have one entry per spatial dim, got {output_size!r}"
         )
     spatial = ntuple(output_size, n, "output_size", op)
-    check_size(op, "output_size", f"output_size={output_size!r}", spatial, "output")
+    check_size(spatial, "output", "output_size", f"output_size={output_size!r}", op)
     ndim = getattr(patches, "ndim", None)
     if ndim is None:
         raise TypeError(f"{op}: patches must be an array, got {type(patches).__name__}")
@@ -454,11 +449,19 @@ def fold(
         )
     k, s, d, pads, out = _window_geometry(op, n, spatial, window, stride, padding, dilation)
     patches = jnp.asarray(patches)
-    check_dtype(patches, op, "number", "patches")
+    check_dtype(patches, "number", "patches", op)
     batched = ndim == 3
     if not batched:
         patches = patches[None]
-    kk, length = prod(k), prod(out)
+    _check_patches(patches, batched, layout, spatial, k, s, d, pads, out, op)
+    y = _col2im(patches, layout, spatial, k, s, d, pads, out)
+    return y if batched else y[0]
+
+
+def _check_patches(patches, batched, layout, spatial, k, s, d, pads, out, op):
+    """``patches`` (batched) must hold ``prod(window)`` features per channel and one
+    column per block."""
+    kk, length = math.prod(k), math.prod(out)
     feat_ax, len_ax = (1, 2) if layout == "channels_first" else (2, 1)
     if patches.shape[feat_ax] % kk:
         raise ValueError(
@@ -472,6 +475,12 @@ def fold(
             f"padding={pads}, dilation={d}, got patches.shape="
             f"{tuple(patches.shape[int(not batched):])}"
         )
+
+
+def _col2im(patches, layout, spatial, k, s, d, pads, out):
+    """Sum the (checked, batched) blocks into the padded output, then crop the padding."""
+    n, kk = len(k), math.prod(k)
+    feat_ax = 1 if layout == "channels_first" else 2
     batch, channels = patches.shape[0], patches.shape[feat_ax] // kk
     padded = tuple(i + lo + hi for i, (lo, hi) in zip(spatial, pads))
     if layout == "channels_first":
@@ -495,5 +504,4 @@ def fold(
     limit = list(y_shape)
     for a, (lo, _), size in zip(axes, pads, spatial):
         start[a], limit[a] = lo, lo + size
-    y = lax.slice(y, start, limit)
-    return y if batched else y[0]
+    return lax.slice(y, start, limit)

@@ -1,32 +1,37 @@
-"""Shape and receptive-field arithmetic, shared by the ops and usable on its own."""
+"""Shape and receptive-field arithmetic, shared by the ops and usable on its own.
+
+Pure arithmetic on Python ints: no array, no jax, no flax. :func:`receptive_field`
+reads a model too, but not by walking it here: it dispatches on the argument's type
+(``functools.singledispatch``) and :mod:`cnn_jax.nn` registers the reader for
+``flax.nnx`` modules (the receptive-field protocol, ``cnn_jax.nn.main_path``), so
+this lowest tier never imports a higher one.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple, Union
 
-from cnn_jax.ops._args import ntuple, resolve_padding, window_output_size
+from cnn_jax._checks import check_output_padding, ntuple, resolve_padding
+from cnn_jax.ops._args import transpose_output_size, window_output_size
 
-Number = Union[int, float]
 
-
-def _spatial_shape(input_shape, op: str) -> tuple[int, ...]:
+def _geometry(input_shape, kernel_size, stride, dilation, op: str):
+    """``(shape, k, s, d)``: the spatial input shape and per-dim window arguments."""
     if isinstance(input_shape, (int, str)) or not isinstance(input_shape, Sequence):
         raise TypeError(f"{op}: input_shape must be a tuple of spatial sizes, got {input_shape!r}")
     if len(input_shape) == 0:
-        raise ValueError(f"{op}: input_shape must have at least one spatial dim, got {input_shape!r}")
-    return ntuple(input_shape, len(input_shape), "input_shape", op, min_value=1)
+        raise ValueError(f"{op}: input_shape must have at least one spatial dim, got "
+                         f"{input_shape!r}")
+    n = len(input_shape)
+    shape = ntuple(input_shape, n, "input_shape", op, min_value=1)
+    k = ntuple(kernel_size, n, "kernel_size", op)
+    return shape, k, ntuple(stride, n, "stride", op), ntuple(dilation, n, "dilation", op)
 
 
-def conv_output_shape(
-    input_shape: Sequence[int],
-    kernel_size,
-    *,
-    stride=1,
-    padding=0,
-    dilation=1,
-    ceil_mode: bool = False,
-) -> tuple[int, ...]:
+def conv_output_shape(input_shape: Sequence[int], kernel_size, *, stride=1, padding=0,
+                      dilation=1, ceil_mode: bool = False) -> tuple[int, ...]:
     """Spatial output shape of a convolution or pooling window.
 
     Per dim: ``floor((in + lo + hi - dilation * (k - 1) - 1) / stride) + 1``
@@ -48,13 +53,9 @@ def conv_output_shape(
     (15, 15)
     """
     op = "conv_output_shape"
-    shape = _spatial_shape(input_shape, op)
-    n = len(shape)
-    k = ntuple(kernel_size, n, "kernel_size", op)
-    s = ntuple(stride, n, "stride", op)
-    d = ntuple(dilation, n, "dilation", op)
+    shape, k, s, d = _geometry(input_shape, kernel_size, stride, dilation, op)
     pads = resolve_padding(
-        padding, n, op, input_shape=shape, kernel_size=k, stride=s, dilation=d
+        padding, len(shape), op, input_shape=shape, kernel_size=k, stride=s, dilation=d
     )
     out = tuple(
         window_output_size(i, kk, ss, dd, lo, hi, ceil_mode)
@@ -68,15 +69,8 @@ def conv_output_shape(
     return out
 
 
-def conv_transpose_output_shape(
-    input_shape: Sequence[int],
-    kernel_size,
-    *,
-    stride=1,
-    padding=0,
-    output_padding=0,
-    dilation=1,
-) -> tuple[int, ...]:
+def conv_transpose_output_shape(input_shape: Sequence[int], kernel_size, *, stride=1,
+                                padding=0, output_padding=0, dilation=1) -> tuple[int, ...]:
     """Spatial output shape of a transposed convolution (PyTorch's formula).
 
     Per dim: ``(in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1``,
@@ -96,31 +90,14 @@ def conv_transpose_output_shape(
     (12,)
     """
     op = "conv_transpose_output_shape"
-    shape = _spatial_shape(input_shape, op)
-    n = len(shape)
-    k = ntuple(kernel_size, n, "kernel_size", op)
-    s = ntuple(stride, n, "stride", op)
-    d = ntuple(dilation, n, "dilation", op)
-    op_pad = ntuple(output_padding, n, "output_padding", op, min_value=0)
+    shape, k, s, d = _geometry(input_shape, kernel_size, stride, dilation, op)
+    op_pad = ntuple(output_padding, len(shape), "output_padding", op, min_value=0)
     check_output_padding(op_pad, s, d, op)
-    pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
-    out = tuple(
-        (i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
-        for i, kk, ss, dd, oo, (lo, hi) in zip(shape, k, s, d, op_pad, pads)
-    )
+    pads = resolve_padding(padding, len(shape), op, allowed_strings=("valid",))
+    out = transpose_output_size(shape, k, s, d, pads, op_pad)
     if any(o <= 0 for o in out):
         raise ValueError(f"{op}: padding {padding!r} must leave a positive output size, got {out}")
     return out
-
-
-def check_output_padding(output_padding, stride, dilation, op: str) -> None:
-    """PyTorch's rule: each ``output_padding`` must be < its stride or its dilation."""
-    for o, s, d in zip(output_padding, stride, dilation):
-        if o >= s and o >= d:
-            raise ValueError(
-                f"{op}: output_padding must be smaller than stride or dilation in every "
-                f"dim, got output_padding={output_padding}, stride={stride}, dilation={dilation}"
-            )
 
 
 class ReceptiveField(NamedTuple):
@@ -138,6 +115,7 @@ class ReceptiveField(NamedTuple):
     start: Union[float, tuple[float, ...]]
 
 
+@functools.singledispatch
 def receptive_field(layers) -> ReceptiveField:
     """Receptive field of a stack of conv/pool layers (Araujo et al., Distill 2019).
 
@@ -160,7 +138,10 @@ def receptive_field(layers) -> ReceptiveField:
     """
     op = "receptive_field"
     if not isinstance(layers, Sequence) or isinstance(layers, str):
-        layers = _layers_of_model(layers, op)
+        raise TypeError(
+            f"{op}: layers must be a sequence of (kernel_size, stride[, dilation]) or a "
+            f"cnn_jax model, got {type(layers).__name__}"
+        )
     if len(layers) == 0:
         raise ValueError(f"{op}: layers must hold at least one (kernel_size, stride) entry, got {layers!r}")
     n = 1
@@ -186,27 +167,3 @@ def receptive_field(layers) -> ReceptiveField:
     if scalar:
         return ReceptiveField(size[0], jump[0], start[0])
     return ReceptiveField(tuple(size), tuple(jump), tuple(start))
-
-
-def _layers_of_model(model, op: str) -> list:
-    """The ``(k, s, d, p)`` entries of a model's conv/pool layers, in order.
-
-    A model may say its order itself with ``receptive_field_layers()``; otherwise every
-    node of its graph with a ``receptive_field_spec`` is read in graph order.
-    """
-    if hasattr(model, "receptive_field_layers"):
-        return list(model.receptive_field_layers())
-    try:
-        from flax import nnx
-    except ImportError:  # pragma: no cover - flax is a dependency
-        nnx = None
-    if nnx is None or not isinstance(model, nnx.Module):
-        raise TypeError(
-            f"{op}: layers must be a sequence of (kernel_size, stride[, dilation]) or a "
-            f"cnn_jax model, got {type(model).__name__}"
-        )
-    return [
-        node.receptive_field_spec
-        for _, node in nnx.iter_graph(model)
-        if getattr(node, "receptive_field_spec", None) is not None
-    ]
