@@ -9,6 +9,10 @@ from cnn_jax.nn._conv import Conv as Conv
 from cnn_jax.nn._conv import ConvTranspose as ConvTranspose
 from cnn_jax.nn._conv import DepthwiseConv as DepthwiseConv
 from cnn_jax.nn._conv import SeparableConv as SeparableConv
+from cnn_jax.nn._graph import call_paths as call_paths
+from cnn_jax.nn._graph import intercept_calls as intercept_calls
+from cnn_jax.nn._graph import main_path as main_path
+from cnn_jax.nn._graph import named_modules as named_modules
 from cnn_jax.nn._pool import AdaptiveAvgPool as AdaptiveAvgPool
 from cnn_jax.nn._pool import AdaptiveMaxPool as AdaptiveMaxPool
 from cnn_jax.nn._pool import AvgPool as AvgPool
@@ -27,10 +31,15 @@ from cnn_jax.nn._blocks import Bottleneck as Bottleneck
 from cnn_jax.nn._blocks import InvertedResidual as InvertedResidual
 from cnn_jax.nn._blocks import Residual as Residual
 from cnn_jax.nn._blocks import SqueezeExcitation as SqueezeExcitation
+from cnn_jax.nn._blocks import batch_norm as batch_norm
+from cnn_jax.nn._blocks import conv_bn_act as conv_bn_act
+from cnn_jax.nn._blocks import kaiming_normal_fan_out as kaiming_normal_fan_out
 
 __all__ = [
     "AdaptiveAvgPool", "AdaptiveMaxPool", "AvgPool", "Conv", "ConvTranspose",
     "DepthwiseConv", "GlobalAvgPool", "GlobalMaxPool", "LpPool", "MaxPool", "MinPool",
     "PixelShuffle", "PixelUnshuffle", "SeparableConv", "StochasticDepth", "Upsample", "BasicBlock",
     "Bottleneck", "InvertedResidual", "Residual", "SqueezeExcitation",
+    "batch_norm", "call_paths", "conv_bn_act", "intercept_calls", "kaiming_normal_fan_out",
+    "main_path", "named_modules",
 ]

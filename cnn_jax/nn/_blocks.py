@@ -21,7 +21,7 @@ from flax import nnx
 
 from cnn_jax import ops
 from cnn_jax.nn._conv import Conv
-from cnn_jax.ops._args import check_int
+from cnn_jax._checks import check_int
 
 BN_MOMENTUM = 0.9  # Flax's running-average decay; PyTorch's momentum=0.1.
 BN_EPSILON = 1e-5
@@ -41,8 +41,10 @@ def kaiming_normal_fan_out(key, shape, dtype=jnp.float32):
     return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_out)
 
 
-def _bn(features: int, *, dtype, param_dtype, rngs: nnx.Rngs, zero_scale: bool = False):
-    """PyTorch-configured BatchNorm over the last (channel) axis."""
+def batch_norm(features: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs,
+               zero_scale: bool = False) -> nnx.BatchNorm:
+    """``nnx.BatchNorm`` over the last (channel) axis with PyTorch's settings
+    (``BN_MOMENTUM``, ``BN_EPSILON``); ``zero_scale`` starts its scale at zero."""
     return nnx.BatchNorm(
         features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
         param_dtype=param_dtype,
@@ -80,7 +82,7 @@ def conv_bn_act(
              padding=dilation * (kernel_size - 1) // 2, dilation=dilation, groups=groups,
              use_bias=False, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
              rngs=rngs),
-        _bn(out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
+        batch_norm(out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
     ]
     if activation is not None:
         layers.append(activation)
@@ -129,24 +131,38 @@ class Residual(nnx.Module):
         return out + skip
 
 
-def _downsample(in_features, out_features, stride, *, dtype, param_dtype, rngs):
-    """torchvision's shortcut projection: ``Sequential(conv1x1(stride), BatchNorm)``."""
+def _shortcut(in_channels, out_channels, stride, *, dtype, param_dtype, rngs):
+    """torchvision's shortcut projection, ``Sequential(conv1x1(stride), BatchNorm)``,
+    where the stride or the channel count changes; else None (the identity)."""
+    if stride == 1 and in_channels == out_channels:
+        return None
     return nnx.Sequential(
-        Conv(in_features, out_features, 1, stride=stride, use_bias=False,
+        Conv(in_channels, out_channels, 1, stride=stride, use_bias=False,
              kernel_init=kaiming_normal_fan_out, dtype=dtype, param_dtype=param_dtype,
              rngs=rngs),
-        _bn(out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
+        batch_norm(out_channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
     )
 
 
-def _check_block_args(op, in_features, features, stride):
+def _check_block_args(in_features, features, stride, op):
     in_features = check_int(in_features, "in_features", op)
     features = check_int(features, "features", op)
     stride = check_int(stride, "stride", op)
     return in_features, features, stride
 
 
-class BasicBlock(nnx.Module):
+class _ResNetBlock(nnx.Module):
+    """``relu(branch(x) + shortcut(x))``: what BasicBlock and Bottleneck share. A block
+    defines ``_branch`` and sets ``downsample`` (a projection, or None)."""
+
+    def __call__(self, x):
+        out = self._branch(x)
+        # The shortcut after the branch, as torchvision (and so summary rows) order them.
+        identity = x if self.downsample is None else self.downsample(x)
+        return jax.nn.relu(out + identity)
+
+
+class BasicBlock(_ResNetBlock):
     """ResNet's basic block (torchvision ``BasicBlock``): two 3x3 convs and a skip.
 
     ``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``. The first conv carries
@@ -175,33 +191,26 @@ class BasicBlock(nnx.Module):
     def __init__(self, in_features: int, features: int, *, stride: int = 1,
                  zero_init_residual: bool = False, dtype=None, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
-        in_features, features, stride = _check_block_args("BasicBlock", in_features, features,
-                                                           stride)
+        in_features, features, stride = _check_block_args(in_features, features, stride,
+                                                           "BasicBlock")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = Conv(in_features, features, 3, stride=stride, padding=1, use_bias=False,
                           kernel_init=kaiming_normal_fan_out, **kw)
-        self.bn1 = _bn(features, **kw)
+        self.bn1 = batch_norm(features, **kw)
         self.conv2 = Conv(features, features, 3, padding=1, use_bias=False,
                           kernel_init=kaiming_normal_fan_out, **kw)
-        self.bn2 = _bn(features, zero_scale=zero_init_residual, **kw)
-        if stride != 1 or in_features != features:
-            self.downsample = _downsample(in_features, features, stride, **kw)
-        else:
-            self.downsample = None
+        self.bn2 = batch_norm(features, zero_scale=zero_init_residual, **kw)
+        self.downsample = _shortcut(in_features, features, stride, **kw)
 
     def main_path(self) -> list:
         """The spatial layers on the residual branch, in order (for receptive fields)."""
         return [self.conv1, self.conv2]
 
-    def __call__(self, x):
-        out = jax.nn.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        # The shortcut after the branch, as torchvision (and so summary rows) order them.
-        identity = x if self.downsample is None else self.downsample(x)
-        return jax.nn.relu(out + identity)
+    def _branch(self, x):
+        return self.bn2(self.conv2(jax.nn.relu(self.bn1(self.conv1(x)))))
 
 
-class Bottleneck(nnx.Module):
+class Bottleneck(_ResNetBlock):
     """ResNet's bottleneck block, torchvision's "v1.5" (stride on the 3x3 conv).
 
     ``conv1`` 1x1 to ``width``, ``conv2`` 3x3 (stride, groups) , ``conv3`` 1x1 to
@@ -228,7 +237,7 @@ class Bottleneck(nnx.Module):
                  base_width: int = 64, zero_init_residual: bool = False, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "Bottleneck"
-        in_features, features, stride = _check_block_args(op, in_features, features, stride)
+        in_features, features, stride = _check_block_args(in_features, features, stride, op)
         groups = check_int(groups, "groups", op)
         base_width = check_int(base_width, "base_width", op)
         width = int(features * (base_width / 64.0)) * groups
@@ -236,28 +245,22 @@ class Bottleneck(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = kaiming_normal_fan_out
         self.conv1 = Conv(in_features, width, 1, use_bias=False, kernel_init=init, **kw)
-        self.bn1 = _bn(width, **kw)
+        self.bn1 = batch_norm(width, **kw)
         self.conv2 = Conv(width, width, 3, stride=stride, padding=1, groups=groups,
                           use_bias=False, kernel_init=init, **kw)
-        self.bn2 = _bn(width, **kw)
+        self.bn2 = batch_norm(width, **kw)
         self.conv3 = Conv(width, out_features, 1, use_bias=False, kernel_init=init, **kw)
-        self.bn3 = _bn(out_features, zero_scale=zero_init_residual, **kw)
-        if stride != 1 or in_features != out_features:
-            self.downsample = _downsample(in_features, out_features, stride, **kw)
-        else:
-            self.downsample = None
+        self.bn3 = batch_norm(out_features, zero_scale=zero_init_residual, **kw)
+        self.downsample = _shortcut(in_features, out_features, stride, **kw)
 
     def main_path(self) -> list:
         """The spatial layers on the residual branch, in order (for receptive fields)."""
         return [self.conv1, self.conv2, self.conv3]
 
-    def __call__(self, x):
+    def _branch(self, x):
         out = jax.nn.relu(self.bn1(self.conv1(x)))
         out = jax.nn.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        # The shortcut after the branch, as torchvision (and so summary rows) order them.
-        identity = x if self.downsample is None else self.downsample(x)
-        return jax.nn.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
 class SqueezeExcitation(nnx.Module):
@@ -295,6 +298,11 @@ class SqueezeExcitation(nnx.Module):
         self.fc2 = Conv(squeeze_features, in_features, 1, **kw)
         self.activation = activation
         self.scale_activation = scale_activation
+
+    def main_path(self) -> list:
+        """Nothing: a gate computed from the pooled map, which adds nothing to the
+        ``(kernel, stride)`` recursion of the path it scales."""
+        return []
 
     def __call__(self, x):
         n = x.ndim - 2
@@ -357,20 +365,14 @@ class InvertedResidual(nnx.Module):
             layers.append(SqueezeExcitation(hidden, max(1, int(hidden * se_ratio)), **kw))
         layers.append(Conv(hidden, out_features, 1, use_bias=False,
                            kernel_init=kaiming_normal_fan_out, **kw))
-        layers.append(_bn(out_features, **kw))
+        layers.append(batch_norm(out_features, **kw))
         self.conv = nnx.Sequential(*layers)
         self.stride = stride
         self.use_res_connect = stride == 1 and in_features == out_features
 
     def main_path(self) -> list:
-        """The spatial layers of the block, in order (for receptive fields)."""
-        out = []
-        for layer in self.conv.layers:
-            if isinstance(layer, nnx.Sequential):
-                out.append(layer.layers[0])
-            elif isinstance(layer, Conv):
-                out.append(layer)
-        return out
+        """The block's layers in order (read by :func:`cnn_jax.nn.main_path`)."""
+        return list(self.conv.layers)
 
     def __call__(self, x):
         out = self.conv(x)

@@ -1,10 +1,16 @@
 """Convolution layers: ``nnx.Module`` wrappers that hold parameters and call the ops.
 
-Each layer validates its arguments in ``__init__`` with the normalisers the ops use
-(``cnn_jax.ops._args``), keeps its configuration as plain Python values (for
+Each layer validates its arguments in ``__init__`` with the checks the ops use
+(:mod:`cnn_jax._checks`), keeps its configuration as plain Python values (for
 ``repr`` and ``cnn_jax.summary``), stores ``kernel``/``bias`` as ``nnx.Param`` in the
 op's kernel layout, and in ``__call__`` only promotes dtypes and calls the op, so
 ``layer(x) == op(x, layer.kernel, layer.bias, **config)``.
+
+One base class, ``_ConvBase``, owns what the four layers share, as Equinox's
+``Pool(init, operation, ...)`` does for its pools: the checks of the common
+arguments (``_setup``), the parameters and their PyTorch-default initialisation
+(``_param``, ``_init_bias``) and ``__call__``; a layer names its op (``_operation``),
+the parameters passed before the bias (``_kernels``) and its options (``_options``).
 
 Kernel size: an int means a 2-D layer (``Conv(3, 8, 3)`` is PyTorch's ``Conv2d``); a
 tuple of length ``n`` gives an ``n``-D layer (``(3,)`` is 1-D, ``(3, 3, 3)`` is 3-D).
@@ -21,22 +27,21 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from cnn_jax import ops
-from cnn_jax.nn._init import bias_uniform, conv_fan_in, conv_transpose_fan_in, kaiming_uniform
-from cnn_jax.ops._args import (
+from cnn_jax._checks import (
+    PADDING_MODES,
+    PADDING_STRINGS,
+    check_bool,
     check_choice,
     check_int,
     check_layout,
-    is_pairs,
+    check_output_padding,
+    declared_padding,
     ntuple,
-    resolve_padding,
 )
-from cnn_jax.ops._shape import check_output_padding
-
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-
+from cnn_jax.nn._init import bias_uniform, conv_fan_in, conv_transpose_fan_in, kaiming_uniform
 
 # ---------------------------------------------------------------------------
-# Argument checks shared by the conv layers (they call the ops' normalisers).
+# Argument checks only the conv layers need (the shared ones are in cnn_jax._checks).
 
 
 def _kernel_size(kernel_size, op: str) -> tuple[int, ...]:
@@ -48,29 +53,6 @@ def _kernel_size(kernel_size, op: str) -> tuple[int, ...]:
     return ntuple(kernel_size, 2, "kernel_size", op)
 
 
-def _padding(padding, n: int, op: str, k, s, d, allowed_strings) -> tuple:
-    """Validate ``padding``; return ``(stored form, low padding per dim)``.
-
-    The stored form is what the op is called with: a lower-cased string, a tuple of
-    ints or a tuple of ``(low, high)`` pairs. ``"same"`` is resolved by the op (it
-    needs the input size); its low padding is reported as ``(eff_k - 1) // 2``, exact
-    for stride 1 (with stride > 1 it depends on the input size).
-    """
-    if isinstance(padding, str) and padding.lower() == "same" and "same" in allowed_strings:
-        eff = tuple(dd * (kk - 1) + 1 for kk, dd in zip(k, d))
-        return "same", tuple((e - 1) // 2 for e in eff)
-    pads = resolve_padding(
-        padding, n, op, kernel_size=k, stride=s, dilation=d, allowed_strings=allowed_strings
-    )
-    if isinstance(padding, str):
-        stored = padding.lower()
-    elif is_pairs(padding):
-        stored = pads
-    else:
-        stored = tuple(lo for lo, _ in pads)
-    return stored, tuple(lo for lo, _ in pads)
-
-
 def _check_groups(in_features: int, out_features: int, groups: int, op: str) -> None:
     if in_features % groups:
         raise ValueError(
@@ -80,12 +62,6 @@ def _check_groups(in_features: int, out_features: int, groups: int, op: str) -> 
         raise ValueError(
             f"{op}: out_features (={out_features}) must be divisible by groups (={groups})"
         )
-
-
-def _check_bool(value, name: str, op: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be a bool, got {value!r}")
-    return value
 
 
 def _check_dtype(value, name: str, op: str, *, allow_none: bool):
@@ -120,43 +96,87 @@ def _kernel_shape(kernel_size, in_axis: int, out_axis: int, layout: str) -> tupl
     return (out_axis, in_axis, *kernel_size)
 
 
-class _ConvBase(nnx.Module):
-    """Shared config of Conv, DepthwiseConv and SeparableConv."""
+# ---------------------------------------------------------------------------
+# The base class.
 
-    def _setup(self, op, in_features, out_features, kernel_size, stride, padding, dilation,
-               groups, padding_mode, use_bias, layout, dtype, param_dtype, kernel_init,
-               bias_init, allowed_strings=("valid", "same", "full", "causal")):
+
+class _ConvBase(nnx.Module):
+    """Shared config, parameters and ``__call__`` of the four conv layers."""
+
+    _kernels = ("kernel",)  # parameters passed to the op before the bias
+    _options: tuple[str, ...] = ()  # attributes passed to the op as keywords
+
+    @staticmethod
+    def _operation(x, *params, **options):  # the op; each layer names its own
+        raise NotImplementedError
+
+    def _setup(self, op, in_features, out_features, kernel_size, *, stride, padding,
+               dilation, groups, padding_mode, use_bias, layout, dtype, param_dtype,
+               kernel_init, bias_init, precision, allowed_strings=PADDING_STRINGS,
+               output_padding=None):
+        """Check and store the arguments every conv layer has.
+
+        ``padding_mode`` None: the layer has none (transposed conv);
+        ``output_padding`` None: the layer has none (every other conv).
+        """
         self.in_features = check_int(in_features, "in_features", op)
         self.out_features = check_int(out_features, "out_features", op)
         self.kernel_size = _kernel_size(kernel_size, op)
         n = len(self.kernel_size)
         self.stride = ntuple(stride, n, "stride", op)
         self.dilation = ntuple(dilation, n, "dilation", op)
+        if output_padding is not None:
+            self.output_padding = ntuple(output_padding, n, "output_padding", op, min_value=0)
+            check_output_padding(self.output_padding, self.stride, self.dilation, op)
         self.groups = check_int(groups, "groups", op)
         _check_groups(self.in_features, self.out_features, self.groups, op)
-        self.padding, self._padding_low = _padding(
-            padding, n, op, self.kernel_size, self.stride, self.dilation, allowed_strings
-        )
-        self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode", op)
-        self.use_bias = _check_bool(use_bias, "use_bias", op)
+        self.padding, self._padding_low = declared_padding(
+            padding, n, op, kernel_size=self.kernel_size, stride=self.stride,
+            dilation=self.dilation, allowed_strings=allowed_strings)
+        if padding_mode is not None:
+            self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode", op)
+        self.use_bias = check_bool(use_bias, "use_bias", op)
         self.layout = check_layout(layout, op)
         self.dtype = _check_dtype(dtype, "dtype", op, allow_none=True)
         self.param_dtype = _check_dtype(param_dtype, "param_dtype", op, allow_none=False)
         _check_init(kernel_init, "kernel_init", op)
         _check_init(bias_init, "bias_init", op)
+        self.precision = precision
+
+    def _param(self, init, shape, rngs: nnx.Rngs) -> nnx.Param:
+        return nnx.Param(init(rngs.params(), shape, self.param_dtype))
+
+    def _init_bias(self, bias_init, fan_in: int, rngs: nnx.Rngs) -> None:
+        """The ``(C_out,)`` bias (PyTorch's default ``U(+-1/sqrt(fan_in))``), or None."""
+        if self.use_bias:
+            init = bias_init or bias_uniform(fan_in)
+            self.bias = self._param(init, (self.out_features,), rngs)
+        else:
+            self.bias = nnx.data(None)
 
     @property
     def num_spatial_dims(self) -> int:
         return len(self.kernel_size)
 
     @property
-    def receptive_field_spec(self) -> tuple:
+    def receptive_field_spec(self) -> tuple | None:
         """``(kernel_size, stride, dilation, padding_low)``, one tuple entry per dim.
 
         Read by :func:`cnn_jax.receptive_field`. For ``padding="same"`` the low padding
         is ``(dilation * (k - 1)) // 2`` (exact for stride 1).
         """
         return (self.kernel_size, self.stride, self.dilation, self._padding_low)
+
+    def __call__(self, x):
+        """Promote ``x`` and the parameters to one dtype and apply the layer's op."""
+        bias = None if self.bias is None else self.bias[...]
+        kernels = tuple(getattr(self, name)[...] for name in self._kernels)
+        x, *params = promote_dtype((x, *kernels, bias), dtype=self.dtype)
+        options = {name: getattr(self, name) for name in self._options}
+        return self._operation(x, *params, **options)
+
+
+_COMMON = ("stride", "padding", "dilation", "layout", "precision")
 
 
 class Conv(_ConvBase):
@@ -194,56 +214,29 @@ class Conv(_ConvBase):
     (2, 16, 16, 8)
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel_size,
-        *,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups: int = 1,
-        padding_mode: str = "zeros",
-        use_bias: bool = True,
-        flip: bool = False,
-        layout: str = "channels_last",
-        dtype=None,
-        param_dtype=jnp.float32,
-        kernel_init=None,
-        bias_init=None,
-        precision=None,
-        rngs: nnx.Rngs,
-    ):
+    _operation = staticmethod(ops.conv)
+    _options = (*_COMMON, "groups", "padding_mode", "flip")
+
+    def __init__(self, in_features: int, out_features: int, kernel_size, *, stride=1,
+                 padding=0, dilation=1, groups: int = 1, padding_mode: str = "zeros",
+                 use_bias: bool = True, flip: bool = False, layout: str = "channels_last",
+                 dtype=None, param_dtype=jnp.float32, kernel_init=None, bias_init=None,
+                 precision=None, rngs: nnx.Rngs):
         op = "Conv"
-        self._setup(op, in_features, out_features, kernel_size, stride, padding, dilation,
-                    groups, padding_mode, use_bias, layout, dtype, param_dtype, kernel_init,
-                    bias_init)
-        self.flip = _check_bool(flip, "flip", op)
-        self.precision = precision
+        self._setup(op, in_features, out_features, kernel_size, stride=stride,
+                    padding=padding, dilation=dilation, groups=groups,
+                    padding_mode=padding_mode, use_bias=use_bias, layout=layout, dtype=dtype,
+                    param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
+                    precision=precision)
+        self.flip = check_bool(flip, "flip", op)
         fan_in = conv_fan_in(self.in_features, self.kernel_size, self.groups)
         shape = _kernel_shape(self.kernel_size, self.in_features // self.groups,
                               self.out_features, self.layout)
-        kernel_init = kernel_init or kaiming_uniform(fan_in)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, self.param_dtype))
-        if self.use_bias:
-            bias_init = bias_init or bias_uniform(fan_in)
-            self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,), self.param_dtype))
-        else:
-            self.bias = nnx.data(None)
-
-    def __call__(self, x):
-        """Apply the convolution: ``x`` ``(N, *spatial, C_in)`` (or unbatched) -> ``y``."""
-        bias = None if self.bias is None else self.bias[...]
-        x, kernel, bias = promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-        return ops.conv(
-            x, kernel, bias, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, groups=self.groups, padding_mode=self.padding_mode,
-            flip=self.flip, layout=self.layout, precision=self.precision,
-        )
+        self.kernel = self._param(kernel_init or kaiming_uniform(fan_in), shape, rngs)
+        self._init_bias(bias_init, fan_in, rngs)
 
 
-class ConvTranspose(nnx.Module):
+class ConvTranspose(_ConvBase):
     """A transposed convolution layer over :func:`cnn_jax.ops.conv_transpose`.
 
     Equal to PyTorch's ``ConvTranspose{n}d``: the gradient of a convolution with
@@ -276,73 +269,25 @@ class ConvTranspose(nnx.Module):
     """
 
     receptive_field_spec = None
+    _operation = staticmethod(ops.conv_transpose)
+    _options = (*_COMMON, "groups", "output_padding")
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel_size,
-        *,
-        stride=1,
-        padding=0,
-        output_padding=0,
-        dilation=1,
-        groups: int = 1,
-        use_bias: bool = True,
-        layout: str = "channels_last",
-        dtype=None,
-        param_dtype=jnp.float32,
-        kernel_init=None,
-        bias_init=None,
-        precision=None,
-        rngs: nnx.Rngs,
-    ):
-        op = "ConvTranspose"
-        self.in_features = check_int(in_features, "in_features", op)
-        self.out_features = check_int(out_features, "out_features", op)
-        self.kernel_size = _kernel_size(kernel_size, op)
-        n = len(self.kernel_size)
-        self.stride = ntuple(stride, n, "stride", op)
-        self.dilation = ntuple(dilation, n, "dilation", op)
-        self.output_padding = ntuple(output_padding, n, "output_padding", op, min_value=0)
-        check_output_padding(self.output_padding, self.stride, self.dilation, op)
-        self.groups = check_int(groups, "groups", op)
-        _check_groups(self.in_features, self.out_features, self.groups, op)
-        self.padding, _ = _padding(padding, n, op, self.kernel_size, self.stride,
-                                   self.dilation, ("valid",))
-        self.use_bias = _check_bool(use_bias, "use_bias", op)
-        self.layout = check_layout(layout, op)
-        self.dtype = _check_dtype(dtype, "dtype", op, allow_none=True)
-        self.param_dtype = _check_dtype(param_dtype, "param_dtype", op, allow_none=False)
-        _check_init(kernel_init, "kernel_init", op)
-        _check_init(bias_init, "bias_init", op)
-        self.precision = precision
+    def __init__(self, in_features: int, out_features: int, kernel_size, *, stride=1,
+                 padding=0, output_padding=0, dilation=1, groups: int = 1,
+                 use_bias: bool = True, layout: str = "channels_last", dtype=None,
+                 param_dtype=jnp.float32, kernel_init=None, bias_init=None, precision=None,
+                 rngs: nnx.Rngs):
+        self._setup("ConvTranspose", in_features, out_features, kernel_size, stride=stride,
+                    padding=padding, dilation=dilation, groups=groups, padding_mode=None,
+                    use_bias=use_bias, layout=layout, dtype=dtype, param_dtype=param_dtype,
+                    kernel_init=kernel_init, bias_init=bias_init, precision=precision,
+                    allowed_strings=("valid",), output_padding=output_padding)
         fan_in = conv_transpose_fan_in(self.out_features, self.kernel_size, self.groups)
-        if self.layout == "channels_last":
-            shape = (*self.kernel_size, self.in_features, self.out_features // self.groups)
-        else:
-            shape = (self.in_features, self.out_features // self.groups, *self.kernel_size)
-        kernel_init = kernel_init or kaiming_uniform(fan_in)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, self.param_dtype))
-        if self.use_bias:
-            bias_init = bias_init or bias_uniform(fan_in)
-            self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,), self.param_dtype))
-        else:
-            self.bias = nnx.data(None)
-
-    @property
-    def num_spatial_dims(self) -> int:
-        return len(self.kernel_size)
-
-    def __call__(self, x):
-        """Apply the transposed convolution: ``(N, *spatial, C_in)`` -> ``(N, *out, C_out)``."""
-        bias = None if self.bias is None else self.bias[...]
-        x, kernel, bias = promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-        return ops.conv_transpose(
-            x, kernel, bias, stride=self.stride, padding=self.padding,
-            output_padding=self.output_padding, dilation=self.dilation, groups=self.groups,
-            layout=self.layout, precision=self.precision,
-        )
+        io = (self.in_features, self.out_features // self.groups)  # PyTorch's weight order
+        shape = (*self.kernel_size, *io) if self.layout == "channels_last" else (
+            *io, *self.kernel_size)
+        self.kernel = self._param(kernel_init or kaiming_uniform(fan_in), shape, rngs)
+        self._init_bias(bias_init, fan_in, rngs)
 
 
 class DepthwiseConv(_ConvBase):
@@ -356,7 +301,7 @@ class DepthwiseConv(_ConvBase):
       kernel_size: int (a 2-D layer) or a tuple of ``n`` ints.
       depth_multiplier: filters per input channel; ``C_out = C * depth_multiplier``.
       stride, padding, dilation, padding_mode, use_bias, layout, dtype, param_dtype,
-        rngs: as :class:`Conv`.
+        precision, rngs: as :class:`Conv`.
       kernel_init, bias_init: None gives PyTorch's defaults with ``fan_in = prod(k)``.
 
     Kernel: channels_last ``(*k, 1, C_out)``; channels_first ``(C_out, 1, *k)``.
@@ -366,48 +311,26 @@ class DepthwiseConv(_ConvBase):
     (1, 8, 8, 4)
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        kernel_size,
-        *,
-        depth_multiplier: int = 1,
-        stride=1,
-        padding=0,
-        dilation=1,
-        padding_mode: str = "zeros",
-        use_bias: bool = True,
-        layout: str = "channels_last",
-        dtype=None,
-        param_dtype=jnp.float32,
-        kernel_init=None,
-        bias_init=None,
-        rngs: nnx.Rngs,
-    ):
+    _operation = staticmethod(ops.depthwise_conv)
+    _options = (*_COMMON, "padding_mode")
+
+    def __init__(self, in_features: int, kernel_size, *, depth_multiplier: int = 1,
+                 stride=1, padding=0, dilation=1, padding_mode: str = "zeros",
+                 use_bias: bool = True, layout: str = "channels_last", dtype=None,
+                 param_dtype=jnp.float32, kernel_init=None, bias_init=None, precision=None,
+                 rngs: nnx.Rngs):
         op = "DepthwiseConv"
         in_features = check_int(in_features, "in_features", op)
         self.depth_multiplier = check_int(depth_multiplier, "depth_multiplier", op)
-        self._setup(op, in_features, in_features * self.depth_multiplier, kernel_size, stride,
-                    padding, dilation, in_features, padding_mode, use_bias, layout, dtype,
-                    param_dtype, kernel_init, bias_init)
+        self._setup(op, in_features, in_features * self.depth_multiplier, kernel_size,
+                    stride=stride, padding=padding, dilation=dilation, groups=in_features,
+                    padding_mode=padding_mode, use_bias=use_bias, layout=layout, dtype=dtype,
+                    param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
+                    precision=precision)
         fan_in = conv_fan_in(1, self.kernel_size)
         shape = _kernel_shape(self.kernel_size, 1, self.out_features, self.layout)
-        kernel_init = kernel_init or kaiming_uniform(fan_in)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, self.param_dtype))
-        if self.use_bias:
-            bias_init = bias_init or bias_uniform(fan_in)
-            self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,), self.param_dtype))
-        else:
-            self.bias = nnx.data(None)
-
-    def __call__(self, x):
-        """Apply the depthwise convolution: ``(N, *spatial, C)`` -> ``(N, *out, C * m)``."""
-        bias = None if self.bias is None else self.bias[...]
-        x, kernel, bias = promote_dtype((x, self.kernel[...], bias), dtype=self.dtype)
-        return ops.depthwise_conv(
-            x, kernel, bias, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, padding_mode=self.padding_mode, layout=self.layout,
-        )
+        self.kernel = self._param(kernel_init or kaiming_uniform(fan_in), shape, rngs)
+        self._init_bias(bias_init, fan_in, rngs)
 
 
 class SeparableConv(_ConvBase):
@@ -424,7 +347,7 @@ class SeparableConv(_ConvBase):
       kernel_size: int (a 2-D layer) or a tuple of ``n`` ints.
       depth_multiplier: depthwise filters per input channel ``m``.
       stride, padding, dilation, padding_mode: of the depthwise step, as :class:`Conv`.
-      use_bias, layout, dtype, param_dtype, rngs: as :class:`Conv`.
+      use_bias, layout, dtype, param_dtype, precision, rngs: as :class:`Conv`.
       kernel_init: initialiser for both kernels; None gives PyTorch's defaults
         (``fan_in = prod(k)`` for the depthwise, ``C * m`` for the pointwise kernel).
       bias_init: None gives PyTorch's pointwise-conv default (``fan_in = C * m``).
@@ -438,50 +361,26 @@ class SeparableConv(_ConvBase):
     (1, 8, 8, 8)
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel_size,
-        *,
-        depth_multiplier: int = 1,
-        stride=1,
-        padding=0,
-        dilation=1,
-        padding_mode: str = "zeros",
-        use_bias: bool = True,
-        layout: str = "channels_last",
-        dtype=None,
-        param_dtype=jnp.float32,
-        kernel_init=None,
-        bias_init=None,
-        rngs: nnx.Rngs,
-    ):
+    _kernels = ("depthwise_kernel", "pointwise_kernel")
+    _operation = staticmethod(ops.separable_conv)
+    _options = (*_COMMON, "padding_mode")
+
+    def __init__(self, in_features: int, out_features: int, kernel_size, *,
+                 depth_multiplier: int = 1, stride=1, padding=0, dilation=1,
+                 padding_mode: str = "zeros", use_bias: bool = True,
+                 layout: str = "channels_last", dtype=None, param_dtype=jnp.float32,
+                 kernel_init=None, bias_init=None, precision=None, rngs: nnx.Rngs):
         op = "SeparableConv"
         self.depth_multiplier = check_int(depth_multiplier, "depth_multiplier", op)
-        self._setup(op, in_features, out_features, kernel_size, stride, padding, dilation, 1,
-                    padding_mode, use_bias, layout, dtype, param_dtype, kernel_init, bias_init)
+        self._setup(op, in_features, out_features, kernel_size, stride=stride, padding=padding,
+                    dilation=dilation, groups=1, padding_mode=padding_mode, use_bias=use_bias,
+                    layout=layout, dtype=dtype, param_dtype=param_dtype,
+                    kernel_init=kernel_init, bias_init=bias_init, precision=precision)
         mid = self.in_features * self.depth_multiplier
         n = len(self.kernel_size)
         dw_shape = _kernel_shape(self.kernel_size, 1, mid, self.layout)
         pw_shape = _kernel_shape((1,) * n, mid, self.out_features, self.layout)
         dw_init = kernel_init or kaiming_uniform(conv_fan_in(1, self.kernel_size))
-        pw_init = kernel_init or kaiming_uniform(mid)
-        self.depthwise_kernel = nnx.Param(dw_init(rngs.params(), dw_shape, self.param_dtype))
-        self.pointwise_kernel = nnx.Param(pw_init(rngs.params(), pw_shape, self.param_dtype))
-        if self.use_bias:
-            bias_init = bias_init or bias_uniform(mid)
-            self.bias = nnx.Param(bias_init(rngs.params(), (self.out_features,), self.param_dtype))
-        else:
-            self.bias = nnx.data(None)
-
-    def __call__(self, x):
-        """Apply depthwise then pointwise convolution: ``(N, *spatial, C)`` -> ``(N, *out, out)``."""
-        bias = None if self.bias is None else self.bias[...]
-        x, dw, pw, bias = promote_dtype(
-            (x, self.depthwise_kernel[...], self.pointwise_kernel[...], bias), dtype=self.dtype
-        )
-        return ops.separable_conv(
-            x, dw, pw, bias, stride=self.stride, padding=self.padding,
-            dilation=self.dilation, padding_mode=self.padding_mode, layout=self.layout,
-        )
+        self.depthwise_kernel = self._param(dw_init, dw_shape, rngs)
+        self.pointwise_kernel = self._param(kernel_init or kaiming_uniform(mid), pw_shape, rngs)
+        self._init_bias(bias_init, mid, rngs)

@@ -23,18 +23,18 @@ import jax.numpy as jnp
 _MIN_DRAW = 4096
 
 
-def conv_fan_in(in_features: int, kernel_size: Sequence[int], groups: int = 1) -> int:
-    """PyTorch's ``fan_in`` of a ``Conv*d`` weight: ``in_features // groups * prod(k)``."""
-    return in_features // groups * math.prod(kernel_size)
+def conv_fan_in(in_channels: int, kernel_size: Sequence[int], groups: int = 1) -> int:
+    """PyTorch's ``fan_in`` of a ``Conv*d`` weight: ``in_channels // groups * prod(k)``."""
+    return in_channels // groups * math.prod(kernel_size)
 
 
-def conv_transpose_fan_in(out_features: int, kernel_size: Sequence[int], groups: int = 1) -> int:
+def conv_transpose_fan_in(out_channels: int, kernel_size: Sequence[int], groups: int = 1) -> int:
     """PyTorch's ``fan_in`` of a ``ConvTranspose*d`` weight: ``out // groups * prod(k)``.
 
     PyTorch reads ``weight.size(1)`` of the ``(I, O // g, *k)`` weight, so a transposed
     conv's "fan_in" counts its output channels.
     """
-    return out_features // groups * math.prod(kernel_size)
+    return out_channels // groups * math.prod(kernel_size)
 
 
 def uniform(bound: float):

@@ -3,7 +3,13 @@
 Window arguments follow the ops: an int ``window`` pools every spatial dim of the
 (batched) input, the rank coming from ``x``; a tuple fixes the number of spatial dims.
 ``stride=None`` means ``stride = window`` (PyTorch's default). Arguments are
-validated in ``__init__`` with the ops' normalisers, and kept as plain Python values.
+validated in ``__init__`` with the ops' checks (:mod:`cnn_jax._checks`), and kept as
+plain Python values in the form they were given (an int stays an int), so the op is
+called with what the user wrote.
+
+As Equinox's ``Pool(init, operation, ...)``, one base class per family owns
+``__init__`` and ``__call__``; a variant names its op (``_operation``) and, for the
+window pools, the attributes the op takes as keywords (``_options``).
 """
 
 from __future__ import annotations
@@ -13,90 +19,61 @@ from collections.abc import Sequence
 from flax import nnx
 
 from cnn_jax import ops
-from cnn_jax.ops._args import check_int, check_layout, is_pairs, ntuple, resolve_padding
-
-
-# The string forms the pooling ops accept ("causal" is for 1-D convolution only).
-POOL_PADDING_STRINGS = ("valid", "same", "full")
+from cnn_jax._checks import (
+    POOL_PADDING_STRINGS,
+    check_bool,
+    check_int,
+    check_layout,
+    check_pool_padding,
+    declared_padding,
+    is_pairs,
+    ntuple,
+    resolve_padding,
+)
 
 
 def _is_seq(value) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str)
 
 
-def _check_bool(value, name: str, op: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be a bool, got {value!r}")
-    return value
+class _WindowPool(nnx.Module):
+    """Shared ``__init__`` (window, stride, padding, dilation, ceil_mode, layout) and
+    ``__call__`` of the sliding-window pools."""
 
+    _options = ("padding", "dilation", "ceil_mode", "layout")
 
-class _WindowConfig:
-    """Validated ``window``, ``stride``, ``dilation`` and ``padding`` of a sliding pool.
+    @staticmethod
+    def _operation(x, *, window, stride, **options):  # the op; each pool names its own
+        raise NotImplementedError
 
-    ``n`` is the number of spatial dims when any argument fixes it (a tuple), else
-    None (the op reads the rank from ``x``). Each argument keeps the form it was given
-    in (an int stays an int), so the op is called with what the user wrote.
-    """
+    def __init__(self, window, stride=None, *, padding=0, dilation=1, ceil_mode=False,
+                 layout="channels_last"):
+        self._setup(type(self).__name__, window, stride, padding, dilation, ceil_mode, layout)
 
-    def __init__(self, op, window, stride, padding, dilation):
-        given = [v for v in (window, stride, dilation) if _is_seq(v)]
-        if _is_seq(padding):
-            given.append(padding)
-        n = len(given[0]) if given else None
-        m = n or 1
+    def _setup(self, op, window, stride, padding, dilation, ceil_mode, layout):
+        # n is fixed by any tuple argument; else the op reads the rank from x (m = 1 here).
+        given = [v for v in (window, stride, dilation, padding) if _is_seq(v)]
+        m = len(given[0]) if given else 1
 
-        # Keep each argument's form (an int stays an int), so the op sees what the user gave.
-        def keep(given, t):
-            return t if _is_seq(given) else t[0]
+        def keep(arg, t):  # an int argument stays an int
+            return t if _is_seq(arg) else t[0]
 
         k = ntuple(window, m, "window", op)
         s = k if stride is None else ntuple(stride, m, "stride", op)
         d = ntuple(dilation, m, "dilation", op)
-        if isinstance(padding, str) and padding.lower() == "same":
-            low = tuple((dd * (kk - 1)) // 2 for kk, dd in zip(k, d))
-            stored = "same"
-        else:
-            pads = resolve_padding(padding, m, op, kernel_size=k, stride=s, dilation=d,
-                                  allowed_strings=POOL_PADDING_STRINGS)
-            if not isinstance(padding, str) and not is_pairs(padding):
-                # PyTorch's rule, on the undilated window.
-                for (p, _), kk in zip(pads, k):
-                    if p > kk // 2:
-                        raise ValueError(
-                            f"{op}: padding must be <= window // 2 in every dim, got "
-                            f"padding={padding!r} for window={window!r}"
-                        )
-            low = tuple(lo for lo, _ in pads)
-            if isinstance(padding, str):
-                stored = padding.lower()
-            elif is_pairs(padding):
-                stored = pads
-            else:
+        stored, low = declared_padding(padding, m, op, kernel_size=k, stride=s, dilation=d,
+                                       allowed_strings=POOL_PADDING_STRINGS)
+        if not isinstance(padding, str):
+            check_pool_padding(padding, resolve_padding(padding, m, op), k, op)
+            if not is_pairs(padding):
                 stored = keep(padding, low)
         self.window = keep(window, k)
         self.stride = self.window if stride is None else keep(stride, s)
-        self.dilation = keep(dilation, d)
         self.padding = stored
-        self.padding_low = low if n else low[0]
-
-
-class _SlidingPool(nnx.Module):
-    """Shared attributes of the sliding-window pools."""
-
-    def _setup(self, op, window, stride, padding, dilation, ceil_mode, layout):
-        cfg = _WindowConfig(op, window, stride, padding, dilation)
-        self.window = cfg.window
-        self.stride = cfg.stride
-        self.padding = cfg.padding
-        self.dilation = cfg.dilation
-        self._padding_low = cfg.padding_low
-        self.ceil_mode = _check_bool(ceil_mode, "ceil_mode", op)
+        self.dilation = keep(dilation, d)
+        self._padding_low = low if given else low[0]
+        self.ceil_mode = check_bool(ceil_mode, "ceil_mode", op)
         self.layout = check_layout(layout, op)
-
-    @property
-    def kernel_size(self):
-        """The window, under the name the conv layers and ``summary`` use."""
-        return self.window
 
     @property
     def receptive_field_spec(self) -> tuple:
@@ -107,8 +84,12 @@ class _SlidingPool(nnx.Module):
         """
         return (self.window, self.stride, self.dilation, self._padding_low)
 
+    def __call__(self, x):
+        options = {name: getattr(self, name) for name in self._options}
+        return self._operation(x, window=self.window, stride=self.stride, **options)
 
-class MaxPool(_SlidingPool):
+
+class MaxPool(_WindowPool):
     """Max pooling over :func:`cnn_jax.ops.max_pool` (PyTorch ``MaxPool{n}d``).
 
     Args:
@@ -129,36 +110,16 @@ class MaxPool(_SlidingPool):
     (1, 4, 4, 3)
     """
 
-    def __init__(self, window, stride=None, *, padding=0, dilation=1, ceil_mode=False,
-                 layout="channels_last"):
-        self._setup("MaxPool", window, stride, padding, dilation, ceil_mode, layout)
-
-    def __call__(self, x):
-        return ops.max_pool(x, self.window, self.stride, padding=self.padding,
-                            dilation=self.dilation, ceil_mode=self.ceil_mode,
-                            layout=self.layout)
+    _operation = staticmethod(ops.max_pool)
 
 
-class MinPool(_SlidingPool):
-    """Min pooling over :func:`cnn_jax.ops.min_pool`; arguments as :class:`MaxPool`.
+class MinPool(_WindowPool):
+    """Min pooling over :func:`cnn_jax.ops.min_pool`; arguments and shapes as :class:`MaxPool`."""
 
-    >>> import jax.numpy as jnp
-
-    >>> MinPool(2)(jnp.ones((1, 8, 8, 3))).shape
-    (1, 4, 4, 3)
-    """
-
-    def __init__(self, window, stride=None, *, padding=0, dilation=1, ceil_mode=False,
-                 layout="channels_last"):
-        self._setup("MinPool", window, stride, padding, dilation, ceil_mode, layout)
-
-    def __call__(self, x):
-        return ops.min_pool(x, self.window, self.stride, padding=self.padding,
-                            dilation=self.dilation, ceil_mode=self.ceil_mode,
-                            layout=self.layout)
+    _operation = staticmethod(ops.min_pool)
 
 
-class AvgPool(_SlidingPool):
+class AvgPool(_WindowPool):
     """Average pooling over :func:`cnn_jax.ops.avg_pool` (PyTorch ``AvgPool{n}d``).
 
     Args:
@@ -172,24 +133,21 @@ class AvgPool(_SlidingPool):
     (1, 4, 4, 3)
     """
 
+    _operation = staticmethod(ops.avg_pool)
+    _options = ("padding", "ceil_mode", "count_include_pad", "divisor_override", "layout")
+
     def __init__(self, window, stride=None, *, padding=0, ceil_mode=False,
                  count_include_pad=True, divisor_override=None, layout="channels_last"):
         op = "AvgPool"
         self._setup(op, window, stride, padding, 1, ceil_mode, layout)
-        self.count_include_pad = _check_bool(count_include_pad, "count_include_pad", op)
+        self.count_include_pad = check_bool(count_include_pad, "count_include_pad", op)
         self.divisor_override = (
             None if divisor_override is None
             else check_int(divisor_override, "divisor_override", op)
         )
 
-    def __call__(self, x):
-        return ops.avg_pool(x, self.window, self.stride, padding=self.padding,
-                            ceil_mode=self.ceil_mode,
-                            count_include_pad=self.count_include_pad,
-                            divisor_override=self.divisor_override, layout=self.layout)
 
-
-class LpPool(_SlidingPool):
+class LpPool(_WindowPool):
     """Power-average pooling over :func:`cnn_jax.ops.lp_pool` (PyTorch ``LPPool{n}d``).
 
     ``y = (sum over the window of x ** p) ** (1 / p)``; no padding, as PyTorch.
@@ -204,6 +162,9 @@ class LpPool(_SlidingPool):
     (1, 4, 4, 3)
     """
 
+    _operation = staticmethod(ops.lp_pool)
+    _options = ("p", "ceil_mode", "layout")
+
     def __init__(self, p, window, stride=None, *, ceil_mode=False, layout="channels_last"):
         op = "LpPool"
         if isinstance(p, bool) or not isinstance(p, (int, float)):
@@ -212,10 +173,6 @@ class LpPool(_SlidingPool):
             raise ValueError(f"{op}: p must be > 0, got {p!r}")
         self.p = p
         self._setup(op, window, stride, 0, 1, ceil_mode, layout)
-
-    def __call__(self, x):
-        return ops.lp_pool(x, self.p, self.window, self.stride, ceil_mode=self.ceil_mode,
-                           layout=self.layout)
 
 
 def _output_size(output_size, op: str):
@@ -227,7 +184,21 @@ def _output_size(output_size, op: str):
     return check_int(output_size, "output_size", op)
 
 
-class AdaptiveAvgPool(nnx.Module):
+class _AdaptivePool(nnx.Module):
+    """Shared ``__init__`` and ``__call__`` of the adaptive pools.
+
+    No ``receptive_field_spec``: the window depends on the input size.
+    """
+
+    def __init__(self, output_size, *, layout="channels_last"):
+        self.output_size = _output_size(output_size, type(self).__name__)
+        self.layout = check_layout(layout, type(self).__name__)
+
+    def __call__(self, x):
+        return self._operation(x, self.output_size, layout=self.layout)
+
+
+class AdaptiveAvgPool(_AdaptivePool):
     """Adaptive average pooling over :func:`cnn_jax.ops.adaptive_avg_pool`.
 
     Bin ``i`` of ``out`` over ``in`` spans ``[floor(i * in / out), ceil((i + 1) * in /
@@ -238,40 +209,37 @@ class AdaptiveAvgPool(nnx.Module):
         input size of that dim).
       layout: ``"channels_last"`` or ``"channels_first"``.
 
-    No ``receptive_field_spec``: the window depends on the input size.
-
     >>> import jax.numpy as jnp
 
     >>> AdaptiveAvgPool(1)(jnp.ones((2, 7, 7, 3))).shape
     (2, 1, 1, 3)
     """
 
-    def __init__(self, output_size, *, layout="channels_last"):
-        self.output_size = _output_size(output_size, "AdaptiveAvgPool")
-        self.layout = check_layout(layout, "AdaptiveAvgPool")
-
-    def __call__(self, x):
-        return ops.adaptive_avg_pool(x, self.output_size, layout=self.layout)
+    _operation = staticmethod(ops.adaptive_avg_pool)
 
 
-class AdaptiveMaxPool(nnx.Module):
-    """Adaptive max pooling over :func:`cnn_jax.ops.adaptive_max_pool`; as :class:`AdaptiveAvgPool`.
+class AdaptiveMaxPool(_AdaptivePool):
+    """Adaptive max pooling over :func:`cnn_jax.ops.adaptive_max_pool`.
 
-    >>> import jax.numpy as jnp
-
-    >>> AdaptiveMaxPool((2, None))(jnp.ones((2, 7, 5, 3))).shape
-    (2, 2, 5, 3)
+    Bins and arguments as :class:`AdaptiveAvgPool`; ``AdaptiveMaxPool((2, None))`` maps
+    ``(2, 7, 5, 3)`` to ``(2, 2, 5, 3)``.
     """
 
-    def __init__(self, output_size, *, layout="channels_last"):
-        self.output_size = _output_size(output_size, "AdaptiveMaxPool")
-        self.layout = check_layout(layout, "AdaptiveMaxPool")
+    _operation = staticmethod(ops.adaptive_max_pool)
+
+
+class _GlobalPool(nnx.Module):
+    """Shared ``__init__`` and ``__call__`` of the global pools."""
+
+    def __init__(self, *, keepdims=False, layout="channels_last"):
+        self.keepdims = check_bool(keepdims, "keepdims", type(self).__name__)
+        self.layout = check_layout(layout, type(self).__name__)
 
     def __call__(self, x):
-        return ops.adaptive_max_pool(x, self.output_size, layout=self.layout)
+        return self._operation(x, keepdims=self.keepdims, layout=self.layout)
 
 
-class GlobalAvgPool(nnx.Module):
+class GlobalAvgPool(_GlobalPool):
     """Mean over all spatial dims via :func:`cnn_jax.ops.global_avg_pool`.
 
     Args:
@@ -284,26 +252,11 @@ class GlobalAvgPool(nnx.Module):
     (2, 3)
     """
 
-    def __init__(self, *, keepdims=False, layout="channels_last"):
-        self.keepdims = _check_bool(keepdims, "keepdims", "GlobalAvgPool")
-        self.layout = check_layout(layout, "GlobalAvgPool")
-
-    def __call__(self, x):
-        return ops.global_avg_pool(x, keepdims=self.keepdims, layout=self.layout)
+    _operation = staticmethod(ops.global_avg_pool)
 
 
-class GlobalMaxPool(nnx.Module):
-    """Max over all spatial dims via :func:`cnn_jax.ops.global_max_pool`; as :class:`GlobalAvgPool`.
+class GlobalMaxPool(_GlobalPool):
+    """Max over all spatial dims via :func:`cnn_jax.ops.global_max_pool`; arguments as
+    :class:`GlobalAvgPool` (with ``keepdims=True``, ``(2, 7, 7, 3)`` gives ``(2, 1, 1, 3)``)."""
 
-    >>> import jax.numpy as jnp
-
-    >>> GlobalMaxPool(keepdims=True)(jnp.ones((2, 7, 7, 3))).shape
-    (2, 1, 1, 3)
-    """
-
-    def __init__(self, *, keepdims=False, layout="channels_last"):
-        self.keepdims = _check_bool(keepdims, "keepdims", "GlobalMaxPool")
-        self.layout = check_layout(layout, "GlobalMaxPool")
-
-    def __call__(self, x):
-        return ops.global_max_pool(x, keepdims=self.keepdims, layout=self.layout)
+    _operation = staticmethod(ops.global_max_pool)

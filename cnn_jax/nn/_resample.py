@@ -12,9 +12,14 @@ from collections.abc import Sequence
 from flax import nnx
 
 from cnn_jax import ops
-from cnn_jax.ops._args import check_choice, check_int, check_layout, ntuple
-
-METHODS = ("nearest", "linear")
+from cnn_jax._checks import (
+    UPSAMPLE_METHODS,
+    check_bool,
+    check_choice,
+    check_int,
+    check_layout,
+    ntuple,
+)
 
 
 def _scale(value, op: str):
@@ -65,9 +70,8 @@ class Upsample(nnx.Module):
             self.size = ntuple(size, len(size), "size", op)
         else:
             self.size = check_int(size, "size", op)
-        self.method = check_choice(method, METHODS, "method", op)
-        if not isinstance(align_corners, bool):
-            raise TypeError(f"{op}: align_corners must be a bool, got {align_corners!r}")
+        self.method = check_choice(method, UPSAMPLE_METHODS, "method", op)
+        check_bool(align_corners, "align_corners", op)
         if align_corners and self.method == "nearest":
             raise ValueError(
                 f"{op}: align_corners must be False for method='nearest' (it only applies "
@@ -81,7 +85,20 @@ class Upsample(nnx.Module):
                             align_corners=self.align_corners, layout=self.layout)
 
 
-class PixelShuffle(nnx.Module):
+class _Rearrange(nnx.Module):
+    """Shared ``__call__`` of the pixel (un)shuffles: the op with ``factor`` and layout."""
+
+    _factor: str  # the factor's argument and attribute name
+
+    def _setup(self, factor, layout):
+        setattr(self, self._factor, check_int(factor, self._factor, type(self).__name__))
+        self.layout = check_layout(layout, type(self).__name__)
+
+    def __call__(self, x):
+        return self._operation(x, getattr(self, self._factor), layout=self.layout)
+
+
+class PixelShuffle(_Rearrange):
     """Sub-pixel upsampling via :func:`cnn_jax.ops.pixel_shuffle` (``torch.nn.PixelShuffle``).
 
     ``(N, H, W, C * r**2)`` -> ``(N, H * r, W * r, C)`` (channels_last; channels_first
@@ -97,32 +114,20 @@ class PixelShuffle(nnx.Module):
     (1, 8, 8, 3)
     """
 
+    _operation = staticmethod(ops.pixel_shuffle)
+    _factor = "upscale_factor"
+
     def __init__(self, upscale_factor, *, layout="channels_last"):
-        self.upscale_factor = check_int(upscale_factor, "upscale_factor", "PixelShuffle")
-        self.layout = check_layout(layout, "PixelShuffle")
-
-    def __call__(self, x):
-        return ops.pixel_shuffle(x, self.upscale_factor, layout=self.layout)
+        self._setup(upscale_factor, layout)
 
 
-class PixelUnshuffle(nnx.Module):
-    """Inverse of :class:`PixelShuffle` via :func:`cnn_jax.ops.pixel_unshuffle`.
+class PixelUnshuffle(_Rearrange):
+    """Inverse of :class:`PixelShuffle` via :func:`cnn_jax.ops.pixel_unshuffle`:
+    ``(N, H * r, W * r, C)`` -> ``(N, H, W, C * r**2)`` (channels_last), for
+    ``downscale_factor`` ``r`` (an int >= 1) and ``layout`` as :class:`PixelShuffle`."""
 
-    ``(N, H * r, W * r, C)`` -> ``(N, H, W, C * r**2)`` (channels_last).
-
-    Args:
-      downscale_factor: ``r``, an int >= 1.
-      layout: ``"channels_last"`` or ``"channels_first"``.
-
-    >>> import jax.numpy as jnp
-
-    >>> PixelUnshuffle(2)(jnp.ones((1, 8, 8, 3))).shape
-    (1, 4, 4, 12)
-    """
+    _operation = staticmethod(ops.pixel_unshuffle)
+    _factor = "downscale_factor"
 
     def __init__(self, downscale_factor, *, layout="channels_last"):
-        self.downscale_factor = check_int(downscale_factor, "downscale_factor", "PixelUnshuffle")
-        self.layout = check_layout(layout, "PixelUnshuffle")
-
-    def __call__(self, x):
-        return ops.pixel_unshuffle(x, self.downscale_factor, layout=self.layout)
+        self._setup(downscale_factor, layout)
