@@ -156,7 +156,7 @@ def test_receptive_field_of_simple_cnn_and_resnet18_by_hand():
     unet = _abstract(lambda: UNet(2, base_width=2, depth=1, rngs=nnx.Rngs(0)))
     # two 3x3 convs 5, pool 6 (jump 2), two 3x3 convs 6 + 2 * 2 * 2 = 14.
     assert cj.receptive_field(unet).size == (14, 14)
-    assert len(model.receptive_field_layers()) == 2 + 16
+    assert len(cj.nn.main_path(model)) == 2 + 16
 
 
 def test_receptive_fields_of_the_new_models_by_hand():
@@ -341,54 +341,49 @@ def test_eval_mode_is_deterministic_and_per_example(tiny_cnn):
     assert not np.allclose(np.asarray(train_out), np.asarray(a), atol=1e-3)
 
 
-@pytest.mark.parametrize("call, exc, match", [
-    (lambda r: LeNet5(0, rngs=r), ValueError, r"LeNet5: num_classes must be >= 1, got 0"),
-    (lambda r: LeNet5(10, input_size=15, rngs=r), ValueError,
-     r"LeNet5: input_size must be at least 16x16"),
-    (lambda r: LeNet5(10, activation="gelu", rngs=r), ValueError,
+# Each row: a model, its constructor arguments (num_classes=10 unless given), the error.
+@pytest.mark.parametrize("model, kwargs, exc, match", [
+    (LeNet5, dict(num_classes=0), ValueError, r"LeNet5: num_classes must be >= 1, got 0"),
+    (LeNet5, dict(input_size=15), ValueError, r"LeNet5: input_size must be at least 16x16"),
+    (LeNet5, dict(activation="gelu"), ValueError,
      r"LeNet5: activation must be one of \('relu', 'tanh'\), got 'gelu'"),
-    (lambda r: LeNet5(10, pooling="min", rngs=r), ValueError,
+    (LeNet5, dict(pooling="min"), ValueError,
      r"LeNet5: pooling must be one of \('max', 'avg'\), got 'min'"),
-    (lambda r: SimpleCNN(10.0, rngs=r), TypeError, r"SimpleCNN: num_classes must be an int"),
-    (lambda r: SimpleCNN(10, width=0, rngs=r), ValueError, r"SimpleCNN: width must be >= 1"),
-    (lambda r: ResNet(10, block=nnx.Linear, rngs=r), ValueError,
-     r"ResNet: block must be BasicBlock or Bottleneck"),
-    (lambda r: ResNet(10, stage_sizes=(2, 2, 2), rngs=r), ValueError,
+    (SimpleCNN, dict(num_classes=10.0), TypeError, r"SimpleCNN: num_classes must be an int"),
+    (SimpleCNN, dict(width=0), ValueError, r"SimpleCNN: width must be >= 1"),
+    (ResNet, dict(block=nnx.Linear), ValueError, r"ResNet: block must be BasicBlock or Bottleneck"),
+    (ResNet, dict(stage_sizes=(2, 2, 2)), ValueError,
      r"ResNet: stage_sizes must be 4 ints, got \(2, 2, 2\)"),
-    (lambda r: ResNet(10, stage_sizes=(2, 0, 2, 2), rngs=r), ValueError,
+    (ResNet, dict(stage_sizes=(2, 0, 2, 2)), ValueError,
      r"ResNet: stage_sizes must be >= 1, got 0"),
-    (lambda r: ResNet18(10, small_input=1, rngs=r), TypeError,
-     r"ResNet: small_input must be a bool, got 1"),
-    (lambda r: ResNet50(10, in_channels=0, rngs=r), ValueError,
-     r"ResNet: in_channels must be >= 1, got 0"),
-    (lambda r: MobileNetV2(10, width_mult=0, rngs=r), ValueError,
+    (ResNet18, dict(small_input=1), TypeError, r"ResNet: small_input must be a bool, got 1"),
+    (ResNet50, dict(in_channels=0), ValueError, r"ResNet: in_channels must be >= 1, got 0"),
+    (MobileNetV2, dict(width_mult=0), ValueError,
      r"MobileNetV2: width_mult must be a positive number, got 0"),
-    (lambda r: MobileNetV2(10, dropout=1.0, rngs=r), ValueError,
+    (MobileNetV2, dict(dropout=1.0), ValueError,
      r"MobileNetV2: dropout must be in \[0, 1\), got 1.0"),
-    (lambda r: UNet(2, depth=0, rngs=r), ValueError, r"UNet: depth must be >= 1, got 0"),
-    (lambda r: UNet(2, base_width="8", rngs=r), TypeError, r"UNet: base_width must be an int"),
-    (lambda r: ResNet(10, groups=32, rngs=r), ValueError,
+    (UNet, dict(num_classes=2, depth=0), ValueError, r"UNet: depth must be >= 1, got 0"),
+    (UNet, dict(num_classes=2, base_width="8"), TypeError, r"UNet: base_width must be an int"),
+    (ResNet, dict(groups=32), ValueError,
      r"ResNet: groups and width_per_group must be 1 and 64 with BasicBlock, got 32 and 64"),
-    (lambda r: ResNet50(10, width_per_group=0, rngs=r), ValueError,
-     r"ResNet: width_per_group must be >= 1, got 0"),
-    (lambda r: AlexNet(10, dropout=1, rngs=r), ValueError,
-     r"AlexNet: dropout must be in \[0, 1\), got 1"),
-    (lambda r: AlexNet(10, hidden=0, rngs=r), ValueError, r"AlexNet: hidden must be >= 1, got 0"),
-    (lambda r: VGG(10, config=(64, "X"), rngs=r), ValueError,
+    (ResNet50, dict(width_per_group=0), ValueError, r"ResNet: width_per_group must be >= 1, got 0"),
+    (AlexNet, dict(dropout=1), ValueError, r"AlexNet: dropout must be in \[0, 1\), got 1"),
+    (AlexNet, dict(hidden=0), ValueError, r"AlexNet: hidden must be >= 1, got 0"),
+    (VGG, dict(config=(64, "X")), ValueError,
      r"VGG: config must be a sequence of positive ints and 'M', got \(64, 'X'\)"),
-    (lambda r: VGG(10, batch_norm=1, rngs=r), TypeError, r"VGG: batch_norm must be a bool, got 1"),
-    (lambda r: EfficientNet(10, width_mult=0, rngs=r), ValueError,
+    (VGG, dict(batch_norm=1), TypeError, r"VGG: batch_norm must be a bool, got 1"),
+    (EfficientNet, dict(width_mult=0), ValueError,
      r"EfficientNet: width_mult must be a positive number, got 0"),
-    (lambda r: EfficientNetB0(10, stochastic_depth_prob=1.0, rngs=r), ValueError,
+    (EfficientNetB0, dict(stochastic_depth_prob=1.0), ValueError,
      r"EfficientNet: stochastic_depth_prob must be in \[0, 1\), got 1.0"),
-    (lambda r: ConvNeXt(10, depths=(1, 1), dims=(8,), rngs=r), ValueError,
+    (ConvNeXt, dict(depths=(1, 1), dims=(8,)), ValueError,
      r"ConvNeXt: depths and dims must have the same length, got \(1, 1\) and \(8,\)"),
-    (lambda r: ConvNeXt(10, dims=(), rngs=r), ValueError,
+    (ConvNeXt, dict(dims=()), ValueError,
      r"ConvNeXt: dims must be a non-empty sequence of ints, got \(\)"),
 ])
-def test_constructor_errors(call, exc, match):
+def test_constructor_errors(model, kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        call(nnx.Rngs(0))
+        model(**{"num_classes": 10, **kwargs}, rngs=nnx.Rngs(0))
 
 
 def test_input_errors():

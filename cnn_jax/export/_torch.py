@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from cnn_jax.models._torch import save_torch_state_dict
+from cnn_jax.models import save_torch_state_dict
 
 
 def _stem(path: str) -> str:

@@ -6,19 +6,20 @@ cnn_jax class to run. The function is traced in eval mode (BatchNorm's running
 statistics, no dropout) on a copy, so the caller's model keeps its mode. While it is
 traced, every layer's call runs under a ``jax.named_scope`` of its PyTorch-style path
 (``layer1.0.conv1``): the exported program's locations, and the ONNX converter's error
-messages, name the layer an op belongs to.
+messages, name the layer an op belongs to. The scopes are opened by wrappers put in
+place of the layers of that traced copy (``cnn_jax.nn.intercept_calls``); no class
+is patched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import operator
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models._common import named_modules
+from cnn_jax.nn import intercept_calls, named_modules
 
 BATCH = "N"  # the name of the symbolic batch dimension
 
@@ -65,46 +66,19 @@ def inference_function(model: nnx.Module, op: str):
     graphdef, state = nnx.split(copy)
 
     def forward(x):
-        module = nnx.merge(graphdef, state)
-        with layer_scopes(module):
-            return module(x)
+        module = nnx.merge(graphdef, state)  # a fresh copy per trace, safe to rewire
+        intercept_calls(module, _scoped)
+        return _scoped(type(module).__name__, module)(x)
 
     return forward
 
 
-@contextlib.contextmanager
-def layer_scopes(model: nnx.Module):
-    """Within, calling a layer of ``model`` opens a ``jax.named_scope`` of its path.
+def _scoped(path: str, layer):
+    """``layer``'s call under a ``jax.named_scope`` of its path."""
 
-    The layers' classes get a wrapped ``__call__`` for the duration (trace time only,
-    restored on exit); layers of other models are called unchanged.
-    """
-    paths = {id(m): p or type(m).__name__ for p, m in named_modules(model)}
-    saved = {}
-    try:
-        for _, module in named_modules(model):
-            cls = type(module)
-            call = next((k.__dict__["__call__"] for k in cls.__mro__
-                         if "__call__" in k.__dict__), None)
-            if call is not None and cls not in saved:
-                saved[cls] = cls.__dict__.get("__call__")
-                cls.__call__ = _scoped(call, paths)
-        yield
-    finally:
-        for cls, original in saved.items():
-            if original is None:
-                del cls.__call__
-            else:
-                cls.__call__ = original
-
-
-def _scoped(call, paths):
-    def scoped_call(self, *args, **kwargs):
-        path = paths.get(id(self))
-        if path is None:
-            return call(self, *args, **kwargs)
+    def scoped_call(*args, **kwargs):
         with jax.named_scope(path):
-            return call(self, *args, **kwargs)
+            return layer(*args, **kwargs)
 
     return scoped_call
 
@@ -118,5 +92,5 @@ def layer_of(name_stack: str, layers: set[str]) -> str | None:
 
 
 def layer_paths(model: nnx.Module) -> set[str]:
-    """Every layer path :func:`layer_scopes` may open for ``model``."""
+    """Every layer path :func:`inference_function` may open a scope for, in ``model``."""
     return {p or type(m).__name__ for p, m in named_modules(model)}

@@ -6,8 +6,9 @@ Layers are named by their PyTorch-style dotted path in the nnx graph (``layer4``
 :func:`cnn_jax.models.load_torch_state_dict`. The model is never changed: each call
 works on a copy (``nnx.merge(*nnx.split(model))``) in which the named sub-modules are
 replaced, in their parent, by a function that calls the original and records its
-output. State updates of the copy (BatchNorm statistics in training mode, dropout
-keys) are dropped, so call ``model.eval()`` first for per-example results.
+output (``cnn_jax.nn.intercept_calls``). State updates of the copy (BatchNorm
+statistics in training mode, dropout keys) are dropped, so call ``model.eval()``
+first for per-example results.
 """
 
 from __future__ import annotations
@@ -19,20 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-def _module_paths(model: nnx.Module) -> dict[str, tuple]:
-    """``{dotted name: graph path}`` of every callable sub-module, in graph order
-    (``nnx.Sequential``'s ``layers`` step dropped, as PyTorch names ``features.3``).
-    Containers that are never called (``nnx.List``) have no output and are left out."""
-    nodes = dict(nnx.iter_graph(model))
-    out = {}
-    for path, node in nodes.items():
-        if not isinstance(node, nnx.Module) or not path or not callable(node):
-            continue
-        parts = [str(key) for i, key in enumerate(path)
-                 if not (key == "layers" and isinstance(nodes.get(path[:i]), nnx.Sequential))]
-        out.setdefault(".".join(parts), path)
-    return out
+from cnn_jax.nn import call_paths, intercept_calls
 
 
 def layer_names(model: nnx.Module) -> list[str]:
@@ -45,7 +33,7 @@ def layer_names(model: nnx.Module) -> list[str]:
     >>> layer_names(cj.models.LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)))[:3]
     ['conv1', 'conv2', 'fc1']
     """
-    return list(_module_paths(model))
+    return list(call_paths(model))
 
 
 def check_layers(model, layers, op: str) -> tuple[str, ...]:
@@ -57,7 +45,7 @@ def check_layers(model, layers, op: str) -> tuple[str, ...]:
             not all(isinstance(n, str) for n in names):
         raise TypeError(f"{op}: layer must be a layer name or a sequence of names, got "
                         f"{layers!r}")
-    known = _module_paths(model)
+    known = call_paths(model)
     for name in names:
         if name not in known:
             sample = ", ".join(repr(n) for n in list(known)[:8])
@@ -75,24 +63,19 @@ def run(graphdef, state, x, layers: tuple[str, ...] = (), deltas: dict | None = 
     that layer's output.
     """
     copy = nnx.merge(graphdef, state)
-    paths = _module_paths(copy)
-    nodes = dict(nnx.iter_graph(copy))
     record: dict = {}
-    for name in layers:
-        path = paths[name]
-        parent, key = nodes[path[:-1]], path[-1]
 
-        def tap(*args, _inner=nodes[path], _name=name, **kwargs):
-            out = _inner(*args, **kwargs)
+    def tap(name, layer):
+        def call(*args, **kwargs):
+            out = layer(*args, **kwargs)
             if deltas is not None:
-                out = out + deltas[_name]
-            record.setdefault(_name, out)
+                out = out + deltas[name]
+            record.setdefault(name, out)
             return out
 
-        if isinstance(key, int):
-            parent[key] = tap
-        else:
-            setattr(parent, key, tap)
+        return call
+
+    intercept_calls(copy, tap, names=layers)
     out = copy(x)
     missing = [name for name in layers if name not in record]
     if missing:

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, check_probability, public_signature,
-                                    receptive_field_layers, torch_flatten, torch_linear)
+from cnn_jax.models._common import (check_image, check_model_ints, check_probability,
+                                    public_signature, torch_flatten, torch_linear)
 
 # (output channels at width 64, kernel, stride, padding, max pool after)
 ALEXNET_CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
@@ -48,10 +48,8 @@ class AlexNet(nnx.Module):
                  hidden: int = 4096, dropout: float = 0.5, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "AlexNet"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
-        width = check_model_int(width, "width", op)
-        hidden = check_model_int(hidden, "hidden", op)
+        num_classes, in_channels, width, hidden = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels, width=width, hidden=hidden)
         dropout = check_probability(dropout, "dropout", op)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         layers, features = [], in_channels
@@ -72,14 +70,8 @@ class AlexNet(nnx.Module):
 
     def main_path(self) -> list:
         """The convs and pools of ``features`` (read by :func:`cnn_jax.receptive_field`)."""
-        return [layer for layer in self.features.layers if isinstance(layer, nnx.Module)]
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
-        return receptive_field_layers(self.main_path())
+        return [self.features]
 
     def __call__(self, x):
-        if x.ndim != 4 or min(x.shape[1:3]) < MIN_SIZE:
-            raise ValueError(f"AlexNet: x must be (N, H, W, C) with H, W >= {MIN_SIZE}, got "
-                             f"x.shape={tuple(x.shape)}")
+        check_image(x, MIN_SIZE, "AlexNet")
         return self.classifier(torch_flatten(self.avgpool(self.features(x))))

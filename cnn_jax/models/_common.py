@@ -1,4 +1,4 @@
-"""Helpers shared by the model files: checks, PyTorch-default Linear, receptive fields."""
+"""Helpers shared by the model files: checks, variants, PyTorch-default Linear and inits."""
 
 from __future__ import annotations
 
@@ -9,12 +9,25 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.ops._args import check_int
+from cnn_jax._checks import check_int
 
 
 def check_model_int(value, name: str, op: str) -> int:
     """A positive int constructor argument (``num_classes``, ``in_channels``, widths)."""
     return check_int(value, name, op, min_value=1)
+
+
+def check_model_ints(op: str, **values) -> tuple[int, ...]:
+    """:func:`check_model_int` of each keyword argument, returned in the order given."""
+    return tuple(check_model_int(value, name, op) for name, value in values.items())
+
+
+def check_image(x, min_size: int, op: str) -> None:
+    """``x`` must be ``(N, H, W, C)`` with ``H, W >= min_size`` (what the model's
+    strides and pools need)."""
+    if x.ndim != 4 or min(x.shape[1:3]) < min_size:
+        raise ValueError(f"{op}: x must be (N, H, W, C) with H, W >= {min_size}, got "
+                         f"x.shape={tuple(x.shape)}")
 
 
 def check_probability(value, name: str, op: str) -> float:
@@ -64,9 +77,20 @@ def torch_flatten(x):
     return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
 
 
-def _uniform(bound: float):
+def uniform_init(bound: float):
+    """``init(key, shape, dtype)`` drawing from ``U(-bound, bound)``."""
+
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+    return init
+
+
+def normal_init(std: float):
+    """``init(key, shape, dtype)`` drawing from ``N(0, std**2)``."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.normal(key, shape, dtype) * std
 
     return init
 
@@ -76,41 +100,5 @@ def torch_linear(in_features: int, out_features: int, *, dtype=None, param_dtype
     """``nnx.Linear`` with ``torch.nn.Linear``'s default init (``U(+-1/sqrt(in))`` both)."""
     bound = 1.0 / math.sqrt(in_features)
     return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=param_dtype,
-                      kernel_init=kernel_init or _uniform(bound),
-                      bias_init=bias_init or _uniform(bound), rngs=rngs)
-
-
-def layer_spec(layer) -> tuple:
-    """A layer's ``(kernel_size, stride, dilation, padding_low)`` entry."""
-    spec = getattr(layer, "receptive_field_spec", None)
-    if spec is None:
-        raise ValueError(
-            f"receptive_field: layer {type(layer).__name__} has no receptive_field_spec"
-        )
-    return spec
-
-
-def receptive_field_layers(layers) -> list:
-    """The specs of a main path's layers, for :func:`cnn_jax.receptive_field`."""
-    return [layer_spec(layer) for layer in layers]
-
-
-def named_modules(model: nnx.Module) -> list[tuple[str, nnx.Module]]:
-    """Every sub-module with its PyTorch-style dotted name (``layer1.0.conv1``).
-
-    ``nnx.Sequential`` keeps its items under ``layers``; PyTorch's ``nn.Sequential``
-    names them directly (``downsample.0``), so that path step is dropped. The root
-    module has the name ``""``.
-    """
-    nodes = dict(nnx.iter_graph(model))
-    out = []
-    for path, node in nodes.items():
-        if not isinstance(node, nnx.Module):
-            continue
-        parts = []
-        for i, key in enumerate(path):
-            if key == "layers" and isinstance(nodes.get(path[:i]), nnx.Sequential):
-                continue
-            parts.append(str(key))
-        out.append((".".join(parts), node))
-    return out
+                      kernel_init=kernel_init or uniform_init(bound),
+                      bias_init=bias_init or uniform_init(bound), rngs=rngs)

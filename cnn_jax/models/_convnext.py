@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, check_probability, public_signature,
-                                    receptive_field_layers, variant)
+from cnn_jax.models._common import (check_image, check_model_int, check_model_ints,
+                                    check_probability, public_signature, variant)
 
 LN_EPSILON = 1e-6
 _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
@@ -111,8 +111,8 @@ class ConvNeXt(nnx.Module):
                  stochastic_depth_prob: float = 0.1, layer_scale: float = 1e-6, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "ConvNeXt"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
+        num_classes, in_channels = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels)
         for name, value in (("depths", depths), ("dims", dims)):
             if isinstance(value, str) or not isinstance(value, Sequence) or not value:
                 raise ValueError(f"{op}: {name} must be a non-empty sequence of ints, got "
@@ -152,23 +152,10 @@ class ConvNeXt(nnx.Module):
 
     def main_path(self) -> list:
         """Stem conv, every block's depthwise conv, the downsampling convs, in order."""
-        path = []
-        for layer in self.features.layers:
-            for item in layer.layers:
-                if isinstance(item, nn.Conv):
-                    path.append(item)
-                elif isinstance(item, CNBlock):
-                    path.extend(item.main_path())
-        return path
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
-        return receptive_field_layers(self.main_path())
+        return [self.features]
 
     def __call__(self, x):
-        if x.ndim != 4 or min(x.shape[1:3]) < self.min_size:
-            raise ValueError(f"ConvNeXt: x must be (N, H, W, C) with H, W >= {self.min_size}, "
-                             f"got x.shape={tuple(x.shape)}")
+        check_image(x, self.min_size, "ConvNeXt")
         return self.classifier(self.avgpool(self.features(x)))
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import check_model_int, public_signature, torch_linear
+from cnn_jax.models._common import check_model_ints, public_signature, torch_linear
 
 
 @public_signature
@@ -34,9 +34,8 @@ class DigitsCNN(nnx.Module):
     def __init__(self, num_classes: int, *, in_channels: int = 3, input_size=8,
                  width: int = 32, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "DigitsCNN"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
-        width = check_model_int(width, "width", op)
+        num_classes, in_channels, width = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels, width=width)
         h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if h < 2 or w < 2 or h % 2 or w % 2:
             raise ValueError(f"{op}: input_size must be even and >= 2 (one 2x2 pool), "

@@ -13,10 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, check_probability, public_signature,
-                                    receptive_field_layers, torch_linear, variant)
+from cnn_jax.models._common import (check_model_ints, check_probability, public_signature,
+                                    torch_linear, uniform_init, variant)
 from cnn_jax.models._mobilenet import make_divisible
-from cnn_jax.nn._blocks import conv_bn_act
 
 # B0's stages: (expand ratio, kernel, first stride, input channels, output channels, blocks).
 EFFICIENTNET_B0_STAGES = (
@@ -55,35 +54,25 @@ class MBConv(nnx.Module):
         hidden = make_divisible(in_features * expand_ratio, 8)
         layers = []
         if hidden != in_features:
-            layers.append(conv_bn_act(in_features, hidden, 1, activation=jax.nn.silu, **kw))
-        layers.append(conv_bn_act(hidden, hidden, kernel_size, stride=stride, groups=hidden,
+            layers.append(nn.conv_bn_act(in_features, hidden, 1, activation=jax.nn.silu, **kw))
+        layers.append(nn.conv_bn_act(hidden, hidden, kernel_size, stride=stride, groups=hidden,
                                   activation=jax.nn.silu, **kw))
         layers.append(nn.SqueezeExcitation(hidden, max(1, in_features // 4),
                                            activation=jax.nn.silu, **kw))
-        layers.append(conv_bn_act(hidden, out_features, 1, activation=None, **kw))
+        layers.append(nn.conv_bn_act(hidden, out_features, 1, activation=None, **kw))
         self.block = nnx.Sequential(*layers)
         self.stochastic_depth = nn.StochasticDepth(stochastic_depth_prob, "row", rngs=rngs)
         self.use_res_connect = stride == 1 and in_features == out_features
 
     def main_path(self) -> list:
-        """The block's convs outside the squeeze-excitation, in order."""
-        return [layer.layers[0] for layer in self.block.layers
-                if isinstance(layer, nnx.Sequential)]
+        """The block's layers in order (the squeeze-excitation adds nothing)."""
+        return [self.block]
 
     def __call__(self, x):
         out = self.block(x)
         if self.use_res_connect:
             out = self.stochastic_depth(out) + x
         return out
-
-
-def _linear_init(out_features: int):
-    bound = 1.0 / math.sqrt(out_features)  # torchvision: U(-1/sqrt(out), 1/sqrt(out))
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 @public_signature
@@ -120,8 +109,8 @@ class EfficientNet(nnx.Module):
                  stochastic_depth_prob: float = 0.2, dtype=None, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
         op = "EfficientNet"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
+        num_classes, in_channels = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels)
         for name, value in (("width_mult", width_mult), ("depth_mult", depth_mult)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{op}: {name} must be a positive number, got {value!r}")
@@ -136,7 +125,7 @@ class EfficientNet(nnx.Module):
         stages = [(t, k, s, channels(cin), channels(cout), int(math.ceil(n * depth_mult)))
                   for t, k, s, cin, cout, n in EFFICIENTNET_B0_STAGES]
         total = sum(n for *_, n in stages)
-        layers = [conv_bn_act(in_channels, stages[0][3], 3, stride=2, activation=jax.nn.silu,
+        layers = [nn.conv_bn_act(in_channels, stages[0][3], 3, stride=2, activation=jax.nn.silu,
                               **kw)]
         block_id = 0
         for t, k, s, cin, cout, n in stages:
@@ -150,11 +139,11 @@ class EfficientNet(nnx.Module):
                 block_id += 1
             layers.append(nnx.Sequential(*blocks))
         self.last_channel = 4 * stages[-1][4]
-        layers.append(conv_bn_act(stages[-1][4], self.last_channel, 1, activation=jax.nn.silu,
+        layers.append(nn.conv_bn_act(stages[-1][4], self.last_channel, 1, activation=jax.nn.silu,
                                   **kw))
         self.features = nnx.Sequential(*layers)
         self.avgpool = nn.GlobalAvgPool()
-        init = _linear_init(num_classes)
+        init = uniform_init(1.0 / math.sqrt(num_classes))  # torchvision: U(+-1/sqrt(out))
         self.classifier = nnx.Sequential(
             nnx.Dropout(dropout, rngs=rngs),
             torch_linear(self.last_channel, num_classes, kernel_init=init,
@@ -163,16 +152,7 @@ class EfficientNet(nnx.Module):
 
     def main_path(self) -> list:
         """Stem conv, every MBConv's convs, the head conv (for receptive fields)."""
-        layers = self.features.layers
-        path = [layers[0].layers[0]]
-        for stage in list(layers)[1:-1]:
-            for blk in stage.layers:
-                path.extend(blk.main_path())
-        return path + [layers[-1].layers[0]]
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
-        return receptive_field_layers(self.main_path())
+        return [self.features]
 
     def __call__(self, x):
         return self.classifier(self.avgpool(self.features(x)))

@@ -6,11 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
-                                    torch_linear)
-from cnn_jax.ops._args import check_choice, ntuple
-from cnn_jax.ops._shape import conv_output_shape
+from cnn_jax import nn, ops
+from cnn_jax._checks import check_choice, ntuple
+from cnn_jax.models._common import check_model_ints, public_signature, torch_linear
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
@@ -44,8 +42,8 @@ class LeNet5(nnx.Module):
                  activation: str = "relu", pooling: str = "max", dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "LeNet5"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
+        num_classes, in_channels = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels)
         self.input_size = ntuple(input_size, 2, "input_size", op)
         self.activation = check_choice(activation, tuple(ACTIVATIONS), "activation", op)
         self.pooling = check_choice(pooling, ("max", "avg"), "pooling", op)
@@ -57,7 +55,7 @@ class LeNet5(nnx.Module):
                     f"{op}: input_size must be at least 16x16 (two 5x5 convs and two 2x2 "
                     f"pools), got {input_size!r}"
                 )
-            size = conv_output_shape(size, 2, stride=2)
+            size = ops.conv_output_shape(size, 2, stride=2)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         pool = nn.MaxPool if self.pooling == "max" else nn.AvgPool
         self.conv1 = nn.Conv(in_channels, 6, 5, **kw)
@@ -71,10 +69,6 @@ class LeNet5(nnx.Module):
     def main_path(self) -> list:
         """The conv and pool layers in order (read by :func:`cnn_jax.receptive_field`)."""
         return [self.conv1, self.pool1, self.conv2, self.pool2]
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
-        return receptive_field_layers(self.main_path())
 
     def __call__(self, x):
         if x.ndim != 4 or tuple(x.shape[1:3]) != self.input_size:

@@ -7,9 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
-                                    torch_linear)
-from cnn_jax.nn._blocks import InvertedResidual, conv_bn_act
+from cnn_jax.models._common import check_model_ints, normal_init, public_signature, torch_linear
 
 # (expand ratio t, channels c, repeats n, first stride s), from the paper's Table 2.
 INVERTED_RESIDUAL_SETTING = (
@@ -29,13 +27,6 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     if new < 0.9 * value:
         new += divisor
     return new
-
-
-def _normal(std: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.normal(key, shape, dtype) * std
-
-    return init
 
 
 @public_signature
@@ -68,8 +59,8 @@ class MobileNetV2(nnx.Module):
     def __init__(self, num_classes: int, *, in_channels: int = 3, width_mult: float = 1.0,
                  dropout: float = 0.2, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "MobileNetV2"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
+        num_classes, in_channels = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels)
         if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) \
                 or width_mult <= 0:
             raise ValueError(f"{op}: width_mult must be a positive number, got {width_mult!r}")
@@ -79,37 +70,27 @@ class MobileNetV2(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         features_in = make_divisible(32 * width_mult)
         self.last_channel = make_divisible(1280 * max(1.0, width_mult))
-        layers = [conv_bn_act(in_channels, features_in, 3, stride=2, activation=jax.nn.relu6,
+        layers = [nn.conv_bn_act(in_channels, features_in, 3, stride=2, activation=jax.nn.relu6,
                               **kw)]
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
             out = make_divisible(c * width_mult)
             for i in range(n):
-                layers.append(InvertedResidual(features_in, out, stride=s if i == 0 else 1,
+                layers.append(nn.InvertedResidual(features_in, out, stride=s if i == 0 else 1,
                                                expand_ratio=t, **kw))
                 features_in = out
-        layers.append(conv_bn_act(features_in, self.last_channel, 1, activation=jax.nn.relu6,
+        layers.append(nn.conv_bn_act(features_in, self.last_channel, 1, activation=jax.nn.relu6,
                                   **kw))
         self.features = nnx.Sequential(*layers)
         self.avgpool = nn.GlobalAvgPool()
         self.classifier = nnx.Sequential(
             nnx.Dropout(dropout, rngs=rngs),
-            torch_linear(self.last_channel, num_classes, kernel_init=_normal(0.01),
+            torch_linear(self.last_channel, num_classes, kernel_init=normal_init(0.01),
                          bias_init=nnx.initializers.zeros, **kw),
         )
 
     def main_path(self) -> list:
         """Every conv of ``features`` in order (read by :func:`cnn_jax.receptive_field`)."""
-        path = []
-        for layer in self.features.layers:
-            if isinstance(layer, InvertedResidual):
-                path.extend(layer.main_path())
-            else:
-                path.append(layer.layers[0])
-        return path
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
-        return receptive_field_layers(self.main_path())
+        return [self.features]
 
     def __call__(self, x):
         return self.classifier(self.avgpool(self.features(x)))

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
+from cnn_jax.models._common import (check_model_int, check_model_ints, public_signature,
                                     torch_linear, variant)
-from cnn_jax.nn._blocks import BasicBlock, Bottleneck, _bn, kaiming_normal_fan_out
+from cnn_jax.nn import BasicBlock, Bottleneck
 
 
 @public_signature
@@ -36,7 +36,7 @@ class ResNet(nnx.Module):
 
     Args:
       num_classes: outputs of ``fc``.
-      block: :class:`cnn_jax.nn.BasicBlock` or :class:`cnn_jax.nn.Bottleneck`.
+      block: :class:`cnn_jax.BasicBlock` or :class:`cnn_jax.Bottleneck`.
       stage_sizes: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
       in_channels: input channels.
       small_input: CIFAR-style stem (3x3/1 conv, no max pool).
@@ -64,11 +64,9 @@ class ResNet(nnx.Module):
                  width_per_group: int = 64, zero_init_residual: bool = False,
                  dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "ResNet"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
-        width = check_model_int(width, "width", op)
-        groups = check_model_int(groups, "groups", op)
-        width_per_group = check_model_int(width_per_group, "width_per_group", op)
+        num_classes, in_channels, width, groups, width_per_group = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels, width=width, groups=groups,
+            width_per_group=width_per_group)
         if block not in (BasicBlock, Bottleneck):
             raise ValueError(f"{op}: block must be BasicBlock or Bottleneck, got {block!r}")
         if block is BasicBlock and (groups, width_per_group) != (1, 64):
@@ -87,13 +85,13 @@ class ResNet(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if small_input:
             self.conv1 = nn.Conv(in_channels, width, 3, padding=1, use_bias=False,
-                                 kernel_init=kaiming_normal_fan_out, **kw)
+                                 kernel_init=nn.kaiming_normal_fan_out, **kw)
             self.maxpool = None
         else:
             self.conv1 = nn.Conv(in_channels, width, 7, stride=2, padding=3, use_bias=False,
-                                 kernel_init=kaiming_normal_fan_out, **kw)
+                                 kernel_init=nn.kaiming_normal_fan_out, **kw)
             self.maxpool = nn.MaxPool(3, 2, padding=1)
-        self.bn1 = _bn(width, **kw)
+        self.bn1 = nn.batch_norm(width, **kw)
         features = width
         for i, size in enumerate(stage_sizes):
             planes = width * 2**i
@@ -114,15 +112,8 @@ class ResNet(nnx.Module):
 
     def main_path(self) -> list:
         """Stem conv (and max pool), then every block's residual-branch convs, in order."""
-        path = [self.conv1] + ([self.maxpool] if self.maxpool is not None else [])
-        for stage in self.stages:
-            for blk in stage:
-                path.extend(blk.main_path())
-        return path
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
-        return receptive_field_layers(self.main_path())
+        return [self.conv1, *([self.maxpool] if self.maxpool is not None else []),
+                *self.stages]
 
     def __call__(self, x):
         x = jax.nn.relu(self.bn1(self.conv1(x)))

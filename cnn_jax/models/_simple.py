@@ -6,9 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, public_signature, receptive_field_layers,
-                                    torch_linear)
-from cnn_jax.nn._blocks import conv_bn_act
+from cnn_jax.models._common import check_model_ints, public_signature, torch_linear
 
 POOL_AFTER = (4, 6, 8)  # 1-based conv layers followed by a 2x2 max pool
 
@@ -40,14 +38,13 @@ class SimpleCNN(nnx.Module):
     def __init__(self, num_classes: int, *, in_channels: int = 3, width: int = 32, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "SimpleCNN"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
-        width = check_model_int(width, "width", op)
+        num_classes, in_channels, width = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels, width=width)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         layers, features = [], in_channels
         for i in range(1, 11):
             out = width * 2 ** sum(i > p for p in POOL_AFTER)
-            layers.append(conv_bn_act(features, out, 3, **kw))
+            layers.append(nn.conv_bn_act(features, out, 3, **kw))
             features = out
         self.layers = nnx.List(layers)
         self.pool = nn.MaxPool(2)
@@ -58,14 +55,10 @@ class SimpleCNN(nnx.Module):
         """Convs and pools in call order (read by :func:`cnn_jax.receptive_field`)."""
         path = []
         for i, layer in enumerate(self.layers, start=1):
-            path.append(layer.layers[0])
+            path.append(layer)
             if i in POOL_AFTER:
                 path.append(self.pool)
         return path
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
-        return receptive_field_layers(self.main_path())
 
     def __call__(self, x):
         if min(x.shape[1:3]) < 8:

@@ -1,8 +1,9 @@
 """``cnn_jax.summary``: a per-layer table of shapes, parameters, FLOPs and receptive fields.
 
 The model is traced once with ``jax.eval_shape`` (no real compute, no memory for
-activations) on a copy of its state, while every sub-module's ``__call__`` is wrapped
-to record what it returns.
+activations) on a copy of its state in which every layer is replaced, in its parent,
+by a recorder that calls it (``cnn_jax.nn.intercept_calls``); no class is patched, so
+other models, and other threads tracing them, are untouched.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnn_jax.models._common import named_modules
-from cnn_jax.nn._conv import Conv, ConvTranspose, DepthwiseConv, SeparableConv
-from cnn_jax.ops._shape import receptive_field
+from cnn_jax import nn, ops
+from cnn_jax.nn import Conv, ConvTranspose, DepthwiseConv, SeparableConv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,81 +197,13 @@ def summary(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float32)
 
     def trace(state, x):
         copy = nnx.merge(graphdef, state)
-        names = {id(m): name for name, m in named_modules(copy) if name}
         main = None
         if hasattr(copy, "main_path"):
-            main = {id(m) for m in copy.main_path()}
-        path_specs: list = []
-        stack: list[dict] = []
-        originals = {}
-
-        def wrap(original):
-            def __call__(self, *args, **kwargs):
-                name = names.get(id(self))
-                # Unnamed (the root) or re-entered through super().__call__: not a new row.
-                if name is None or (stack and stack[-1]["module_id"] == id(self)):
-                    return original(self, *args, **kwargs)
-                row = dict(name=name, type=type(self).__name__, depth=len(stack),
-                           params=_param_count(self), flops=0, off_main=False,
-                           main_seen=False, children=0, module_id=id(self))
-                if stack:
-                    stack[-1]["children"] += 1
-                rows.append(row)
-                stack.append(row)
-                try:
-                    out = original(self, *args, **kwargs)
-                finally:
-                    stack.pop()
-                spec = getattr(self, "receptive_field_spec", None)
-                if spec is not None:
-                    if main is None or id(self) in main:
-                        path_specs.append(spec)
-                        row["main_seen"] = True
-                    else:  # a side branch (e.g. a shortcut projection)
-                        row["off_main"] = True
-                row["flops"] += _flops(self, args, out)
-                row["output_shape"] = _shape_of(out)
-                spatial = hasattr(out, "ndim") and out.ndim > 2
-                # Off the main path: a side branch's layers, or a container of only them.
-                side = not row["main_seen"] and any(
-                    r["off_main"] and not r["main_seen"] for r in (*stack, row))
-                # A layer outside the (kernel, stride) recursion that resizes (transposed
-                # conv, upsampling, adaptive pooling) has no field to report.
-                x = args[0] if args else None
-                resizes = (spec is None and not row["children"] and hasattr(x, "shape")
-                           and spatial and tuple(x.shape[1:-1]) != tuple(out.shape[1:-1]))
-                if not spatial or side or resizes:
-                    row["receptive_field"] = None
-                elif path_specs:
-                    rf = receptive_field(path_specs)
-                    row["receptive_field"] = (rf.size, rf.jump)
-                else:
-                    row["receptive_field"] = (1, 1)
-                if stack:
-                    parent = stack[-1]
-                    parent["flops"] += row["flops"]
-                    parent["off_main"] |= row["off_main"]
-                    parent["main_seen"] |= row["main_seen"]
-                return out
-
-            return __call__
-
-        classes = {type(m) for _, m in named_modules(copy)}
-        owners = set()
-        for cls in classes:
-            for base in cls.__mro__:
-                if "__call__" in base.__dict__:
-                    owners.add(base)
-                    break
-        owners.discard(object)
-        try:
-            for cls in owners:
-                originals[cls] = cls.__dict__["__call__"]
-                cls.__call__ = wrap(originals[cls])
-            return copy(x)
-        finally:
-            for cls, original in originals.items():
-                cls.__call__ = original
+            main = {id(m) for m in nn.main_path(copy)}
+        # Parameters are counted first: once intercepted, a parent holds wrappers.
+        params = {id(m): _param_count(m) for _, m in nn.named_modules(copy)}
+        nn.intercept_calls(copy, _Recorder(rows, main, params).wrap)
+        return copy(x)
 
     out = jax.eval_shape(trace, state, jax.ShapeDtypeStruct(full_shape, dtype))
     total_flops = sum(r["flops"] for r in rows if r["depth"] == 0)
@@ -283,3 +215,69 @@ def summary(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float32)
         total_flops=total_flops,
         output_shape=_shape_of(out),
     )
+
+
+class _Recorder:
+    """Records one row per layer call while the model is traced.
+
+    ``main`` holds the ids of the main path's layers (None: every layer with a
+    ``receptive_field_spec`` is on it). The receptive field of a row is the one of the
+    main-path layers called so far; a side branch (a shortcut projection), a container
+    of only side-branch layers, or a layer that resizes outside the ``(kernel,
+    stride)`` recursion has none.
+    """
+
+    def __init__(self, rows: list, main: set | None, params: dict):
+        self.rows, self.main, self.params = rows, main, params
+        self.stack: list[dict] = []
+        self.path_specs: list = []
+
+    def wrap(self, name: str, module):
+        def call(*args, **kwargs):
+            return self.record(name, module, args, kwargs)
+
+        return call
+
+    def record(self, name, module, args, kwargs):
+        row = dict(name=name, type=type(module).__name__, depth=len(self.stack),
+                   params=self.params[id(module)], flops=0, off_main=False, main_seen=False,
+                   children=0)
+        if self.stack:
+            self.stack[-1]["children"] += 1
+        self.rows.append(row)
+        self.stack.append(row)
+        try:
+            out = module(*args, **kwargs)
+        finally:
+            self.stack.pop()
+        spec = getattr(module, "receptive_field_spec", None)
+        if spec is not None:
+            if self.main is None or id(module) in self.main:
+                self.path_specs.append(spec)
+                row["main_seen"] = True
+            else:  # a side branch (e.g. a shortcut projection)
+                row["off_main"] = True
+        row["flops"] += _flops(module, args, out)
+        row["output_shape"] = _shape_of(out)
+        row["receptive_field"] = self.field(row, spec, args, out)
+        if self.stack:
+            parent = self.stack[-1]
+            parent["flops"] += row["flops"]
+            parent["off_main"] |= row["off_main"]
+            parent["main_seen"] |= row["main_seen"]
+        return out
+
+    def field(self, row, spec, args, out):
+        """``(size, jump)`` of the main path so far, or None (see the class docstring)."""
+        spatial = hasattr(out, "ndim") and out.ndim > 2
+        side = not row["main_seen"] and any(
+            r["off_main"] and not r["main_seen"] for r in (*self.stack, row))
+        x = args[0] if args else None
+        resizes = (spec is None and not row["children"] and hasattr(x, "shape")
+                   and spatial and tuple(x.shape[1:-1]) != tuple(out.shape[1:-1]))
+        if not spatial or side or resizes:
+            return None
+        if self.path_specs:
+            rf = ops.receptive_field(self.path_specs)
+            return (rf.size, rf.jump)
+        return (1, 1)

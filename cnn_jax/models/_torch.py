@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cnn_jax.models._common import named_modules
-from cnn_jax.nn._conv import Conv, ConvTranspose, DepthwiseConv, SeparableConv
+from cnn_jax.nn import Conv, ConvTranspose, DepthwiseConv, SeparableConv, named_modules
 
 # Entries of a PyTorch state_dict that carry no weights.
 _IGNORED = ("num_batches_tracked",)

@@ -6,14 +6,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import check_model_int, public_signature, receptive_field_layers
-from cnn_jax.nn._blocks import conv_bn_act
+from cnn_jax.models._common import check_model_int, check_model_ints, public_signature
 
 
-def _double_conv(in_features, out_features, **kw) -> nnx.Sequential:
+def _double_conv(in_channels, out_channels, **kw) -> nnx.Sequential:
     """Two 3x3 conv-BN-ReLU layers (padding 1, so the size is kept)."""
-    return nnx.Sequential(conv_bn_act(in_features, out_features, 3, **kw),
-                          conv_bn_act(out_features, out_features, 3, **kw))
+    return nnx.Sequential(nn.conv_bn_act(in_channels, out_channels, 3, **kw),
+                          nn.conv_bn_act(out_channels, out_channels, 3, **kw))
 
 
 @public_signature
@@ -45,9 +44,8 @@ class UNet(nnx.Module):
     def __init__(self, num_classes: int, *, in_channels: int = 3, base_width: int = 16,
                  depth: int = 3, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "UNet"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
-        base_width = check_model_int(base_width, "base_width", op)
+        num_classes, in_channels, base_width = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels, base_width=base_width)
         self.depth = check_model_int(depth, "depth", op)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         widths = [base_width * 2**i for i in range(self.depth + 1)]
@@ -73,14 +71,10 @@ class UNet(nnx.Module):
         """
         path = []
         for i, block in enumerate(self.down):
-            path.extend(seq.layers[0] for seq in block.layers)
+            path.append(block)
             if i < self.depth:
                 path.append(self.pool)
         return path
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the contracting path."""
-        return receptive_field_layers(self.main_path())
 
     def __call__(self, x):
         factor = 2**self.depth

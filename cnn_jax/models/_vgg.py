@@ -7,21 +7,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, check_probability, public_signature,
-                                    receptive_field_layers, torch_flatten, torch_linear, variant)
-from cnn_jax.nn._blocks import _bn, kaiming_normal_fan_out
+from cnn_jax.models._common import (check_image, check_model_ints, check_probability,
+                                    normal_init, public_signature, torch_flatten,
+                                    torch_linear, variant)
 
 # torchvision's configurations: output channels of 3x3 convs, "M" a 2x2 max pool.
 VGG11_CONFIG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                 512, 512, 512, "M")
-
-
-def _normal(std: float):
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.normal(key, shape, dtype) * std
-
-    return init
 
 
 @public_signature
@@ -59,10 +52,8 @@ class VGG(nnx.Module):
                  in_channels: int = 3, width: int = 64, hidden: int = 4096,
                  dropout: float = 0.5, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "VGG"
-        num_classes = check_model_int(num_classes, "num_classes", op)
-        in_channels = check_model_int(in_channels, "in_channels", op)
-        width = check_model_int(width, "width", op)
-        hidden = check_model_int(hidden, "hidden", op)
+        num_classes, in_channels, width, hidden = check_model_ints(
+            op, num_classes=num_classes, in_channels=in_channels, width=width, hidden=hidden)
         dropout = check_probability(dropout, "dropout", op)
         if not isinstance(batch_norm, bool):
             raise TypeError(f"{op}: batch_norm must be a bool, got {batch_norm!r}")
@@ -79,16 +70,17 @@ class VGG(nnx.Module):
                 layers.append(nn.MaxPool(2, 2))
                 continue
             out = max(1, v * width // 64)
-            layers.append(nn.Conv(features, out, 3, padding=1, kernel_init=kaiming_normal_fan_out,
+            layers.append(nn.Conv(features, out, 3, padding=1,
+                                  kernel_init=nn.kaiming_normal_fan_out,
                                   bias_init=nnx.initializers.zeros, **kw))
             if batch_norm:
-                layers.append(_bn(out, **kw))
+                layers.append(nn.batch_norm(out, **kw))
             layers.append(jax.nn.relu)
             features = out
         self.features = nnx.Sequential(*layers)
         self.min_size = 2 ** self.config.count("M")
         self.avgpool = nn.AdaptiveAvgPool((7, 7))
-        lin = dict(kernel_init=_normal(0.01), bias_init=nnx.initializers.zeros, **kw)
+        lin = dict(kernel_init=normal_init(0.01), bias_init=nnx.initializers.zeros, **kw)
         self.classifier = nnx.Sequential(
             torch_linear(features * 49, hidden, **lin), jax.nn.relu,
             nnx.Dropout(dropout, rngs=rngs),
@@ -98,17 +90,10 @@ class VGG(nnx.Module):
 
     def main_path(self) -> list:
         """The convs and pools of ``features`` (read by :func:`cnn_jax.receptive_field`)."""
-        return [layer for layer in self.features.layers
-                if isinstance(layer, (nn.Conv, nn.MaxPool))]
-
-    def receptive_field_layers(self) -> list:
-        """``(kernel, stride, dilation, padding_low)`` of the main path's layers."""
-        return receptive_field_layers(self.main_path())
+        return [self.features]
 
     def __call__(self, x):
-        if x.ndim != 4 or min(x.shape[1:3]) < self.min_size:
-            raise ValueError(f"VGG: x must be (N, H, W, C) with H, W >= {self.min_size}, got "
-                             f"x.shape={tuple(x.shape)}")
+        check_image(x, self.min_size, "VGG")
         return self.classifier(torch_flatten(self.avgpool(self.features(x))))
 
 
