@@ -4,7 +4,6 @@ Oracles: torch.nn.functional.conv{1,2,3}d / torch.nn.grad (values and gradients)
 scipy.signal / np.convolve (flip=True), hand-derived values, jax.vjp of conv.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -16,38 +15,13 @@ import torch.nn.functional as F
 from jax.test_util import check_grads
 
 import cnn_jax as cj
+from _layout import (check_conv_against_torch, kernel_to_cf, kernel_to_cl,
+                     parametrize_configs, random_geometry, random_padding, same_pads, to_cf,
+                     to_cl)
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 TORCH_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
               "circular": "circular"}
-
-
-def to_cl(a, n):
-    """channels_first array (N, C, *sp) -> channels_last (N, *sp, C)."""
-    return np.moveaxis(a, 1, -1)
-
-
-def to_cf(a, n):
-    return np.moveaxis(a, -1, 1)
-
-
-def kernel_to_cl(w, n):
-    """OIHW -> HWIO."""
-    return np.moveaxis(w, (0, 1), (n + 1, n))
-
-
-def kernel_to_cf(w, n):
-    return np.moveaxis(w, (n + 1, n), (0, 1))
-
-
-def same_pads(sizes, k, s, d):
-    """The TF/XLA 'same' rule, derived independently: out = ceil(in / s), extra high."""
-    pads = []
-    for i, kk, ss, dd in zip(sizes, k, s, d):
-        out = math.ceil(i / ss)
-        total = max((out - 1) * ss + dd * (kk - 1) + 1 - i, 0)
-        pads.append((total // 2, total - total // 2))
-    return pads
 
 
 def torch_conv(x, w, b, s, pads, d, g, mode):
@@ -59,67 +33,26 @@ def torch_conv(x, w, b, s, pads, d, g, mode):
     return TORCH_CONV[n](x, w, b, stride=s, dilation=d, groups=g)
 
 
-def _configs(rng, count):
-    out = []
-    while len(out) < count:
-        n = int(rng.integers(1, 4))
-        g = int(rng.choice([1, 2, 3]))
-        c_in, c_out = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
-        k = tuple(int(v) for v in rng.integers(1, 4, n))
-        s = tuple(int(v) for v in rng.integers(1, 3, n))
-        d = tuple(int(v) for v in rng.integers(1, 3, n))
-        sp = tuple(int(v) for v in rng.integers(4, 7, n))
-        form = rng.choice(["int", "tuple", "pairs", "valid", "same"])
-        mode = str(rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"]))
-        if form == "int":
-            padding = int(rng.integers(0, 3))
-            pads = [(padding, padding)] * n
-        elif form == "tuple":
-            padding = tuple(int(v) for v in rng.integers(0, 3, n))
-            pads = [(p, p) for p in padding]
-        elif form == "pairs":
-            padding = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (n, 2)))
-            pads = list(padding)
-        elif form == "valid":
-            padding, pads = "VALID", [(0, 0)] * n
-        else:
-            padding, pads = "same", same_pads(sp, k, s, d)
-        if any(i + lo + hi < dd * (kk - 1) + 1 for i, (lo, hi), kk, dd in zip(sp, pads, k, d)):
-            continue
-        out.append((n, g, c_in, c_out, k, s, d, sp, padding, pads, mode))
-    return out
+def _draw(rng):
+    n, g, c_in, c_out, k, s, d, sp = random_geometry(rng, [1, 2, 3], 4, lambda n: 3, (4, 7))
+    form = rng.choice(["int", "tuple", "pairs", "valid", "same"])
+    mode = str(rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"]))
+    padding, pads = random_padding(rng, form, n, sp, k, s, d)
+    padding = "VALID" if padding == "valid" else padding  # strings are case-insensitive
+    if all(i + lo + hi >= dd * (kk - 1) + 1 for i, (lo, hi), kk, dd in zip(sp, pads, k, d)):
+        return n, g, c_in, c_out, k, s, d, sp, padding, pads, mode
+    return None
 
 
-def test_conv_matches_torch_values_and_grads(rng):
-    # Layouts alternate over the configs; each config is one jit compilation.
-    for i, (n, g, c_in, c_out, k, s, d, sp, padding, pads, mode) in enumerate(_configs(rng, 14)):
-        layout = ("channels_first", "channels_last")[i % 2]
-        x = rng.standard_normal((2, c_in, *sp)).astype(np.float32)
-        w = rng.standard_normal((c_out, c_in // g, *k)).astype(np.float32)
-        b = rng.standard_normal(c_out).astype(np.float32)
-        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-        ref = torch_conv(xt, wt, bt, s, pads, d, g, mode)
-        ct = rng.standard_normal(tuple(ref.shape)).astype(np.float32)
-        (ref * torch.tensor(ct)).sum().backward()
-        if layout == "channels_last":
-            x, w, ct = to_cl(x, n), kernel_to_cl(w, n), to_cl(ct, n)
-
-        @jax.jit
-        def f(x_, w_, b_, ct_):
-            y_, vjp = jax.vjp(lambda *a: cj.conv(*a, stride=s, padding=padding, dilation=d,
-                                                 groups=g, padding_mode=mode, layout=layout),
-                              x_, w_, b_)
-            return y_, *vjp(ct_)
-
-        y, gx, gw, gb = f(x, w, b, ct)
-        y, gx, gw = np.asarray(y), np.asarray(gx), np.asarray(gw)
-        if layout == "channels_last":
-            y, gx, gw = to_cf(y, n), to_cf(gx, n), kernel_to_cf(gw, n)
-        msg = f"n={n} g={g} k={k} s={s} d={d} sp={sp} padding={padding} mode={mode}"
-        np.testing.assert_allclose(y, ref.detach().numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
-        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
-        np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
-        np.testing.assert_allclose(gb, bt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+@parametrize_configs(_draw, 14, "n g cin cout k s d sp p pads mode")
+def test_conv_matches_torch_values_and_grads(rng, config):
+    n, g, c_in, c_out, k, s, d, sp, padding, pads, mode, layout = config
+    check_conv_against_torch(
+        rng, lambda *a: cj.conv(*a, stride=s, padding=padding, dilation=d, groups=g,
+                                padding_mode=mode, layout=layout),
+        lambda *t: torch_conv(*t, s, pads, d, g, mode),
+        [(2, c_in, *sp), (c_out, c_in // g, *k), (c_out,)], layout,
+        lambda w: kernel_to_cl(w, n), lambda w: kernel_to_cf(w, n), str(config))
 
 
 def test_unbatched_and_same_with_stride(rng):
@@ -190,13 +123,13 @@ def test_depthwise_and_separable_match_torch(rng):
     np.testing.assert_allclose(np.asarray(y), ref_dw.numpy(), rtol=1e-5, atol=1e-5)
     y = cj.separable_conv(x, dw, pw, b, stride=2, padding=1, layout="channels_first")
     np.testing.assert_allclose(np.asarray(y), ref_sep.numpy(), rtol=1e-5, atol=1e-5)
-    y = cj.separable_conv(to_cl(x, 2), kernel_to_cl(dw, 2), kernel_to_cl(pw, 2), b,
+    y = cj.separable_conv(to_cl(x), kernel_to_cl(dw, 2), kernel_to_cl(pw, 2), b,
                           stride=2, padding=1, padding_mode="zeros")
-    np.testing.assert_allclose(to_cf(np.asarray(y), 2), ref_sep.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_cf(np.asarray(y)), ref_sep.numpy(), rtol=1e-5, atol=1e-5)
     ref_refl = F.conv2d(F.pad(torch.tensor(x), [1, 1, 1, 1], mode="reflect"),
                         torch.tensor(dw), groups=3)
-    y = cj.depthwise_conv(to_cl(x, 2), kernel_to_cl(dw, 2), padding=1, padding_mode="reflect")
-    np.testing.assert_allclose(to_cf(np.asarray(y), 2), ref_refl.numpy(), rtol=1e-5, atol=1e-5)
+    y = cj.depthwise_conv(to_cl(x), kernel_to_cl(dw, 2), padding=1, padding_mode="reflect")
+    np.testing.assert_allclose(to_cf(np.asarray(y)), ref_refl.numpy(), rtol=1e-5, atol=1e-5)
 
 
 GRAD_CONFIGS = [
@@ -210,42 +143,44 @@ GRAD_CONFIGS = [
 ]
 
 
-def test_conv_input_and_kernel_grad_equal_vjp_and_torch(rng):
-    for i, (n, g, c_in, c_out, k, s, d, sp, padding) in enumerate(GRAD_CONFIGS):
-        layout = ("channels_first", "channels_last")[i % 2]
-        x_cf = rng.standard_normal((2, c_in, *sp)).astype(np.float32)
-        w_cf = rng.standard_normal((c_out, c_in // g, *k)).astype(np.float32)
-        x, w = (to_cl(x_cf, n), kernel_to_cl(w_cf, n)) if layout == "channels_last" else (x_cf, w_cf)
-        kw = dict(stride=s, padding=padding, dilation=d, groups=g, layout=layout)
-        y_shape = jax.eval_shape(lambda a, b: cj.conv(a, b, **kw), x, w).shape
-        dy = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
+@pytest.mark.parametrize("i", range(len(GRAD_CONFIGS)),
+                         ids=[f"{c[0]}d-g{c[1]}-p{c[8]}".replace(" ", "") for c in GRAD_CONFIGS])
+def test_conv_input_and_kernel_grad_equal_vjp_and_torch(rng, i):
+    n, g, c_in, c_out, k, s, d, sp, padding = GRAD_CONFIGS[i]
+    layout = ("channels_first", "channels_last")[i % 2]
+    x_cf = rng.standard_normal((2, c_in, *sp)).astype(np.float32)
+    w_cf = rng.standard_normal((c_out, c_in // g, *k)).astype(np.float32)
+    x, w = (to_cl(x_cf), kernel_to_cl(w_cf, n)) if layout == "channels_last" else (x_cf, w_cf)
+    kw = dict(stride=s, padding=padding, dilation=d, groups=g, layout=layout)
+    y_shape = jax.eval_shape(lambda a, b: cj.conv(a, b, **kw), x, w).shape
+    dy = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
 
-        @jax.jit
-        def grads(x_, w_, dy_):
-            gx_, gw_ = jax.vjp(lambda a, b: cj.conv(a, b, **kw), x_, w_)[1](dy_)
-            dx_ = cj.conv_input_grad(dy_, w_, x_.shape, **kw)
-            dk_ = cj.conv_kernel_grad(x_, dy_, w_.shape, **kw)
-            return gx_, gw_, dx_, dk_, cj.conv_input_grad(dy_, w_, sp, **kw)
+    @jax.jit
+    def grads(x_, w_, dy_):
+        gx_, gw_ = jax.vjp(lambda a, b: cj.conv(a, b, **kw), x_, w_)[1](dy_)
+        dx_ = cj.conv_input_grad(dy_, w_, x_.shape, **kw)
+        dk_ = cj.conv_kernel_grad(x_, dy_, w_.shape, **kw)
+        return gx_, gw_, dx_, dk_, cj.conv_input_grad(dy_, w_, sp, **kw)
 
-        gx, gw, dx, dk, sp_only = grads(x, w, dy)
-        msg = f"n={n} g={g} k={k} s={s} d={d} padding={padding}"
-        assert dx.shape == x.shape and dk.shape == w.shape, msg
-        np.testing.assert_allclose(np.asarray(dx), np.asarray(gx), rtol=1e-4, atol=1e-4, err_msg=msg)
-        np.testing.assert_allclose(np.asarray(dk), np.asarray(gw), rtol=1e-4, atol=1e-4, err_msg=msg)
-        # spatial-only input_shape works too
-        np.testing.assert_allclose(np.asarray(sp_only), np.asarray(dx), rtol=0, atol=0)
-        # torch.nn.grad oracle (symmetric int padding only)
-        if isinstance(padding, int):
-            dy_cf = np.asarray(dy) if layout == "channels_first" else to_cf(np.asarray(dy), n)
-            grad = torch.nn.grad
-            tin = getattr(grad, f"conv{n}d_input")(x_cf.shape, torch.tensor(w_cf), torch.tensor(dy_cf),
-                                                   stride=s, padding=padding, dilation=d, groups=g)
-            twt = getattr(grad, f"conv{n}d_weight")(torch.tensor(x_cf), w_cf.shape, torch.tensor(dy_cf),
-                                                    stride=s, padding=padding, dilation=d, groups=g)
-            dx_cf = np.asarray(dx) if layout == "channels_first" else to_cf(np.asarray(dx), n)
-            dk_cf = np.asarray(dk) if layout == "channels_first" else kernel_to_cf(np.asarray(dk), n)
-            np.testing.assert_allclose(dx_cf, tin.numpy(), rtol=1e-4, atol=1e-4)
-            np.testing.assert_allclose(dk_cf, twt.numpy(), rtol=1e-4, atol=1e-4)
+    gx, gw, dx, dk, sp_only = grads(x, w, dy)
+    msg = f"n={n} g={g} k={k} s={s} d={d} padding={padding}"
+    assert dx.shape == x.shape and dk.shape == w.shape, msg
+    np.testing.assert_allclose(np.asarray(dx), np.asarray(gx), rtol=1e-4, atol=1e-4, err_msg=msg)
+    np.testing.assert_allclose(np.asarray(dk), np.asarray(gw), rtol=1e-4, atol=1e-4, err_msg=msg)
+    # spatial-only input_shape works too
+    np.testing.assert_allclose(np.asarray(sp_only), np.asarray(dx), rtol=0, atol=0)
+    # torch.nn.grad oracle (symmetric int padding only)
+    if isinstance(padding, int):
+        dy_cf = np.asarray(dy) if layout == "channels_first" else to_cf(np.asarray(dy))
+        grad = torch.nn.grad
+        tin = getattr(grad, f"conv{n}d_input")(x_cf.shape, torch.tensor(w_cf), torch.tensor(dy_cf),
+                                               stride=s, padding=padding, dilation=d, groups=g)
+        twt = getattr(grad, f"conv{n}d_weight")(torch.tensor(x_cf), w_cf.shape, torch.tensor(dy_cf),
+                                                stride=s, padding=padding, dilation=d, groups=g)
+        dx_cf = np.asarray(dx) if layout == "channels_first" else to_cf(np.asarray(dx))
+        dk_cf = np.asarray(dk) if layout == "channels_first" else kernel_to_cf(np.asarray(dk), n)
+        np.testing.assert_allclose(dx_cf, tin.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dk_cf, twt.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_grads_unbatched(rng):

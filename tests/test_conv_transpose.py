@@ -9,18 +9,10 @@ import torch.nn.functional as F
 from jax.test_util import check_grads
 
 import cnn_jax as cj
-from _layout import to_cf, to_cl
+from _layout import (check_conv_against_torch, parametrize_configs, random_geometry,
+                     random_padding, tkernel_to_cf, tkernel_to_cl, to_cf, to_cl)
 
 TORCH_CT = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-
-
-def tkernel_to_cl(w, n):
-    """PyTorch transposed-conv weight (C_in, C_out/G, *k) -> (*k, C_in, C_out/G)."""
-    return np.moveaxis(w, (0, 1), (n, n + 1))
-
-
-def tkernel_to_cf(w, n):
-    return np.moveaxis(w, (n, n + 1), (0, 1))
 
 
 def torch_ct(x, w, b, s, pads, op, d, g):
@@ -38,70 +30,32 @@ def torch_ct(x, w, b, s, pads, op, d, g):
     return full[idx]
 
 
-def _configs(rng, count):
-    out = []
-    while len(out) < count:
-        n = int(rng.integers(1, 4))
-        g = int(rng.choice([1, 2]))
-        c_in, c_out = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
-        k = tuple(int(v) for v in rng.integers(1, 5, n))
-        s = tuple(int(v) for v in rng.integers(1, 4 if n < 3 else 3, n))
-        d = tuple(int(v) for v in rng.integers(1, 3, n))
-        sp = tuple(int(v) for v in rng.integers(2, 5, n))
-        op = tuple(int(rng.integers(0, max(ss, dd))) for ss, dd in zip(s, d))
-        form = rng.choice(["int", "tuple", "pairs", "valid"])
-        if form == "int":
-            padding = int(rng.integers(0, 3))
-            pads = [(padding, padding)] * n
-        elif form == "tuple":
-            padding = tuple(int(v) for v in rng.integers(0, 3, n))
-            pads = [(p, p) for p in padding]
-        elif form == "pairs":
-            padding = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (n, 2)))
-            pads = list(padding)
-        else:
-            padding, pads = "valid", [(0, 0)] * n
-        outs = [(i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
-                for i, ss, (lo, hi), dd, kk, oo in zip(sp, s, pads, d, k, op)]
-        if min(outs) < 1:
-            continue
-        out.append((n, g, c_in, c_out, k, s, d, sp, op, padding, pads))
-    return out
+def _draw(rng):
+    n, g, c_in, c_out, k, s, d, sp = random_geometry(
+        rng, [1, 2], 5, lambda n: 4 if n < 3 else 3, (2, 5))
+    op = tuple(int(rng.integers(0, max(ss, dd))) for ss, dd in zip(s, d))
+    padding, pads = random_padding(rng, rng.choice(["int", "tuple", "pairs", "valid"]), n, sp,
+                                   k, s, d)
+    outs = [(i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
+            for i, ss, (lo, hi), dd, kk, oo in zip(sp, s, pads, d, k, op)]
+    return (n, g, c_in, c_out, k, s, d, sp, op, padding, pads) if min(outs) >= 1 else None
 
 
-def test_conv_transpose_matches_torch_values_and_grads(rng):
-    # Layouts alternate over the configs; each config is one jit compilation.
-    for i, (n, g, c_in, c_out, k, s, d, sp, op, padding, pads) in enumerate(_configs(rng, 12)):
-        layout = ("channels_first", "channels_last")[i % 2]
-        x = rng.standard_normal((2, c_in, *sp)).astype(np.float32)
-        w = rng.standard_normal((c_in, c_out // g, *k)).astype(np.float32)
-        b = rng.standard_normal(c_out).astype(np.float32)
-        xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-        ref = torch_ct(xt, wt, bt, s, pads, op, d, g)
-        if all(lo == hi for lo, hi in pads):  # also straight torch where it applies
-            direct = TORCH_CT[n](xt, wt, bt, stride=s, padding=[p[0] for p in pads],
-                                 output_padding=op, dilation=d, groups=g)
-            np.testing.assert_allclose(direct.detach().numpy(), ref.detach().numpy(), atol=1e-5)
-        ct = rng.standard_normal(tuple(ref.shape)).astype(np.float32)
-        (ref * torch.tensor(ct)).sum().backward()
-        if layout == "channels_last":
-            x, w, ct = to_cl(x), tkernel_to_cl(w, n), to_cl(ct)
-
-        @jax.jit
-        def f(x_, w_, b_, ct_):
-            y_, vjp = jax.vjp(
-                lambda *a: cj.conv_transpose(*a, stride=s, padding=padding, output_padding=op,
-                                             dilation=d, groups=g, layout=layout), x_, w_, b_)
-            return y_, *vjp(ct_)
-
-        y, gx, gw, gb = (np.asarray(a) for a in f(x, w, b, ct))
-        if layout == "channels_last":
-            y, gx, gw = to_cf(y), to_cf(gx), tkernel_to_cf(gw, n)
-        msg = f"n={n} g={g} k={k} s={s} d={d} sp={sp} op={op} padding={padding} {layout}"
-        np.testing.assert_allclose(y, ref.detach().numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
-        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
-        np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
-        np.testing.assert_allclose(gb, bt.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=msg)
+@parametrize_configs(_draw, 12, "n g cin cout k s d sp op p pads")
+def test_conv_transpose_matches_torch_values_and_grads(rng, config):
+    """Random configs, drawn once at collection; one jit compilation each."""
+    n, g, c_in, c_out, k, s, d, sp, op, padding, pads, layout = config
+    ref = lambda *t: torch_ct(*t, s, pads, op, d, g)  # noqa: E731
+    arrays = check_conv_against_torch(
+        rng, lambda *a: cj.conv_transpose(*a, stride=s, padding=padding, output_padding=op,
+                                          dilation=d, groups=g, layout=layout),
+        ref, [(2, c_in, *sp), (c_in, c_out // g, *k), (c_out,)], layout,
+        lambda w: tkernel_to_cl(w, n), lambda w: tkernel_to_cf(w, n), str(config))
+    if all(lo == hi for lo, hi in pads):  # the reference is straight torch where it applies
+        tensors = [torch.tensor(a) for a in arrays]
+        direct = TORCH_CT[n](*tensors, stride=s, output_padding=op,
+                             padding=[p[0] for p in pads], dilation=d, groups=g)
+        np.testing.assert_allclose(direct.numpy(), ref(*tensors).numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize(

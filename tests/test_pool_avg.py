@@ -15,29 +15,20 @@ from jax import lax
 from jax.test_util import check_grads
 
 import cnn_jax as cj
-from _pool_oracle import TORCH_POOLS, torch_value_and_grad
-
-SPATIAL = {1: (11,), 2: (7, 9), 3: (5, 6, 4)}
+from _pool_oracle import (TORCH_POOLS, against_reduce_window, grouped_vjps, input_shape,
+                          random_window, torch_value_and_grad)
 
 
 def _configs(count_per_rank=6, seed=99):
-    """Random valid (n, k, s, p, ceil_mode, count_include_pad, divisor, layout)."""
+    """Random valid (n, k, s, p, ceil_mode, count_include_pad, divisor, layout): a third
+    of them with count_include_pad=False, a third with a divisor_override."""
     rng = np.random.default_rng(seed)
     out = []
-    for n in (1, 2, 3):
-        made = 0
-        while made < count_per_rank:
-            k = tuple(int(v) for v in rng.integers(1, 4 if n == 3 else 5, n))
-            s = tuple(int(v) for v in rng.integers(1, 4, n))
-            p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
-            if any(i + 2 * pp < kk for i, pp, kk in zip(SPATIAL[n], p, k)):
-                continue
-            ceil_mode = bool(rng.integers(0, 2))
-            include = bool(made % 3)
-            divisor = 5 if made % 3 == 2 else None
-            layout = ("channels_last", "channels_first")[made % 2]
-            out.append((n, k, s, p, ceil_mode, include, divisor, layout))
-            made += 1
+    for n, i in itertools.product((1, 2, 3), range(count_per_rank)):
+        k, s, _, p, ceil_mode = random_window(rng, n, dilate=False)
+        divisor = 5 if i % 3 == 2 else None
+        out.append((n, k, s, p, ceil_mode, bool(i % 3), divisor,
+                    ("channels_last", "channels_first")[i % 2]))
     return out
 
 
@@ -58,10 +49,7 @@ def _torch_avg(n):
 
 
 def _input(rng, n, layout, batched=True, positive=False):
-    shape = (2, *SPATIAL[n], 3) if layout == "channels_last" else (2, 3, *SPATIAL[n])
-    if not batched:
-        shape = shape[1:]
-    x = rng.standard_normal(shape).astype(np.float32)
+    x = rng.standard_normal(input_shape(n, layout, batched)).astype(np.float32)
     return np.abs(x) + 0.5 if positive else x
 
 
@@ -70,15 +58,8 @@ def _run_grouped(rng, cases, batched=True):
     xs = [c[4] for c in cases]
     gs = [rng.standard_normal(jax.eval_shape(c[1], x).shape).astype(np.float32)
           for c, x in zip(cases, xs)]
-
-    def run(xs, gs):
-        outs = []
-        for (_, f, _, _, _), x, g in zip(cases, xs, gs):
-            y, vjp = jax.vjp(f, x)
-            outs.append((y, vjp(g)[0]))
-        return outs
-
-    for (name, _, torch_fn, layout, x), g, (y, dx) in zip(cases, gs, jax.jit(run)(xs, gs)):
+    results = grouped_vjps([c[1] for c in cases], xs, gs)
+    for (name, _, torch_fn, layout, x), g, (y, dx) in zip(cases, gs, results):
         y_t, dx_t = torch_value_and_grad(torch_fn, x, g, layout, batched)
         assert y.shape == y_t.shape, name
         np.testing.assert_allclose(y, y_t, rtol=1e-5, atol=1e-5, err_msg=name)
@@ -175,21 +156,9 @@ def test_avg_pool_pairs_padding_matches_torch_on_explicit_padding(rng, count_inc
 
 def test_sum_pool_custom_vjp_equals_xla_gradient(rng):
     x = jnp.asarray(rng.standard_normal((2, 8, 9, 3)).astype(np.float32))
-
-    def both(x):
-        outs = []
-        for k, s, p in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0), (4, 3, 2)]:
-            def plain(a):
-                return lax.reduce_window(a, 0.0, lax.add, (1, k, k, 1), (1, s, s, 1),
-                                         ((0, 0), (p, p), (p, p), (0, 0)))
-
-            ours = lambda a: cj.sum_pool(a, k, s, padding=p)
-            g = jnp.sin(jnp.arange(plain(x).size, dtype=x.dtype)).reshape(plain(x).shape)
-            outs.append((ours(x), plain(x), jax.grad(lambda a: jnp.sum(ours(a) * g))(x),
-                         jax.grad(lambda a: jnp.sum(plain(a) * g))(x)))
-        return outs
-
-    for y, y_slow, dx, dx_slow in jax.jit(both)(x):
+    windows = [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0), (4, 3, 2)]
+    for y, y_slow, dx, dx_slow in against_reduce_window(x, cj.sum_pool, 0.0, lax.add, windows,
+                                                        jnp.sin):
         np.testing.assert_allclose(y, y_slow, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(dx, dx_slow, rtol=1e-6, atol=1e-6)
 

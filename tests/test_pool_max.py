@@ -13,29 +13,20 @@ from jax import lax
 from jax.test_util import check_grads
 
 import cnn_jax as cj
-from _pool_oracle import TORCH_POOLS, jax_value_and_grad, torch_value_and_grad
-
-SPATIAL = {1: (11,), 2: (7, 9), 3: (5, 6, 4)}
+from _pool_oracle import (TORCH_POOLS, against_reduce_window, grouped_vjps, input_shape,
+                          jax_value_and_grad, random_window, torch_value_and_grad)
 
 
 def _max_configs(count_per_rank=8, seed=1234):
-    """Random valid (n, k, s, p, d, ceil_mode, layout, ties) configurations."""
+    """Random valid (n, k, s, p, d, ceil_mode, layout, ties) configurations; ties (a tiny
+    integer range of values) in half of them."""
     rng = np.random.default_rng(seed)
     out = []
     for n in (1, 2, 3):
-        made = 0
-        while made < count_per_rank:
-            k = tuple(int(v) for v in rng.integers(1, 4 if n == 3 else 5, n))
-            s = tuple(int(v) for v in rng.integers(1, 4, n))
-            d = tuple(int(v) for v in rng.integers(1, 3, n))
-            p = tuple(int(rng.integers(0, kk // 2 + 1)) for kk in k)
-            if any(i + 2 * pp < dd * (kk - 1) + 1 for i, pp, dd, kk in zip(SPATIAL[n], p, d, k)):
-                continue
-            ceil_mode = bool(rng.integers(0, 2))
-            layout = ("channels_last", "channels_first")[made % 2]
-            ties = made % 4 < 2
-            out.append((n, k, s, p, d, ceil_mode, layout, ties))
-            made += 1
+        for i in range(count_per_rank):
+            k, s, d, p, ceil_mode = random_window(rng, n, dilate=True)
+            out.append((n, k, s, p, d, ceil_mode, ("channels_last", "channels_first")[i % 2],
+                        i % 4 < 2))
     return out
 
 
@@ -43,25 +34,10 @@ CONFIGS = _max_configs()
 
 
 def _input(rng, n, layout, ties, batched=True):
-    shape = (2, *SPATIAL[n], 3) if layout == "channels_last" else (2, 3, *SPATIAL[n])
-    if not batched:
-        shape = shape[1:]
+    shape = input_shape(n, layout, batched)
     if ties:  # tiny integer range: many equal values per window
         return rng.integers(0, 3, shape).astype(np.float32)
     return rng.standard_normal(shape).astype(np.float32)
-
-
-def _grouped_vjps(fns, xs, gs):
-    """Values and VJPs of several configurations in one jit (one compilation)."""
-
-    def run(xs, gs):
-        outs = []
-        for f, x, g in zip(fns, xs, gs):
-            y, vjp = jax.vjp(f, x)
-            outs.append((y, vjp(g.astype(y.dtype))[0]))
-        return outs
-
-    return [(np.asarray(y), np.asarray(dx)) for y, dx in jax.jit(run)(xs, gs)]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -84,7 +60,7 @@ def test_max_and_min_pool_match_torch(rng, n):
     xs = [_input(rng, n, layout, ties) for _, _, _, layout, _ in cases]
     ys_shape = [jax.eval_shape(f, x).shape for (_, f, _, _, _), x in zip(cases, xs)]
     gs = [rng.standard_normal(shape).astype(np.float32) for shape in ys_shape]
-    results = _grouped_vjps([c[1] for c in cases], xs, gs)
+    results = grouped_vjps([c[1] for c in cases], xs, gs)
     for (name, _, torch_fn, layout, _), x, g, (y, dx) in zip(cases, xs, gs, results):
         y_t, dx_t = torch_value_and_grad(torch_fn, x, g, layout, True)
         np.testing.assert_array_equal(y, y_t, err_msg=name)
@@ -101,7 +77,7 @@ def test_max_pool_unbatched_matches_torch(rng):
     xs = [_input(rng, n, layout, ties=True, batched=False) for n, layout, _, _ in cases]
     gs = [rng.standard_normal(jax.eval_shape(c[2], x).shape).astype(np.float32)
           for c, x in zip(cases, xs)]
-    results = _grouped_vjps([c[2] for c in cases], xs, gs)
+    results = grouped_vjps([c[2] for c in cases], xs, gs)
     for (n, layout, _, torch_fn), x, g, (y, dx) in zip(cases, xs, gs, results):
         y_t, dx_t = torch_value_and_grad(torch_fn, x, g, layout, False)
         assert y.shape == y_t.shape, (n, layout)
@@ -169,21 +145,9 @@ def test_max_pool_nan_propagates_like_torch(rng):
 def test_max_pool_custom_vjp_equals_xla_gradient(rng):
     # Distinct values (no ties), so XLA's select_and_scatter has one answer too.
     x = jnp.asarray(rng.permutation(2 * 8 * 9 * 3).reshape(2, 8, 9, 3).astype(np.float32))
-
-    def both(x):
-        outs = []
-        for k, s, p in [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0)]:
-            def plain(a):
-                return lax.reduce_window(a, -jnp.inf, lax.max, (1, k, k, 1), (1, s, s, 1),
-                                         ((0, 0), (p, p), (p, p), (0, 0)))
-
-            ours = lambda a: cj.max_pool(a, k, s, padding=p)
-            g = jnp.cos(jnp.arange(plain(x).size, dtype=x.dtype)).reshape(plain(x).shape)
-            outs.append((ours(x), plain(x), jax.grad(lambda a: jnp.sum(ours(a) * g))(x),
-                         jax.grad(lambda a: jnp.sum(plain(a) * g))(x)))
-        return outs
-
-    for y, y_slow, dx, dx_slow in jax.jit(both)(x):
+    windows = [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0)]
+    for y, y_slow, dx, dx_slow in against_reduce_window(x, cj.max_pool, -jnp.inf, lax.max,
+                                                        windows, jnp.cos):
         np.testing.assert_array_equal(y, y_slow)
         np.testing.assert_allclose(dx, dx_slow, rtol=1e-6, atol=1e-6)
 
