@@ -22,19 +22,20 @@ import cnn_jax as cj
 
 
 class TorchLeNet5(nn.Module):
+    """LeNet-5 in PyTorch, with the attribute names of ``cj.models.LeNet5`` (that is all
+    ``load_torch_state_dict`` needs: weights are matched by name)."""
+
     def __init__(self, num_classes=10):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
-        self.fc2 = nn.Linear(120, 84)
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
 
     def forward(self, x):
-        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        x = torch.flatten(x, 1)
-        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+        for conv in (self.conv1, self.conv2):
+            x = nn.functional.max_pool2d(torch.relu(conv(x)), 2)
+        x = torch.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc3(torch.relu(self.fc2(x)))
 
 
 def main(argv=None):

@@ -210,15 +210,21 @@ def _maybe_int_dtype(rng, invalid, inputs, config):
 # --------------------------------------------------------------------------- generators
 
 
-def gen_conv(rng, invalid):
+def _conv_geometry(rng, invalid, k_high, k_wide):
+    """``(n, layout, batched, g, c_in, c_out, k, s, d)`` of a random (transposed) conv."""
     n = int(rng.integers(1, 4))
     layout = _pick(rng, ["channels_last", "channels_first"])
     batched = rng.random() < 0.8
     g = _pick(rng, [1, 1, 2])
     c_in, c_out = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
-    k = tuple(_wide(rng, invalid, 1, 3, 1, 6) for _ in range(n))
+    k = tuple(_wide(rng, invalid, 1, k_high, 1, k_wide) for _ in range(n))
     s = tuple(_wide(rng, invalid, 1, 3, 0) for _ in range(n))
     d = tuple(_wide(rng, invalid, 1, 2, 0) for _ in range(n))
+    return n, layout, batched, g, c_in, c_out, k, s, d
+
+
+def gen_conv(rng, invalid):
+    n, layout, batched, g, c_in, c_out, k, s, d = _conv_geometry(rng, invalid, 3, 6)
     mode = _pick(rng, ["zeros", "zeros", "reflect", "replicate", "circular"])
     kind = _pick(rng, ["int", "tuple", "valid", "same"] if max(s) == 1 else ["int", "tuple", "valid"])
     if kind == "int":
@@ -283,14 +289,7 @@ def gen_conv(rng, invalid):
 
 
 def gen_conv_transpose(rng, invalid):
-    n = int(rng.integers(1, 4))
-    layout = _pick(rng, ["channels_last", "channels_first"])
-    batched = rng.random() < 0.8
-    g = _pick(rng, [1, 1, 2])
-    c_in, c_out = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
-    k = tuple(_wide(rng, invalid, 1, 4, 1, 5) for _ in range(n))
-    s = tuple(_wide(rng, invalid, 1, 3, 0) for _ in range(n))
-    d = tuple(_wide(rng, invalid, 1, 2, 0) for _ in range(n))
+    n, layout, batched, g, c_in, c_out, k, s, d = _conv_geometry(rng, invalid, 4, 5)
     sp = tuple(_wide(rng, invalid, 1, 4, 0) for _ in range(n))
     op_pad = tuple(_wide(rng, invalid, 0, max(max(ss, dd) - 1, 0), 0, 3) for ss, dd in zip(s, d))
     padding = []

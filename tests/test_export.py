@@ -55,17 +55,15 @@ class TorchUNet(torch.nn.Module):
                                 for w in reversed(widths[:-1]))
         self.up_conv = nn.ModuleList(double(2 * w, w) for w in reversed(widths[:-1]))
         self.head = nn.Conv2d(base_width, num_classes, 1)
-        self.depth = depth
 
     def forward(self, x):
         skips = []
-        for i, block in enumerate(self.down):
-            x = block(x)
-            if i < self.depth:
-                skips.append(x)
-                x = self.pool(x)
-        for up, conv, skip in zip(self.up, self.up_conv, reversed(skips)):
-            x = conv(torch.cat([skip, up(x)], 1))
+        for block in self.down[:-1]:  # every level but the bottom keeps a skip
+            skips.append(block(x))
+            x = self.pool(skips[-1])
+        x = self.down[-1](x)
+        for up, conv in zip(self.up, self.up_conv):
+            x = conv(torch.cat([skips.pop(), up(x)], 1))
         return self.head(x)
 
 
@@ -402,8 +400,9 @@ def test_cli_exports_a_run_in_every_format(digits_run, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    def err(argv, code=1):
-        assert main(argv) == code
+    def err(argv):
+        """The one-line message of a user error (exit status 1, no traceback)."""
+        assert main(argv) == 1
         text = capsys.readouterr().err
         assert text.count("\n") == 1 and "Traceback" not in text, text
         return text
