@@ -22,8 +22,8 @@ import numpy as np
 
 from cnn_jax.train._sharding import data_sharded, shard_batch
 from cnn_jax.train._signals import active_guard
-from cnn_jax.train._stream import (KINDS, BatchPlan, lookup_table, open_batches, to_private,
-                                   worker_error)
+from cnn_jax.train._stream import (KINDS, BatchPlan, close_batches, lookup_table, open_batches,
+                                   to_private, worker_error)
 
 _END = object()
 _POLL_S = 0.2
@@ -57,6 +57,7 @@ class StreamFeed:
         self.wait_s = 0.0  # time the consumer waited for batches
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._closer: threading.Thread | None = None
         self._iterator = open_batches(plan, workers)
         self._thread = threading.Thread(target=self._run, name="cnn_jax-input", daemon=True)
         self._thread.start()
@@ -143,16 +144,29 @@ class StreamFeed:
             labels = np.zeros((0,), np.int32)
         return Spec
 
-    def close(self):
-        """Stop the thread and the workers; batches not consumed are dropped."""
+    def close(self, *, wait: bool = True):
+        """Stop the thread and the workers; batches not consumed are dropped. Stopping
+        the worker processes takes a second or two (each finishes its batch and exits);
+        with ``wait=False`` that happens on a thread, and :meth:`join` waits for it."""
         self._stop.set()
+        if wait:
+            self._shutdown()
+        elif self._closer is None:
+            self._closer = threading.Thread(target=self._shutdown, daemon=True,
+                                            name="cnn_jax-input-close")
+            self._closer.start()
+
+    def join(self):
+        """Wait until a ``close(wait=False)`` has stopped everything."""
+        if self._closer is not None:
+            self._closer.join()
+
+    def _shutdown(self):
         deadline = time.monotonic() + 60  # a batch in the making finishes first
         while self._thread.is_alive() and time.monotonic() < deadline:
             self._drain()
             self._thread.join(_POLL_S)
-        close = getattr(self._iterator, "close", None)
-        if close is not None:
-            close()
+        close_batches(self._iterator)
         self._thread.join(30)
         self._drain()
 

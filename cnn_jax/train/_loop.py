@@ -275,6 +275,7 @@ def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageSt
         metrics = MetricsWriter(os.path.join(cfg.out, "metrics.jsonl"))
         ckpt = Checkpointing(ckpt_dir, keep=cfg.keep_checkpoints, every=cfg.checkpoint_every,
                              meta=meta)
+    feeds = []  # streamed input that _run opened
     with SignalGuard() as guard:  # until the last checkpoint is on disk
         try:
             trainer = Trainer(model, trainer_cfg, steps_per_epoch, mesh, task=train.task,
@@ -286,12 +287,14 @@ def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageSt
                 if history.already_complete:
                     return history
             history = _run(trainer, state, train, test, cfg, history, ckpt, metrics, info,
-                           on_step, guard)
+                           on_step, guard, feeds)
         finally:
             if ckpt is not None:
                 guard.saving = True
                 ckpt.close()
                 guard.saving = False
+            for feed in feeds:  # input workers stop while the last checkpoint is written
+                feed.join()
         history.signal = guard.signal
         return history
 
@@ -341,7 +344,8 @@ def _agreed_stop(guard, multi: bool) -> bool:
     return bool(signals.any())
 
 
-def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step, guard):
+def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step, guard,
+         feeds):
     steps_per_epoch = trainer.steps_per_epoch
     counts_before = dict(TRACE_COUNTS)
     start_step = int(to_host(state["step"]))
@@ -354,6 +358,7 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
         feed = _open_feed(train, test, cfg, trainer.mesh, start_step=start_step,
                           steps_per_epoch=steps_per_epoch,
                           eval_first=offset == steps_per_epoch)
+        feeds.append(feed)
         batches = _StreamBatches(feed)
         _compile_train_step(trainer, state, train.image_shape, cfg.batch_size)
     else:
@@ -440,7 +445,7 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
     finally:
         progress.close()
         if feed is not None:
-            feed.close()
+            feed.close(wait=False)  # fit joins it after the last checkpoint
     if feed is not None:
         chrono["input"] = _input_summary(feed, chrono, multi)
     if stop:

@@ -225,6 +225,32 @@ class ImageStream:
         transform."""
         return load_image(self.path(i), self.recipe, self.size, self.channels, rng)
 
+    def batches(self, batch_size: int, *, epoch: int = 0, seed: int = 0,
+                workers: int | None = None):
+        """One epoch of host batches in a run's order, for loops of one's own.
+
+        Yields ``{"image": (B, H, W, C) uint8, "label": (B,) int32, "index": (B,)
+        int32}`` (the last partial batch dropped), built by ``workers`` processes
+        (default: the stream's, else one per core), the ``train`` split augmented by
+        its recipe. The workers stop when the generator ends or is closed.
+
+        >>> train, _ = load_dataset("imagenet", "/data/imagenet")  # doctest: +SKIP
+        >>> next(train.batches(256, workers=8))["image"].shape       # doctest: +SKIP
+        (256, 224, 224, 3)
+        """
+        steps = len(self) // batch_size
+        plan = BatchPlan([Part("train", epoch, 0, steps)], train=self, seed=seed,
+                         batch_size=batch_size, rows=slice(0, batch_size))
+        workers = workers if workers is not None else self.workers
+        iterator = open_batches(plan, default_workers() if workers is None else workers)
+        try:
+            for batch in iterator:
+                batch = {k: to_private(v) for k, v in batch.items()}
+                del batch["where"], batch["bad"]
+                yield batch
+        finally:
+            close_batches(iterator)
+
     def to_dataset(self) -> Dataset:
         """Every image decoded (evaluation transform) into an in-memory ``Dataset``, with
         the normalisation applied: for small sets and checks."""
@@ -500,6 +526,12 @@ def open_batches(plan: BatchPlan, workers: int, *, buffer: int = 2):
     ds = grain.MapDataset.source(plan).to_iter_dataset(
         grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer))
     if workers > 0:
+        # Labels and indices travel pickled (a shared-memory segment per small array costs
+        # more than the copy); Grain copies the images into shared memory. (A batch built
+        # in shared memory directly would leak its segment when a worker stops with
+        # batches it has not handed over.)
+        ds = grain.experimental.WithOptionsIterDataset(
+            ds, grain.experimental.DatasetOptions(min_shm_size=1 << 16))
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=buffer),
                             worker_init_fn=_init_worker)
@@ -519,6 +551,20 @@ def to_private(leaf):
     shm.unlink()
     leaf._unlink_on_del = False  # Grain's flag: its __del__ then only closes the mapping
     return out
+
+
+def close_batches(iterator):
+    """Stop ``open_batches``'s workers, and wait until the shared memory of batches they
+    had handed over but nobody consumed is unlinked (Grain unlinks on a thread: at
+    interpreter exit, pending unlinks would be reported as leaks)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+    from grain.python import SharedMemoryArray
+
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)  # one thread, in order
+    if pool is not None:
+        pool.apply(lambda: None)
 
 
 _WORKER_DIED = re.compile(r"terminated unexpectedly with exit code (-?\d+)")

@@ -1,0 +1,271 @@
+"""Streamed input (Grain): decode throughput vs PyTorch, step time vs in-memory, memory.
+
+Three measurements, each on image folders this script generates in a temporary
+folder (smooth random JPEGs, so that they decode like photographs rather than noise):
+
+1. **Decode + augment throughput**: one epoch over 4,000 256x256 JPEGs through the
+   ImageNet training transform (random-resized crop to 224 and flip, Pillow), in
+   batches of 64, by cnn_jax's stream (``ImageStream.batches``: Grain worker
+   processes) and by a PyTorch ``DataLoader`` whose ``Dataset`` calls the very same
+   per-image function, with the same worker count. Images/s from the first batch
+   to the last (workers started; their start-up is reported apart), best of two
+   alternated rounds each.
+2. **Step time**: ResNet-18 trained with ``fit`` on a streamed folder against the same
+   images decoded into memory first (``load_image_folder``): the same batches, the
+   same program; ``summary.json``'s images/s (first step excluded).
+3. **Peak memory**: the peak RSS of ``cnn-jax train --dataset folder`` (a new
+   process, its worker processes not counted) on 600 and on 6,000 images; the
+   in-memory loader's on the same folders for contrast.
+
+Run: ``python benchmarks/stream.py`` (about 5 minutes on 2 cores; ``--quick``: smaller
+folders, a smoke run). Results: ``benchmarks/results/stream.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+# ---------------------------------------------------------------- data
+
+
+def make_folder(root: str, n: int, size: int, *, classes: int = 10, val: int = 0,
+                seed: int = 0) -> str:
+    """``root/train/<class>/*.jpg`` (and ``val/``): smooth colour fields with noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    for split, count in (("train", n), ("val", val)):
+        for k in range(count):
+            c = k % classes
+            os.makedirs(os.path.join(root, split, f"c{c:02d}"), exist_ok=True)
+            a, b, p = rng.uniform(0, 6, 3)
+            base = np.stack([np.sin(a * xx + p), np.cos(b * yy - p), np.sin((a + b) * xx * yy)],
+                            -1)
+            img = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(
+                os.path.join(root, split, f"c{c:02d}", f"{k:05d}.jpg"), quality=90)
+    return root
+
+
+# ---------------------------------------------------------------- 1. throughput
+
+
+def _torch_loader(stream, batch_size, workers, seed):
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    order = np.random.default_rng([seed, 0]).permutation(len(stream)).tolist()
+
+    class Images(Dataset):  # the same per-image function as cnn_jax's workers
+        def __len__(self):
+            return len(stream)
+
+        def __getitem__(self, j):
+            image = stream.load(j, np.random.default_rng([seed, 0, j]))
+            return torch.from_numpy(np.array(image)), int(stream.labels[j])
+
+    return DataLoader(Images(), batch_size=batch_size, sampler=order, num_workers=workers,
+                      drop_last=True)
+
+
+def _cpu_s() -> float:
+    """CPU seconds used so far by this process and its children (the loader workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _time_epoch(batches, warm: int) -> dict:
+    """Wall time to the first batch (start-up), then images/s and CPU seconds per image
+    after the first ``warm`` batches (every worker has delivered; Grain's workers start
+    one after the other, PyTorch's forked ones at once): the steady state."""
+    t0 = time.perf_counter()
+    first = start = cpu0 = None
+    n = 0
+    for k, batch in enumerate(batches):
+        images = batch["image"] if isinstance(batch, dict) else batch[0]
+        if first is None:
+            first = time.perf_counter()
+        if k == warm:
+            start, cpu0 = time.perf_counter(), _cpu_s()
+        elif k > warm:
+            n += images.shape[0]
+            end, cpu1 = time.perf_counter(), _cpu_s()  # the last batch, not the shutdown
+    return {"startup_s": first - t0, "images": n, "steady_s": end - start,
+            "images_per_s": n / (end - start), "epoch_s": end - t0,
+            "shutdown_s": time.perf_counter() - end, "cpu_ms_per_image": (cpu1 - cpu0) / n * 1e3}
+
+
+def throughput(tmp: str, n: int, workers: int, batch_size: int = 64) -> dict:
+    from cnn_jax.train import load_dataset
+
+    folder = make_folder(os.path.join(tmp, "jpegs"), n, 256, val=10)
+    train, _ = load_dataset("imagenet", folder)
+    rounds = {"cnn_jax": [], "torch": []}
+    warm = 2 * max(workers, 1)
+    for _ in range(3):  # alternated, so that a change in the machine's load hits both
+        rounds["cnn_jax"].append(_time_epoch(train.batches(batch_size, workers=workers), warm))
+        rounds["torch"].append(_time_epoch(_torch_loader(train, batch_size, workers, 0), warm))
+    best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in rounds.items()}
+    return {"images": n, "size": 256, "crop": 224, "batch_size": batch_size,
+            "workers": workers, "rounds": rounds, "best": best,
+            "ratio": best["cnn_jax"]["images_per_s"] / best["torch"]["images_per_s"]}
+
+
+# ---------------------------------------------------------------- 2. step time
+
+
+def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int | None) -> dict:
+    from cnn_jax.train import (TrainConfig, create_model, fit, load_dataset,
+                               load_image_folder)
+
+    folder = make_folder(os.path.join(tmp, "steps"), n, 128, val=batch_size, seed=1)
+    streamed = [s.resized(image_size) for s in load_dataset("folder", folder)]
+    t0 = time.perf_counter()
+    in_memory = load_image_folder(folder, image_size=(image_size, image_size))
+    load_s = time.perf_counter() - t0
+    config = TrainConfig(dataset="folder", model="resnet18", epochs=1, batch_size=batch_size,
+                         eval_batch_size=batch_size, quiet=True, workers=workers)
+    out = {}
+    for name, (train, test) in (("in_memory", in_memory), ("streamed", streamed)):
+        model = create_model("resnet18", train.num_classes, train.image_shape)
+        s = fit(model, train, test, config).summary
+        out[name] = {"images_per_s": s["images_per_s"],
+                     "step_s": batch_size / s["images_per_s"],
+                     "time_to_first_step_s": s["time_to_first_step_s"],
+                     "input_wait_s": s.get("input_wait_s"),
+                     "input_workers": s.get("input_workers")}
+    return {"images": n, "source_size": 128, "image_size": image_size,
+            "batch_size": batch_size, "steps": n // batch_size, "load_in_memory_s": load_s,
+            **out, "ratio": out["streamed"]["step_s"] / out["in_memory"]["step_s"]}
+
+
+# ---------------------------------------------------------------- 3. memory
+
+
+_RSS = ("import resource, sys\n"
+        "from cnn_jax.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "sys.exit(code)\n")
+_RSS_MEMORY = ("import resource, sys\n"
+               "from cnn_jax.train import load_image_folder\n"
+               "train, test = load_image_folder(sys.argv[1])\n"
+               "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+
+
+def _peak_rss_mb(code: str, args: list[str]) -> float:
+    env = dict(os.environ, PYTHONPATH=ROOT, CNN_JAX_COMPILATION_CACHE="off")
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=1200)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    kb = int(proc.stdout.split("maxrss_kb")[-1].split()[0])
+    return kb / 1024
+
+
+def memory(tmp: str, sizes: tuple[int, ...], workers: int | None) -> dict:
+    rows = {}
+    for n in sizes:
+        folder = make_folder(os.path.join(tmp, f"rss{n}"), n, 64, val=max(n // 10, 10), seed=2)
+        args = ["train", "--dataset", "folder", "--data-dir", folder, "--model", "digits_cnn",
+                "--width", "8", "--image-size", "32", "--epochs", "1", "--batch-size", "64",
+                "--quiet", "--out", os.path.join(tmp, f"run{n}")]
+        if workers is not None:
+            args += ["--workers", str(workers)]
+        rows[n] = {"streamed_mb": _peak_rss_mb(_RSS, args),
+                   "in_memory_load_mb": _peak_rss_mb(_RSS_MEMORY, [folder])}
+    small, large = rows[min(sizes)], rows[max(sizes)]
+    return {"sizes": list(sizes), "rows": rows,
+            "streamed_growth_mb": large["streamed_mb"] - small["streamed_mb"],
+            "in_memory_growth_mb": large["in_memory_load_mb"] - small["in_memory_load_mb"]}
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> dict:
+    import jax
+    import PIL
+
+    import grain  # noqa: F401 - its version below
+
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    from importlib.metadata import version
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "jax": jax.__version__,
+            "device": jax.devices()[0].device_kind, "grain": version("grain"),
+            "pillow": PIL.__version__, "torch": torch_version,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small folders: a smoke run")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="input workers of both loaders in the throughput test (2)")
+    parser.add_argument("--only", choices=("throughput", "steps", "memory"), default=None)
+    args = parser.parse_args(argv)
+    quick = args.quick
+    result = {"machine": machine()}
+    print(json.dumps(result["machine"]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only in (None, "throughput"):
+            r = result["throughput"] = throughput(tmp, 400 if quick else 4000, args.workers)
+            b = r["best"]
+            print(f"throughput ({r['images']} JPEGs 256px -> 224 crop, {r['workers']} "
+                  f"workers): cnn_jax {b['cnn_jax']['images_per_s']:.0f} img/s "
+                  f"(start {b['cnn_jax']['startup_s']:.1f} s), torch "
+                  f"{b['torch']['images_per_s']:.0f} img/s (start "
+                  f"{b['torch']['startup_s']:.1f} s): {r['ratio']:.2f}x", flush=True)
+        if args.only in (None, "steps"):
+            r = result["steps"] = step_time(tmp, 256 if quick else 1024, 64, 32, None)
+            print(f"resnet18 step ({r['image_size']} px, batch {r['batch_size']}): in memory "
+                  f"{r['in_memory']['step_s']:.3f} s, streamed {r['streamed']['step_s']:.3f} s "
+                  f"({r['streamed']['input_workers']} workers, waited "
+                  f"{r['streamed']['input_wait_s']:.2f} s): {r['ratio']:.3f}x", flush=True)
+        if args.only in (None, "memory"):
+            r = result["memory"] = memory(tmp, (128, 600) if quick else (600, 6000), None)
+            for n, row in r["rows"].items():
+                print(f"peak RSS, {n} images: streamed run {row['streamed_mb']:.0f} MB, "
+                      f"in-memory load {row['in_memory_load_mb']:.0f} MB", flush=True)
+            print(f"growth: streamed {r['streamed_growth_mb']:+.0f} MB, in memory "
+                  f"{r['in_memory_growth_mb']:+.0f} MB", flush=True)
+    folder = os.path.join(HERE, "results", "quick" if quick else "")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "stream.json" if args.only is None else f"stream-{args.only}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    main()
