@@ -8,7 +8,7 @@ and ``conv_input_grad`` (``ops/_conv_transpose.py``: the input gradient of the c
 they describe) use the same record and the same helpers.
 
 On CPU, tiny output maps are computed as patches @ kernel (``_conv_im2col``), and
-kernel taps that read only zero padding are sliced off first (``_trim_dead_taps``);
+kernel taps that read only zero padding are sliced off first (``_simplify_window``);
 every other conv is one ``lax.conv_general_dilated``, lowered exactly as raw lax.
 """
 
@@ -263,7 +263,8 @@ def _conv(op, x, kernel, bias, spec: _ConvSpec):
         pads = ((0, 0),) * n
     if spec.flip:
         kernel = jnp.flip(kernel, axis=_kernel_axes(n, layout))
-    x, kernel, pads, k = _trim_dead_taps(x, kernel, k, s, d, pads, spec.out, axes, layout)
+    x, kernel, pads, k, s, d = _simplify_window(x, kernel, k, s, d, pads, spec.out, axes,
+                                                layout)
     if _use_im2col(spec.groups, spec.out, k, spec.c_in):
         y = _conv_im2col(x, kernel, s, pads, d, spec.groups, layout, spec.precision,
                          spec.preferred_element_type)
@@ -289,27 +290,35 @@ def _live_taps(i, k, s, d, o, lo):
     return [t for t in range(k) if any(lo <= t * d + j * s < lo + i for j in range(o))]
 
 
-def _trim_dead_taps(x, kernel, k, s, d, pads, out_sp, axes, layout):
-    """Drop the leading and trailing taps that read only zero padding, per spatial dim.
+def _simplify_window(x, kernel, k, s, d, pads, out_sp, axes, layout):
+    """The same convolution with no tap reading only zero padding, per spatial dim.
 
-    Such taps contribute nothing, so slicing them off the kernel (and the padding they
-    would have read) leaves the output unchanged and saves their multiplies. It also
-    keeps XLA:CPU from aborting: its algebraic simplifier fails a check ("Window
-    dimensions do not match RHS shape") compiling the input gradient of some convs
-    whose dilated kernel overhangs a tiny input (e.g. a 1x4 input, kernel 3x2,
-    dilation (2, 1), stride (1, 2), padding (2, 1)). Ordinary convs have no dead taps
-    and are returned untouched, so they lower exactly as raw ``lax`` does. Where
-    the kept taps start past the low padding or end before the real input does, the
-    input is cropped instead of padded negatively. Returns ``(x, kernel, pads, k)``.
+    Leading and trailing taps that read only padding contribute nothing: they are
+    sliced off the kernel, with the padding they would have read (where the kept taps
+    start past the low padding or end before the real input does, the input is
+    cropped instead of padded negatively). A dim with one output then reads exactly
+    every ``d``-th element of what is left: those are sliced out, and the dim becomes
+    an undilated, unstrided window over its whole input.
+
+    This saves the multiplies, and keeps XLA:CPU from aborting: its algebraic
+    simplifier fails a check ("Window dimensions do not match RHS shape") compiling
+    the input gradient of some convs where one dim has a single output whose window
+    reads padding or is dilated, and another a stride (e.g. a 3x4 input, kernel 2x2,
+    dilation (2, 1), stride 2, padding ((0, 0), (1, 1)); or a 1x4 input, kernel 3x2,
+    padding 1, stride (1, 2)). Ordinary convs have neither and are returned untouched,
+    so they lower exactly as raw ``lax`` does.
+
+    Returns ``(x, kernel, pads, k, s, d)``.
     """
     spans = []
     for i, kk, ss, dd, o, (lo, _) in zip(_spatial(x.shape, len(k), layout), k, s, d,
                                          out_sp, pads):
         live = _live_taps(i, kk, ss, dd, o, lo)
         spans.append((live[0], live[-1]) if live else (0, kk - 1))
-    if all(t0 == 0 and t1 == kk - 1 for (t0, t1), kk in zip(spans, k)):
-        return x, kernel, pads, k
-    new_pads, new_k = [], []
+    if all(t0 == 0 and t1 == kk - 1 and not (o == 1 and (dd > 1 or ss > 1))
+           for (t0, t1), kk, o, dd, ss in zip(spans, k, out_sp, d, s)):
+        return x, kernel, pads, k, s, d
+    new_pads, new_k, new_s, new_d = [], [], [], []
     for (t0, t1), ax, kax, ss, dd, o, (lo, _) in zip(
             spans, axes, _kernel_axes(len(k), layout), s, d, out_sp, pads):
         kernel = lax.slice_in_dim(kernel, t0, t1 + 1, axis=kax)
@@ -323,9 +332,14 @@ def _trim_dead_taps(x, kernel, k, s, d, pads, out_sp, axes, layout):
         if hi < 0:  # real elements past the last window
             x = lax.slice_in_dim(x, 0, x.shape[ax] + hi, axis=ax)
             hi = 0
+        if o == 1 and lo == hi == 0:  # the window is the input (every d-th element)
+            x = lax.slice_in_dim(x, 0, x.shape[ax], stride=dd, axis=ax)
+            ss, dd = 1, 1
         new_pads.append((lo, hi))
         new_k.append(t1 - t0 + 1)
-    return x, kernel, tuple(new_pads), tuple(new_k)
+        new_s.append(ss)
+        new_d.append(dd)
+    return x, kernel, tuple(new_pads), tuple(new_k), tuple(new_s), tuple(new_d)
 
 
 def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=None,
