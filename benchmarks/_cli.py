@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 SUITES = ("ops", "pool", "transpose", "models", "train")
+# With --budget-s, the part of the remaining time each suite may start cases in.
+BUDGET_SHARES = {"models": 40, "ops": 35, "transpose": 15, "pool": 10, "train": 10}
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -56,13 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPU: TF32 matmuls/convolutions in both frameworks (default: true "
                         "float32 in both)")
     p.add_argument("--no-equinox", action="store_true", help="leave Equinox out")
-    compile_ = p.add_mutually_exclusive_group()
-    compile_.add_argument("--no-torch-compile", action="store_true",
-                          help="GPU: leave torch.compile out")
-    compile_.add_argument("--torch-compile", action="store_true",
-                          help="time torch.compile even without a GPU (the GPU script's dry "
-                               "run; slow on a CPU: tens of seconds per compilation)")
-    p.add_argument("--seeds", default="0,1,2",
+    p.add_argument("--torch-compile", choices=("none", "models", "all"), default=None,
+                   help="where torch.compile is timed beside eager PyTorch (default: models on "
+                        "a GPU, none on a CPU; 'all' adds every op case: tens of seconds of "
+                        "compilation each)")
+    p.add_argument("--markdown", metavar="RESULTS.json",
+                   help="print the tables of a results file again (no run), then exit")
+    p.add_argument("--seeds", default="0,1",
                    help="train suite: seeds of the cnn-jax train rounds ('' to skip them)")
     return p
 
@@ -75,11 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         a, b = (json.loads(Path(f).read_text()) for f in args.compare)
         print(compare(a, b, Path(args.compare[0]).name, Path(args.compare[1]).name))
         return 0
+    if args.markdown:
+        from benchmarks._report import markdown
+
+        print(markdown(json.loads(Path(args.markdown).read_text())), end="")
+        return 0
     return run(args)
 
 
 def run(args) -> int:
     t_start = time.monotonic()
+    _interrupt_on_signals()
     import jax
 
     from benchmarks import _peers, _report
@@ -89,8 +97,7 @@ def run(args) -> int:
     plan = args.plan or ("gpu" if backend == "gpu" else "cpu")
     ctx = _peers.make_context(plan=plan, quick=args.quick, repeats=args.repeats,
                               budget_s=args.budget_s, use_equinox=not args.no_equinox,
-                              torch_compile=(False if args.no_torch_compile else
-                                             True if args.torch_compile else None),
+                              torch_compile=args.torch_compile,
                               log=lambda line: print(line, flush=True))
     precision = "backend default (float32 on a CPU)"
     if plan == "gpu":
@@ -119,13 +126,32 @@ def run(args) -> int:
     stem = f"{device_slug(env)}-{date}" + (f"-plan-{plan}" if plan != (
         "gpu" if backend == "gpu" else "cpu") else "")
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    for name in args.suite or SUITES:
+    names = list(dict.fromkeys(args.suite or SUITES))
+    end = ctx.deadline
+    for i, name in enumerate(names):
+        if args.budget_s:  # each suite its share of what is left; unused time rolls over
+            share = BUDGET_SHARES[name] / sum(BUDGET_SHARES[n] for n in names[i:])
+            ctx.deadline = time.monotonic() + max(0.0, end - time.monotonic()) * share
         print(f"\n## suite {name}", flush=True)
         module = importlib.import_module(f"benchmarks.{name}")
         t0, c0 = time.monotonic(), _cpu_s()
-        results["suites"][name] = module.run(ctx)
-        results["settings"].setdefault("suite_s", {})[name] = {
-            "wall": time.monotonic() - t0, "cpu": _cpu_s() - c0}
+        ctx.partial = []
+        try:
+            results["suites"][name] = module.run(ctx)
+        except KeyboardInterrupt:  # Ctrl-C, or gpu.sh's timeout: keep what was measured
+            results["suites"][name] = ctx.partial
+            results["settings"]["interrupted"] = f"stopped by SIGINT during suite {name}"
+            print(f"## suite {name}: interrupted; writing what was measured", flush=True)
+            break
+        except Exception as e:  # noqa: BLE001 - a bug in one suite: the others still run
+            import traceback
+
+            traceback.print_exc()
+            results["suites"][name] = ctx.partial
+            results["settings"].setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
+        finally:
+            results["settings"].setdefault("suite_s", {})[name] = {
+                "wall": time.monotonic() - t0, "cpu": _cpu_s() - c0}
         print(f"## suite {name}: {time.monotonic() - t0:.0f} s ({_cpu_s() - c0:.0f} CPU s)",
               flush=True)
         results["settings"]["wall_s"] = time.monotonic() - t_start
@@ -137,6 +163,23 @@ def run(args) -> int:
     print(f"\nwrote {json_path} and {md_path.name}\n")
     print(text, flush=True)
     return 0
+
+
+def _interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, which ends the run early but still
+    writes and prints what was measured (gpu.sh stops an overlong run so). Set
+    explicitly: a shell may start a background job with SIGINT ignored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _cpu_s() -> float:

@@ -31,7 +31,7 @@ class Context:
     min_sample_s: float
     max_case_s: float
     dtypes: tuple[str, ...]
-    torch_compile: bool
+    torch_compile: str  # "none", "models" (whole networks only) or "all"
     deadline: float  # time.monotonic() after which cases are skipped
     torch: object = None  # the module, or None when PyTorch is absent
     equinox: object = None
@@ -39,6 +39,7 @@ class Context:
     torch_threads: tuple[int, ...] = (1,)
     peaks: dict = dataclasses.field(default_factory=dict)  # dtype -> measured FLOP/s
     records: dict = dataclasses.field(default_factory=dict)  # suite -> facts that are not rows
+    partial: list = dataclasses.field(default_factory=list)  # this suite's rows so far
     log: Callable[[str], None] = print
 
     def time_left(self) -> float:
@@ -50,7 +51,7 @@ class Context:
 
 
 def make_context(*, plan: str, quick: bool, repeats: int | None, budget_s: float | None,
-                 use_equinox: bool = True, torch_compile: bool | None = None,
+                 use_equinox: bool = True, torch_compile: str | None = None,
                  log=print) -> Context:
     try:
         import torch
@@ -69,9 +70,9 @@ def make_context(*, plan: str, quick: bool, repeats: int | None, budget_s: float
         plan=plan, quick=quick,
         repeats=repeats or (3 if quick else (10 if gpu else 7)),
         min_sample_s=0.002 if quick else (0.01 if gpu else 0.03),
-        max_case_s=0.5 if quick else (4.0 if gpu else 5.0),
+        max_case_s=0.5 if quick else 3.0,
         dtypes=("float32", "bfloat16") if gpu else ("float32",),
-        torch_compile=(gpu and cuda) if torch_compile is None else torch_compile,
+        torch_compile=torch_compile or ("models" if gpu and cuda else "none"),
         deadline=time.monotonic() + (budget_s if budget_s else 1e9),
         torch=torch, equinox=eqx,
         torch_device="cuda" if (gpu and cuda) else "cpu",
@@ -199,8 +200,10 @@ def torch_pass_impls(ctx: Context, fn, tensors, *, passes, cotangent=None):
 
     Eager on CPU at each thread count of ``ctx.torch_threads`` (named ``torch@N``,
     folded into the faster ``torch`` afterwards), eager on a GPU; and when
-    ``ctx.torch_compile`` (a GPU plan), ``torch_compile``: ``torch.compile`` of the same
-    function, the backward pass compiled by AOTAutograd. ``cotangent`` is the output gradient
+    ``ctx.torch_compile == "all"``, ``torch_compile``: ``torch.compile`` of the same
+    function, the backward pass compiled by AOTAutograd. (Not by default: for one
+    convolution or pool Inductor calls the same cuDNN/ATen kernel as eager mode and
+    costs seconds of compilation per case; whole networks are where it can fuse.) ``cotangent`` is the output gradient
     (random, as the JAX side's).
     """
     torch = ctx.torch
@@ -219,7 +222,7 @@ def torch_pass_impls(ctx: Context, fn, tensors, *, passes, cotangent=None):
             variants.append((f"torch@{n}", fn, (lambda n=n: torch.set_num_threads(n))))
     else:
         variants.append(("torch", fn, None))
-    if ctx.torch_compile:
+    if ctx.torch_compile == "all":
         torch._dynamo.reset()  # a fresh cache per case: no recompile limit is reached
         variants.append(("torch_compile", torch.compile(fn), all_threads(ctx)))
     out = {p: [] for p in passes}
@@ -276,4 +279,6 @@ def set_precision(ctx: Context, tf32: bool):
     if ctx.torch is not None:
         ctx.torch.backends.cuda.matmul.allow_tf32 = tf32
         ctx.torch.backends.cudnn.allow_tf32 = tf32
+        # cuDNN picks its algorithms by timing them, as XLA's autotuner does for JAX.
+        ctx.torch.backends.cudnn.benchmark = True
         ctx.torch.set_float32_matmul_precision("high" if tf32 else "highest")

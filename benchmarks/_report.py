@@ -98,6 +98,10 @@ def environment_lines(results: dict) -> list[str]:
              f"- run: {s['date']}, plan {s['plan']}{' --quick' if s['quick'] else ''}, "
              f"{s['repeats']} samples per implementation (fewer for slow cases, never under "
              f"3), {s['wall_s']:.0f} s in all; precision {s['precision']}"]
+    if s.get("interrupted"):
+        lines.append(f"- **incomplete**: {s['interrupted']}")
+    for suite, err in s.get("errors", {}).items():
+        lines.append(f"- **suite {suite} failed**: {err}")
     for dtype, p in peaks.items():
         parts = ", ".join(f"{k} {v / 1e12:.2f}" for k, v in p["by"].items())
         lines.append(f"- measured {dtype} matmul peak: {p['flops'] / 1e12:.2f} TFLOP/s "

@@ -70,6 +70,7 @@ def time_case(ctx, base: dict, impls_by_pass: dict, *, flops: dict | None = None
             row.update(impls={}, ratios={}, skipped="time budget of the run spent")
             ctx.log(f"  {base['case']:<44} {p:<8} skipped: time budget spent")
             rows.append(row)
+            ctx.partial.append(row)
             continue
         timings = fold_variants(measure(impls, repeats=ctx.repeats,
                                         min_sample_s=ctx.min_sample_s,
@@ -85,8 +86,28 @@ def time_case(ctx, base: dict, impls_by_pass: dict, *, flops: dict | None = None
         add_rates(row, peaks or {})
         add_ratios(row)
         rows.append(row)
+        ctx.partial.append(row)
         ctx.log(progress_line(row))
     return rows
+
+
+def run_guarded(ctx, suite: str, name: str, fn) -> list[dict]:
+    """``fn()``'s rows, or one row naming the exception: one case that cannot run (out
+    of memory, a peer without the op) must not cost the run the cases after it."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded in the results, the run goes on
+        import traceback
+
+        traceback.print_exc()
+        message = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        ctx.log(f"  {name:<44} failed: {message}")
+        row = {"suite": suite, "case": name, "what": "", "pass": "-", "dtype": "-",
+               "impls": {}, "ratios": {}, "skipped": f"failed: {message}"}
+        ctx.partial.append(row)
+        return [row]
 
 
 def progress_line(row: dict) -> str:

@@ -14,7 +14,8 @@ training = 3 x forward) achieved FLOP/s and MFU against the matmul peak measured
 in the same run.
 
 Cases: CPU: ResNet-18 on CIFAR-size 32x32 images, MobileNetV2 and U-Net at small
-sizes, float32. GPU: ResNet-50 at 224x224 in bfloat16 (the 3,000 images/s target),
+sizes, float32; MobileNetV2 also with its depthwise layers routed through
+``benchmarks/depthwise_prototype.py`` (column ``prototype``). GPU: ResNet-50 at 224x224 in bfloat16 (the 3,000 images/s target),
 ResNet-18 (CIFAR), MobileNetV2 at 224 and U-Net at 256, bfloat16.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 from benchmarks import _peers as P
 from benchmarks import _torch_models
 from benchmarks._harness import Impl, jax_wait
-from benchmarks._suite import time_case
+from benchmarks._suite import run_guarded, time_case
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 
@@ -41,6 +42,7 @@ class ModelCase:
     dtype: str
     num_classes: int = 10
     width: dict = dataclasses.field(default_factory=dict)  # extra model arguments
+    compile: bool = True  # time torch.compile too (when the run's torch_compile allows)
 
     @property
     def task(self) -> str:
@@ -54,14 +56,18 @@ class ModelCase:
 
 def cases(plan: str, quick: bool) -> list[ModelCase]:
     if quick:  # whole-network code paths with the smallest graphs that still run them
-        return [ModelCase("resnet10_cifar", 4, 16, "float32", width={"width": 8}),
-                ModelCase("unet", 2, 16, "float32", num_classes=2,
+        dtype = "bfloat16" if plan == "gpu" else "float32"
+        return [ModelCase("resnet10_cifar", 4, 16, dtype, width={"width": 8}),
+                ModelCase("unet", 2, 16, dtype, num_classes=2,
                           width={"base_width": 4, "depth": 1})]
     if plan == "gpu":
+        # torch.compile costs a minute or more per network: the 8-minute GPU pass
+        # affords it for ResNet-50 only.
         return [ModelCase("resnet50", 256, 224, "bfloat16", num_classes=1000),
-                ModelCase("resnet18_cifar", 512, 32, "bfloat16"),
-                ModelCase("mobilenet_v2", 256, 224, "bfloat16", num_classes=1000),
-                ModelCase("unet", 32, 256, "bfloat16", num_classes=2,
+                ModelCase("mobilenet_v2", 256, 224, "bfloat16", num_classes=1000,
+                          compile=False),
+                ModelCase("resnet18_cifar", 512, 32, "bfloat16", compile=False),
+                ModelCase("unet", 32, 256, "bfloat16", num_classes=2, compile=False,
                           width={"base_width": 64, "depth": 4})]
     return [ModelCase("resnet18_cifar", 32, 32, "float32"),
             ModelCase("mobilenet_v2", 8, 128, "float32", num_classes=1000),
@@ -103,6 +109,38 @@ def _jax_model(c: ModelCase):
     except Exception:  # noqa: BLE001 - a backend without that option
         compiled = lowered.compile()
     return nnx.merge(graphdef[0], compiled())
+
+
+def _prototype_depthwise_conv(x, kernel, bias=None, **options):
+    """``cj.conv``'s signature; depthwise 2-D channels_last convolutions (groups == C,
+    no dilation, zero padding given as ints) go to ``benchmarks.depthwise_prototype``."""
+    import cnn_jax as cj
+    from benchmarks.depthwise_prototype import depthwise_conv
+
+    c, pad = x.shape[-1], options["padding"]
+    if (options["layout"] == "channels_last" and x.ndim == 4 and options["groups"] == c
+            and kernel.shape[2:] == (1, c) and set(options["dilation"]) == {1}
+            and options["padding_mode"] == "zeros" and not options["flip"]
+            and not isinstance(pad, str)):
+        y = depthwise_conv(x, kernel, options["stride"], pad)
+        return y if bias is None else y + bias
+    return cj.conv(x, kernel, bias, **options)
+
+
+def _use_prototype_depthwise(model) -> int:
+    """Route the depthwise layers of ``model`` through the prototype (a benchmark-only
+    patch of those layer instances); returns how many were routed."""
+    from flax import nnx
+
+    from cnn_jax.nn import Conv
+
+    count = 0
+    for _, module in nnx.iter_graph(model):
+        if (isinstance(module, Conv) and module.groups > 1
+                and module.groups == module.in_features == module.out_features):
+            module._operation = _prototype_depthwise_conv
+            count += 1
+    return count
 
 
 def _torch_model(c: ModelCase):
@@ -184,7 +222,7 @@ def run(ctx) -> list[dict]:
     for case in cases(ctx.plan, ctx.quick):
         if case.dtype not in ctx.dtypes:
             continue
-        rows += _run_case(ctx, case)
+        rows += run_guarded(ctx, "models", case.name(), lambda case=case: _run_case(ctx, case))
     return rows
 
 
@@ -212,11 +250,24 @@ def _run_case(ctx, c: ModelCase) -> list[dict]:
 
     def jax_run():
         holder["state"], loss = step(holder["state"], x, y)
+        holder.setdefault("first_loss", loss)
         return loss
 
     impls = [Impl("cnn_jax", jax_run, jax_wait)]
     info = {"params_cnn_jax": summary.total_params,
             "forward_flops_per_image": summary.total_flops}
+    if c.key == "mobilenet_v2" and ctx.plan == "cpu":  # the same network, prototype depthwise
+        proto = _jax_model(c)
+        info["prototype_depthwise_layers"] = _use_prototype_depthwise(proto)
+        pstep, pstate = _jax_step(proto, c)
+        pholder = {"state": pstate}
+
+        def proto_run():
+            pholder["state"], loss = pstep(pholder["state"], x, y)
+            pholder.setdefault("first_loss", loss)
+            return loss
+
+        impls.append(Impl("prototype", proto_run, jax_wait))
     if ctx.torch is not None:
         torch = ctx.torch
         tmodel, source = _torch_model(c)
@@ -233,7 +284,7 @@ def _run_case(ctx, c: ModelCase) -> list[dict]:
                                   before=lambda n=n: torch.set_num_threads(n)))
         else:
             impls.append(Impl("torch", _torch_step(ctx, tmodel, c, tx, ty, False), wait))
-        if ctx.torch_compile:
+        if ctx.torch_compile == "all" or (ctx.torch_compile == "models" and c.compile):
             torch._dynamo.reset()
             tmodel2, _ = _torch_model(c)
             tmodel2.load_state_dict(tmodel.state_dict())
@@ -245,6 +296,10 @@ def _run_case(ctx, c: ModelCase) -> list[dict]:
             f"per image")
     rows = time_case(ctx, base, {"train step": impls}, flops={"train step": flops},
                      items=c.batch, peaks=ctx.peaks)
+    if "prototype_depthwise_layers" in info and "first_loss" in pholder:
+        # Same initial parameters and batch: the first steps' losses must agree.
+        info["prototype_first_loss_rel_err"] = abs(
+            float(pholder["first_loss"]) / float(holder["first_loss"]) - 1)
     rows[0].update(info)
     del holder, step
     jax.clear_caches()

@@ -16,7 +16,7 @@ import dataclasses
 import functools
 
 from benchmarks import _peers as P
-from benchmarks._suite import time_case
+from benchmarks._suite import run_guarded, time_case
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -64,7 +64,8 @@ def run(ctx) -> list[dict]:
     rows = []
     for case in cases(ctx.plan, ctx.quick):
         for dtype in ctx.dtypes:
-            rows += _run_case(ctx, case, dtype)
+            rows += run_guarded(ctx, "pool", case.name(dtype),
+                                lambda case=case, dtype=dtype: _run_case(ctx, case, dtype))
     return rows
 
 

@@ -18,7 +18,7 @@ import functools
 import math
 
 from benchmarks import _peers as P
-from benchmarks._suite import time_case
+from benchmarks._suite import run_guarded, time_case
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -53,11 +53,9 @@ class TransposeCase:
 def cases(plan: str, quick: bool) -> list[TransposeCase]:
     if quick:
         return [TransposeCase("DCGAN 4x4/2 (tiny)", 2, 8, 16, 8, 4, 2, 1)]
-    n = 64 if plan == "gpu" else 8
+    n = 64 if plan == "gpu" else 4
     return [TransposeCase("U-Net up-conv 2x2/2 (28->56 px)", n, 28, 256, 128, 2, 2),
-            TransposeCase("U-Net up-conv 2x2/2 (56->112 px)", n, 56, 128, 64, 2, 2),
             TransposeCase("DCGAN generator 4x4/2 (16->32 px)", n, 16, 256, 128, 4, 2, 1),
-            TransposeCase("DCGAN generator 4x4/2 (32->64 px)", n, 32, 128, 64, 4, 2, 1),
             TransposeCase("decoder 3x3/2 p1 op1 (28->56 px)", n, 28, 128, 64, 3, 2, 1, 1)]
 
 
@@ -65,7 +63,8 @@ def run(ctx) -> list[dict]:
     rows = []
     for case in cases(ctx.plan, ctx.quick):
         for dtype in ctx.dtypes:
-            rows += _run_case(ctx, case, dtype)
+            rows += run_guarded(ctx, "transpose", case.name(dtype),
+                                lambda case=case, dtype=dtype: _run_case(ctx, case, dtype))
     return rows
 
 
