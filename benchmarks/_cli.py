@@ -157,6 +157,8 @@ def run(args) -> int:
         results["settings"]["wall_s"] = time.monotonic() - t_start
         _write(json_path, results)  # after every suite: a later failure keeps these
     results["settings"]["wall_s"] = time.monotonic() - t_start
+    results["settings"]["cpu_s"] = _cpu_s()
+    results["environment"]["load_average_at_end"] = os.getloadavg()
     _write(json_path, results)
     text = _report.markdown(results)
     md_path.write_text(text)

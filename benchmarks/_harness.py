@@ -10,9 +10,10 @@ One method for every implementation, JAX or PyTorch (benchmarks/README.md,
   back-to-back calls (enough to last ``min_sample_s``), waited for at the end
   (``jax.block_until_ready``; ``torch.cuda.synchronize`` on a GPU), divided by
   ``number``;
-* the implementations of one case are sampled **interleaved** (round robin, the
-  starting one rotating), so that load from other processes on a shared machine
-  falls on all of them alike rather than on whichever ran last;
+* the implementations of one case are sampled **interleaved** (each round in a new
+  random order, after 10 ms idle), so that load from other processes on a shared
+  machine falls on all of them alike, and no implementation always follows the one
+  whose threads are still spinning;
 * the median of the samples is the result, with the quartiles and the extremes as
   its spread. A ratio whose quartile interval contains 1 is reported as parity.
 """
@@ -23,12 +24,21 @@ import dataclasses
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+
+# Idle time before each sample. XLA's thread pool and PyTorch's OpenMP threads spin for
+# a while after their work before they sleep; on a 2-core machine a sample that starts
+# right after another framework's shares the cores with those spinning threads
+# (measured: cnn_jax's convolutions, always sampled after PyTorch's in a fixed
+# rotation, read 1.1-1.5x slower than the identical raw-lax program).
+COOLDOWN_S = 0.01
 
 
 @dataclasses.dataclass
@@ -91,11 +101,14 @@ def measure(impls: list[Impl], *, repeats: int, min_sample_s: float,
     round_s = sum(one * number[i.name] for i, one in alive)
     n = max(3, min(repeats, int(max_case_s / max(round_s, 1e-9))))
     samples = {impl.name: [] for impl, _ in alive}
-    for r in range(n):
-        order = alive[r % len(alive):] + alive[:r % len(alive)] if alive else []
+    shuffle = random.Random(0).shuffle
+    for _ in range(n):
+        order = list(alive)
+        shuffle(order)
         for impl, _ in order:
             if impl.before:
                 impl.before()
+            time.sleep(COOLDOWN_S)
             k = number[impl.name]
             t0 = time.perf_counter()
             results = [impl.run() for _ in range(k)]

@@ -87,17 +87,21 @@ def suite_table(suite: str, rows: list[dict]) -> str:
 def environment_lines(results: dict) -> list[str]:
     env, s = results["environment"], results["settings"]
     peaks = results.get("peaks", {})
+    load = [f"{name} {', '.join(f'{v:.1f}' for v in env[key])}" for name, key in (
+        ("start", "load_average_at_start"), ("end", "load_average_at_end")) if env.get(key)]
     lines = [f"- machine: {env.get('processor')}, {env.get('cpus_usable')} usable cores of "
              f"{env.get('cpu_count')}, {env.get('memory_gib')} GiB; device "
-             f"{env['device']} ({env['platform']}); load average at start "
-             f"{env.get('load_average_at_start')}",
+             f"{env['device']} ({env['platform']}); load average (1, 5, 15 min) "
+             f"{'; '.join(load)}",
              f"- versions: python {env['python']}, jax {env['jax']}, jaxlib {env.get('jaxlib')}, "
              f"flax {env.get('flax')}, optax {env.get('optax')}, equinox {env.get('equinox')}, "
              f"torch {env.get('torch')}, torchvision {env.get('torchvision')}, numpy "
              f"{env['numpy']}",
              f"- run: {s['date']}, plan {s['plan']}{' --quick' if s['quick'] else ''}, "
              f"{s['repeats']} samples per implementation (fewer for slow cases, never under "
-             f"3), {s['wall_s']:.0f} s in all; precision {s['precision']}"]
+             f"3), {s['wall_s']:.0f} s in all"
+             + (f" using {s['cpu_s']:.0f} CPU s" if s.get("cpu_s") else "")
+             + f"; precision {s['precision']}"]
     if s.get("interrupted"):
         lines.append(f"- **incomplete**: {s['interrupted']}")
     for suite, err in s.get("errors", {}).items():
