@@ -30,8 +30,7 @@ import signal
 import sys
 import time
 
-from cnn_jax.train import _registry
-from cnn_jax.train import ConfigError, SignalGuard, TrainConfig
+from cnn_jax.train import DATASETS, MODELS, ConfigError, SignalGuard, TrainConfig
 
 _TYPES = {"int": int, "float": float, "str": str}
 # cnn_jax.export.FORMATS, spelled out so that printing help imports no jax.
@@ -64,9 +63,9 @@ def _positive(kind):
 
 def _choices(spec):
     if spec == "models":
-        return tuple(_registry.MODELS)
+        return tuple(MODELS)
     if spec == "datasets":
-        return tuple(_registry.DATASETS)
+        return tuple(DATASETS)
     return spec
 
 
@@ -90,10 +89,10 @@ def _add_config_flags(parser: argparse.ArgumentParser):
 
 def _registry_epilog() -> str:
     lines = ["models:"]
-    lines += [f"  {e.name:<14} {e.help}" for e in _registry.MODELS.values()]
+    lines += [f"  {e.name:<14} {e.help}" for e in MODELS.values()]
     lines += ["data sets:"]
     lines += [f"  {e.name:<14} {e.help}" + (" [--data-dir]" if e.needs_data_dir else "")
-              for e in _registry.DATASETS.values()]
+              for e in DATASETS.values()]
     lines += ["environment:",
               "  CNN_JAX_COMPILATION_CACHE  compiled-program cache folder, or 'off' "
               "(default: ~/.cache/cnn_jax/jax)"]
@@ -162,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "python -m benchmarks; cnn-jax bench --help lists its flags)")
 
     s = sub.add_parser("summary", help="layer table of a model")
-    s.add_argument("--model", choices=tuple(_registry.MODELS), required=True)
+    s.add_argument("--model", choices=tuple(MODELS), required=True)
     s.add_argument("--input-shape", type=_input_shape, required=True, metavar="H,W,C")
     s.add_argument("--num-classes", type=_positive(int), default=10,
                    help="classes (default: 10)")
