@@ -263,8 +263,14 @@ def _conv(op, x, kernel, bias, spec: _ConvSpec):
         pads = ((0, 0),) * n
     if spec.flip:
         kernel = jnp.flip(kernel, axis=_kernel_axes(n, layout))
-    x, kernel, pads, k, s, d = _simplify_window(x, kernel, k, s, d, pads, spec.out, axes,
-                                                layout)
+    simple = _simplify_window(x, kernel, k, s, d, pads, spec.out, axes, layout)
+    if simple is None:  # every tap of some dim reads padding only: zeros, and the bias
+        dtype = spec.preferred_element_type or jnp.result_type(x, kernel)
+        shape = ((x.shape[0], *spec.out, spec.c_out) if layout == "channels_last"
+                 else (x.shape[0], spec.c_out, *spec.out))
+        y = _add_bias(jnp.zeros(shape, dtype), bias, spec.c_out, layout)
+        return y if spec.batched else y[0]
+    x, kernel, pads, k, s, d = simple
     if _use_im2col(spec.groups, spec.out, k, spec.c_in):
         y = _conv_im2col(x, kernel, s, pads, d, spec.groups, layout, spec.precision,
                          spec.preferred_element_type)
@@ -308,13 +314,16 @@ def _simplify_window(x, kernel, k, s, d, pads, out_sp, axes, layout):
     padding 1, stride (1, 2)). Ordinary convs have neither and are returned untouched,
     so they lower exactly as raw ``lax`` does.
 
-    Returns ``(x, kernel, pads, k, s, d)``.
+    Returns ``(x, kernel, pads, k, s, d)``, or None when every tap of some dim reads
+    only padding (the convolution is zero).
     """
     spans = []
     for i, kk, ss, dd, o, (lo, _) in zip(_spatial(x.shape, len(k), layout), k, s, d,
                                          out_sp, pads):
         live = _live_taps(i, kk, ss, dd, o, lo)
-        spans.append((live[0], live[-1]) if live else (0, kk - 1))
+        if not live:
+            return None
+        spans.append((live[0], live[-1]))
     if all(t0 == 0 and t1 == kk - 1 and not (o == 1 and (dd > 1 or ss > 1))
            for (t0, t1), kk, o, dd, ss in zip(spans, k, out_sp, d, s)):
         return x, kernel, pads, k, s, d
