@@ -8,14 +8,15 @@ folder (smooth random JPEGs, so that they decode like photographs rather than no
    batches of 64, by cnn_jax's stream (``ImageStream.batches``: Grain worker
    processes) and by a PyTorch ``DataLoader`` whose ``Dataset`` calls the very same
    per-image function, with the same worker count. Images/s from the first batch
-   to the last (workers started; their start-up is reported apart), best of two
-   alternated rounds each.
+   to the last after a few warm-up batches (workers started; their start-up is
+   reported apart), best of two alternated rounds each.
 2. **Step time**: ResNet-18 trained with ``fit`` on a streamed folder against the same
    images decoded into memory first (``load_image_folder``): the same batches, the
-   same program; ``summary.json``'s images/s (first step excluded).
-3. **Peak memory**: the peak RSS of ``cnn-jax train --dataset folder`` (a new
-   process, its worker processes not counted) on 600 and on 6,000 images; the
-   in-memory loader's on the same folders for contrast.
+   same program; ``summary.json``'s images/s (first step excluded), alternated runs,
+   with the input wait and the workers' CPU share (robust to a busy machine).
+3. **Peak memory**: the peak RSS (VmHWM) of ``cnn-jax train --dataset folder`` (a new
+   process, its worker processes not counted) on 600 and on 6,000 images, both runs
+   90-odd steps long; the in-memory loader's on the same folders for contrast.
 
 Run: ``python benchmarks/stream.py`` (about 5 minutes on 2 cores; ``--quick``: smaller
 folders, a smoke run). Results: ``benchmarks/results/stream.json``.
@@ -125,7 +126,7 @@ def throughput(tmp: str, n: int, workers: int, batch_size: int = 64) -> dict:
     train, _ = load_dataset("imagenet", folder)
     rounds = {"cnn_jax": [], "torch": []}
     warm = 2 * max(workers, 1)
-    for _ in range(3):  # alternated, so that a change in the machine's load hits both
+    for _ in range(2):  # alternated, so that a change in the machine's load hits both
         rounds["cnn_jax"].append(_time_epoch(train.batches(batch_size, workers=workers), warm))
         rounds["torch"].append(_time_epoch(_torch_loader(train, batch_size, workers, 0), warm))
     best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in rounds.items()}
@@ -137,10 +138,19 @@ def throughput(tmp: str, n: int, workers: int, batch_size: int = 64) -> dict:
 # ---------------------------------------------------------------- 2. step time
 
 
-def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int | None) -> dict:
-    from cnn_jax.train import (TrainConfig, create_model, fit, load_dataset,
-                               load_image_folder)
+def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int | None,
+              rounds: int = 2) -> dict:
+    """ResNet-18 ``fit`` on a streamed folder and on the same images in memory, alternated
+    (A B B A ...; the compiled programs come from a persistent cache after the first).
+    Besides the wall step time (which other jobs on a shared machine move by tens of
+    per cent), the time the steps waited for input and the CPU the workers used, as a
+    share of the training process's: what streaming can cost a step when nothing else
+    runs."""
+    from cnn_jax.train import (TrainConfig, create_model, enable_compilation_cache, fit,
+                               load_dataset, load_image_folder)
 
+    os.environ["CNN_JAX_COMPILATION_CACHE"] = os.path.join(tmp, "jax-cache")
+    enable_compilation_cache()
     folder = make_folder(os.path.join(tmp, "steps"), n, 128, val=batch_size, seed=1)
     streamed = [s.resized(image_size) for s in load_dataset("folder", folder)]
     t0 = time.perf_counter()
@@ -148,32 +158,60 @@ def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int |
     load_s = time.perf_counter() - t0
     config = TrainConfig(dataset="folder", model="resnet18", epochs=1, batch_size=batch_size,
                          eval_batch_size=batch_size, quiet=True, workers=workers)
-    out = {}
-    for name, (train, test) in (("in_memory", in_memory), ("streamed", streamed)):
+    runs = {"in_memory": [], "streamed": []}
+    order = ["in_memory", "streamed", "streamed", "in_memory"] * rounds
+    for name in order[:2 * rounds]:
+        train, test = in_memory if name == "in_memory" else streamed
         model = create_model("resnet18", train.num_classes, train.image_shape)
+        before = os.times()
         s = fit(model, train, test, config).summary
-        out[name] = {"images_per_s": s["images_per_s"],
-                     "step_s": batch_size / s["images_per_s"],
-                     "time_to_first_step_s": s["time_to_first_step_s"],
-                     "input_wait_s": s.get("input_wait_s"),
-                     "input_workers": s.get("input_workers")}
+        after = os.times()
+        main_cpu = (after.user + after.system) - (before.user + before.system)
+        workers_cpu = ((after.children_user + after.children_system)
+                       - (before.children_user + before.children_system))
+        runs[name].append({"step_s": batch_size / s["images_per_s"],
+                           "time_to_first_step_s": s["time_to_first_step_s"],
+                           "input_wait_s": s.get("input_wait_s"),
+                           "input_workers": s.get("input_workers"),
+                           "training_cpu_s": main_cpu, "workers_cpu_s": workers_cpu})
+    out = {}
+    for name, r in runs.items():
+        out[name] = {"runs": r, "step_s": float(np.mean([x["step_s"] for x in r])),
+                     "step_s_spread": [min(x["step_s"] for x in r), max(x["step_s"] for x in r)]}
+    # What decoding a batch costs, against the CPU a step has (its wall time x cores):
+    # the slowdown streaming can cause a step on an otherwise idle machine. (The
+    # workers' total CPU above also holds their start-up: importing Grain and jax.)
+    c0 = time.process_time()
+    for j in range(64):
+        streamed[0].load(j)
+    decode_s = (time.process_time() - c0) / 64 * batch_size
+    steps = n // batch_size
     return {"images": n, "source_size": 128, "image_size": image_size,
-            "batch_size": batch_size, "steps": n // batch_size, "load_in_memory_s": load_s,
-            **out, "ratio": out["streamed"]["step_s"] / out["in_memory"]["step_s"]}
+            "batch_size": batch_size, "steps_per_run": steps, "load_in_memory_s": load_s,
+            **out, "ratio": out["streamed"]["step_s"] / out["in_memory"]["step_s"],
+            "input_wait_per_step_s": max(x["input_wait_s"] for x in runs["streamed"]) / steps,
+            "decode_cpu_per_step_s": decode_s,
+            "decode_share": decode_s / (out["in_memory"]["step_s"] * (os.cpu_count() or 1))}
 
 
 # ---------------------------------------------------------------- 3. memory
 
 
-_RSS = ("import resource, sys\n"
+# The peak RSS of the process itself: VmHWM (ru_maxrss is inherited across fork and exec,
+# so a child of a large benchmark process would report its parent's peak).
+_HWM = ("def hwm_kb():\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith('VmHWM:'):\n"
+        "            return int(line.split()[1])\n")
+_RSS = (_HWM + "import sys\n"
         "from cnn_jax.cli import main\n"
         "code = main(sys.argv[1:])\n"
-        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print('maxrss_kb', hwm_kb())\n"
         "sys.exit(code)\n")
-_RSS_MEMORY = ("import resource, sys\n"
+_RSS_MEMORY = (_HWM + "import sys\n"
                "from cnn_jax.train import load_image_folder\n"
                "train, test = load_image_folder(sys.argv[1])\n"
-               "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+               "print('maxrss_kb', hwm_kb())\n")
 
 
 def _peak_rss_mb(code: str, args: list[str]) -> float:
@@ -186,16 +224,24 @@ def _peak_rss_mb(code: str, args: list[str]) -> float:
     return kb / 1024
 
 
-def memory(tmp: str, sizes: tuple[int, ...], workers: int | None) -> dict:
+def memory(tmp: str, sizes: tuple[int, ...], workers: int | None, steps: int = 90) -> dict:
+    """Peak RSS of a streamed run on each folder size, every run ``steps`` steps long
+    (epochs = steps / steps per epoch: the process's own peak also creeps up with the
+    step count, allocator and XLA warm-up, which is not what is measured here), the
+    larger of two runs; and of loading the same folder into memory."""
     rows = {}
     for n in sizes:
         folder = make_folder(os.path.join(tmp, f"rss{n}"), n, 64, val=max(n // 10, 10), seed=2)
+        epochs = max(1, round(steps / (n // 64)))
         args = ["train", "--dataset", "folder", "--data-dir", folder, "--model", "digits_cnn",
-                "--width", "8", "--image-size", "32", "--epochs", "1", "--batch-size", "64",
-                "--quiet", "--out", os.path.join(tmp, f"run{n}")]
+                "--width", "8", "--image-size", "32", "--epochs", str(epochs), "--batch-size",
+                "64", "--eval-batch-size", "64", "--quiet"]
         if workers is not None:
             args += ["--workers", str(workers)]
-        rows[n] = {"streamed_mb": _peak_rss_mb(_RSS, args),
+        runs = [_peak_rss_mb(_RSS, args + ["--out", os.path.join(tmp, f"run{n}-{k}")])
+                for k in range(2)]
+        rows[n] = {"epochs": epochs, "steps": epochs * (n // 64), "streamed_mb": max(runs),
+                   "streamed_runs_mb": runs,
                    "in_memory_load_mb": _peak_rss_mb(_RSS_MEMORY, [folder])}
     small, large = rows[min(sizes)], rows[max(sizes)]
     return {"sizes": list(sizes), "rows": rows,
@@ -246,16 +292,21 @@ def main(argv=None):
                   f"{b['torch']['images_per_s']:.0f} img/s (start "
                   f"{b['torch']['startup_s']:.1f} s): {r['ratio']:.2f}x", flush=True)
         if args.only in (None, "steps"):
-            r = result["steps"] = step_time(tmp, 256 if quick else 1024, 64, 32, None)
+            r = result["steps"] = step_time(tmp, 128 if quick else 512, 32, 32, None)
+            w = r["streamed"]["runs"][0]["input_workers"]
             print(f"resnet18 step ({r['image_size']} px, batch {r['batch_size']}): in memory "
-                  f"{r['in_memory']['step_s']:.3f} s, streamed {r['streamed']['step_s']:.3f} s "
-                  f"({r['streamed']['input_workers']} workers, waited "
-                  f"{r['streamed']['input_wait_s']:.2f} s): {r['ratio']:.3f}x", flush=True)
+                  f"{r['in_memory']['step_s']:.3f} s {r['in_memory']['step_s_spread']}, "
+                  f"streamed {r['streamed']['step_s']:.3f} s {r['streamed']['step_s_spread']} "
+                  f"({w} workers): {r['ratio']:.3f}x; input wait "
+                  f"{r['input_wait_per_step_s'] * 1e3:.1f} ms/step; decoding a batch "
+                  f"{r['decode_cpu_per_step_s'] * 1e3:.0f} ms CPU = "
+                  f"{100 * r['decode_share']:.1f}% of a step's CPU", flush=True)
         if args.only in (None, "memory"):
             r = result["memory"] = memory(tmp, (128, 600) if quick else (600, 6000), None)
             for n, row in r["rows"].items():
-                print(f"peak RSS, {n} images: streamed run {row['streamed_mb']:.0f} MB, "
-                      f"in-memory load {row['in_memory_load_mb']:.0f} MB", flush=True)
+                print(f"peak RSS, {n} images ({row['steps']} steps): streamed run "
+                      f"{row['streamed_mb']:.0f} MB, in-memory load "
+                      f"{row['in_memory_load_mb']:.0f} MB", flush=True)
             print(f"growth: streamed {r['streamed_growth_mb']:+.0f} MB, in memory "
                   f"{r['in_memory_growth_mb']:+.0f} MB", flush=True)
     folder = os.path.join(HERE, "results", "quick" if quick else "")

@@ -13,8 +13,10 @@ died) is raised there, in the training thread, with the file or the cause named.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +55,8 @@ class StreamFeed:
         source = plan.train if plan.train is not None else plan.test
         self._table = lookup_table(normalization, source.channels)
         self._prepare = jax.jit(_prepare, out_shardings=data_sharded(mesh))
-        self.bad: dict[str, set[int]] = {"train": set(), "eval": set()}
+        self._bad: dict[str, set[int]] = {"train": set(), "eval": set()}
+        self._lock = threading.Lock()
         self.wait_s = 0.0  # time the consumer waited for batches
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -92,12 +95,18 @@ class StreamFeed:
         kind = "train" if where[0] == KINDS["train"] else "eval"
         stream = self.plan.train if kind == "train" else self.plan.test
         for k in bad.tolist():
-            if k not in self.bad[kind]:
-                self.bad[kind].add(k)
-                import sys
-
+            with self._lock:
+                new = k not in self._bad[kind]
+                self._bad[kind].add(k)
+            if new:
                 print(f"skipped unreadable image {stream.path(k)}", file=sys.stderr,
                       flush=True)
+
+    def skipped(self) -> dict[str, list[int]]:
+        """The indices of the unreadable files skipped so far, per kind (``"train"`` and
+        ``"eval"``), sorted."""
+        with self._lock:
+            return {kind: sorted(found) for kind, found in self._bad.items()}
 
     # -------------------------------------------------------------- consumer
     def next(self, kind: str, epoch: int, i: int, *, interruptible: bool = False):
@@ -137,12 +146,11 @@ class StreamFeed:
             yield self.next("eval", epoch, i)
 
     def eval_signature(self):
-        """A stand-in with the shapes and dtypes of an evaluation batch's global image and
-        label arrays (``Trainer.compile_eval_early`` reads ``images``/``labels``)."""
-        class Spec:
-            images = np.zeros((0, *self.plan.test.image_shape), np.float32)
-            labels = np.zeros((0,), np.int32)
-        return Spec
+        """A stand-in with the shapes and dtypes of an evaluation batch's image and label
+        arrays (``Trainer.compile_eval_early`` reads ``images``/``labels``)."""
+        return types.SimpleNamespace(
+            images=np.zeros((0, *self.plan.test.image_shape), np.float32),
+            labels=np.zeros((0,), np.int32))
 
     def close(self, *, wait: bool = True):
         """Stop the thread and the workers; batches not consumed are dropped. Stopping

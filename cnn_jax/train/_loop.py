@@ -487,7 +487,7 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
 def _input_summary(feed, chrono, multi: bool) -> dict:
     """The summary's lines on streamed input: workers, the time the steps waited for
     batches (after the first), and the unreadable files skipped (over all processes)."""
-    bad = {kind: sorted(found) for kind, found in feed.bad.items()}
+    bad = feed.skipped()
     if multi:  # every process saw other files: the union (collectives, all processes)
         from jax.experimental import multihost_utils
 
@@ -562,7 +562,7 @@ def evaluate(model: nnx.Module, data: Dataset | ImageStream, *, batch_size: int 
                            feed.eval_pass(0))
     finally:
         feed.close()
-    return dict(result, skipped_images=len(feed.bad["eval"]))
+    return dict(result, skipped_images=len(feed.skipped()["eval"]))
 
 
 _PREDICT_FNS: dict = {}
