@@ -37,7 +37,6 @@ class Context:
     equinox: object = None
     torch_device: str = "cpu"
     torch_threads: tuple[int, ...] = (1,)
-    peaks: dict = dataclasses.field(default_factory=dict)  # dtype -> measured FLOP/s
     records: dict = dataclasses.field(default_factory=dict)  # suite -> facts that are not rows
     partial: list = dataclasses.field(default_factory=list)  # this suite's rows so far
     log: Callable[[str], None] = print

@@ -107,9 +107,11 @@ def environment_lines(results: dict) -> list[str]:
     for suite, err in s.get("errors", {}).items():
         lines.append(f"- **suite {suite} failed**: {err}")
     for dtype, p in peaks.items():
-        parts = ", ".join(f"{k} {v / 1e12:.2f}" for k, v in p["by"].items())
-        lines.append(f"- measured {dtype} matmul peak: {p['flops'] / 1e12:.2f} TFLOP/s "
-                     f"({p['shape']}; {parts})")
+        parts = ", ".join(f"{k} {v / 1e12:.3f}" for k, v in p["by"].items())
+        when = "".join(f", {w} of the run {p[w] / 1e12:.3f}" for w in ("start", "end")
+                       if p.get(w))
+        lines.append(f"- measured {dtype} matmul peak: {p['flops'] / 1e12:.3f} TFLOP/s "
+                     f"({p['shape']}, best sample; {parts}{when})")
     return lines
 
 

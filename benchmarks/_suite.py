@@ -37,25 +37,34 @@ def add_ratios(row: dict) -> dict:
     return row
 
 
-def add_rates(row: dict, peaks: dict) -> dict:
-    """Achieved FLOP/s, its fraction of the measured matmul peak of the row's dtype,
-    and images/s, per implementation."""
-    peak = peaks.get(row.get("dtype"))
+def add_rates(row: dict) -> dict:
+    """Achieved FLOP/s and images/s per implementation (the fraction of the peak is
+    added at the end of the run, by :func:`add_peak_fractions`)."""
     for t in row["impls"].values():
         if "median_ms" not in t:
             continue
         seconds = t["median_ms"] / 1e3
         if row.get("flops"):
             t["tflops"] = row["flops"] / seconds / 1e12
-            if peak:
-                t["peak_fraction"] = row["flops"] / seconds / peak
         if row.get("items"):
             t["items_per_s"] = row["items"] / seconds
     return row
 
 
+def add_peak_fractions(results: dict) -> None:
+    """Every implementation's achieved FLOP/s as a fraction of the matmul peak of its
+    row's dtype (measured at the start and at the end of the run: the higher)."""
+    peaks = {dtype: p["flops"] for dtype, p in results.get("peaks", {}).items()}
+    for rows in results["suites"].values():
+        for row in rows:
+            peak = peaks.get(row.get("dtype"))
+            for t in row.get("impls", {}).values():
+                if peak and "tflops" in t:
+                    t["peak_fraction"] = t["tflops"] * 1e12 / peak
+
+
 def time_case(ctx, base: dict, impls_by_pass: dict, *, flops: dict | None = None,
-              items: int | None = None, errors=None, peaks=None) -> list[dict]:
+              items: int | None = None, errors=None) -> list[dict]:
     """Time every pass of one case and return its rows (also printed as they finish).
 
     ``impls_by_pass``: ``{pass: [Impl, ...]}``; ``flops``: ``{pass: FLOPs per call}``;
@@ -83,7 +92,7 @@ def time_case(ctx, base: dict, impls_by_pass: dict, *, flops: dict | None = None
             for name, e in errors().items():
                 if name in timings:
                     timings[name]["rel_err_vs_cnn_jax"] = e
-        add_rates(row, peaks or {})
+        add_rates(row)
         add_ratios(row)
         rows.append(row)
         ctx.partial.append(row)

@@ -295,7 +295,7 @@ def _run_case(ctx, c: ModelCase) -> list[dict]:
             f"{info.get('params_torch', 0):,}), {summary.total_flops / 1e9:.2f} GFLOP forward "
             f"per image")
     rows = time_case(ctx, base, {"train step": impls}, flops={"train step": flops},
-                     items=c.batch, peaks=ctx.peaks)
+                     items=c.batch)
     if "prototype_depthwise_layers" in info and "first_loss" in pholder:
         # Same initial parameters and batch: the first steps' losses must agree.
         info["prototype_first_loss_rel_err"] = abs(

@@ -119,4 +119,4 @@ def _run_case(ctx, c: PoolCase, dtype: str) -> list[dict]:
                 if name != "cnn_jax"}
 
     base = {"suite": "pool", "case": c.name(dtype), "what": c.what, "dtype": dtype}
-    return time_case(ctx, base, impls, errors=errors, peaks=ctx.peaks)
+    return time_case(ctx, base, impls, errors=errors)

@@ -175,7 +175,7 @@ def fit_rows(ctx) -> list[dict]:
                "what": f"cnn_jax.train.fit vs a PyTorch loop, AdamW, {steps} steps",
                "dtype": "float32", "pass": "train step", "flops": None, "items": bs,
                "impls": impls}
-        add_rates(row, {})
+        add_rates(row)
         add_ratios(row)
         rows.append(row)
         ctx.log(f"  {row['case']:<44} cnn_jax {ips:,.0f} img/s, torch "

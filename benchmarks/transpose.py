@@ -130,4 +130,4 @@ def _run_case(ctx, c: TransposeCase, dtype: str) -> list[dict]:
     base = {"suite": "transpose", "case": c.name(dtype), "what": c.what, "dtype": dtype}
     fwd = c.forward_flops()
     return time_case(ctx, base, impls, flops={"fwd": fwd, "fwd+bwd": 3 * fwd},
-                     errors=errors, peaks=ctx.peaks)
+                     errors=errors)
