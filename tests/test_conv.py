@@ -415,6 +415,10 @@ DEAD_TAPS = {
     "xla-abort-dilated-single-output": ((1, 1, 3, 4), (1, 1, 2, 2), (2, 2), (0, 1), (2, 1), 1,
                                         False),
     "xla-abort-2d-grouped-flip": ((2, 4, 4, 4), (2, 2, 3, 2), (2, 2), (1, 1), (2, 1), 2, True),
+    # A strided dim whose low padding reaches the first window's last tap, beside
+    # another strided dim (random search).
+    "xla-abort-low-padding-at-last-tap": ((1, 2, 2, 4), (2, 2, 3, 2), (2, 2), (2, 1), (1, 1), 1,
+                                          False),
     # Every tap of the first dim reads padding: the output is zeros (random search).
     "every-tap-reads-padding": ((1, 2, 1, 4), (2, 2, 2, 2), (2, 2), (2, 2), (3, 1), 1, False),
     "crop-low": ((2, 2, 6), (3, 2, 3), (5,), (3,), (4,), 1, False),

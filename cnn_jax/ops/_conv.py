@@ -271,6 +271,7 @@ def _conv(op, x, kernel, bias, spec: _ConvSpec):
         y = _add_bias(jnp.zeros(shape, dtype), bias, spec.c_out, layout)
         return y if spec.batched else y[0]
     x, kernel, pads, k, s, d = simple
+    x, pads = _explicit_low_pads(x, k, s, d, pads, axes)
     if _use_im2col(spec.groups, spec.out, k, spec.c_in):
         y = _conv_im2col(x, kernel, s, pads, d, spec.groups, layout, spec.precision,
                          spec.preferred_element_type)
@@ -349,6 +350,28 @@ def _simplify_window(x, kernel, k, s, d, pads, out_sp, axes, layout):
         new_s.append(ss)
         new_d.append(dd)
     return x, kernel, tuple(new_pads), tuple(new_k), tuple(new_s), tuple(new_d)
+
+
+def _explicit_low_pads(x, k, s, d, pads, axes):
+    """Pad ``x`` itself on the low side of each strided dim whose low padding reaches
+    the last tap of the first window (``lo >= d * (k - 1)``), and give the conv none.
+
+    JAX transposes such a dim to a base-dilated conv with no low padding, and XLA:CPU's
+    algebraic simplifier aborts compiling it beside many other dims (e.g. a 4-wide dim
+    with kernel 2, stride 2, padding 1 next to a 3-wide one with kernel 3, stride 2,
+    padding 1: 63 of 210 second dims in a search). With the padding made explicit
+    nothing aborts (the same search). Ordinary convs (a 1x1 stride-2 shortcut has
+    ``lo = 0``; 3x3 and 4x4 stride-2 layers have ``lo < d * (k - 1)``) are untouched.
+    """
+    low = [lo if ss > 1 and lo > 0 and lo >= dd * (kk - 1) else 0
+           for kk, ss, dd, (lo, _) in zip(k, s, d, pads)]
+    if not any(low):
+        return x, pads
+    config = [(0, 0, 0)] * x.ndim
+    for a, lo in zip(axes, low):
+        config[a] = (lo, 0, 0)
+    x = lax.pad(x, jnp.zeros((), x.dtype), config)
+    return x, tuple((lo - e, hi) for e, (lo, hi) in zip(low, pads))
 
 
 def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=None,
