@@ -217,7 +217,7 @@ def test_fit_errors(rng):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"model": "vgg"}, r"TrainConfig: model must be one of .*, got 'vgg'"),
-    ({"dataset": "imagenet"}, r"TrainConfig: dataset must be one of .*, got 'imagenet'"),
+    ({"dataset": "imagenet21k"}, r"TrainConfig: dataset must be one of .*, got 'imagenet21k'"),
     ({"optimizer": "lion"}, r"TrainConfig: optimizer must be one of .*, got 'lion'"),
     ({"schedule": "step"}, r"TrainConfig: schedule must be one of .*, got 'step'"),
     ({"dtype": "float16"}, r"TrainConfig: dtype must be one of .*, got 'float16'"),
