@@ -70,7 +70,9 @@ def make_context(*, plan: str, quick: bool, repeats: int | None, budget_s: float
         repeats=repeats or (3 if quick else (10 if gpu else 7)),
         min_sample_s=0.002 if quick else (0.01 if gpu else 0.03),
         max_case_s=0.5 if quick else 3.0,
-        dtypes=("float32", "bfloat16") if gpu else ("float32",),
+        # bfloat16 first on a GPU: it is the dtype networks train in there, and a run
+        # cut short by its time budget should have those rows.
+        dtypes=("bfloat16", "float32") if gpu else ("float32",),
         torch_compile=torch_compile or ("models" if gpu and cuda else "none"),
         deadline=time.monotonic() + (budget_s if budget_s else 1e9),
         torch=torch, equinox=eqx,

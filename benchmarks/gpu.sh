@@ -19,8 +19,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# JAX and PyTorch share the GPU: no preallocation of 75% of its memory by JAX.
+# JAX and PyTorch share the GPU: JAX allocates as it needs (no 75% up front), up to
+# half of the memory; PyTorch's caching allocator has the rest.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
 export TF_CPP_MIN_LOG_LEVEL=2
 BUDGET_S=${BUDGET_S:-320}
 HARD_S=${HARD_S:-420}
