@@ -107,7 +107,6 @@ def cases(plan: str, quick: bool) -> list[ConvCase]:
     if quick:  # one of each kind, tiny, so that every code path runs in seconds
         return [ConvCase("ResNet-50 3x3 (tiny)", 2, (8, 8), 16, 16, 3, 1),
                 ConvCase("MobileNetV2 dw3x3/2 (tiny)", 2, (8, 8), 16, 16, 3, 2, True),
-                ConvCase("EfficientNet-B0 dw5x5 (tiny)", 2, (8, 8), 16, 16, 5, 1, True),
                 ConvCase("3-D 3x3x3 (tiny)", 1, (4, 8, 8), 8, 8, 3, 1)]
     gpu = plan == "gpu"
     n_resnet, n_dw = (64, 64) if gpu else (8, 4)
