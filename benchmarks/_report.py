@@ -132,32 +132,41 @@ def markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+# The lines of the ``train`` record: templates filled from its parts (plus the few
+# values derived below: percentages, seeds, an anchor's own keys).
+_HELP_LINE = ("- `cnn-jax --help` {help_s:.2f} s, `cnn-jax train --help` {train_help_s:.2f} s"
+              " (python itself {python_startup_s:.2f} s)")
+_MAIN_JOB_LINE = ("- `cnn-jax train` (digits, new process, cold cache): mean "
+                  "{cnn_jax_mean_wall_s:.2f} s, accuracy {accuracy_pct:.2f}% over seeds {seeds}")
+_ANCHOR_LINE = ("  - anchor {anchor}: {wall_s:.2f} s, accuracy {accuracy_pct:.2f}%; ratio "
+                "cnn-jax / anchor **{ratio:.2f}x**")
+_WARM_CACHE_LINE = ("  - warm compilation cache: wall {wall_s:.2f} s, time to first step "
+                    "{time_to_first_step_s:.2f} s")
+_SIDE_JOBS_LINE = ("- side jobs (checkpoints, metrics, plots): {side_jobs_pct:.1f}% of an "
+                   "in-process fit ({fit_s_without_out:.2f} s without an out folder, "
+                   "{fit_s_with_out:.2f} s with)")
+
+
 def train_lines(rec: dict) -> list[str]:
     lines = []
     if "help" in rec:
-        h = rec["help"]
-        lines.append(f"- `cnn-jax --help` {h['help_s']:.2f} s, `cnn-jax train --help` "
-                     f"{h['train_help_s']:.2f} s (python itself {h['python_startup_s']:.2f} s)")
+        lines.append(_HELP_LINE.format_map(rec["help"]))
     if "main_job" in rec:
         m = rec["main_job"]
-        lines.append(f"- `cnn-jax train` (digits, new process, cold cache): mean "
-                     f"{m['cnn_jax_mean_wall_s']:.2f} s, accuracy "
-                     f"{100 * m['cnn_jax_mean_accuracy']:.2f}% over seeds "
-                     f"{[r['seed'] for r in m['rounds']]}")
+        lines.append(_MAIN_JOB_LINE.format_map(dict(
+            m, accuracy_pct=100 * m["cnn_jax_mean_accuracy"],
+            seeds=[r["seed"] for r in m["rounds"]])))
         for anchor in ("digits_torch", "digits_flax"):
             if m.get(f"ratio_cnn_jax_over_{anchor}"):
-                lines.append(f"  - anchor {anchor}: {m[f'{anchor}_mean_wall_s']:.2f} s, "
-                             f"accuracy {100 * m[f'{anchor}_mean_accuracy']:.2f}%; ratio "
-                             f"cnn-jax / anchor **{m[f'ratio_cnn_jax_over_{anchor}']:.2f}x**")
-        w = m["warm_cache"]
-        lines.append(f"  - warm compilation cache: wall {w['wall_s']:.2f} s, time to first "
-                     f"step {w['time_to_first_step_s']:.2f} s")
+                lines.append(_ANCHOR_LINE.format(
+                    anchor=anchor, wall_s=m[f"{anchor}_mean_wall_s"],
+                    accuracy_pct=100 * m[f"{anchor}_mean_accuracy"],
+                    ratio=m[f"ratio_cnn_jax_over_{anchor}"]))
+        lines.append(_WARM_CACHE_LINE.format_map(m["warm_cache"]))
     if "checkpoint_cost" in rec:
         c = rec["checkpoint_cost"]
-        lines.append(f"- side jobs (checkpoints, metrics, plots): "
-                     f"{100 * c['side_jobs_fraction']:.1f}% of an in-process fit "
-                     f"({c['fit_s_without_out']:.2f} s without an out folder, "
-                     f"{c['fit_s_with_out']:.2f} s with)")
+        lines.append(_SIDE_JOBS_LINE.format_map(
+            dict(c, side_jobs_pct=100 * c["side_jobs_fraction"])))
     return lines
 
 

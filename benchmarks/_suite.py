@@ -12,10 +12,12 @@ is the images per call where images/s is the natural unit (whole models).
 
 from __future__ import annotations
 
+import functools
 import math
 
 from benchmarks._harness import fold_variants, measure, ratio
-from benchmarks._peers import set_torch_threads
+from benchmarks._peers import (equinox_layer_fn, jax_pass_impls, nchw_to_nhwc, nhwc_to_nchw,
+                               rel_err, set_torch_threads, torch_output, torch_pass_impls)
 
 # Whose time is compared with whose: "A/B" for A in SUBJECTS, B any other impl.
 SUBJECTS = ("cnn_jax", "prototype")
@@ -117,6 +119,64 @@ def run_guarded(ctx, suite: str, name: str, fn) -> list[dict]:
                "impls": {}, "ratios": {}, "skipped": f"failed: {message}"}
         ctx.partial.append(row)
         return [row]
+
+
+def run_cases(ctx, suite: str, cases, run_case) -> list[dict]:
+    """The rows of ``run_case(ctx, case, dtype)`` for every case in every dtype of the
+    run, each one guarded by :func:`run_guarded`."""
+    rows = []
+    for case in cases:
+        for dtype in ctx.dtypes:
+            rows += run_guarded(ctx, suite, case.name(dtype),
+                                lambda case=case, dtype=dtype: run_case(ctx, case, dtype))
+    return rows
+
+
+class Peers:
+    """The implementations of one case, by pass, and the forward output of each (for
+    the trust check of :func:`time_case`: every peer against cnn_jax's)."""
+
+    def __init__(self, passes):
+        self.passes = passes
+        self.impls = {p: [] for p in passes}
+        self.outputs = {}
+
+    def add(self, name, f, args, *, info=None, output=None):
+        """A JAX implementation ``f(*args)``; ``output`` maps its forward result to
+        cnn_jax's layout (e.g. channels-first back to channels-last)."""
+        made = jax_pass_impls(name, f, args, passes=self.passes, info=info)
+        for p, impl in made.items():
+            self.impls[p].append(impl)
+        run = made["fwd"].run
+        self.outputs[name] = run if output is None else (lambda: output(run()))
+
+    def add_equinox(self, layer, x):
+        """An Equinox layer (unbatched, channels-first; vmapped over N) on cnn_jax's
+        channels-last ``x``, its output put back into channels-last."""
+        import jax.numpy as jnp
+
+        f, params = equinox_layer_fn(layer)
+        x_cf = jnp.transpose(x, nhwc_to_nchw(x.ndim))
+        self.add("equinox", f, (params, x_cf),
+                 output=functools.partial(jnp.transpose, axes=nchw_to_nhwc(x.ndim)))
+
+    def add_torch(self, ctx, fn, tensors):
+        """PyTorch's ``fn(*tensors)`` (eager, and compiled where the run compiles)."""
+        for p, lst in torch_pass_impls(ctx, fn, tensors, passes=self.passes).items():
+            self.impls[p] += lst
+        self.outputs["torch"] = lambda: torch_output(ctx, fn, tensors)
+
+    def errors(self) -> dict:
+        ref = self.outputs["cnn_jax"]()
+        return {name: rel_err(ref, out()) for name, out in self.outputs.items()
+                if name != "cnn_jax"}
+
+    def time(self, ctx, base: dict, *, forward_flops: int | None = None) -> list[dict]:
+        """:func:`time_case` of these implementations; ``forward_flops``: FLOPs of the
+        forward pass (forward + backward counts three times as many)."""
+        flops = None if forward_flops is None else {"fwd": forward_flops,
+                                                    "fwd+bwd": 3 * forward_flops}
+        return time_case(ctx, base, self.impls, flops=flops, errors=self.errors)
 
 
 def progress_line(row: dict) -> str:

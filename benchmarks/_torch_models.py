@@ -2,7 +2,7 @@
 
 torchvision's models where torchvision is importable (the GPU image has it), else
 the hand-written ones of ``tests/_torchvision_ref.py`` (torchvision's code, its module
-names kept); cnn_jax's U-Net has no torchvision counterpart and is written here.
+names kept); cnn_jax's U-Net has no torchvision counterpart: always the hand-written one.
 """
 
 from __future__ import annotations
@@ -50,38 +50,6 @@ def mobilenet_v2(num_classes: int, width_mult: float = 1.0):
 
 
 def unet(num_classes: int, in_channels: int, base_width: int, depth: int):
-    """cnn_jax's UNet: per level a double 3x3 conv-BN-ReLU and a 2x2 max pool; per
-    decoder level a 2x2/2 transposed conv, concatenation with the skip, a double conv;
-    a 1x1 head."""
-    import torch
-    from torch import nn
-
-    def double(i, o):
-        def cba(a, b):
-            return [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
-
-        return nn.Sequential(*cba(i, o), *cba(o, o))
-
-    class UNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            widths = [base_width * 2**i for i in range(depth + 1)]
-            self.down = nn.ModuleList(double(i, o) for i, o in
-                                      zip([in_channels] + widths[:-1], widths))
-            self.up = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-                                    for w in reversed(widths[:-1]))
-            self.up_conv = nn.ModuleList(double(2 * w, w) for w in reversed(widths[:-1]))
-            self.head = nn.Conv2d(base_width, num_classes, 1)
-
-        def forward(self, x):
-            skips = []
-            for i, block in enumerate(self.down):
-                x = block(x)
-                if i < depth:
-                    skips.append(x)
-                    x = nn.functional.max_pool2d(x, 2)
-            for up, conv, skip in zip(self.up, self.up_conv, reversed(skips)):
-                x = conv(torch.cat([skip, up(x)], dim=1))
-            return self.head(x)
-
-    return UNet(), "benchmarks/_torch_models.py"
+    """cnn_jax's UNet (``tests/_torchvision_ref.py``'s twin, ReLUs out of place)."""
+    return (_ref().UNet(num_classes, in_channels, base_width, depth, inplace=False),
+            "tests/_torchvision_ref.py")

@@ -32,7 +32,7 @@ import functools
 import math
 
 from benchmarks import _peers as P
-from benchmarks._suite import run_guarded, time_case
+from benchmarks._suite import Peers, run_cases
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -119,12 +119,7 @@ def cases(plan: str, quick: bool) -> list[ConvCase]:
 
 
 def run(ctx) -> list[dict]:
-    rows = []
-    for case in cases(ctx.plan, ctx.quick):
-        for dtype in ctx.dtypes:
-            rows += run_guarded(ctx, "ops", case.name(dtype),
-                                lambda case=case, dtype=dtype: _run_case(ctx, case, dtype))
-    return rows
+    return run_cases(ctx, "ops", cases(ctx.plan, ctx.quick), _run_case)
 
 
 def _run_case(ctx, c: ConvCase, dtype: str) -> list[dict]:
@@ -149,37 +144,24 @@ def _run_case(ctx, c: ConvCase, dtype: str) -> list[dict]:
         ours = functools.partial(cj.conv, stride=c.s, padding=c.pad)
     raw = functools.partial(lax.conv_general_dilated, window_strides=(c.s,) * d, padding=pads,
                             dimension_numbers=dn, feature_group_count=c.groups)
-    impls = {p: [] for p in PASSES}
-    outputs = {}
-
-    def add(name, f, args, info=None):
-        made = P.jax_pass_impls(name, f, args, passes=PASSES, info=info)
-        for p, impl in made.items():
-            impls[p].append(impl)
-        outputs[name] = made["fwd"].run
-
-    add("cnn_jax", ours, (x, w))
-    add("lax", raw, (x, w))
+    peers = Peers(PASSES)
+    peers.add("cnn_jax", ours, (x, w))
+    peers.add("lax", raw, (x, w))
     layer = nnx.Conv(c.cin, c.cout, (c.k,) * d, strides=c.s, padding=pads,
                      feature_group_count=c.groups, use_bias=False, dtype=x.dtype,
                      param_dtype=x.dtype, kernel_init=lambda *_: w, rngs=nnx.Rngs(0))
     f, state = P.flax_layer_fn(layer)
-    add("flax", f, (state, x))
+    peers.add("flax", f, (state, x))
     if ctx.equinox is not None:
         eqx = ctx.equinox
         conv = P.equinox_layer(eqx.nn.Conv, d, c.cin, c.cout, c.k, stride=c.s, padding=c.pad,
                                groups=c.groups, use_bias=False, dtype=x.dtype,
                                weight=jnp.transpose(w, (d + 1, d, *range(d))))
-        f, params = P.equinox_layer_fn(conv)
-        x_cf = jnp.transpose(x, P.nhwc_to_nchw(d + 2))
-        made = P.jax_pass_impls("equinox", f, (params, x_cf), passes=PASSES)
-        for p, impl in made.items():
-            impls[p].append(impl)
-        outputs["equinox"] = lambda: jnp.transpose(made["fwd"].run(), P.nchw_to_nhwc(d + 2))
+        peers.add_equinox(conv, x)
     if c.depthwise and ctx.plan == "cpu" and d == 2:
         from benchmarks.depthwise_prototype import depthwise_conv
 
-        add("prototype", functools.partial(depthwise_conv, stride=c.s, padding=c.pad), (x, w))
+        peers.add("prototype", functools.partial(depthwise_conv, stride=c.s, padding=c.pad), (x, w))
     if ctx.torch is not None:
         torch = ctx.torch
         tx = P.torch_tensor(ctx, x, perm=P.nhwc_to_nchw(d + 2), channels_last=True, grad=True)
@@ -189,17 +171,8 @@ def _run_case(ctx, c: ConvCase, dtype: str) -> list[dict]:
         def tfn(a, b):
             return conv_fn(a, b, stride=c.s, padding=c.pad, groups=c.groups)
 
-        for p, lst in P.torch_pass_impls(ctx, tfn, (tx, tw), passes=PASSES).items():
-            impls[p] += lst
-        outputs["torch"] = lambda: P.torch_output(ctx, tfn, (tx, tw))
-
-    def errors():
-        ref = outputs["cnn_jax"]()
-        return {name: P.rel_err(ref, out()) for name, out in outputs.items()
-                if name != "cnn_jax"}
+        peers.add_torch(ctx, tfn, (tx, tw))
 
     base = {"suite": "ops", "case": c.name(dtype), "what": c.what, "dtype": dtype}
-    fwd = c.forward_flops()
-    return time_case(ctx, base, impls, flops={"fwd": fwd, "fwd+bwd": 3 * fwd},
-                     errors=errors)
+    return peers.time(ctx, base, forward_flops=c.forward_flops())
 

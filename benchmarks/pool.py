@@ -16,7 +16,7 @@ import dataclasses
 import functools
 
 from benchmarks import _peers as P
-from benchmarks._suite import run_guarded, time_case
+from benchmarks._suite import Peers, run_cases
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -61,46 +61,27 @@ def lax_pool(kind, k, s, p):
 
 
 def run(ctx) -> list[dict]:
-    rows = []
-    for case in cases(ctx.plan, ctx.quick):
-        for dtype in ctx.dtypes:
-            rows += run_guarded(ctx, "pool", case.name(dtype),
-                                lambda case=case, dtype=dtype: _run_case(ctx, case, dtype))
-    return rows
+    return run_cases(ctx, "pool", cases(ctx.plan, ctx.quick), _run_case)
 
 
 def _run_case(ctx, c: PoolCase, dtype: str) -> list[dict]:
-    import jax.numpy as jnp
     from flax import nnx
 
     import cnn_jax as cj
 
     x = P.normal(c.shape, dtype, seed=0)
-    impls = {p: [] for p in PASSES}
-    outputs = {}
-
-    def add(name, f, args):
-        made = P.jax_pass_impls(name, f, args, passes=PASSES)
-        for p, impl in made.items():
-            impls[p].append(impl)
-        outputs[name] = made["fwd"].run
-
+    peers = Peers(PASSES)
     op = cj.max_pool if c.kind == "max" else cj.avg_pool
-    add("cnn_jax", functools.partial(op, window=c.k, stride=c.s, padding=c.p), (x,))
-    add("lax", lax_pool(c.kind, c.k, c.s, c.p), (x,))
+    peers.add("cnn_jax", functools.partial(op, window=c.k, stride=c.s, padding=c.p), (x,))
+    peers.add("lax", lax_pool(c.kind, c.k, c.s, c.p), (x,))
     flax_op = nnx.max_pool if c.kind == "max" else nnx.avg_pool
-    add("flax", lambda x: flax_op(x, (c.k, c.k), strides=(c.s, c.s),
-                                  padding=((c.p, c.p), (c.p, c.p))), (x,))
+    peers.add("flax", lambda x: flax_op(x, (c.k, c.k), strides=(c.s, c.s),
+                                        padding=((c.p, c.p), (c.p, c.p))), (x,))
     if ctx.equinox is not None:
         eqx = ctx.equinox
         layer = (eqx.nn.MaxPool2d if c.kind == "max" else eqx.nn.AvgPool2d)(
             c.k, stride=c.s, padding=c.p)
-        f, params = P.equinox_layer_fn(layer)
-        x_cf = jnp.transpose(x, (0, 3, 1, 2))
-        made = P.jax_pass_impls("equinox", f, (params, x_cf), passes=PASSES)
-        for p, impl in made.items():
-            impls[p].append(impl)
-        outputs["equinox"] = lambda: jnp.transpose(made["fwd"].run(), (0, 2, 3, 1))
+        peers.add_equinox(layer, x)
     if ctx.torch is not None:
         F = ctx.torch.nn.functional
         tx = P.torch_tensor(ctx, x, perm=(0, 3, 1, 2), channels_last=True, grad=True)
@@ -109,14 +90,7 @@ def _run_case(ctx, c: PoolCase, dtype: str) -> list[dict]:
         def tfn(a):
             return tf(a, c.k, c.s, c.p)
 
-        for p, lst in P.torch_pass_impls(ctx, tfn, (tx,), passes=PASSES).items():
-            impls[p] += lst
-        outputs["torch"] = lambda: P.torch_output(ctx, tfn, (tx,))
-
-    def errors():
-        ref = outputs["cnn_jax"]()
-        return {name: P.rel_err(ref, out()) for name, out in outputs.items()
-                if name != "cnn_jax"}
+        peers.add_torch(ctx, tfn, (tx,))
 
     base = {"suite": "pool", "case": c.name(dtype), "what": c.what, "dtype": dtype}
-    return time_case(ctx, base, impls, errors=errors)
+    return peers.time(ctx, base)

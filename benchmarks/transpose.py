@@ -18,7 +18,7 @@ import functools
 import math
 
 from benchmarks import _peers as P
-from benchmarks._suite import run_guarded, time_case
+from benchmarks._suite import Peers, run_cases
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -60,12 +60,7 @@ def cases(plan: str, quick: bool) -> list[TransposeCase]:
 
 
 def run(ctx) -> list[dict]:
-    rows = []
-    for case in cases(ctx.plan, ctx.quick):
-        for dtype in ctx.dtypes:
-            rows += run_guarded(ctx, "transpose", case.name(dtype),
-                                lambda case=case, dtype=dtype: _run_case(ctx, case, dtype))
-    return rows
+    return run_cases(ctx, "transpose", cases(ctx.plan, ctx.quick), _run_case)
 
 
 def _run_case(ctx, c: TransposeCase, dtype: str) -> list[dict]:
@@ -77,39 +72,26 @@ def _run_case(ctx, c: TransposeCase, dtype: str) -> list[dict]:
 
     x = P.normal((c.n, c.hw, c.hw, c.cin), dtype, seed=0)
     w = P.normal((c.k, c.k, c.cin, c.cout), dtype, seed=1, scale=1 / math.sqrt(c.k * c.k * c.cin))
-    impls = {p: [] for p in PASSES}
-    outputs = {}
-
-    def add(name, f, args):
-        made = P.jax_pass_impls(name, f, args, passes=PASSES)
-        for p, impl in made.items():
-            impls[p].append(impl)
-        outputs[name] = made["fwd"].run
-
-    add("cnn_jax", functools.partial(cj.conv_transpose, stride=c.s, padding=c.p,
-                                     output_padding=c.op), (x, w))
+    peers = Peers(PASSES)
+    peers.add("cnn_jax", functools.partial(cj.conv_transpose, stride=c.s, padding=c.p,
+                                           output_padding=c.op), (x, w))
     # lax's padding is of the dilated input: PyTorch's (k - 1 - p, k - 1 - p + op).
     lax_pads = ((c.k - 1 - c.p, c.k - 1 - c.p + c.op),) * 2
-    add("lax", functools.partial(lax.conv_transpose, strides=(c.s, c.s), padding=lax_pads,
-                                 dimension_numbers=("NHWC", "HWOI", "NHWC"),
-                                 transpose_kernel=True), (x, w))
+    peers.add("lax", functools.partial(lax.conv_transpose, strides=(c.s, c.s), padding=lax_pads,
+                                       dimension_numbers=("NHWC", "HWOI", "NHWC"),
+                                       transpose_kernel=True), (x, w))
     layer = nnx.ConvTranspose(c.cin, c.cout, (c.k, c.k), strides=(c.s, c.s), padding=lax_pads,
                               transpose_kernel=True, use_bias=False, dtype=x.dtype,
                               param_dtype=x.dtype, kernel_init=lambda *_: jnp.swapaxes(w, 2, 3),
                               rngs=nnx.Rngs(0))
     f, state = P.flax_layer_fn(layer)
-    add("flax", f, (state, x))
+    peers.add("flax", f, (state, x))
     if ctx.equinox is not None:
         eqx = ctx.equinox
         conv = P.equinox_layer(eqx.nn.ConvTranspose, 2, c.cin, c.cout, c.k, stride=c.s,
                                padding=c.p, output_padding=c.op, use_bias=False, dtype=x.dtype,
                                weight=jnp.transpose(w, (3, 2, 0, 1))[:, :, ::-1, ::-1])
-        fe, params = P.equinox_layer_fn(conv)
-        x_cf = jnp.transpose(x, (0, 3, 1, 2))
-        made = P.jax_pass_impls("equinox", fe, (params, x_cf), passes=PASSES)
-        for p, impl in made.items():
-            impls[p].append(impl)
-        outputs["equinox"] = lambda: jnp.transpose(made["fwd"].run(), (0, 2, 3, 1))
+        peers.add_equinox(conv, x)
     if ctx.torch is not None:
         F = ctx.torch.nn.functional
         tx = P.torch_tensor(ctx, x, perm=(0, 3, 1, 2), channels_last=True, grad=True)
@@ -118,16 +100,7 @@ def _run_case(ctx, c: TransposeCase, dtype: str) -> list[dict]:
         def tfn(a, b):
             return F.conv_transpose2d(a, b, stride=c.s, padding=c.p, output_padding=c.op)
 
-        for p, lst in P.torch_pass_impls(ctx, tfn, (tx, tw), passes=PASSES).items():
-            impls[p] += lst
-        outputs["torch"] = lambda: P.torch_output(ctx, tfn, (tx, tw))
-
-    def errors():
-        ref = outputs["cnn_jax"]()
-        return {name: P.rel_err(ref, out()) for name, out in outputs.items()
-                if name != "cnn_jax"}
+        peers.add_torch(ctx, tfn, (tx, tw))
 
     base = {"suite": "transpose", "case": c.name(dtype), "what": c.what, "dtype": dtype}
-    fwd = c.forward_flops()
-    return time_case(ctx, base, impls, flops={"fwd": fwd, "fwd+bwd": 3 * fwd},
-                     errors=errors)
+    return peers.time(ctx, base, forward_flops=c.forward_flops())

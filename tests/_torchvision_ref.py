@@ -123,13 +123,13 @@ def _make_divisible(v, divisor, min_value=None):
 
 class Conv2dNormActivation(nn.Sequential):
     def __init__(self, in_planes, out_planes, kernel_size=3, stride=1, groups=1,
-                 activation_layer=nn.ReLU6):
+                 activation_layer=nn.ReLU6, inplace=True):
         padding = (kernel_size - 1) // 2
         layers = [nn.Conv2d(in_planes, out_planes, kernel_size, stride, padding, groups=groups,
                             bias=False),
                   nn.BatchNorm2d(out_planes)]
         if activation_layer is not None:
-            layers.append(activation_layer(inplace=True))
+            layers.append(activation_layer(inplace=inplace))
         super().__init__(*layers)
 
 
@@ -430,3 +430,36 @@ class ConvNeXt(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.avgpool(self.features(x)))
+
+
+class UNet(nn.Module):
+    """cnn_jax's UNet (no torchvision counterpart), module names matching (``down.0.1.0``
+    is a conv): per level a double 3x3 conv-BN-ReLU and a 2x2 max pool; per decoder
+    level a 2x2/2 transposed conv, concatenation with the skip, a double conv; a 1x1
+    head. ``inplace``: the ReLUs' (the benchmarks' twin runs them out of place)."""
+
+    def __init__(self, num_classes, in_channels, base_width, depth, inplace=True):
+        super().__init__()
+
+        def double(i, o):
+            return nn.Sequential(
+                Conv2dNormActivation(i, o, activation_layer=nn.ReLU, inplace=inplace),
+                Conv2dNormActivation(o, o, activation_layer=nn.ReLU, inplace=inplace))
+
+        widths = [base_width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList(double(i, o) for i, o in zip([in_channels] + widths, widths))
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+                                for w in reversed(widths[:-1]))
+        self.up_conv = nn.ModuleList(double(2 * w, w) for w in reversed(widths[:-1]))
+        self.head = nn.Conv2d(base_width, num_classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for block in self.down[:-1]:  # every level but the bottom keeps a skip
+            skips.append(block(x))
+            x = self.pool(skips[-1])
+        x = self.down[-1](x)
+        for up, conv in zip(self.up, self.up_conv):
+            x = conv(torch.cat([skips.pop(), up(x)], 1))
+        return self.head(x)

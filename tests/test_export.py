@@ -1,7 +1,7 @@
 """cnn_jax.export: StableHLO, ONNX and PyTorch weights give the model's own logits back.
 
 Models get random weights and BatchNorm statistics from a PyTorch reference with
-torchvision's names (tests/_torchvision_ref.py; the U-Net's twin is below), so the
+torchvision's names (tests/_torchvision_ref.py, the U-Net's twin there too), so the
 exported files are checked against two independent computations: cnn_jax's logits
 (StableHLO deserialized and run by jax alone, ONNX run by onnxruntime, both at batch
 1 and 3 from one symbolic-batch export) and PyTorch's (the reference loaded with the
@@ -37,36 +37,6 @@ ort = pytest.importorskip("onnxruntime")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 
-class TorchUNet(torch.nn.Module):
-    """cnn_jax's UNet in PyTorch, module names matching (``down.0.1.0`` is a conv)."""
-
-    def __init__(self, num_classes, in_channels, base_width, depth):
-        super().__init__()
-        nn = torch.nn
-
-        def double(i, o):
-            return nn.Sequential(ref.Conv2dNormActivation(i, o, activation_layer=nn.ReLU),
-                                 ref.Conv2dNormActivation(o, o, activation_layer=nn.ReLU))
-
-        widths = [base_width * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList(double(i, o) for i, o in zip([in_channels] + widths, widths))
-        self.pool = nn.MaxPool2d(2)
-        self.up = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-                                for w in reversed(widths[:-1]))
-        self.up_conv = nn.ModuleList(double(2 * w, w) for w in reversed(widths[:-1]))
-        self.head = nn.Conv2d(base_width, num_classes, 1)
-
-    def forward(self, x):
-        skips = []
-        for block in self.down[:-1]:  # every level but the bottom keeps a skip
-            skips.append(block(x))
-            x = self.pool(skips[-1])
-        x = self.down[-1](x)
-        for up, conv in zip(self.up, self.up_conv):
-            x = conv(torch.cat([skips.pop(), up(x)], 1))
-        return self.head(x)
-
-
 # name: (PyTorch reference, cnn_jax twin, (H, W, C)); reduced widths keep them small.
 CASES = {
     "lenet5": (lambda: ref.LeNet5(10, in_channels=1),
@@ -76,7 +46,7 @@ CASES = {
     "mobilenet_v2": (lambda: ref.MobileNetV2(5, width_mult=0.25),
                      lambda: models.MobileNetV2(5, width_mult=0.25, rngs=nnx.Rngs(0)),
                      (32, 32, 3)),
-    "unet": (lambda: TorchUNet(3, 2, 4, 2),
+    "unet": (lambda: ref.UNet(3, 2, 4, 2),
              lambda: models.UNet(3, in_channels=2, base_width=4, depth=2, rngs=nnx.Rngs(0)),
              (16, 16, 2)),
 }
