@@ -176,6 +176,35 @@ def test_sigint_in_a_streamed_run_resumes_with_identical_batches(tmp_path, rng, 
     assert record["data"] == {"files": 16, "sha1": record["data"]["sha1"]}
 
 
+class _SlowPlan(BatchPlan):
+    """Batches that take seconds each: an input that cannot keep up."""
+
+    def __getitem__(self, k):
+        time.sleep(3.0)
+        return super().__getitem__(k)
+
+
+def test_a_signal_while_the_input_is_late_stops_the_wait(tmp_path, rng):
+    """Single process: a step waiting for a batch gives up as soon as SIGINT arrives (the
+    loop then stops and saves), instead of waiting for the input."""
+    from cnn_jax.train._signals import SignalGuard
+
+    root = make_folder(tmp_path / "flat", rng, n=4)
+    train, test = load_dataset("folder", root)
+    plan = _SlowPlan.for_run(train, test, seed=0, batch_size=4, rows=slice(0, 4),
+                             steps_per_epoch=2, start_step=0, epochs=1, eval_batch_size=3,
+                             eval_rows=slice(0, 3))
+    with SignalGuard() as guard:
+        feed = StreamFeed(plan, make_mesh(1), workers=0)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            t0 = time.monotonic()
+            assert feed.next("train", 0, 0, interruptible=True) is None
+            assert time.monotonic() - t0 < 2.0 and guard.stop
+        finally:
+            feed.close()
+
+
 def test_resume_refuses_a_folder_whose_files_changed(tmp_path, rng, capsys):
     root = make_folder(tmp_path / "flat", rng, n=6)
     out = str(tmp_path / "run")
