@@ -265,10 +265,8 @@ def _conv(op, x, kernel, bias, spec: _ConvSpec):
         kernel = jnp.flip(kernel, axis=_kernel_axes(n, layout))
     simple = _simplify_window(x, kernel, k, s, d, pads, spec.out, axes, layout)
     if simple is None:  # every tap of some dim reads padding only: zeros, and the bias
-        dtype = spec.preferred_element_type or jnp.result_type(x, kernel)
-        shape = ((x.shape[0], *spec.out, spec.c_out) if layout == "channels_last"
-                 else (x.shape[0], spec.c_out, *spec.out))
-        y = _add_bias(jnp.zeros(shape, dtype), bias, spec.c_out, layout)
+        y = _zeros_output(x, kernel, spec.out, spec.c_out, layout, spec.preferred_element_type)
+        y = _add_bias(y, bias, spec.c_out, layout)
         return y if spec.batched else y[0]
     x, kernel, pads, k, s, d = simple
     x, pads = _explicit_low_pads(x, k, s, d, pads, axes)
@@ -352,6 +350,14 @@ def _simplify_window(x, kernel, k, s, d, pads, out_sp, axes, layout):
     return x, kernel, tuple(new_pads), tuple(new_k), tuple(new_s), tuple(new_d)
 
 
+def _zeros_output(x, kernel, out_sp, c_out, layout, preferred_element_type):
+    """The all-zero output of a conv of batched ``x`` whose every tap reads padding."""
+    dtype = preferred_element_type or jnp.result_type(x, kernel)
+    shape = ((x.shape[0], *out_sp, c_out) if layout == "channels_last"
+             else (x.shape[0], c_out, *out_sp))
+    return jnp.zeros(shape, dtype)
+
+
 def _explicit_low_pads(x, k, s, d, pads, axes):
     """Pad ``x`` itself on the low side of each strided dim whose low padding reaches
     the last tap of the first window (``lo >= d * (k - 1)``), and give the conv none.
@@ -401,10 +407,7 @@ def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=No
                 [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)])
     taps = list(itertools.product(*live))
     if not taps:  # every tap reads padding only (large padding, dilation): zeros
-        c_out = kernel.shape[-1]
-        dtype = preferred_element_type or jnp.result_type(x, kernel)
-        y = jnp.zeros((x.shape[0], *out, c_out), dtype)
-        return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y
+        return _zeros_output(x, kernel, out, kernel.shape[-1], layout, preferred_element_type)
     cols = []
     for t in taps:
         start = [tt * dd for tt, dd in zip(t, dilation)]
