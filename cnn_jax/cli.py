@@ -14,8 +14,9 @@
 the registries. Printing help imports no jax.
 
 Exit status: 0 done, 1 a user error (one line on stderr: a bad value, missing or
-malformed data, a refused checkpoint), 2 a command-line syntax error, 130/143 a
-run stopped by SIGINT/SIGTERM (its state saved). A bug inside the library shows
+malformed data, a refused checkpoint, a run folder another command is writing, a
+full or read-only disk), 2 a command-line syntax error, 130/143/129 a run stopped by
+SIGINT/SIGTERM/SIGHUP (its state saved). A bug inside the library shows
 its traceback.
 """
 
@@ -371,7 +372,7 @@ def _main(argv: list[str], guard) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from cnn_jax.train import CheckpointError, DatasetError
+    from cnn_jax.train import CheckpointError, DatasetError, RunFolderError
 
     if guard.stop:
         return 0  # main reports the interruption
@@ -379,7 +380,8 @@ def _main(argv: list[str], guard) -> int:
                 "export": _export, "summary": _summary}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DatasetError, CheckpointError, FloatingPointError) as e:
+    except (ConfigError, DatasetError, CheckpointError, RunFolderError,
+            FloatingPointError) as e:
         # FloatingPointError: NonFiniteLossError (the last good checkpoint stays)
         if guard.stop:  # e.g. a half-read file after the signal: report the signal
             return 1

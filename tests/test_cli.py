@@ -147,7 +147,7 @@ def test_resume_refuses_a_flag_that_would_make_another_run(digits_run, capsys):
     assert main(["train", "--out", digits_run, "--resume", "--lr", "0.1"]) == 1
     assert "with lr=0.1: the run was started with lr=0.003" in capsys.readouterr().err
     assert main(["train", *TINY, "--out", digits_run]) == 1
-    assert "pass resume=True (--resume) or another out" in capsys.readouterr().err
+    assert "continue it with --resume, or pass another --out" in capsys.readouterr().err
 
 
 def test_sigint_saves_exits_130_and_resumes_identically(digits_run, tmp_path, monkeypatch,

@@ -23,6 +23,7 @@ _EXPORTS = {
     "_loop": ("History", "NonFiniteLossError", "evaluate", "fit", "make_optimizer",
               "make_schedule", "predict"),
     "_registry": ("DATASETS", "MODELS", "register_dataset", "register_model"),
+    "_runfolder": ("RunFolderError",),
     "_signals": ("SignalGuard",),
     "_sharding": ("data_sharded", "initialize_distributed", "local_rows", "make_mesh",
                   "replicated", "shard_batch"),

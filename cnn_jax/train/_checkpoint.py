@@ -16,18 +16,35 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.train._runfolder import CheckpointError, os_error_reason
 from cnn_jax.train._sharding import to_host
+
+__all__ = ["CheckpointError", "Checkpointer", "flatten_state"]
 
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or was written for a different run."""
+TRASH_PREFIX = ".deleting-"  # a step being deleted: not a step name, removed at start
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line`` of an error, at most 200 characters (TensorStore's messages
+    carry a multi-line spec dump)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def _gone(path: str) -> str:
+    return (f"checkpoint {path} was deleted while it was read (the run training in "
+            f"{os.path.dirname(path)} keeps only its latest checkpoints); run the command "
+            f"again")
 
 
 def _is_key(x) -> bool:
@@ -98,25 +115,37 @@ class Checkpointer:
             meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = meta["meta"]
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad file
+            if not os.path.isdir(path):
+                raise CheckpointError(_gone(path)) from None
             raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: its JSON record "
-                                  f"could not be read ({type(e).__name__}: {e})") from e
+                                  f"could not be read ({_first_line(e)})") from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(f"checkpoint {path} is corrupt or not a cnn_jax checkpoint: "
                                   f"expected a record with format {FORMAT_VERSION}")
         return meta
 
-    def best_step(self) -> int | None:
-        """The kept step with the highest metric, or None when none has one."""
-        self._load_metrics()
+    def best_step(self, *, strict: bool = False) -> int | None:
+        """The kept step with the highest metric, or None when none has one.
+
+        Args:
+          strict: refuse (``CheckpointError``) when a kept step's record is unreadable,
+            since that step might be the best (``evaluate`` must not silently report an
+            older one). Pruning during training is not strict: it keeps such a step.
+        """
+        self._load_metrics(strict)
         scored = [(m, s) for s, m in self._metrics.items() if m is not None]
         return max(scored)[1] if scored else None
 
-    def _load_metrics(self):
+    def _load_metrics(self, strict: bool = False):
         for step in self.all_steps():
             if step not in self._metrics:
                 try:
                     self._metrics[step] = self.read_meta(step).get("metric")
-                except CheckpointError:
+                except CheckpointError as e:
+                    if strict:
+                        raise CheckpointError(
+                            f"cannot tell which checkpoint is best: {e}; pass --checkpoint "
+                            f"latest, or remove that step's folder") from None
                     self._metrics[step] = None
 
     # -------------------------------------------------------------- save / restore
@@ -135,14 +164,47 @@ class Checkpointer:
                       paths=paths, leaves=[_leaf_record(x) for x in leaves],
                       sha1=[_digest(x) for x in leaves])
         arrays = {f"leaf_{i:05d}": x for i, x in enumerate(leaves)}
+        path = os.path.join(self.directory, str(step))
         if step in self._manager.all_steps():
-            self._manager.delete(step)
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)))
-        self._manager.wait_until_finished()
+            self._delete(step)
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)))
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+            self.clean_debris()
+            latest = self.latest_step()
+            kept = (f"the last complete checkpoint, {self.directory}/{latest}, is intact"
+                    if latest is not None and latest != step else "no complete checkpoint")
+            raise CheckpointError(f"could not write checkpoint {path}: "
+                                  f"{os_error_reason(e, self.directory)}; {kept}") from e
         self._metrics[int(step)] = metric
         self._prune()
-        return os.path.join(self.directory, str(step))
+        return path
+
+    def _delete(self, step: int):
+        """Delete a step so that a kill at any moment leaves it whole or gone: its
+        folder is first renamed out of the steps' names (atomic), then removed."""
+        if jax.process_count() > 1:  # orbax's delete is collective across processes
+            self._manager.delete(step)
+            return
+        path = os.path.join(self.directory, str(step))
+        trash = os.path.join(self.directory, f"{TRASH_PREFIX}{step}-{os.getpid()}")
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            pass
+        self._manager.reload()
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clean_debris(self):
+        """Remove what a killed process left: half-deleted steps and orbax's temporary
+        folders of unfinished saves (only the run folder's lock holder calls this)."""
+        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            if name.startswith(TRASH_PREFIX) or ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def _prune(self):
         steps = self.all_steps()
@@ -152,7 +214,7 @@ class Checkpointer:
             keep.add(best)
         for step in steps:
             if step not in keep:
-                self._manager.delete(step)
+                self._delete(step)
                 self._metrics.pop(step, None)
 
     def restore(self, step: int, target, *, expect: dict | None = None):
@@ -207,8 +269,10 @@ class Checkpointer:
             restored = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract)))["state"]
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+            if not os.path.isdir(path):
+                raise CheckpointError(_gone(path)) from None
             raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: its arrays could "
-                                  f"not be read ({type(e).__name__}: {e})") from e
+                                  f"not be read ({_first_line(e)})") from e
         leaves = []
         for i, (p, x) in enumerate(zip(paths, targets)):
             arr = restored[f"leaf_{i:05d}"]

@@ -23,12 +23,16 @@ from cnn_jax.train._config import RESUMABLE, ConfigError, TrainConfig
 from cnn_jax.train._data import Dataset, load_dataset
 from cnn_jax.train._loop import History, fit
 from cnn_jax.train._registry import DATASETS, MODELS
+from cnn_jax.train._runfolder import (RUN_FILE, RunFolderError, checkpoint_steps,
+                                      hold_run_folder, refuse_foreign_checkpoints,
+                                      write_json)
 from cnn_jax.train._sharding import make_mesh
 from cnn_jax.train._signals import active_guard
 from cnn_jax.train._step import Trainer, run_once
 from cnn_jax.train._stream import ImageStream, load_image, normalize
 
-RUN_FILE = "run.json"
+# Below this much free space a new run is refused at start (its first files would fail).
+MIN_FREE_BYTES = 64 * 1024
 
 
 def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int], *,
@@ -115,6 +119,10 @@ def resume_config(out: str, **changes) -> TrainConfig:
         a different run.
     """
     config = read_run(out)["config"]
+    # What earlier resumes changed (e.g. more --epochs) is in the latest checkpoint's
+    # record: the run goes on as it was last continued, not as it was started.
+    saved = _checkpointed_config(out)
+    config = config.replace(**{k: saved[k] for k in INHERITED if k in saved})
     for key, value in changes.items():
         current = config.model_name if key == "model" else getattr(config, key)
         if key not in RESUMABLE and current != value:
@@ -126,14 +134,39 @@ def resume_config(out: str, **changes) -> TrainConfig:
     return config.replace(**dict(changes, out=out, resume=True))
 
 
+# RESUMABLE fields a resume takes from the latest checkpoint when not given again (the
+# per-machine ones -- devices, workers, quiet -- are not inherited).
+INHERITED = ("epochs", "keep_checkpoints", "checkpoint_every", "eval_batch_size",
+             "on_bad_image", "data_dir")
+
+
+def _checkpointed_config(out: str) -> dict:
+    """The config recorded in the latest checkpoint of ``out`` (``{}`` if none): read
+    as plain JSON, without orbax; a damaged record is the restore's to report."""
+    directory = os.path.join(out, "checkpoints")
+    steps = checkpoint_steps(directory)
+    if not steps:
+        return {}
+    try:
+        with open(os.path.join(directory, str(steps[-1]), "meta", "metadata")) as f:
+            saved = json.load(f).get("config")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
     """Load data, build the model, train it with :func:`fit`; the CLI's ``train``.
 
     With ``config.out`` set, ``run.json`` records the config and the data set's
     shape and class names so that ``evaluate``/``predict``/``--resume`` can rebuild
-    the run. Nothing is written before the data has loaded and the batch fits.
+    the run. The folder is one transaction: everything is checked first (the flags,
+    the data, the folder's state), then its lock is taken (a second writer is refused
+    naming the holder), then ``run.json`` is written once, atomically, by a new run
+    (a resume never rewrites it). A refused command leaves the folder as it was.
     """
     check_out_folder(config.out)
+    refuse_foreign_checkpoints(config.out, config.resume)
     train, test = prepare_data(config)
     guard = active_guard()
     if guard is not None and guard.stop:  # interrupted while the data loaded
@@ -148,20 +181,20 @@ def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
             f"--batch-size {max(1, len(train))} or less")
     model = create_model(config.model_name, train.num_classes, train.image_shape,
                          width=config.width, seed=config.seed, dtype=config.dtype)
-    if config.out is not None and jax.process_index() == 0:
-        os.makedirs(config.out, exist_ok=True)
-        run = {"config": dict(config.to_dict(), resume=False), "model": config.model_name,
-               "dataset": config.dataset, "task": config.task,
-               "num_classes": train.num_classes, "image_shape": list(train.image_shape),
-               "class_names": train.class_names}
-        if isinstance(test, ImageStream):  # how predict must prepare an image
-            run["input"] = test.input_record()
-        tmp = os.path.join(config.out, RUN_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(run, f, indent=2)
-        os.replace(tmp, os.path.join(config.out, RUN_FILE))
-    return fit(model, train, test, config, flip=DATASETS[config.dataset].flip,
-               run_info={"model": config.model_name, "dataset": config.dataset}, **fit_kwargs)
+    with hold_run_folder(config.out):
+        refuse_foreign_checkpoints(config.out, config.resume)  # again, under the lock
+        if config.out is not None and jax.process_index() == 0 and not (
+                config.resume and os.path.isfile(os.path.join(config.out, RUN_FILE))):
+            run = {"config": dict(config.to_dict(), resume=False),
+                   "model": config.model_name, "dataset": config.dataset,
+                   "task": config.task, "num_classes": train.num_classes,
+                   "image_shape": list(train.image_shape), "class_names": train.class_names}
+            if isinstance(test, ImageStream):  # how predict must prepare an image
+                run["input"] = test.input_record()
+            write_json(os.path.join(config.out, RUN_FILE), run)
+        return fit(model, train, test, config, flip=DATASETS[config.dataset].flip,
+                   run_info={"model": config.model_name, "dataset": config.dataset},
+                   **fit_kwargs)
 
 
 def check_out_folder(out: str | None):
@@ -176,6 +209,19 @@ def check_out_folder(out: str | None):
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"train: out must be writable, got {out!r} ({existing} is not a "
                           f"writable folder)")
+    try:
+        statvfs = os.statvfs(existing)
+    except OSError:
+        return
+    if statvfs.f_flag & os.ST_RDONLY:
+        raise RunFolderError(f"train: out must be writable, got {out!r} ({existing} is on a "
+                             f"read-only file system)")
+    free = statvfs.f_bavail * statvfs.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise RunFolderError(f"train: out needs free disk space, got {out!r} with "
+                             f"{free // 1024} KiB free on {existing}'s file system (a run "
+                             f"needs at least {MIN_FREE_BYTES // 1024} KiB); free some space "
+                             f"or pass another --out")
 
 
 def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
@@ -195,7 +241,7 @@ def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
     config = run["config"]
     ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=config.keep_checkpoints)
     try:
-        step = ckpt.best_step() if which == "best" else None
+        step = ckpt.best_step(strict=True) if which == "best" else None
         step = step if step is not None else ckpt.latest_step()
         if step is None:
             raise CheckpointError(f"load_run: no checkpoint in {ckpt.directory}")

@@ -21,6 +21,7 @@ import time
 import jax
 
 from cnn_jax.train._checkpoint import Checkpointer
+from cnn_jax.train._runfolder import RunFolderError, os_error_reason, write_lines
 
 
 def log(quiet: bool, message: str):
@@ -107,6 +108,7 @@ class Checkpointing:
 
     def _open(self, keep):
         self._ckpt = Checkpointer(self.directory, keep=keep)
+        self._ckpt.clean_debris()  # what a killed run left (this run holds the folder)
         if jax.process_index() == 0:  # the plots drawn at the end: import them now too
             import matplotlib.backends.backend_agg  # noqa: F401
             import matplotlib.figure  # noqa: F401
@@ -153,29 +155,54 @@ class Checkpointing:
 
 
 class MetricsWriter:
-    """``metrics.jsonl``: one JSON line per finished epoch (process 0 writes)."""
+    """``metrics.jsonl``: one JSON line per finished epoch (process 0 writes).
+
+    The file is a record for people and plots, not a source of truth: a resume takes
+    the epochs' records from its checkpoint and rewrites the file from them,
+    atomically, so a line lost or half-written in a crash is repaired, never trusted.
+    """
 
     def __init__(self, path: str):
         self.path = path
 
     def read(self, upto_epoch: int) -> list[dict]:
-        """The records of epochs ``<= upto_epoch`` already in the file."""
-        if not os.path.exists(self.path):
+        """The records of epochs ``<= upto_epoch`` in the file (lines that do not parse,
+        e.g. one cut off by a crash, are left out)."""
+        try:
+            with open(self.path) as f:
+                lines = f.readlines()
+        except FileNotFoundError:
             return []
-        with open(self.path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        except OSError as e:
+            raise RunFolderError(f"cannot read {self.path}: {os_error_reason(e)}") from e
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                records.append(record)
         return [r for r in records if r["epoch"] <= upto_epoch]
 
     def reset(self, records: list[dict]):
-        """Rewrite the file with ``records`` (drops epochs a resume will redo)."""
+        """Replace the file by ``records``, atomically (drops epochs a resume redoes)."""
         if jax.process_index() == 0:
-            with open(self.path, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+            write_lines(self.path, [json.dumps(r) + "\n" for r in records])
+
+    def repair(self, records: list[dict]):
+        """Rewrite the file from ``records`` only where it differs from them."""
+        if jax.process_index() == 0 and self.read(len(records)) != records:
+            self.reset(records)
 
     def write(self, record: dict):
         if jax.process_index() == 0:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                raise RunFolderError(f"cannot write {self.path}: "
+                                     f"{os_error_reason(e, self.path)}") from e
 
 
 class Progress:

@@ -15,7 +15,6 @@ but the rows of the batch), :class:`_StreamBatches` takes them from a
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -27,10 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cnn_jax.train._checkpoint import CheckpointError
 from cnn_jax.train._config import ConfigError, TrainConfig
 from cnn_jax.train._data import Dataset, epoch_order
 from cnn_jax.train._hooks import Checkpointing, MetricsWriter, Progress, log
+from cnn_jax.train._runfolder import (CheckpointError, hold_run_folder,
+                                      refuse_foreign_checkpoints, write_json)
 from cnn_jax.train._signals import SignalGuard
 from cnn_jax.train._sharding import (data_sharded, local_rows, make_mesh, shard_batch,
                                      to_host)
@@ -202,13 +202,6 @@ def _check_sizes(cfg: TrainConfig, n_train: int, n_dev: int, what: str) -> int:
     return steps
 
 
-def _existing_steps(directory: str) -> list[int]:
-    """Checkpoint steps in ``directory`` without importing orbax."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
-
-
 def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageStream,
         config: TrainConfig, *,
         on_step: Callable[[int], None] | None = None, run_info: dict | None = None,
@@ -251,9 +244,10 @@ def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageSt
     mesh = make_mesh(cfg.num_devices)
     n_dev = mesh.shape["data"]
     steps_per_epoch = _check_sizes(cfg, len(train), n_dev, repr(train.name))
-    total_steps = cfg.epochs * steps_per_epoch
+    # Recorded in every checkpoint: what a resume checks, and the config it continues.
     meta = {"model": info["model"], "dataset": info["dataset"],
-            "steps_per_epoch": steps_per_epoch, "seed": cfg.seed, "batch_size": cfg.batch_size}
+            "steps_per_epoch": steps_per_epoch, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "config": dict(cfg.to_dict(), resume=False)}
     trainer_cfg = cfg
     if isinstance(train, ImageStream):
         options = dict(workers=cfg.workers, on_bad_image=cfg.on_bad_image)
@@ -262,28 +256,28 @@ def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageSt
         meta["data"] = train.fingerprint()  # a resume must read the same files
         if train.augments_on_host:  # the workers crop and flip; the step must not shift
             trainer_cfg = cfg.replace(augment=False)
+    with hold_run_folder(cfg.out):  # one writer per run folder (re-entrant)
+        return _fit_in_folder(model, train, test, cfg, trainer_cfg, meta, info, on_step,
+                              flip)
+
+
+def _fit_in_folder(model, train, test, cfg, trainer_cfg, meta, info, on_step, flip):
     history = History()
     metrics = ckpt = None
     if cfg.out is not None:
-        ckpt_dir = os.path.join(cfg.out, "checkpoints")
-        if _existing_steps(ckpt_dir) and not cfg.resume:
-            raise CheckpointError(
-                f"fit: out must not hold checkpoints unless resuming, got {cfg.out!r} with "
-                f"checkpoints up to step {_existing_steps(ckpt_dir)[-1]}; pass resume=True "
-                f"(--resume) or another out")
-        os.makedirs(cfg.out, exist_ok=True)
+        refuse_foreign_checkpoints(cfg.out, cfg.resume, "fit")
         metrics = MetricsWriter(os.path.join(cfg.out, "metrics.jsonl"))
-        ckpt = Checkpointing(ckpt_dir, keep=cfg.keep_checkpoints, every=cfg.checkpoint_every,
-                             meta=meta)
+        ckpt = Checkpointing(os.path.join(cfg.out, "checkpoints"), keep=cfg.keep_checkpoints,
+                             every=cfg.checkpoint_every, meta=meta)
     feeds = []  # streamed input that _run opened
     with SignalGuard() as guard:  # until the last checkpoint is on disk
         try:
-            trainer = Trainer(model, trainer_cfg, steps_per_epoch, mesh, task=train.task,
-                              flip=flip)
+            trainer = Trainer(model, trainer_cfg, meta["steps_per_epoch"],
+                              make_mesh(cfg.num_devices), task=train.task, flip=flip)
             state = trainer.initial_state()
             if ckpt is not None:
-                state = _restore(ckpt, state, cfg, history, metrics, steps_per_epoch,
-                                 total_steps)
+                state = _restore(ckpt, state, cfg, history, metrics, trainer.steps_per_epoch,
+                                 cfg.epochs * trainer.steps_per_epoch)
                 if history.already_complete:
                     return history
             history = _run(trainer, state, train, test, cfg, history, ckpt, metrics, info,
@@ -319,11 +313,15 @@ def _restore(ckpt, state, cfg, history, metrics, steps_per_epoch, total_steps):
         k: ckpt.meta[k] for k in ("model", "dataset", "steps_per_epoch", "batch_size")})
     ckpt.last_saved = latest
     epochs_done = latest // steps_per_epoch
-    history.epochs = metrics.read(epochs_done)
+    if "history" in meta:  # the epochs' records as of this checkpoint: trusted over the file
+        history.epochs = [r for r in meta["history"] if r["epoch"] <= epochs_done]
+    else:  # a checkpoint of an earlier version
+        history.epochs = metrics.read(epochs_done)
     if latest >= total_steps and len(history.epochs) >= cfg.epochs:
         history.already_complete = True
         history.step = latest
         history.summary = {"epochs": len(history.epochs)}
+        metrics.repair(history.epochs)  # e.g. a last line lost in a crash: nothing retrains
         return state
     metrics.reset(history.epochs)
     log(cfg.quiet, f"resumed from {ckpt.directory}/{latest} (epoch {epochs_done}, "
@@ -434,7 +432,8 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
                 metrics.write(record)
             last = epoch + 1 == cfg.epochs
             if ckpt is not None and (last or ckpt.due()):
-                ckpt.save(step, state, metric=record["test_accuracy"], epoch=epoch + 1)
+                ckpt.save(step, state, metric=record["test_accuracy"], epoch=epoch + 1,
+                          history=list(history.epochs))
             log(cfg.quiet, f"epoch {epoch + 1}/{cfg.epochs}  train loss "
                            f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
                            f"  test loss {record['test_loss']:.4f} acc "
@@ -461,7 +460,8 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
             saved = None
             if ckpt is not None:
                 saved = (os.path.join(ckpt.directory, str(step)) if ckpt.last_saved == step
-                         else ckpt.save(step, state, interrupted=True))
+                         else ckpt.save(step, state, interrupted=True,
+                                        history=list(history.epochs)))
                 ckpt.wait()
             guard.saving = False
             log(False, f"\n{name}: stopped at step {step}; "
@@ -475,8 +475,7 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
     history.summary = _summary(history, chrono, time.perf_counter() - t_fit, trainer, info,
                                cfg)
     if cfg.out is not None and jax.process_index() == 0:
-        with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-            json.dump(history.summary, f, indent=2)
+        write_json(os.path.join(cfg.out, "summary.json"), history.summary)
         if ckpt is not None:
             ckpt.submit(lambda: _plots(history.epochs, model, cfg.out))
         else:

@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM as a flag, for the training loop and the ``cnn-jax`` command.
+"""SIGINT, SIGTERM and SIGHUP as a flag, for the training loop and the ``cnn-jax`` command.
 
 No jax here: the command installs the guard before it imports anything heavy, so a
 Ctrl-C in the first seconds (while jax loads) is a clean exit, not a
@@ -15,7 +15,10 @@ _ACTIVE: list = []  # the guard whose handlers are installed, if any
 
 
 class SignalGuard:
-    """Within ``with SignalGuard() as guard:``, SIGINT and SIGTERM set ``guard.signal``.
+    """Within ``with SignalGuard() as guard:``, SIGINT, SIGTERM and SIGHUP set ``guard.signal``.
+
+    SIGHUP (a closed terminal, and how many schedulers stop a job) is a stop like
+    SIGTERM: the run saves and exits 129, resumable.
 
     The loop polls :attr:`stop` between steps. A signal that arrives while a
     checkpoint is being written (``guard.saving = True``) is reported and otherwise
@@ -25,7 +28,7 @@ class SignalGuard:
     the main thread (where Python cannot install handlers) it does nothing.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
         self.signal: int | None = None

@@ -504,6 +504,7 @@ def _init_worker(index: int, count: int):
     to handle (it stops the workers itself); a worker whose parent died exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the trainer decides
     parent = os.getppid()
 
     def watch():
