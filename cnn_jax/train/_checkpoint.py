@@ -15,8 +15,10 @@ multi-process run calls :meth:`Checkpointer.save` (orbax writes collectively).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,34 @@ def _gone(path: str) -> str:
     return (f"checkpoint {path} was deleted while it was read (the run training in "
             f"{os.path.dirname(path)} keeps only its latest checkpoints); run the command "
             f"again")
+
+
+class _QuietOrbaxErrors(logging.Filter):
+    """Drops orbax's own ERROR logs (with their tracebacks): a failed save or restore
+    is raised as one :class:`CheckpointError` that says what happened."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+_ORBAX_FILTER = _QuietOrbaxErrors()
+
+
+def _quiet_late_callbacks():
+    """After a failed save, TensorStore may still complete writes that orbax gave up
+    on; their callbacks find orbax's event loop closed and print that through
+    ``sys.excepthook``. Those lines say nothing the CheckpointError does not."""
+    previous = sys.excepthook
+    if getattr(previous, "_cnn_jax_quiet", False):
+        return
+
+    def hook(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        previous(kind, value, tb)
+
+    hook._cnn_jax_quiet = True
+    sys.excepthook = hook
 
 
 def _is_key(x) -> bool:
@@ -88,6 +118,7 @@ class Checkpointer:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"Checkpointer: keep must be an int >= 1, got {keep!r}")
         self._ocp = ocp
+        logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # once: filters are a set
         self.directory = os.path.abspath(directory)
         self.keep = keep
         self._manager = ocp.CheckpointManager(
@@ -172,6 +203,7 @@ class Checkpointer:
                 state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)))
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
+            _quiet_late_callbacks()
             self.clean_debris()
             latest = self.latest_step()
             kept = (f"the last complete checkpoint, {self.directory}/{latest}, is intact"

@@ -206,16 +206,18 @@ def check_out_folder(out: str | None):
     existing = os.path.abspath(out)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"train: out must be writable, got {out!r} ({existing} is not a "
-                          f"writable folder)")
     try:
         statvfs = os.statvfs(existing)
     except OSError:
-        return
-    if statvfs.f_flag & os.ST_RDONLY:
+        statvfs = None
+    if statvfs is not None and statvfs.f_flag & os.ST_RDONLY:
         raise RunFolderError(f"train: out must be writable, got {out!r} ({existing} is on a "
                              f"read-only file system)")
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train: out must be writable, got {out!r} ({existing} is not a "
+                          f"writable folder)")
+    if statvfs is None:
+        return
     free = statvfs.f_bavail * statvfs.f_frsize
     if free < MIN_FREE_BYTES:
         raise RunFolderError(f"train: out needs free disk space, got {out!r} with "
