@@ -242,6 +242,8 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"malformed folder .*cls: expected image files"):
         load_image_folder(str(empty))
     (empty / "cls" / "bad.png").write_bytes(b"definitely not a png")
+    for name in ("a.png", "b.png"):  # three files, so that one is held out for testing
+        _png(str(empty / "cls" / name), np.zeros((2, 2), np.uint8))
     with pytest.raises(DatasetError, match=r"malformed file .*bad.png: expected an image"):
         load_image_folder(str(empty))
     root = tmp_path / "mismatch"

@@ -162,6 +162,46 @@ class TrainConfig:
         """The data set's task: ``"classify"`` or ``"segment"``."""
         return _registry.DATASETS[self.dataset].task
 
+    def check_input(self, num_classes: int, image_shape) -> None:
+        """Refuse, before anything is compiled or written, inputs the model cannot take
+        (smaller than its pools allow, an odd size where it needs an even one) and a
+        model whose training state cannot fit in this machine's memory.
+
+        Traces the model's construction and its forward on one ``image_shape`` image
+        with shapes only (``jax.eval_shape``: no parameter is made).
+
+        Args:
+          num_classes: classes of the data set.
+          image_shape: ``(H, W, C)`` of the images the model will see (after resizing).
+
+        Raises:
+          ConfigError: naming the model, the size, the model's own rule and a size it
+            takes (``--image-size``); or the memory the parameters need.
+        """
+        h, w, c = (int(v) for v in image_shape)
+        problem = _model_problem(self, num_classes, (h, w, c))
+        if isinstance(problem, Exception):
+            fits = next((s for s in (2**k for k in range(1, 13)) if s > max(h, w) and
+                         not isinstance(_model_problem(self, num_classes, (s, s, c)),
+                                        Exception)), None)
+            hint = (f"; it takes {fits}x{fits}: pass --image-size {fits} (or larger images)"
+                    if fits is not None else "")
+            raise ConfigError(f"train: model {self.model_name!r} does not take the data set's "
+                              f"{h}x{w}x{c} images ({problem}){hint}")
+        from cnn_jax.train._data import host_memory
+
+        # float32 parameters, their gradients, and the optimiser's moments (AdamW: 2,
+        # SGD with momentum: 1), all held at once in a step.
+        copies = 4 if self.optimizer == "adamw" else 3
+        need, memory = problem * 4 * copies, host_memory()
+        if memory is not None and need > memory:
+            raise ConfigError(
+                f"train: model {self.model_name!r}"
+                f"{'' if self.width is None else f' at --width {self.width}'} has "
+                f"{problem:,} parameters, whose training state ({copies} float32 copies, "
+                f"{need / 2**30:.1f} GiB) exceeds this machine's {memory / 2**30:.1f} GiB of "
+                f"memory; pass a smaller --width or another --model")
+
     def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -260,3 +300,26 @@ def _check_path(value, name: str, op: str) -> str | None:
         raise ConfigError(f"{op}: {_named(name)} must be None or a non-empty path, "
                           f"got {value!r}")
     return path
+
+
+def _model_problem(config: TrainConfig, num_classes: int, image_shape: tuple):
+    """The parameter count of ``config``'s model on ``image_shape`` images, or the
+    ``ValueError``/``TypeError`` its construction or forward raises (shapes only)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    entry = _registry.MODELS[config.model_name]
+
+    def forward(x):
+        model = entry.build(num_classes, image_shape, rngs=nnx.Rngs(0), width=config.width)
+        model.eval()
+        return model(x), nnx.state(model, nnx.Param)
+
+    try:
+        _, params = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *image_shape),
+                                                                 jnp.float32))
+    except (ValueError, TypeError) as e:
+        return e
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
