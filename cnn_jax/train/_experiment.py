@@ -208,6 +208,7 @@ def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
             f"train: batch_size must be <= the number of training examples of "
             f"{config.dataset!r} ({len(train)}), got {config.batch_size}; pass "
             f"--batch-size {max(1, len(train))} or less")
+    config.check_input(train.num_classes, train.image_shape)  # before compiling or writing
     model = create_model(config.model_name, train.num_classes, train.image_shape,
                          width=config.width, seed=config.seed, dtype=config.dtype)
     if config.out is not None and jax.process_index() == 0:
