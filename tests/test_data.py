@@ -106,6 +106,17 @@ def test_idx_missing_file_is_named(tmp_path, rng):
     (lambda p: p.write_bytes(b"\x00\x00\x08\x01" + b"\0" * 4), r"1 dimension\(s\)"),
     (lambda p: p.write_bytes(b"\x00\x00\x08\x03\x00"), "header is truncated"),
     (lambda p: p.write_bytes(p.read_bytes()[:-5]), "holding 4704 bytes"),
+    # 0x0 images: 6 images of no pixels
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 6, 0, 0)),
+     r"dimensions after the first are >= 1, the header says shape \(6, 0, 0\)"),
+    # 2**31 * 2**31 * 4 = 2**64 bytes: numpy's product wraps to 0, the empty data's length
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4)),
+     r"holding 18446744073709551616 bytes for shape \(2147483648, 2147483648, 4\), got 0"),
+    (lambda p: p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", *[2**32 - 1] * 3)
+                             + b"\0" * 10),
+     rf"holding {(2**32 - 1)**3} bytes for shape \(4294967295, 4294967295, 4294967295\), "
+     rf"got 10"),
+    (lambda p: p.write_bytes(b"\x08\x00\x00\x03" + b"\0" * 12), "bad magic number"),
 ])
 def test_idx_malformed_file_is_named(tmp_path, rng, corrupt, match):
     _mnist_dir(tmp_path, rng, gz=False, n_test=6)
@@ -128,6 +139,14 @@ def test_idx_bad_gzip_and_label_errors(tmp_path, rng):
         load_idx(str(tmp_path))
     arr = read_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"), 3)
     assert arr.shape == (4, 28, 28) and arr.dtype == np.uint8
+
+
+def test_idx_with_no_test_images_is_refused(tmp_path, rng):
+    """An empty split reported test accuracy NaN and exited 0."""
+    _mnist_dir(tmp_path, rng, gz=False, n_test=0)
+    with pytest.raises(DatasetError, match=r"^load_dataset: the test split of 'mnist' in .* must "
+                                           r"hold at least one example, got none"):
+        load_dataset("mnist", str(tmp_path))
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -185,6 +204,17 @@ def test_cifar10_errors_name_the_file(tmp_path, rng):
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, f)
     with pytest.raises(DatasetError, match=r"data_batch_4: expected labels 0..9, got 0..10"):
         load_cifar10(str(tmp_path))
+    for batch, match in (
+            ({b"data": np.zeros((2, 3072), np.uint8), b"labels": 5},
+             r"labels of dtype int64 and shape \(\)"),
+            ({b"data": np.full((2, 3072), 0.5), b"labels": [0, 1]}, "data of dtype float64"),
+            ({b"data": np.full((2, 3072), 300, np.int16), b"labels": [0, 1]},
+             r"expected pixel values 0..255, got 300..300"),
+            ({b"data": [[1, 2], [3]], b"labels": [0, 1]}, "inhomogeneous")):
+        with open(tmp_path / "data_batch_4", "wb") as f:
+            pickle.dump(batch, f)
+        with pytest.raises(DatasetError, match=rf"malformed file .*data_batch_4: .*{match}"):
+            load_cifar10(str(tmp_path))
 
 
 # ---------------------------------------------------------------- image folder
@@ -242,6 +272,8 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(DatasetError, match=r"malformed folder .*cls: expected image files"):
         load_image_folder(str(empty))
     (empty / "cls" / "bad.png").write_bytes(b"definitely not a png")
+    for name in ("a.png", "b.png"):  # three files, so that one is held out for testing
+        _png(str(empty / "cls" / name), np.zeros((2, 2), np.uint8))
     with pytest.raises(DatasetError, match=r"malformed file .*bad.png: expected an image"):
         load_image_folder(str(empty))
     root = tmp_path / "mismatch"

@@ -377,7 +377,7 @@ def test_stream_and_option_errors(tmp_path, capsys):
                     on_bad_image="ignore")
     with pytest.raises(DatasetError, match="same length, got 1 files and 2 labels"):
         ImageStream("r", files, np.zeros(2, np.int32), 1, "x", ["a"], (4, 4), 3)
-    with pytest.raises(ConfigError, match="workers must be None or an int >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"workers \(--workers\) must be None or an int >= 0, got -1"):
         TrainConfig(workers=-1)
     with pytest.raises(ConfigError, match=r"on_bad_image must be one of \('error', 'skip'\)"):
         TrainConfig(on_bad_image="ignore")

@@ -9,8 +9,13 @@ This module imports no jax: ``cnn-jax --help`` stays fast.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import operator
+import os
 from dataclasses import dataclass, field
 
+from cnn_jax._checks import MAX_SIZE
 from cnn_jax.train import _registry
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -21,6 +26,18 @@ DTYPES = ("float32", "bfloat16")
 # Fields that may differ between a run and its --resume (everything else must match).
 RESUMABLE = ("epochs", "data_dir", "out", "resume", "quiet", "keep_checkpoints",
              "checkpoint_every", "eval_batch_size", "num_devices", "workers", "on_bad_image")
+
+
+# Bounds of the flags, checked before anything is loaded or written.
+# A seed must be < 2**32: without x64 JAX keeps a seed's low 32 bits only
+# (``jax.random.key(2**32)`` is ``key(0)``) and refuses one above 2**63 - 1, so a larger
+# seed would silently repeat a smaller one's initialisation.
+MAX_SEED = 2**32 - 1
+# The largest --image-size: 16.8M pixels an image, 4096 x 4096 (XLA aborted the
+# interpreter on --image-size 100000; a batch of 64 RGB images of this size is 3.2 GB).
+MAX_IMAGE_SIZE = 4096
+# The largest --width (the built-in models' defaults are 16 to 64 channels).
+MAX_WIDTH = 4096
 
 
 class ConfigError(ValueError):
@@ -60,25 +77,28 @@ class TrainConfig:
                                  "zero fill) and, for RGB sets, horizontal flips")
     dtype: str = _field("float32", "compute dtype (params and optimiser state stay float32)",
                         choices=DTYPES)
-    seed: int = _field(0, "seeds initialisation, data order, augmentation and dropout")
+    seed: int = _field(0, "seeds initialisation, data order, augmentation and dropout "
+                          "(0 to 2**32 - 1)")
     out: str | None = _field(None, "output folder (default: runs/MODEL-DATASET-TIME)")
     resume: bool = _field(False, "continue the run in --out from its latest checkpoint, "
                                  "with the configuration in its run.json")
     quiet: bool = _field(False, "no progress bar or per-epoch lines")
     keep_checkpoints: int = _field(2, "latest checkpoints to keep (the best is kept too)")
     checkpoint_every: float = _field(300.0, "seconds between checkpoints (written at an "
-                                            "epoch's end; 0: every epoch); always at the end "
-                                            "and on interrupt")
+                                            "epoch's end; 0: every epoch; inf: none but the "
+                                            "last); always at the end and on interrupt")
     eval_batch_size: int = _field(512, "evaluation batch size")
     num_devices: int | None = _field(None, "devices to use (default: all)", flag="--devices")
-    image_size: int | None = _field(None, "resize inputs to SIZE x SIZE (default: the data "
-                                          "set's size, or the model's fixed size)")
+    image_size: int | None = _field(None, "resize inputs to SIZE x SIZE, at most "
+                                          f"{MAX_IMAGE_SIZE} (default: the data set's size, "
+                                          "or the model's fixed size)")
     width: int | None = _field(None, "channel width of models that have one "
-                                     "(digits_cnn, simple_cnn, unet)")
+                                     f"(digits_cnn, simple_cnn, unet), at most {MAX_WIDTH}")
     limit: int | None = _field(None, "use only the first N train and test examples")
     workers: int | None = _field(None, "processes decoding and augmenting streamed images "
-                                       "(folder, imagenet); 0: in this process (default: "
-                                       "one per core, at most 16)")
+                                       "(folder, imagenet); 0: in this process; more than "
+                                       "the usable cores are capped to them (default: one "
+                                       "per core, at most 16)")
     on_bad_image: str = _field("error", "an unreadable image in a streamed data set: stop "
                                         "the run naming the file (error), or skip it and "
                                         "count it in summary.json (skip)",
@@ -97,24 +117,26 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{op}: {name} must be one of {choices}, "
                                  f"got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "keep_checkpoints"):
-            _check_int(getattr(self, name), name, op, optional=False)
-        for name in ("num_devices", "image_size", "width", "limit"):
-            _check_int(getattr(self, name), name, op, optional=True)
-        for name in ("seed", "workers"):
-            value = getattr(self, name)
-            if (value is None and name == "workers") or (
-                    not isinstance(value, bool) and isinstance(value, int) and value >= 0):
-                continue
-            rule = "None or an int >= 0" if name == "workers" else "an int >= 0"
-            raise ConfigError(f"{op}: {name} must be {rule}, got {value!r}")
-        for name, rule, ok in (("lr", "be > 0", self.lr > 0),
-                               ("warmup", "be >= 0 epochs", self.warmup >= 0),
-                               ("weight_decay", "be >= 0", self.weight_decay >= 0),
-                               ("checkpoint_every", "be >= 0 seconds",
-                                self.checkpoint_every >= 0)):
-            if not ok:  # also catches NaN
-                raise ConfigError(f"{op}: {name} must {rule}, got {getattr(self, name)!r}")
+        # (field, optional, smallest, largest): largest None is unbounded
+        for name, optional, low, high in (
+                ("epochs", False, 1, MAX_SIZE), ("batch_size", False, 1, MAX_SIZE),
+                ("eval_batch_size", False, 1, MAX_SIZE), ("keep_checkpoints", False, 1, None),
+                ("num_devices", True, 1, MAX_SIZE), ("image_size", True, 1, MAX_IMAGE_SIZE),
+                ("width", True, 1, MAX_WIDTH), ("limit", True, 1, None),
+                ("seed", False, 0, MAX_SEED), ("workers", True, 0, MAX_SIZE)):
+            self._set(name, _check_int(getattr(self, name), name, op, optional=optional,
+                                       low=low, high=high))
+        # (field, smallest, whether the smallest is allowed, whether inf is allowed, unit)
+        for name, low, closed, inf_ok, unit in (
+                ("lr", 0.0, False, False, ""), ("warmup", 0.0, True, False, " epochs"),
+                ("weight_decay", 0.0, True, False, ""),
+                ("checkpoint_every", 0.0, True, True, " seconds")):
+            self._set(name, _check_float(getattr(self, name), name, op, low=low, closed=closed,
+                                         inf_ok=inf_ok, unit=unit))
+        for name in ("augment", "resume", "quiet"):
+            self._set(name, _check_bool(getattr(self, name), name, op))
+        for name in ("data_dir", "out"):
+            self._set(name, _check_path(getattr(self, name), name, op))
         if self.resume and self.out is None:
             raise ConfigError(f"{op}: resume must come with an out folder, got out=None")
         model = _registry.MODELS[self.model_name]
@@ -125,6 +147,11 @@ class TrainConfig:
                 f"{self.model_name!r} (task {model.task}); e.g. --model "
                 f"{_registry.DATASETS[self.dataset].default_model}")
 
+    def _set(self, name: str, value):
+        """Store the normalised value (a Python int, float, bool or str) on the frozen
+        instance, so that ``run.json`` holds plain JSON values."""
+        object.__setattr__(self, name, value)
+
     @property
     def model_name(self) -> str:
         """The model to build: ``model``, or the data set's default."""
@@ -134,6 +161,46 @@ class TrainConfig:
     def task(self) -> str:
         """The data set's task: ``"classify"`` or ``"segment"``."""
         return _registry.DATASETS[self.dataset].task
+
+    def check_input(self, num_classes: int, image_shape) -> None:
+        """Refuse, before anything is compiled or written, inputs the model cannot take
+        (smaller than its pools allow, an odd size where it needs an even one) and a
+        model whose training state cannot fit in this machine's memory.
+
+        Traces the model's construction and its forward on one ``image_shape`` image
+        with shapes only (``jax.eval_shape``: no parameter is made).
+
+        Args:
+          num_classes: classes of the data set.
+          image_shape: ``(H, W, C)`` of the images the model will see (after resizing).
+
+        Raises:
+          ConfigError: naming the model, the size, the model's own rule and a size it
+            takes (``--image-size``); or the memory the parameters need.
+        """
+        h, w, c = (int(v) for v in image_shape)
+        problem = _model_problem(self, num_classes, (h, w, c))
+        if isinstance(problem, Exception):
+            fits = next((s for s in (2**k for k in range(1, 13)) if s > max(h, w) and
+                         not isinstance(_model_problem(self, num_classes, (s, s, c)),
+                                        Exception)), None)
+            hint = (f"; it takes {fits}x{fits}: pass --image-size {fits} (or larger images)"
+                    if fits is not None else "")
+            raise ConfigError(f"train: model {self.model_name!r} does not take the data set's "
+                              f"{h}x{w}x{c} images ({problem}){hint}")
+        from cnn_jax.train._data import host_memory
+
+        # float32 parameters, their gradients, and the optimiser's moments (AdamW: 2,
+        # SGD with momentum: 1), all held at once in a step.
+        copies = 4 if self.optimizer == "adamw" else 3
+        need, memory = problem * 4 * copies, host_memory()
+        if memory is not None and need > memory:
+            raise ConfigError(
+                f"train: model {self.model_name!r}"
+                f"{'' if self.width is None else f' at --width {self.width}'} has "
+                f"{problem:,} parameters, whose training state ({copies} float32 copies, "
+                f"{need / 2**30:.1f} GiB) exceeds this machine's {memory / 2**30:.1f} GiB of "
+                f"memory; pass a smaller --width or another --model")
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` applied (validated again)."""
@@ -166,9 +233,93 @@ class TrainConfig:
         return cls(**base)
 
 
-def _check_int(value, name: str, op: str, *, optional: bool):
+def flag_of(name: str) -> str:
+    """The ``cnn-jax train`` flag of a field (``--batch-size`` for ``batch_size``)."""
+    spec = {f.name: f for f in dataclasses.fields(TrainConfig)}.get(name)
+    flag = spec.metadata.get("flag") if spec is not None else None
+    return flag or "--" + name.replace("_", "-")
+
+
+def _named(name: str) -> str:
+    return f"{name} ({flag_of(name)})"
+
+
+def _check_int(value, name: str, op: str, *, optional: bool, low: int = 1,
+               high: int | None = None):
+    """A whole number in ``[low, high]`` (numpy ints pass, as Python ints; bools and floats
+    fail), or None when ``optional``."""
     if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        rule = "None or a positive int" if optional else "a positive int"
-        raise ConfigError(f"{op}: {name} must be {rule}, got {value!r}")
+        return None
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < low:
+        kind = "a positive int" if low == 1 else f"an int >= {low}"
+        rule = f"None or {kind}" if optional else kind
+        raise ConfigError(f"{op}: {_named(name)} must be {rule}, got {value!r}")
+    if high is not None and number > high:
+        limit = "2**31 - 1" if high == MAX_SIZE else "2**32 - 1" if high == MAX_SEED else high
+        why = {"seed": " (JAX keeps 32 bits of a seed)",
+               "epochs": " (the step counter is an int32)",
+               "image_size": " pixels a side"}.get(name, "")
+        raise ConfigError(f"{op}: {_named(name)} must be <= {limit}{why}, got {value!r}")
+    return int(number)
+
+
+def _check_float(value, name: str, op: str, *, low: float, closed: bool, inf_ok: bool,
+                 unit: str) -> float:
+    """A real number (ints pass, as floats; bools and strings fail) above ``low``
+    (``closed``: or equal), finite unless ``inf_ok``; NaN always fails."""
+    rule = f"be {'>=' if closed else '>'} {low:g}{unit}"
+    if not inf_ok:
+        rule += " and finite"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{op}: {_named(name)} must be a number {rule[3:]}, got {value!r}")
+    number = float(value)
+    if not (number >= low if closed else number > low) or (  # also catches NaN
+            math.isinf(number) and not inf_ok):
+        raise ConfigError(f"{op}: {_named(name)} must {rule}, got {value!r}")
+    return number
+
+
+def _check_bool(value, name: str, op: str) -> bool:
+    """True or False (numpy bools pass, as Python bools; 1 or "yes" fail)."""
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+    if not isinstance(value, bool) and not numpy_bool:
+        raise ConfigError(f"{op}: {_named(name)} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _check_path(value, name: str, op: str) -> str | None:
+    """None, or a non-empty path (``os.PathLike`` passes, as a str)."""
+    if value is None:
+        return None
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{op}: {_named(name)} must be None or a non-empty path, "
+                          f"got {value!r}")
+    return path
+
+
+def _model_problem(config: TrainConfig, num_classes: int, image_shape: tuple):
+    """The parameter count of ``config``'s model on ``image_shape`` images, or the
+    ``ValueError``/``TypeError`` its construction or forward raises (shapes only)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    entry = _registry.MODELS[config.model_name]
+
+    def forward(x):
+        model = entry.build(num_classes, image_shape, rngs=nnx.Rngs(0), width=config.width)
+        model.eval()
+        return model(x), nnx.state(model, nnx.Param)
+
+    try:
+        _, params = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *image_shape),
+                                                                 jnp.float32))
+    except (ValueError, TypeError) as e:
+        return e
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))

@@ -9,6 +9,7 @@ malformed file raises :class:`DatasetError` naming the file and what was expecte
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -82,12 +83,33 @@ class Dataset:
         import jax
 
         n, _, _, c = self.images.shape
+        # XLA aborts the interpreter (SIGABRT, not an exception) when it cannot allocate an
+        # eager op's output, so the resized arrays must fit before jax sees them.
+        planes = c + (1 if self.task == "segment" else 0)
+        check_fits(n * size * size * planes * 4, f"{self.name}: {n} images resized to "
+                                                 f"{size}x{size}", "pass a smaller --image-size")
         images = np.asarray(jax.image.resize(self.images, (n, size, size, c), "linear"))
         labels = self.labels
         if self.task == "segment":
             labels = np.asarray(jax.image.resize(labels, (n, size, size), "nearest"))
         return Dataset(np.clip(images, 0.0, 1.0).astype(np.float32), labels,
                        self.num_classes, self.name, self.class_names, self.task)
+
+
+def host_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(nbytes: int, what: str, hint: str):
+    """Refuse ``nbytes`` of host arrays when they exceed the machine's memory."""
+    memory = host_memory()
+    if memory is not None and nbytes > memory:
+        raise DatasetError(f"{what} need {nbytes / 2**30:.1f} GiB of memory, more than this "
+                           f"machine's {memory / 2**30:.1f} GiB; {hint}")
 
 
 def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0
@@ -119,7 +141,13 @@ def load_dataset(name: str, data_dir: str | None = None, *, seed: int = 0
         if not os.path.isdir(data_dir):
             raise DatasetError(f"load_dataset: data_dir must be an existing folder, "
                                f"got {data_dir!r}")
-    return entry.load(data_dir, seed)
+    train, test = entry.load(data_dir, seed)
+    for split, data in (("training", train), ("test", test)):
+        if len(data) == 0:  # an empty test split would report accuracy NaN
+            where = f" in {data_dir}" if data_dir is not None else ""
+            raise DatasetError(f"load_dataset: the {split} split of {name!r}{where} must hold "
+                               f"at least one example, got none")
+    return train, test
 
 
 # Loaders in the registry's ``(data_dir, seed)`` form.
@@ -199,7 +227,9 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
     """Read one IDX file (optionally gzip-compressed) of unsigned bytes.
 
     The format: two zero bytes, a type byte (0x08 = uint8), the number of
-    dimensions, then one big-endian uint32 per dimension, then the data.
+    dimensions, then one big-endian uint32 per dimension, then the data. The header's
+    sizes are checked against the data's length (in exact integers) before any array
+    is made, and every dimension but the first must be at least 1.
 
     Args:
       path: the file.
@@ -224,7 +254,10 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
     if len(raw) < header:
         raise DatasetError(f"malformed file {path}: expected {what}, header is truncated")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    size = int(np.prod(shape))
+    if 0 in shape[1:]:
+        raise DatasetError(f"malformed file {path}: expected {what} whose dimensions after "
+                           f"the first are >= 1, the header says shape {shape}")
+    size = math.prod(shape)  # exact: numpy's product would wrap around past 2**63
     if len(raw) - header != size:
         raise DatasetError(f"malformed file {path}: expected {what} holding {size} bytes "
                            f"for shape {shape}, got {len(raw) - header}")
@@ -276,11 +309,20 @@ def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
     if data is None or labels is None:
         raise DatasetError(f"malformed file {path}: expected {what}, keys are "
                            f"{sorted(map(repr, batch))}")
-    data = np.asarray(data)
-    labels = np.asarray(labels)
+    try:
+        data, labels = np.asarray(data), np.asarray(labels)
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise DatasetError(f"malformed file {path}: expected {what} ({e})") from e
+    if data.dtype.kind not in "ui" or labels.dtype.kind not in "ui" or labels.ndim != 1:
+        raise DatasetError(f"malformed file {path}: expected {what}, got data of dtype "
+                           f"{data.dtype} and labels of dtype {labels.dtype} and shape "
+                           f"{labels.shape}")
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
         raise DatasetError(f"malformed file {path}: expected {what}, got data of shape "
                            f"{data.shape} and {labels.shape[0]} labels")
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise DatasetError(f"malformed file {path}: expected pixel values 0..255, got "
+                           f"{int(data.min())}..{int(data.max())}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DatasetError(f"malformed file {path}: expected labels 0..9, got "
                            f"{int(labels.min())}..{int(labels.max())}")
@@ -338,8 +380,10 @@ def decode_image(path: str, size: tuple[int, int] | None = None, channels: int |
             arr = np.asarray(img, np.uint8)
     except FileNotFoundError as e:
         raise DatasetError(f"missing file {path}: expected an image") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        # SyntaxError: Pillow's plugins raise it for some truncated headers
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
+        # SyntaxError: Pillow's plugins raise it for some truncated headers;
+        # DecompressionBombError: more than twice Image.MAX_IMAGE_PIXELS (179M) pixels
         raise DatasetError(f"malformed file {path}: expected an image Pillow can read "
                            f"({type(e).__name__}: {e})") from e
     return arr[..., None] if arr.ndim == 2 else arr
@@ -410,6 +454,13 @@ def split_image_folder(data_dir: str, *, test_fraction: float = 0.2, seed: int =
         n_test = int(round(len(paths) * test_fraction)) if len(paths) > 1 else 0
         test_files[c] = [paths[i] for i in sorted(order[:n_test])]
         train_files[c] = [paths[i] for i in sorted(order[n_test:])]
+    if not any(test_files.values()):
+        most = max(len(p) for p in files.values())
+        raise DatasetError(
+            f"malformed folder {data_dir}: expected enough images per class to hold out a "
+            f"test split ({test_fraction:g} of each class, rounded), got at most {most} "
+            f"image(s) per class, so none held out; add images, or give train/ and test/ "
+            f"sub-folders")
     return train_files, test_files
 
 

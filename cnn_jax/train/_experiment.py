@@ -88,20 +88,82 @@ def prepare_data(config: TrainConfig) -> tuple[Dataset, Dataset]:
 
 
 def read_run(out: str) -> dict:
-    """The ``run.json`` record of a run folder (config, classes, input shape)."""
+    """The ``run.json`` record of a run folder (config, classes, input shape), validated:
+    every key that ``evaluate``, ``predict``, ``export`` and ``--resume`` read has the
+    type and size ``train`` writes, so an edited or damaged record fails here, in one
+    line naming the file and the key."""
+    import math  # (imported here: this function's checks are the only users)
+
+    from cnn_jax._checks import MAX_SIZE
+    from cnn_jax.train._stream import RECIPES
+
     path = os.path.join(out, RUN_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"missing file {path}: expected the run record written by "
                               f"'cnn-jax train --out {out}'")
+    expected = f"malformed file {path}: expected the run record written by cnn-jax train"
     try:
-        with open(path) as f:
-            run = json.load(f)
-        run["config"] = TrainConfig.from_dict(dict(run["config"], resume=False))
-        for key in ("num_classes", "image_shape", "class_names"):
-            run[key]  # noqa: B018 - presence check
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"malformed file {path}: expected the run record written by "
-                              f"cnn-jax train ({type(e).__name__}: {e})") from e
+        with open(path, "rb") as f:
+            run = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError too
+        raise CheckpointError(f"{expected} ({type(e).__name__}: {e})") from e
+
+    def bad(key, rule, value):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise CheckpointError(f"{expected}; {key} must be {rule}, got {shown}")
+
+    if not isinstance(run, dict):
+        bad("the record", "a JSON object", run)
+    for key in ("config", "model", "dataset", "num_classes", "image_shape", "class_names"):
+        if key not in run:
+            bad(f"{key!r}", "present", "no such key")
+    if not isinstance(run["config"], dict):
+        bad("'config'", "a JSON object of TrainConfig fields", run["config"])
+    try:
+        config = TrainConfig.from_dict(dict(run["config"], resume=False))
+    except (ValueError, TypeError) as e:  # ConfigError, or a missing required field
+        raise CheckpointError(f"{expected}; 'config' must hold a valid configuration "
+                              f"({type(e).__name__}: {e})") from e
+    for key, want in (("model", config.model_name), ("dataset", config.dataset),
+                      ("task", config.task)):
+        if key in run and run[key] != want:
+            bad(f"{key!r}", f"the config's {want!r}", run[key])
+
+    def count(value, low=1):
+        return (isinstance(value, int) and not isinstance(value, bool)
+                and low <= value <= MAX_SIZE)
+
+    if not count(run["num_classes"]):
+        bad("'num_classes'", "a positive int", run["num_classes"])
+    shape = run["image_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(map(count, shape))):
+        bad("'image_shape'", "[H, W, C], three positive ints", shape)
+    names = run["class_names"]
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        bad("'class_names'", "a list of strings", names)
+    if len(names) != run["num_classes"]:
+        bad("'class_names'", f"one name per class ({run['num_classes']} names, "
+                             f"'num_classes')", f"{len(names)} names")
+    record = run.get("input")
+    if record is not None:
+        numbers = lambda v: (isinstance(v, list) and len(v) == shape[2]  # noqa: E731
+                             and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                     and math.isfinite(x) for x in v))
+        if not isinstance(record, dict) or record.get("recipe") not in RECIPES:
+            bad("'input'", f"null or an object whose 'recipe' is one of {RECIPES}", record)
+        if record.get("size") != shape:
+            bad("'input' 'size'", f"the 'image_shape' {shape}", record.get("size"))
+        for key in ("mean", "std"):
+            value = record.get(key)
+            if value is not None and not numbers(value):
+                bad(f"'input' {key!r}", f"null or {shape[2]} finite numbers (one per "
+                                        f"channel)", value)
+        if (record.get("mean") is None) != (record.get("std") is None) or (
+                record.get("std") is not None and min(record["std"]) <= 0):
+            bad("'input' 'mean' and 'std'", "both null or both given, std > 0",
+                [record.get("mean"), record.get("std")])
+    run["config"] = config
     return run
 
 
@@ -179,6 +241,7 @@ def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
             f"train: batch_size must be <= the number of training examples of "
             f"{config.dataset!r} ({len(train)}), got {config.batch_size}; pass "
             f"--batch-size {max(1, len(train))} or less")
+    config.check_input(train.num_classes, train.image_shape)  # before compiling or writing
     model = create_model(config.model_name, train.num_classes, train.image_shape,
                          width=config.width, seed=config.seed, dtype=config.dtype)
     with hold_run_folder(config.out):

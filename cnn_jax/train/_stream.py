@@ -35,6 +35,7 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -50,20 +51,44 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_SIZE = 224
 CROP_FRACTION = 0.875  # evaluation: resize the shorter side to size / 0.875, centre crop
 MAX_DEFAULT_WORKERS = 16
+SKIP_HINT = "pass --on-bad-image skip to skip unreadable images"
 
 
 class InputWorkerError(DatasetError):
     """An input worker process died (killed, out of memory, a crash in a decoder)."""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; ``os.cpu_count`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Input worker processes when ``--workers`` is not given: one per usable core (at
     most 16)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+    return max(1, min(usable_cores(), MAX_DEFAULT_WORKERS))
+
+
+_CAPPED: set = set()  # (asked, cores) already noted on stderr
+
+
+def cap_workers(workers: int | None) -> int | None:
+    """``workers`` capped at the usable cores: more processes than cores only add start-up
+    time and memory (each imports jax and Grain), and a typo such as ``--workers 1000``
+    must not fork a thousand. A cap is noted once on stderr; None and 0 pass."""
+    if not workers:
+        return workers
+    cores = usable_cores()
+    if workers <= cores:
+        return workers
+    if (workers, cores) not in _CAPPED:
+        _CAPPED.add((workers, cores))
+        print(f"note: --workers {workers} is more than the {cores} usable cores; using "
+              f"{cores} input worker processes", file=sys.stderr)
+    return cores
 
 
 # ---------------------------------------------------------------- crop boxes
@@ -135,8 +160,12 @@ class ImageStream:
         training, resize and centre crop for evaluation; ImageNet mean/std).
       split: ``"train"`` or ``"test"``.
       augment: whether a ``"train"`` split of the ``imagenet`` recipe is augmented.
-      workers: input worker processes (None: :func:`default_workers`; 0: in-process).
+      workers: input worker processes (None: :func:`default_workers`; 0: in-process;
+        at most the usable cores, see :func:`cap_workers`).
       on_bad_image: ``"error"`` (stop, naming the file) or ``"skip"``.
+      unread: the errors of the files that could not be read while the split was sized
+        (:func:`stream_image_folder`); :meth:`with_options` raises the first under
+        ``on_bad_image="error"``.
     """
 
     root: str
@@ -153,8 +182,10 @@ class ImageStream:
     workers: int | None = None
     on_bad_image: str = "error"
     task: str = "classify"
+    unread: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "workers", cap_workers(self.workers))
         if self.recipe not in RECIPES:
             raise DatasetError(f"ImageStream: recipe must be one of {RECIPES}, got "
                                f"{self.recipe!r}")
@@ -199,8 +230,12 @@ class ImageStream:
 
     def with_options(self, **options) -> ImageStream:
         """A copy with a run's reading options (``workers``, ``on_bad_image``,
-        ``augment``)."""
-        return self.replace(**options)
+        ``augment``). Under ``on_bad_image="error"`` a file that could not be read while
+        the split was sized raises here, before a run starts."""
+        out = self.replace(**options)
+        if out.on_bad_image == "error" and out.unread:
+            raise DatasetError(f"{out.unread[0]}; {SKIP_HINT}")
+        return out
 
     def path(self, i: int) -> str:
         """The file of example ``i``."""
@@ -241,7 +276,7 @@ class ImageStream:
         steps = len(self) // batch_size
         plan = BatchPlan([Part("train", epoch, 0, steps)], train=self, seed=seed,
                          batch_size=batch_size, rows=slice(0, batch_size))
-        workers = workers if workers is not None else self.workers
+        workers = cap_workers(workers) if workers is not None else self.workers
         iterator = open_batches(plan, default_workers() if workers is None else workers)
         try:
             for batch in iterator:
@@ -298,15 +333,27 @@ def stream_image_folder(data_dir: str, *, seed: int = 0, recipe: str = "folder",
 
     ``data_dir/train/<class>/*`` with ``data_dir/val/<class>/*`` or ``test/`` (the
     ImageNet layout), or ``data_dir/<class>/*`` split per class (see
-    ``split_image_folder``). ``recipe="folder"`` sizes batches like the first image
-    (grey if it is grey), ``"imagenet"`` to 224 x 224 RGB crops; ``image_size`` (or
-    ``--image-size`` through ``resized``) overrides.
+    ``split_image_folder``). ``recipe="folder"`` sizes batches like the first readable
+    training image (grey if it is grey); the files before it that could not be read are
+    recorded in the train stream's ``unread`` (an error under ``on_bad_image="error"``,
+    skipped under ``"skip"``). ``"imagenet"`` makes 224 x 224 RGB crops; ``image_size``
+    (or ``--image-size`` through ``resized``) overrides.
     """
     train_files, test_files = split_image_folder(data_dir, test_fraction=test_fraction,
                                                  seed=seed)
     classes = sorted(train_files)
+    unread: list[str] = []
     if recipe == "folder":
-        first = decode_image(train_files[classes[0]][0])
+        first = None
+        for path in (p for c in classes for p in train_files[c]):
+            try:
+                first = decode_image(path)
+                break
+            except DatasetError as e:
+                unread.append(str(e))
+        if first is None:
+            raise DatasetError(f"no readable image in {data_dir}: all {len(unread)} files of "
+                               f"the train split failed to decode; the first: {unread[0]}")
         size, channels = tuple(first.shape[:2]), int(first.shape[2])
     else:
         size, channels = (IMAGENET_SIZE, IMAGENET_SIZE), 3
@@ -320,7 +367,7 @@ def stream_image_folder(data_dir: str, *, seed: int = 0, recipe: str = "folder",
                             np.int32)
         return ImageStream(data_dir, np.asarray(names, dtype=np.bytes_).reshape(-1), labels,
                            len(classes), recipe, classes, size, channels, recipe=recipe,
-                           split=split)
+                           split=split, unread=tuple(unread) if split == "train" else ())
 
     return build(train_files, "train"), build(test_files, "test")
 
@@ -479,8 +526,7 @@ def _read(stream: ImageStream, j: int, rng, bad: list, *, substitute: bool):
             return k, stream.load(k, rng)
         except DatasetError as e:
             if stream.on_bad_image == "error":
-                raise DatasetError(f"{e}; pass --on-bad-image skip to skip unreadable "
-                                   f"images") from None
+                raise DatasetError(f"{e}; {SKIP_HINT}") from None
             bad.append(k)
             if not substitute:
                 return None, None
