@@ -629,6 +629,8 @@ def gen_pad(rng, invalid):
     if all(a == b for a, b in pads) and rng.random() < 0.5:
         padding = tuple(a for a, _ in pads)
     value = float(_pick(rng, [0.0, 1.5, -2.0]))
+    if mode != "constant" and not invalid:  # only "constant" takes a value (both refuse)
+        value = 0.0
     config = dict(op="pad", n=n, layout=layout, batched=True, x=(2, 2, *sp), padding=padding,
                   mode=mode, value=value)
     inputs = [_x(rng, config["x"])]
@@ -642,9 +644,13 @@ def gen_pad(rng, invalid):
 
     def theirs(x):
         flat = [v for lo_hi in reversed(pads) for v in lo_hi]
-        if mode in ("zeros", "constant"):
-            return F.pad(x, flat, value=c["value"] if mode == "constant" else 0.0)
-        return F.pad(x, flat, mode=mode)
+        if mode == "zeros":  # F.pad has no "zeros": constant 0, and like its other
+            if c["value"] != 0:  # modes that take no value, it refuses one
+                raise RuntimeError('Padding mode "zeros" doesn\'t take in value argument')
+            return F.pad(x, flat)
+        if mode == "constant":
+            return F.pad(x, flat, value=c["value"])
+        return F.pad(x, flat, mode=mode, value=c["value"])
 
     return Case(config, inputs, ours, theirs)
 
