@@ -230,6 +230,8 @@ def _scatter_phases(w: _Window, operands, fills, contribution, dtype):
     contributions and the grids interleave back into the input with one stack,
     transpose and reshape: no scatter. The operands are padded once for every
     shift and sliced per tap, so the fused loop has no per-tap bounds checks.
+    Each grid is summed in the contributions' dtype and cast to ``dtype`` (the
+    input's) before the interleave, which so moves the narrower type.
     """
     n = len(w.axes)
     y_shape = operands[0].shape
@@ -252,6 +254,7 @@ def _scatter_phases(w: _Window, operands, fills, contribution, dtype):
         g = contribution(j, *(lax.slice(op, start, limit) for op in padded))
         phases[r] = g if r not in phases else phases[r] + g
     grid_shape = tuple(ys if mm is None else mm for mm, ys in zip(w.full(m, None), y_shape))
+    phases = {r: g.astype(dtype) for r, g in phases.items()}
     zeros = jnp.zeros(grid_shape, dtype)
     order = itertools.product(*(range(ss) for ss in w.s))
     stacked = jnp.stack([phases.get(r, zeros) for r in order]).reshape(w.s + grid_shape)
@@ -355,16 +358,20 @@ _max_core.defvjp(_max_core_fwd, _max_core_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _sum_core(x, w: _Window):
-    return _reduce(x, w, jnp.zeros((), x.dtype), lax.add)
+    """Window sums of ``x`` in ``accum_dtype(x.dtype)`` (float32 for half precision)."""
+    acc = accum_dtype(x.dtype)
+    return _reduce(x.astype(acc), w, jnp.zeros((), acc), lax.add)
 
 
 def _sum_core_fwd(x, w: _Window):
-    return _sum_core(x, w), None
+    # The residual only carries x's dtype (an empty array), which the gradient takes.
+    return _sum_core(x, w), jnp.zeros((0,), x.dtype)
 
 
-def _sum_core_bwd(w: _Window, _, dy):
-    # Every tap of every window takes the window's gradient: a transposed box filter.
-    return (_scatter_phases(w, (dy,), (0,), lambda j, dy_j: dy_j, dy.dtype),)
+def _sum_core_bwd(w: _Window, like, dy):
+    # Every tap of every window takes the window's gradient: a transposed box filter,
+    # summed in dy's (accumulation) dtype, each phase grid rounded once to x's.
+    return (_scatter_phases(w, (dy,), (0,), lambda j, dy_j: dy_j, like.dtype),)
 
 
 _sum_core.defvjp(_sum_core_fwd, _sum_core_bwd)
@@ -381,10 +388,12 @@ def _max_any(x, w: _Window, op: str):
 
 
 def _sum_any(x, w: _Window):
-    """Sum pool with our VJP where it applies (at most ``_MAX_TAPS`` taps)."""
+    """Sum pool with our VJP where it applies (at most ``_MAX_TAPS`` taps), in
+    ``accum_dtype(x.dtype)``: the callers round the sums (or means) to x's dtype once."""
     if _few_taps(w):
         return _sum_core(x, w)
-    return _reduce(x, w, jnp.zeros((), x.dtype), lax.add)
+    acc = accum_dtype(x.dtype)
+    return _reduce(x.astype(acc), w, jnp.zeros((), acc), lax.add)
 
 
 def _unbatch(y, batched):
@@ -498,7 +507,7 @@ def avg_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
         divisor_override = check_int(divisor_override, "divisor_override", op)
     # Half precision sums and divides in float32 and rounds once (see accum_dtype).
     acc = accum_dtype(x.dtype)
-    total = _sum_any(x.astype(acc), w)
+    total = _sum_any(x, w)
     if divisor_override is not None:
         divisor = divisor_override
     else:
@@ -533,7 +542,7 @@ def sum_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
     x, batched, w = _window("sum_pool", x, window, stride, padding, 1, ceil_mode, layout)
     check_dtype(x, "number", "x", "sum_pool")
     # Half precision sums in float32 and rounds once; integers stay exact (see accum_dtype).
-    return _unbatch(_sum_any(x.astype(accum_dtype(x.dtype)), w).astype(x.dtype), batched)
+    return _unbatch(_sum_any(x, w).astype(x.dtype), batched)
 
 
 def lp_pool(x, p, window, stride=None, *, ceil_mode=False, layout="channels_last"):
