@@ -18,6 +18,7 @@ arguments with these same functions, and the ops add their array checks
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Sequence
 from typing import Union
 
@@ -111,10 +112,18 @@ def check_int(value, name: str, op: str, *, min_value: int | None = 1) -> int:
 
 
 def check_bool(value, name: str, op: str) -> bool:
-    """A flag that must be a real ``bool`` (``1`` or ``"yes"`` are refused)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be a bool, got {value!r}")
-    return value
+    """A flag that must be a real bool: Python's ``bool`` or numpy's ``bool_``.
+
+    Anything else (``1``, ``"no"``, ``None``, an array) raises ``TypeError``: a truthy
+    string would otherwise silently mean True. Returns a Python ``bool`` (static under
+    ``jax.jit``).
+    """
+    if isinstance(value, bool):
+        return value
+    numpy = sys.modules.get("numpy")  # not imported: value cannot be a numpy bool
+    if numpy is not None and isinstance(value, numpy.bool_):
+        return bool(value)
+    raise TypeError(f"{op}: {name} must be a bool, got {value!r}")
 
 
 def check_layout(layout, op: str) -> str:

@@ -96,3 +96,52 @@ def against_reduce_window(x, pool, init, computation, windows, wave):
 
     return jax.jit(both)(x)
 
+
+
+# ------------------------------------------------------------------ half precision
+
+HALF_DTYPES = [jnp.bfloat16, jnp.float16]
+TORCH_HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def ulp(v, dtype):
+    """The spacing of ``dtype`` at ``|v|`` (at its smallest normal below that)."""
+    fi = jnp.finfo(dtype)
+    v = np.maximum(np.abs(np.asarray(v, np.float64)), float(fi.smallest_normal))
+    return 2.0 ** (np.floor(np.log2(v)) - fi.nmant)
+
+
+def half_vs_torch(rng, dtype, ours, theirs, shape, positive=False, torch_half=True):
+    """``ours`` (a channels_first function) in half-precision ``dtype`` on inputs rounded
+    to it, against ``theirs`` (PyTorch) in float64 and, with ``torch_half``, in ``dtype``.
+
+    Values and the VJP of ``sum(y * g)`` (``g`` rounded to ``dtype`` too) must be the
+    float64 result correctly rounded to ``dtype``, up to float32's own error (within
+    0.51 ulp): a float32 accumulation rounded once. Values must be within one ulp of
+    PyTorch's in ``dtype`` (its half kernels round a float32 accumulation once, or, for
+    lp_pool, each step); its half backward adds in the half type, so VJPs are compared
+    within 3 eps of their largest magnitude.
+    """
+    name = jnp.dtype(dtype).name
+    x = rng.standard_normal(shape)
+    x = (np.abs(x) + 0.5 if positive else x).astype(dtype).astype(np.float64)
+    y, vjp = jax.vjp(ours, jnp.asarray(x, dtype))
+    g = rng.standard_normal(y.shape).astype(dtype).astype(np.float64)
+    (dx,) = vjp(jnp.asarray(g, dtype))
+    assert y.dtype == dtype and dx.dtype == dtype
+    y, dx = np.asarray(y, np.float64), np.asarray(dx, np.float64)
+    ref = {}
+    for tdt in (TORCH_HALF[name], torch.float64) if torch_half else (torch.float64,):
+        t = torch.tensor(x).to(tdt).requires_grad_()
+        yt = theirs(t)
+        yt.backward(torch.tensor(g).to(tdt))
+        ref[tdt] = (yt.detach().double().numpy(), t.grad.double().numpy())
+    y_64, dx_64 = ref[torch.float64]
+    assert y.shape == y_64.shape
+    assert np.all(np.abs(y - y_64) <= 0.51 * ulp(y_64, dtype)), "values: not rounded once"
+    assert np.all(np.abs(dx - dx_64) <= 0.51 * ulp(dx_64, dtype)), "vjp: not rounded once"
+    if torch_half:
+        y_h, dx_h = ref[TORCH_HALF[name]]
+        assert np.all(np.abs(y - y_h) <= ulp(y_h, dtype)), "values: more than 1 ulp from torch"
+        eps = float(jnp.finfo(dtype).eps)
+        np.testing.assert_allclose(dx, dx_h, rtol=eps, atol=3 * eps * np.abs(dx_h).max())

@@ -1,4 +1,5 @@
-"""Differential fuzzing of ``cnn_jax.ops`` against PyTorch CPU, values and VJPs in float64.
+"""Differential fuzzing of ``cnn_jax.ops`` against PyTorch CPU, values and VJPs in float64
+(and, for the pools, bfloat16 and float16).
 
 Every config is drawn from ``numpy.random.default_rng([seed, index])``, so config
 ``index`` of a seed replays alone (``--only``). A config is one op call that PyTorch
@@ -12,6 +13,9 @@ Two kinds of config:
   same values as PyTorch and the same VJP (of ``sum(y * g)`` for a random ``g``).
   The cnn_jax side is called on channels_first arrays with the layout conversion
   inside the differentiated function, so both VJPs are in PyTorch's layout.
+* half precision (``HALF_SHARE`` of the valid pool configs, ``HALF_OPS``): the same
+  config with ``x`` rounded to bfloat16 or float16 and run in that dtype by both
+  libraries, compared within a few units of the dtype's rounding (``HALF_TOL``).
 * invalid (``--invalid`` share, default 1/4): some arguments drawn from wider ranges
   (zero, negative, too large, mismatched channels, empty dims, integer dtypes). Then
   either both libraries raise (cnn_jax with ``ValueError``/``TypeError``) or both
@@ -44,6 +48,18 @@ import torch.nn.functional as F
 import cnn_jax as cj
 
 RTOL, ATOL = 1e-9, 1e-10
+
+# Half-precision draws: which ops, how often (of their valid configs), and the tolerance
+# in units of the dtype's eps times the largest reference magnitude (values, VJPs).
+# Both libraries round a float32 accumulation once where PyTorch has such a kernel, so
+# values mostly agree exactly; PyTorch's half-precision backward kernels add in the
+# half type, and its lp_pool rounds the power, the mean and the root separately,
+# which measured up to 1.1 (values) and 1.2 (VJPs) of these units.
+HALF_OPS = ("avg_pool", "lp_pool", "adaptive_avg_pool", "global_avg_pool", "max_pool",
+            "adaptive_max_pool", "global_max_pool")
+HALF_SHARE = 0.3
+HALF_TOL = {"value": 2.0, "vjp": 3.0}
+_TORCH_HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Where the two libraries decide differently on purpose: (op, predicate on the config,
 # reason). A config that matches one of these and disagrees only in raise/return is
@@ -629,6 +645,8 @@ def gen_pad(rng, invalid):
     if all(a == b for a, b in pads) and rng.random() < 0.5:
         padding = tuple(a for a, _ in pads)
     value = float(_pick(rng, [0.0, 1.5, -2.0]))
+    if mode != "constant" and not invalid:  # only "constant" takes a value (both refuse)
+        value = 0.0
     config = dict(op="pad", n=n, layout=layout, batched=True, x=(2, 2, *sp), padding=padding,
                   mode=mode, value=value)
     inputs = [_x(rng, config["x"])]
@@ -642,9 +660,13 @@ def gen_pad(rng, invalid):
 
     def theirs(x):
         flat = [v for lo_hi in reversed(pads) for v in lo_hi]
-        if mode in ("zeros", "constant"):
-            return F.pad(x, flat, value=c["value"] if mode == "constant" else 0.0)
-        return F.pad(x, flat, mode=mode)
+        if mode == "zeros":  # F.pad has no "zeros": constant 0, and like its other
+            if c["value"] != 0:  # modes that take no value, it refuses one
+                raise RuntimeError('Padding mode "zeros" doesn\'t take in value argument')
+            return F.pad(x, flat)
+        if mode == "constant":
+            return F.pad(x, flat, value=c["value"])
+        return F.pad(x, flat, mode=mode, value=c["value"])
 
     return Case(config, inputs, ours, theirs)
 
@@ -660,7 +682,8 @@ _WEIGHTS = np.array([w for _, w in GENERATORS.values()], float)
 _WEIGHTS /= _WEIGHTS.sum()
 
 
-def make_case(seed: int, index: int, invalid_share: float = 0.25) -> Case:
+def make_case(seed: int, index: int, invalid_share: float = 0.25,
+              half_share: float = HALF_SHARE) -> Case:
     """Config ``index`` of ``seed``: reproducible alone."""
     rng = np.random.default_rng([seed, index])
     invalid = rng.random() < invalid_share
@@ -669,7 +692,29 @@ def make_case(seed: int, index: int, invalid_share: float = 0.25) -> Case:
     case.config["invalid"] = invalid
     case.config["index"] = index
     case.extra["g_seed"] = int(rng.integers(2**31))
+    _maybe_half(rng, case, half_share)  # drawn last: the float64 configs stay as they were
     return case
+
+
+def _maybe_half(rng, case: Case, share: float) -> None:
+    """A share of the valid pool configs runs in bfloat16 or float16 (``config["half"]``):
+    the inputs are rounded to that dtype here (kept as float64 arrays), and both
+    libraries are called in it."""
+    c = case.config
+    if c["op"] not in HALF_OPS or c["invalid"] or "dtype" in c or rng.random() >= share:
+        return
+    c["half"] = _pick(rng, ["bfloat16", "float16"])
+    case.inputs = [np.asarray(a).astype(jnp.dtype(c["half"])).astype(np.float64)
+                   for a in case.inputs]
+
+
+def _torch_half_in_float32(config) -> bool:
+    """Ops PyTorch's CPU has no float32-accumulating half kernel for: avg_pool3d (so
+    lp_pool3d) has none at all, adaptive_avg_pool3d adds in the half type. There the
+    reference is PyTorch in float32 on the same rounded inputs, rounded once to the
+    dtype: what its 1-D/2-D kernels (and cnn_jax) compute."""
+    return config["n"] == 3 and config["op"] in ("avg_pool", "lp_pool", "adaptive_avg_pool",
+                                                 "global_avg_pool")
 
 
 # --------------------------------------------------------------------------- runner
@@ -685,11 +730,19 @@ def _is_float(a):
     return np.issubdtype(np.asarray(a).dtype, np.floating)
 
 
-def _close(a, b):
+def _close(a, b, half=None, what="value"):
+    """Equal within float64's ``RTOL``/``ATOL``, or for a ``half`` dtype within
+    ``HALF_TOL[what]`` times its eps times the largest finite ``|b|`` (and one eps
+    relative)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
         return False, f"shape {a.shape} != torch {b.shape}"
-    if not np.allclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True):
+    rtol, atol = RTOL, ATOL
+    if half is not None:
+        rtol = float(jnp.finfo(half).eps)
+        finite = np.abs(b[np.isfinite(b)])
+        atol = HALF_TOL[what] * rtol * (float(finite.max()) if finite.size else 0.0)
+    if not np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
         err = np.nanmax(np.abs(a - b)) if a.size else 0.0
         return False, f"max abs err {err:.3g}"
     return True, ""
@@ -721,9 +774,10 @@ def _value_and_vjp(fn, g_seed, *args):
     """``y``, a random cotangent ``g`` and the VJP of ``sum(y * g)``, in one jitted call."""
     def run(*a):
         y, vjp = jax.vjp(fn, *a)
-        # A fixed pseudo-random cotangent (no PRNG: threefry would double compile time).
-        i = jnp.arange(y.size, dtype=y.dtype).reshape(y.shape)
-        g = jnp.sin(i * 12.9898 + g_seed % 1000) * 2.0
+        # A fixed pseudo-random cotangent (no PRNG: threefry would double compile time),
+        # computed in float32 at least and rounded to y's dtype.
+        i = jnp.arange(y.size, dtype=jnp.promote_types(y.dtype, jnp.float32)).reshape(y.shape)
+        g = (jnp.sin(i * 12.9898 + g_seed % 1000) * 2.0).astype(y.dtype)
         return y, g, vjp(g)
     return jax.jit(run)(*args)
 
@@ -731,13 +785,23 @@ def _value_and_vjp(fn, g_seed, *args):
 def run_case(case: Case) -> Result:
     """Run one config in both libraries and compare (values, VJPs, or raising)."""
     config = case.config
+    half = config.get("half")
+    theirs = case.theirs
+    if half is not None and _torch_half_in_float32(config):
+        tdt = _TORCH_HALF[half]
+        theirs = lambda *t: case.theirs(*(v.float() for v in t)).to(tdt)  # noqa: E731
     # PyTorch first.
     torch_err = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ts = [torch.tensor(a, requires_grad=case.grad and _is_float(a)) for a in case.inputs]
-            yt = case.theirs(*ts)
+            if half is None:
+                ts = [torch.tensor(a, requires_grad=case.grad and _is_float(a))
+                      for a in case.inputs]
+            else:
+                ts = [torch.tensor(a).to(_TORCH_HALF[half]).requires_grad_(case.grad)
+                      for a in case.inputs]
+            yt = theirs(*ts)
     except Exception as e:  # noqa: BLE001 - any PyTorch refusal counts as a refusal
         torch_err = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
     # Then cnn_jax, in float64: forward and VJP in one jitted call, compiled at low
@@ -746,7 +810,7 @@ def run_case(case: Case) -> Result:
     grad = case.grad and torch_err is None and all(_is_float(a) for a in case.inputs)
     with jax.enable_x64(True), _fast_compile():
         try:
-            args = [jnp.asarray(a) for a in case.inputs]
+            args = [jnp.asarray(a, half) for a in case.inputs]
             if grad:
                 y, g, ours_dx = _value_and_vjp(case.ours, case.extra["g_seed"], *args)
                 ours_dx = [np.asarray(v) for v in ours_dx]
@@ -770,7 +834,7 @@ def run_case(case: Case) -> Result:
         if reason:
             return Result("known", reason)
         return Result("mismatch", f"torch raised {torch_err}; cnn_jax returned {y.shape}")
-    ok, why = _close(y, yt.detach().numpy())
+    ok, why = _close(y, yt.detach().to(torch.float64).numpy(), half)
     if not ok:
         reason = _known_reason(config, "value")
         if reason:
@@ -785,10 +849,11 @@ def run_case(case: Case) -> Result:
         ref_dx = case.grad_oracle(case.inputs, g)
         ours_dx = ours_dx[:len(ref_dx)]
     else:
-        yt.backward(torch.tensor(g))
-        ref_dx = [t.grad.numpy() if t.grad is not None else np.zeros(t.shape) for t in ts]
+        yt.backward(torch.tensor(np.asarray(g, np.float64)).to(yt.dtype))
+        ref_dx = [t.grad.to(torch.float64).numpy() if t.grad is not None else np.zeros(t.shape)
+                  for t in ts]
     for i, (a, b) in enumerate(zip(ours_dx, ref_dx)):
-        ok, why = _close(a, b)
+        ok, why = _close(a, b, half, "vjp")
         if not ok:
             return Result("mismatch", f"vjp of input {i}: {why}")
     return Result("ok")
@@ -799,12 +864,12 @@ def _fmt(config):
 
 
 def sweep(n: int, seed: int, start: int = 0, invalid_share: float = 0.25, out=sys.stdout,
-          verbose=False, progress=0):
+          verbose=False, progress=0, half_share: float = HALF_SHARE):
     """Run configs ``start .. start + n - 1`` of ``seed``; returns the counts and mismatches."""
-    counts = {"ok": 0, "both_raise": 0, "known": 0, "mismatch": 0}
+    counts = {"ok": 0, "both_raise": 0, "known": 0, "mismatch": 0, "half": 0}
     mismatches = []
     for index in range(start, start + n):
-        case = make_case(seed, index, invalid_share)
+        case = make_case(seed, index, invalid_share, half_share)
         if verbose:  # before running: a config that kills the process is the last line
             print(f"RUN {_fmt(case.config)}", file=out, flush=True)
         try:
@@ -812,6 +877,7 @@ def sweep(n: int, seed: int, start: int = 0, invalid_share: float = 0.25, out=sy
         except Exception as e:  # noqa: BLE001 - a harness failure is reported, not fatal
             res = Result("mismatch", f"harness error {type(e).__name__}: {e}")
         counts[res.status] += 1
+        counts["half"] += "half" in case.config
         done = index - start + 1
         if progress and out is not None and done % progress == 0:
             print(f"progress {done}/{n} {counts}", file=out, flush=True)
@@ -829,19 +895,21 @@ def main(argv=None):
     parser.add_argument("--start", type=int, default=0, help="first config index")
     parser.add_argument("--only", type=int, default=None, help="replay this one config index")
     parser.add_argument("--invalid", type=float, default=0.25, help="share of invalid configs")
+    parser.add_argument("--half", type=float, default=HALF_SHARE,
+                        help="share of the valid configs of HALF_OPS run in bfloat16/float16")
     parser.add_argument("--verbose", action="store_true", help="print every config first")
     parser.add_argument("--progress", type=int, default=0, help="print counts every K configs")
     args = parser.parse_args(argv)
     if args.only is not None:
         args.start, args.n = args.only, 1
-        print(_fmt(make_case(args.seed, args.only, args.invalid).config))
+        print(_fmt(make_case(args.seed, args.only, args.invalid, args.half).config))
     t0 = time.perf_counter()
     counts, mismatches = sweep(args.n, args.seed, args.start, args.invalid, verbose=args.verbose,
-                               progress=args.progress)
+                               progress=args.progress, half_share=args.half)
     dt = time.perf_counter() - t0
     print(f"configs={args.n} seed={args.seed} start={args.start} ok={counts['ok']} "
           f"both_raise={counts['both_raise']} known={counts['known']} "
-          f"mismatches={counts['mismatch']} seconds={dt:.1f}")
+          f"mismatches={counts['mismatch']} half_precision={counts['half']} seconds={dt:.1f}")
     return 1 if mismatches else 0
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import cnn_jax as cj
 from _layout import to_cf, to_cl, torch_value_and_grad
+from _pool_oracle import HALF_DTYPES, half_vs_torch, ulp
 
 TORCH_ADAPTIVE = {
     ("avg", 1): F.adaptive_avg_pool1d, ("avg", 2): F.adaptive_avg_pool2d,
@@ -257,3 +258,61 @@ def test_global_errors(op):
         op([1.0, 2.0])
     with pytest.raises(ValueError, match="x must have non-empty spatial dims"):
         op(jnp.ones((1, 0, 4)))
+
+
+# ---------------------------------------------------------------------- half precision
+# Adaptive and global means of bfloat16/float16 accumulate in float32 and round once
+# (every axis of an adaptive pool in float32, not rounded between axes).
+
+HALF_MEANS = [
+    ("adaptive1d_uneven", lambda a: cj.adaptive_avg_pool(a, 4, layout="channels_first"),
+     lambda t: F.adaptive_avg_pool1d(t, 4), (2, 3, 11), True),
+    ("adaptive2d_uneven", lambda a: cj.adaptive_avg_pool(a, (4, 3), layout="channels_first"),
+     lambda t: F.adaptive_avg_pool2d(t, (4, 3)), (2, 3, 9, 11), True),
+    ("adaptive2d_divisible", lambda a: cj.adaptive_avg_pool(a, (3, 4), layout="channels_first"),
+     lambda t: F.adaptive_avg_pool2d(t, (3, 4)), (2, 3, 9, 12), True),
+    # PyTorch's adaptive_avg_pool3d adds in the half type: float64 oracle only.
+    ("adaptive3d", lambda a: cj.adaptive_avg_pool(a, 2, layout="channels_first"),
+     lambda t: F.adaptive_avg_pool3d(t, 2), (2, 3, 5, 6, 7), False),
+    ("global2d", lambda a: cj.global_avg_pool(a, keepdims=True, layout="channels_first"),
+     lambda t: F.adaptive_avg_pool2d(t, 1), (2, 3, 9, 11), True),
+    ("global3d", lambda a: cj.global_avg_pool(a, layout="channels_first"),
+     lambda t: t.mean(dim=(2, 3, 4)), (2, 3, 5, 6, 7), False),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("name,ours,theirs,shape,torch_half", HALF_MEANS,
+                         ids=[c[0] for c in HALF_MEANS])
+def test_half_precision_means_match_torch(rng, dtype, name, ours, theirs, shape, torch_half):
+    half_vs_torch(rng, dtype, ours, theirs, shape, torch_half=torch_half)
+
+
+@pytest.mark.parametrize("op,axes,torch_size", [
+    (lambda a: cj.global_avg_pool(a, keepdims=True), (1, 2), (1, 1)),
+    (lambda a: cj.adaptive_avg_pool(a, 1), (1, 2), (1, 1)),
+    (lambda a: cj.adaptive_avg_pool(a, (1, None)), (1,), (1, None)),
+], ids=["global", "adaptive", "adaptive_one_axis"])
+def test_half_precision_means_of_large_windows(op, axes, torch_size, rng):
+    # The inputs: 256x256 bf16 values in [1, 2] (a bf16 sum stalls at 256 times
+    # an element), float16 60000s (a float16 sum overflows). PyTorch: 1.5 and 60000.
+    x = rng.uniform(1, 2, (1, 256, 256, 1)).astype(jnp.bfloat16)
+    y = op(jnp.asarray(x))
+    assert y.dtype == jnp.bfloat16
+    y = np.asarray(y, np.float64)
+    mean = x.astype(np.float64).mean(axis=axes, keepdims=True)
+    assert np.all(np.abs(y - mean) <= 0.51 * ulp(mean, jnp.bfloat16))
+    xt = torch.tensor(to_cf(x.astype(np.float32))).bfloat16()
+    np.testing.assert_array_equal(y, to_cl(F.adaptive_avg_pool2d(xt, torch_size).double().numpy()))
+    h = jnp.full((1, 4, 4, 1), 60000, jnp.float16)
+    np.testing.assert_array_equal(np.asarray(op(h), np.float64), 60000.0)
+
+
+@pytest.mark.parametrize("op", [cj.global_avg_pool, cj.global_max_pool])
+def test_global_pools_keepdims_takes_numpy_bools_only(op):
+    x = jnp.ones((1, 4, 4, 2))
+    assert op(x, keepdims=np.True_).shape == op(x, keepdims=True).shape == (1, 1, 1, 2)
+    assert op(x, keepdims=np.bool_(False)).shape == (1, 2)
+    for bad in ("no", None, 0, np.array(True)):
+        with pytest.raises(TypeError, match=f"{op.__name__}: keepdims must be a bool, got"):
+            op(x, keepdims=bad)

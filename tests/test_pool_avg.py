@@ -15,8 +15,9 @@ from jax import lax
 from jax.test_util import check_grads
 
 import cnn_jax as cj
-from _pool_oracle import (TORCH_POOLS, against_reduce_window, grouped_vjps, input_shape,
-                          random_window, torch_value_and_grad)
+from _pool_oracle import (HALF_DTYPES, TORCH_HALF, TORCH_POOLS, against_reduce_window,
+                          grouped_vjps, half_vs_torch, input_shape, random_window,
+                          torch_value_and_grad, ulp)
 
 
 def _configs(count_per_rank=6, seed=99):
@@ -225,3 +226,97 @@ def test_nan_and_inf_propagate_like_torch(name, ours, theirs, rng):
     # NaN, +inf and -inf in the same places, finite values equal.
     np.testing.assert_array_equal(np.isnan(y), np.isnan(y_t))
     np.testing.assert_allclose(y, y_t, rtol=1e-6, equal_nan=True)
+
+
+# ------------------------------------------------------------------ half precision
+# Means and sums of bfloat16/float16 windows accumulate in float32 and round once, as
+# PyTorch's CPU kernels do. Oracles: PyTorch in the same dtype (values within one ulp:
+# its avg_pool1d/2d round a float32 sum once too; its lp_pool rounds the power, the
+# mean and the root separately), and PyTorch in float64 on the same rounded inputs
+# (cnn_jax's values and gradients are that result correctly rounded, up to float32's
+# own error: within 0.51 ulp). PyTorch's half-precision backward adds in the half
+# type, so its gradients are only compared within a few eps of their scale.
+
+_CF = dict(layout="channels_first")
+HALF_POOLS = [
+    ("avg2d_k3s2p1", lambda a: cj.avg_pool(a, 3, 2, padding=1, **_CF),
+     lambda t: F.avg_pool2d(t, 3, 2, 1), (2, 3, 9, 11), False),
+    ("avg2d_ceil_exclude_pad", lambda a: cj.avg_pool(
+        a, 3, 1, padding=1, ceil_mode=True, count_include_pad=False, **_CF),
+     lambda t: F.avg_pool2d(t, 3, 1, 1, True, False), (2, 3, 9, 11), False),
+    ("avg2d_divisor", lambda a: cj.avg_pool(a, (2, 3), 2, divisor_override=5, **_CF),
+     lambda t: F.avg_pool2d(t, (2, 3), 2, divisor_override=5), (2, 3, 9, 11), False),
+    ("avg1d_k4s2", lambda a: cj.avg_pool(a, 4, 2, **_CF),
+     lambda t: F.avg_pool1d(t, 4, 2), (2, 3, 17), False),
+    ("avg2d_large_window", lambda a: cj.avg_pool(a, 9, 5, padding=4, **_CF),  # reduce_window
+     lambda t: F.avg_pool2d(t, 9, 5, 4), (1, 2, 19, 19), False),
+    ("sum2d_k3s2", lambda a: cj.sum_pool(a, 3, 2, **_CF),
+     lambda t: F.avg_pool2d(t, 3, 2, divisor_override=1), (2, 3, 9, 11), False),
+    ("lp2_2d", lambda a: cj.lp_pool(a, 2, 3, 2, **_CF),
+     lambda t: F.lp_pool2d(t, 2, 3, 2), (2, 3, 9, 11), True),
+    ("lp1.5_2d", lambda a: cj.lp_pool(a, 1.5, 2, **_CF),
+     lambda t: F.lp_pool2d(t, 1.5, 2), (2, 3, 9, 11), True),
+    ("lp3_1d_ceil", lambda a: cj.lp_pool(a, 3, (3,), 2, ceil_mode=True, **_CF),
+     lambda t: F.lp_pool1d(t, 3, 3, 2, ceil_mode=True), (2, 3, 16), True),
+]
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=lambda d: jnp.dtype(d).name)
+@pytest.mark.parametrize("name,ours,theirs,shape,positive", HALF_POOLS,
+                         ids=[c[0] for c in HALF_POOLS])
+def test_half_precision_pools_match_torch(rng, dtype, name, ours, theirs, shape, positive):
+    half_vs_torch(rng, dtype, ours, theirs, shape, positive)
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=lambda d: jnp.dtype(d).name)
+def test_half_precision_avg_pool_3d_and_channels_last_round_a_float32_mean_once(rng, dtype):
+    # PyTorch's CPU has no half-precision avg_pool3d: the oracle is its float32 result
+    # on the same rounded inputs, rounded once (what its 1-D/2-D kernels do).
+    x = rng.standard_normal((2, 4, 5, 6, 3)).astype(dtype)
+    ours = np.asarray(cj.avg_pool(jnp.asarray(x), 3, 2, padding=1), np.float64)
+    xt = torch.tensor(np.moveaxis(x.astype(np.float32), -1, 1).copy())
+    ref = F.avg_pool3d(xt, 3, 2, 1).to(TORCH_HALF[jnp.dtype(dtype).name]).double().numpy()
+    np.testing.assert_array_equal(ours, np.moveaxis(ref, 1, -1))
+
+
+def test_bf16_large_window_mean_is_not_stuck_at_256_elements(rng):
+    # The issue's reproducer: the mean of a 256x256 bf16 window of values in [1, 2] was
+    # 0.0078 (a bf16 sum stops growing at 256 times an element); PyTorch gives 1.5.
+    x = rng.uniform(1, 2, (1, 256, 256, 1)).astype(jnp.bfloat16)
+    y = cj.avg_pool(jnp.asarray(x), 256)
+    xt = torch.tensor(np.moveaxis(x.astype(np.float32), -1, 1).copy()).bfloat16()
+    assert y.dtype == jnp.bfloat16
+    assert float(y[0, 0, 0, 0]) == float(F.avg_pool2d(xt, 256)[0, 0, 0, 0])
+    mean = x.astype(np.float64).mean()
+    assert abs(float(y[0, 0, 0, 0]) - mean) <= 0.51 * ulp(mean, jnp.bfloat16)
+    # The gradient of the mean: 1 / 65536 everywhere, exact in bf16.
+    dx = jax.grad(lambda a: cj.avg_pool(a, 256).astype(jnp.float32).sum())(jnp.asarray(x))
+    assert dx.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(dx, np.float64), np.full(x.shape, 2.0 ** -16))
+
+
+def test_fp16_sums_past_65504_do_not_overflow_before_the_division():
+    # 60000s average to 60000 (the float16 sum was inf); PyTorch agrees.
+    x = np.full((1, 1, 4, 4), 60000, np.float16)
+    y = cj.avg_pool(jnp.asarray(x), 2, layout="channels_first")
+    np.testing.assert_array_equal(np.asarray(y), F.avg_pool2d(torch.tensor(x), 2).numpy())
+    np.testing.assert_array_equal(np.asarray(y), np.full((1, 1, 2, 2), 60000, np.float16))
+    # A window sum that only fits once it is complete (each term exact in float16):
+    # 60000 + 60000 - 60000 - 40000.
+    w = np.array([[[[60000, 60000], [-60000, -40000]]]], np.float16)
+    s = cj.sum_pool(jnp.asarray(w), 2, layout="channels_first")
+    assert s.dtype == jnp.float16 and float(s[0, 0, 0, 0]) == 20000.0
+    assert float(F.avg_pool2d(torch.tensor(w), 2, divisor_override=1)[0, 0, 0, 0]) == 20000.0
+    # A sum that does not fit float16 is inf, as it must be.
+    assert np.isinf(float(cj.sum_pool(jnp.asarray(x), 2, layout="channels_first")[0, 0, 0, 0]))
+
+
+def test_fp16_lp_pool_powers_do_not_overflow_before_the_root():
+    # sqrt(4 * 200**2) = 400: the float16 power sum (160000) overflows, the result does
+    # not. cnn_jax computes the chain in float32 and rounds once; PyTorch rounds each
+    # step to float16 and returns inf here (a documented difference, tests/README.md).
+    x = jnp.full((1, 2, 2, 1), 200, jnp.float16)
+    y = cj.lp_pool(x, 2, 2)
+    assert y.dtype == jnp.float16 and float(y[0, 0, 0, 0]) == 400.0
+    assert np.isinf(float(F.lp_pool2d(torch.full((1, 1, 2, 2), 200, dtype=torch.float16),
+                                      2, 2)[0, 0, 0, 0]))

@@ -21,7 +21,7 @@ from flax import nnx
 
 from cnn_jax import ops
 from cnn_jax.nn._conv import Conv
-from cnn_jax._checks import check_int
+from cnn_jax._checks import check_bool, check_int
 
 BN_MOMENTUM = 0.9  # Flax's running-average decay; PyTorch's momentum=0.1.
 BN_EPSILON = 1e-5
@@ -144,11 +144,12 @@ def _shortcut(in_channels, out_channels, stride, *, dtype, param_dtype, rngs):
     )
 
 
-def _check_block_args(in_features, features, stride, op):
+def _check_block_args(in_features, features, stride, zero_init_residual, op):
     in_features = check_int(in_features, "in_features", op)
     features = check_int(features, "features", op)
     stride = check_int(stride, "stride", op)
-    return in_features, features, stride
+    zero_init_residual = check_bool(zero_init_residual, "zero_init_residual", op)
+    return in_features, features, stride, zero_init_residual
 
 
 class _ResNetBlock(nnx.Module):
@@ -191,8 +192,8 @@ class BasicBlock(_ResNetBlock):
     def __init__(self, in_features: int, features: int, *, stride: int = 1,
                  zero_init_residual: bool = False, dtype=None, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
-        in_features, features, stride = _check_block_args(in_features, features, stride,
-                                                           "BasicBlock")
+        in_features, features, stride, zero_init_residual = _check_block_args(
+            in_features, features, stride, zero_init_residual, "BasicBlock")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = Conv(in_features, features, 3, stride=stride, padding=1, use_bias=False,
                           kernel_init=kaiming_normal_fan_out, **kw)
@@ -237,7 +238,8 @@ class Bottleneck(_ResNetBlock):
                  base_width: int = 64, zero_init_residual: bool = False, dtype=None,
                  param_dtype=jnp.float32, rngs: nnx.Rngs):
         op = "Bottleneck"
-        in_features, features, stride = _check_block_args(in_features, features, stride, op)
+        in_features, features, stride, zero_init_residual = _check_block_args(
+            in_features, features, stride, zero_init_residual, op)
         groups = check_int(groups, "groups", op)
         base_width = check_int(base_width, "base_width", op)
         width = int(features * (base_width / 64.0)) * groups

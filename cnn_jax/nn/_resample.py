@@ -71,7 +71,7 @@ class Upsample(nnx.Module):
         else:
             self.size = check_int(size, "size", op)
         self.method = check_choice(method, UPSAMPLE_METHODS, "method", op)
-        check_bool(align_corners, "align_corners", op)
+        align_corners = check_bool(align_corners, "align_corners", op)
         if align_corners and self.method == "nearest":
             raise ValueError(
                 f"{op}: align_corners must be False for method='nearest' (it only applies "

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cnn_jax._checks import check_bool
+
 MODES = ("row", "batch")
 
 
@@ -43,7 +45,7 @@ class StochasticDepth(nnx.Module):
             raise ValueError(f"{op}: mode must be one of {MODES}, got {mode!r}")
         self.rate = float(rate)
         self.mode = mode
-        self.deterministic = deterministic
+        self.deterministic = check_bool(deterministic, "deterministic", op)
         if isinstance(rngs, nnx.Rngs):
             self.rngs = rngs[rng_collection].fork()
         elif rngs is None:

@@ -19,6 +19,7 @@ from jax import lax
 
 from cnn_jax._checks import check_bool, check_layout
 from cnn_jax.ops._args import (
+    accum_dtype,
     batched_spatial_dims,
     check_dtype,
     check_rank,
@@ -62,13 +63,6 @@ def _check_reduce_dtype(x, reduce: str, op: str):
         raise TypeError(f"{op}: x must be a real (not complex) array, got dtype {x.dtype}")
 
 
-def _sum_dtype(dtype):
-    # Half-precision sums accumulate in float32, as PyTorch's accumulate type does.
-    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
-        return jnp.float32
-    return None
-
-
 def _bins(size: int, out: int):
     """PyTorch's adaptive bins: ``[floor(i * size / out), ceil((i + 1) * size / out))``."""
     starts = [(i * size) // out for i in range(out)]
@@ -88,7 +82,7 @@ def _pool_axis(x, axis: int, out: int, reduce: str):
         xw = x.reshape(x.shape[:axis] + (out, k) + x.shape[axis + 1:])
         if reduce == "max":
             return _first_max(xw, axis + 1)
-        return jnp.mean(xw, axis=axis + 1).astype(x.dtype)
+        return jnp.mean(xw, axis=axis + 1)
     # Unequal (possibly overlapping) bins: gather each bin, padded to the widest one,
     # with static indices; padded slots hold the identity of the reduction.
     starts, ends = _bins(size, out)
@@ -102,10 +96,9 @@ def _pool_axis(x, axis: int, out: int, reduce: str):
     valid = jnp.asarray(valid.reshape(bshape))
     if reduce == "max":
         return _first_max(jnp.where(valid, xw, jnp.asarray(_lowest(x.dtype), x.dtype)), axis + 1)
-    total = jnp.sum(jnp.where(valid, xw, jnp.zeros((), x.dtype)), axis=axis + 1,
-                    dtype=_sum_dtype(x.dtype))
+    total = jnp.sum(jnp.where(valid, xw, jnp.zeros((), x.dtype)), axis=axis + 1)
     counts = (np.asarray(ends) - np.asarray(starts)).reshape(bshape[:axis + 1] + bshape[axis + 2:])
-    return (total / jnp.asarray(counts, total.dtype)).astype(x.dtype)
+    return total / jnp.asarray(counts, total.dtype)
 
 
 def _output_size(output_size, x, layout: str, op: str):
@@ -156,11 +149,14 @@ def _adaptive(op: str, reduce: str, x, output_size, layout: str):
     n, _, sizes = _output_size(output_size, x, layout, op)
     x = jnp.asarray(x)
     _check_reduce_dtype(x, reduce, op)
+    dtype = x.dtype
+    if reduce == "mean":  # half precision: every axis in float32, one rounding at the end
+        x = x.astype(accum_dtype(dtype))
     axes = spatial_axes(x.ndim, n, layout)
     # Last spatial axis first: the max then keeps the first maximum in scan order.
     for axis, out in reversed(tuple(zip(axes, sizes))):
         x = _pool_axis(x, axis, out, reduce)
-    return x
+    return x.astype(dtype)
 
 
 def adaptive_avg_pool(x, output_size, *, layout: str = "channels_last"):
@@ -204,14 +200,15 @@ def adaptive_max_pool(x, output_size, *, layout: str = "channels_last"):
 def _global(op: str, reduce: str, x, keepdims, layout: str):
     layout = check_layout(layout, op)
     n = batched_spatial_dims(x, op)
-    check_bool(keepdims, "keepdims", op)
+    keepdims = check_bool(keepdims, "keepdims", op)
     axes = spatial_axes(x.ndim, n, layout)
     if any(x.shape[a] == 0 for a in axes):
         raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     x = jnp.asarray(x)
     _check_reduce_dtype(x, reduce, op)
-    if reduce == "mean":
-        return jnp.mean(x, axis=axes, keepdims=keepdims).astype(x.dtype)
+    if reduce == "mean":  # half precision sums in float32 and rounds once (accum_dtype)
+        return jnp.mean(x.astype(accum_dtype(x.dtype)), axis=axes,
+                        keepdims=keepdims).astype(x.dtype)
     for axis in reversed(axes):
         x = _first_max(x, axis)
     if keepdims:

@@ -25,7 +25,9 @@ def pad(x, padding, *, mode="zeros", value=0.0, layout="channels_last"):
         without repeating the edge; every amount must be < that dim's size),
         ``"replicate"`` (repeat the edge) or ``"circular"`` (wrap around; every
         amount must be <= that dim's size).
-      value: fill value for ``mode="constant"``.
+      value: fill value for ``mode="constant"``. Every other mode ignores it, so there
+        it must stay at its default ``0.0`` (any other value raises ``ValueError``
+        rather than being dropped without a word).
       layout: ``"channels_last"`` or ``"channels_first"``.
 
     Returns:
@@ -43,6 +45,8 @@ def pad(x, padding, *, mode="zeros", value=0.0, layout="channels_last"):
     axes = spatial_axes(x.ndim, n, layout)
     check_size([x.shape[a] + lo + hi for a, (lo, hi) in zip(axes, pads)], "output", "padding",
                f"padding={padding!r}", op)
+    if mode != "constant":
+        _check_unused_value(value, mode, op)
     if mode == "zeros":
         mode, value = "constant", 0.0
     elif mode == "constant" and not jnp.issubdtype(x.dtype, jnp.inexact):
@@ -93,4 +97,20 @@ def _check_value(value, dtype, op: str) -> None:
     if not exact:
         raise ValueError(
             f"{op}: value must be exactly representable in x's dtype {dtype}, got {value!r}"
+        )
+
+
+def _check_unused_value(value, mode: str, op: str) -> None:
+    """Only ``mode="constant"`` fills with ``value``; with any other mode a value other
+    than the default 0 would be silently ignored, so it is refused, as
+    ``torch.nn.functional.pad`` refuses it for its non-constant modes. A traced value
+    cannot be checked and is refused too."""
+    try:
+        zero = bool(np.asarray(value) == 0)  # 0, 0.0, -0.0, numpy zeros
+    except (TypeError, ValueError):  # several values, a tracer, not a number
+        zero = False
+    if not zero:
+        raise ValueError(
+            f"{op}: value is only used with mode='constant' and must be left at 0.0 for "
+            f"mode={mode!r}, got value={value!r}"
         )

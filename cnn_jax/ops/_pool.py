@@ -44,6 +44,7 @@ from jax import lax
 
 from cnn_jax._checks import (
     POOL_PADDING_STRINGS,
+    check_bool,
     check_int,
     check_layout,
     check_pool_padding,
@@ -51,7 +52,13 @@ from cnn_jax._checks import (
     ntuple,
     resolve_padding,
 )
-from cnn_jax.ops._args import check_dtype, check_padded_size, window_input, window_output_size
+from cnn_jax.ops._args import (
+    accum_dtype,
+    check_dtype,
+    check_padded_size,
+    window_input,
+    window_output_size,
+)
 
 
 class _Window(NamedTuple):
@@ -85,6 +92,7 @@ class _Window(NamedTuple):
 def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
     """Check every argument once and return ``(x_batched, batched, _Window)``."""
     check_layout(layout, op)
+    ceil_mode = check_bool(ceil_mode, "ceil_mode", op)
     x, batched, axes, size = window_input(
         x, window, layout, op,
         hint=" for an int window (pass a tuple window to pool an unbatched input)")
@@ -99,7 +107,7 @@ def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
     check_padded_size(size, pads, padding, op)
     check_pool_padding(padding, pads, k, op)
     out = tuple(
-        window_output_size(i, kk, ss, dd, lo, hi, bool(ceil_mode))
+        window_output_size(i, kk, ss, dd, lo, hi, ceil_mode)
         for i, kk, ss, dd, (lo, hi) in zip(size, k, s, d, pads)
     )
     if any(o <= 0 for o in out):
@@ -222,6 +230,8 @@ def _scatter_phases(w: _Window, operands, fills, contribution, dtype):
     contributions and the grids interleave back into the input with one stack,
     transpose and reshape: no scatter. The operands are padded once for every
     shift and sliced per tap, so the fused loop has no per-tap bounds checks.
+    Each grid is summed in the contributions' dtype and cast to ``dtype`` (the
+    input's) before the interleave, which so moves the narrower type.
     """
     n = len(w.axes)
     y_shape = operands[0].shape
@@ -244,6 +254,7 @@ def _scatter_phases(w: _Window, operands, fills, contribution, dtype):
         g = contribution(j, *(lax.slice(op, start, limit) for op in padded))
         phases[r] = g if r not in phases else phases[r] + g
     grid_shape = tuple(ys if mm is None else mm for mm, ys in zip(w.full(m, None), y_shape))
+    phases = {r: g.astype(dtype) for r, g in phases.items()}
     zeros = jnp.zeros(grid_shape, dtype)
     order = itertools.product(*(range(ss) for ss in w.s))
     stacked = jnp.stack([phases.get(r, zeros) for r in order]).reshape(w.s + grid_shape)
@@ -347,16 +358,20 @@ _max_core.defvjp(_max_core_fwd, _max_core_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _sum_core(x, w: _Window):
-    return _reduce(x, w, jnp.zeros((), x.dtype), lax.add)
+    """Window sums of ``x`` in ``accum_dtype(x.dtype)`` (float32 for half precision)."""
+    acc = accum_dtype(x.dtype)
+    return _reduce(x.astype(acc), w, jnp.zeros((), acc), lax.add)
 
 
 def _sum_core_fwd(x, w: _Window):
-    return _sum_core(x, w), None
+    # The residual only carries x's dtype (an empty array), which the gradient takes.
+    return _sum_core(x, w), jnp.zeros((0,), x.dtype)
 
 
-def _sum_core_bwd(w: _Window, _, dy):
-    # Every tap of every window takes the window's gradient: a transposed box filter.
-    return (_scatter_phases(w, (dy,), (0,), lambda j, dy_j: dy_j, dy.dtype),)
+def _sum_core_bwd(w: _Window, like, dy):
+    # Every tap of every window takes the window's gradient: a transposed box filter,
+    # summed in dy's (accumulation) dtype, each phase grid rounded once to x's.
+    return (_scatter_phases(w, (dy,), (0,), lambda j, dy_j: dy_j, like.dtype),)
 
 
 _sum_core.defvjp(_sum_core_fwd, _sum_core_bwd)
@@ -373,10 +388,12 @@ def _max_any(x, w: _Window, op: str):
 
 
 def _sum_any(x, w: _Window):
-    """Sum pool with our VJP where it applies (at most ``_MAX_TAPS`` taps)."""
+    """Sum pool with our VJP where it applies (at most ``_MAX_TAPS`` taps), in
+    ``accum_dtype(x.dtype)``: the callers round the sums (or means) to x's dtype once."""
     if _few_taps(w):
         return _sum_core(x, w)
-    return _reduce(x, w, jnp.zeros((), x.dtype), lax.add)
+    acc = accum_dtype(x.dtype)
+    return _reduce(x.astype(acc), w, jnp.zeros((), acc), lax.add)
 
 
 def _unbatch(y, batched):
@@ -485,20 +502,25 @@ def avg_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
     op = "avg_pool"
     x, batched, w = _window(op, x, window, stride, padding, 1, ceil_mode, layout)
     check_dtype(x, "float", "x", op)
+    count_include_pad = check_bool(count_include_pad, "count_include_pad", op)
     if divisor_override is not None:
         divisor_override = check_int(divisor_override, "divisor_override", op)
+    # Half precision sums and divides in float32 and rounds once (see accum_dtype).
+    acc = accum_dtype(x.dtype)
     total = _sum_any(x, w)
     if divisor_override is not None:
-        return _unbatch(total / jnp.asarray(divisor_override, x.dtype), batched)
-    counts = [
-        _window_count(w, i, w.hi_decl[i] if count_include_pad else None)
-        for i in range(len(w.axes))
-    ]
-    if all((c == c[0]).all() for c in counts):
-        divisor = float(math.prod(int(c[0]) for c in counts))
+        divisor = divisor_override
     else:
-        divisor = functools.reduce(np.multiply, (w.bcast(i, c) for i, c in enumerate(counts)))
-    return _unbatch(total / jnp.asarray(divisor, x.dtype), batched)
+        counts = [
+            _window_count(w, i, w.hi_decl[i] if count_include_pad else None)
+            for i in range(len(w.axes))
+        ]
+        if all((c == c[0]).all() for c in counts):
+            divisor = float(math.prod(int(c[0]) for c in counts))
+        else:
+            divisor = functools.reduce(np.multiply,
+                                       (w.bcast(i, c) for i, c in enumerate(counts)))
+    return _unbatch((total / jnp.asarray(divisor, acc)).astype(x.dtype), batched)
 
 
 def sum_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
@@ -519,7 +541,8 @@ def sum_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
     """
     x, batched, w = _window("sum_pool", x, window, stride, padding, 1, ceil_mode, layout)
     check_dtype(x, "number", "x", "sum_pool")
-    return _unbatch(_sum_any(x, w), batched)
+    # Half precision sums in float32 and rounds once; integers stay exact (see accum_dtype).
+    return _unbatch(_sum_any(x, w).astype(x.dtype), batched)
 
 
 def lp_pool(x, p, window, stride=None, *, ceil_mode=False, layout="channels_last"):
@@ -553,6 +576,10 @@ def lp_pool(x, p, window, stride=None, *, ceil_mode=False, layout="channels_last
     if math.isinf(p):
         return max_pool(jnp.abs(x), window, stride, ceil_mode=ceil_mode, layout=layout)
     power = int(p) if float(p).is_integer() else float(p)
+    # Half precision computes the whole chain in float32 and rounds once (see
+    # accum_dtype): its powers would overflow float16 long before the root.
+    dtype = x_b.dtype
+    x = jnp.asarray(x).astype(accum_dtype(dtype))
     a = avg_pool(x ** power, window, stride, ceil_mode=ceil_mode, layout=layout)
     scaled = jnp.sign(a) * jax.nn.relu(jnp.abs(a)) * jnp.asarray(math.prod(w.k), a.dtype)
-    return scaled ** (1.0 / float(p))
+    return (scaled ** (1.0 / float(p))).astype(dtype)

@@ -19,6 +19,7 @@ from jax import lax
 from cnn_jax._checks import (
     POOL_PADDING_STRINGS,
     UPSAMPLE_METHODS,
+    check_bool,
     check_choice,
     check_int,
     check_layout,
@@ -173,8 +174,7 @@ def upsample(
     layout = check_layout(layout, op)
     method = check_choice(method, UPSAMPLE_METHODS, "method", op)
     n = batched_spatial_dims(x, op)
-    if not isinstance(align_corners, (bool, np.bool_)):
-        raise TypeError(f"{op}: align_corners must be a bool, got {align_corners!r}")
+    align_corners = check_bool(align_corners, "align_corners", op)
     if align_corners and method == "nearest":
         raise ValueError(
             f"{op}: align_corners must be False for method='nearest' (it only applies to "

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Sequence
 from typing import NamedTuple, Union
 
-from cnn_jax._checks import check_output_padding, ntuple, resolve_padding
+from cnn_jax._checks import check_bool, check_output_padding, ntuple, resolve_padding
 from cnn_jax.ops._args import transpose_output_size, window_output_size
 
 
@@ -54,6 +54,7 @@ def conv_output_shape(input_shape: Sequence[int], kernel_size, *, stride=1, padd
     """
     op = "conv_output_shape"
     shape, k, s, d = _geometry(input_shape, kernel_size, stride, dilation, op)
+    ceil_mode = check_bool(ceil_mode, "ceil_mode", op)
     pads = resolve_padding(
         padding, len(shape), op, input_shape=shape, kernel_size=k, stride=s, dilation=d
     )
