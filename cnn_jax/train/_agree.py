@@ -22,9 +22,9 @@ with a longer timeout than ours. A process that ends normally writes ``ended``
 first, so that peers still finishing (process 0 writes the summary and plots) do
 not take it for dead while it waits in the runtime's shutdown barrier.
 
-One case is left to the runtime: when process 0 dies, its coordination service dies
-with it, and every other process's runtime client aborts at once (in seconds, but
-with the runtime's own C++ message and status 134).
+Process 0 runs the runtime's coordination service in a child process
+(:class:`_Service`): in process 0 itself, its death would take the service along, and
+every other process's runtime client would abort at once with a C++ stack trace.
 """
 
 from __future__ import annotations
@@ -82,15 +82,18 @@ def connect(coordinator: str, num_processes: int, process_id: int, *,
     backstop = int(max(100, 3 * heartbeat_timeout + 30))  # the runtime's C++ abort
     bind = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS",
                           "[::]:" + coordinator.rpartition(":")[2])
+    deadline = time.monotonic() + connect_timeout
+    guard = active_guard()
     service = None
+    if process_id == 0:
+        service = _Service(bind, num_processes, backstop, grace=2 * heartbeat_timeout + 5)
+        service.wait_ready(deadline, guard, coordinator)
     try:
-        if process_id == 0:
-            service = _jax.get_distributed_runtime_service(
-                bind, num_processes, heartbeat_timeout=backstop, shutdown_timeout=300)
         client = _jax.get_distributed_runtime_client(
             coordinator, process_id, init_timeout=int(connect_timeout) + 1,
             heartbeat_timeout=backstop, shutdown_timeout=300, use_compression=True)
-    except Exception as e:  # e.g. the port is taken
+    except Exception as e:
+        _abandon(service)
         raise ConfigError(f"initialize_distributed: cannot start the distributed runtime at "
                           f"{coordinator} ({type(e).__name__}: {e})") from e
     outcome: list = []
@@ -105,8 +108,6 @@ def connect(coordinator: str, num_processes: int, process_id: int, *,
         done.set()
 
     threading.Thread(target=run, name="cnn_jax-connect", daemon=True).start()
-    deadline = time.monotonic() + connect_timeout
-    guard = active_guard()
     who = (f"process 0 of {num_processes} (the coordinator, at {coordinator}) waited for "
            f"every process to connect" if process_id == 0 else
            f"process {process_id} of {num_processes} could not join the job at {coordinator}")
@@ -145,11 +146,91 @@ def connect(coordinator: str, num_processes: int, process_id: int, *,
 
 
 def _abandon(*objects):
-    """Never destroy a runtime client or service that failed to connect: their C++
-    destructors log pages of errors, or wait for a shutdown barrier that cannot pass."""
+    """Never destroy a runtime client that failed to connect: its C++ destructor logs
+    pages of errors, or waits for a shutdown barrier that cannot pass."""
     for obj in objects:
-        if obj is not None:
+        if isinstance(obj, _Service):
+            obj.kill()
+        elif obj is not None:
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
+# The coordination service, run in a child process of process 0 (see _Service).
+_SERVICE_CODE = """
+import os, signal, sys, time
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN)
+from jaxlib import _jax
+bind, n, heartbeat, grace = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+try:
+    service = _jax.get_distributed_runtime_service(bind, n, heartbeat_timeout=heartbeat,
+                                                   shutdown_timeout=300)
+except Exception as e:
+    print(f"error {type(e).__name__}: {e}", flush=True)
+    os._exit(1)
+print("ready", flush=True)
+if sys.stdin.readline().strip() == "stop":
+    service.shutdown()
+else:
+    time.sleep(grace)
+os._exit(0)
+"""
+
+
+class _Service:
+    """JAX's coordination service in a child process of process 0, in place of
+    ``jax.distributed``'s in-process one.
+
+    In process 0 itself, a process 0 that dies takes the service with it, and every
+    other process's runtime client then aborts at once with a C++ stack trace. In a
+    child, the service outlives a killed process 0 by ``grace`` seconds (it learns of
+    the death from its stdin's end), so that the others' watchdogs notice the silence
+    and exit with one line first. It ignores SIGINT/SIGTERM/SIGHUP (a Ctrl-C reaches
+    the whole process group; process 0 handles the signal for the job) and stops when
+    ``jax.distributed.shutdown`` calls :meth:`shutdown`, after every client has left.
+    """
+
+    def __init__(self, bind: str, num_processes: int, heartbeat: int, grace: float):
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVICE_CODE, bind, str(num_processes), str(heartbeat),
+             str(grace)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+
+    def wait_ready(self, deadline: float, guard, coordinator: str):
+        import select
+
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.05)
+            if ready:
+                line = self.proc.stdout.readline().strip()
+                if line == "ready":
+                    return
+                self.kill()
+                raise ConfigError(f"initialize_distributed: cannot start the coordination "
+                                  f"service at {coordinator} ({line or 'it exited'})")
+            if guard is not None and guard.stop:
+                self.kill()
+                raise ConfigError(f"{guard.name} while connecting to {coordinator}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise ConfigError(f"initialize_distributed: the coordination service did not "
+                                  f"start by the --connect-timeout")
+
+    def shutdown(self):
+        try:
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+            self.proc.wait(60)
+        except Exception:  # noqa: BLE001 - gone already, or stuck: killed below
+            pass
+        self.kill()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class _Watch:
