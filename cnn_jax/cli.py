@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process count (default: None)")
     g.add_argument("--process-id", type=int, default=None,
                    help="this process, 0..N-1 (default: None)")
+    g.add_argument("--connect-timeout", type=_positive(float), default=120.0, metavar="SECONDS",
+                   help="give up (exit 1) when the coordinator and every process have not "
+                        "connected within this time (default: 120)")
+    g.add_argument("--heartbeat-timeout", type=_positive(float), default=10.0,
+                   metavar="SECONDS",
+                   help="a process not heard from for this long is taken as dead: the others "
+                        "exit 1 naming it and the last complete checkpoint (default: 10)")
 
     e = sub.add_parser("evaluate", help="test loss and accuracy of a trained run")
     e.add_argument("--out", required=True, help="the run folder written by train")
@@ -192,7 +199,8 @@ def _train(args) -> int:
     from cnn_jax.train import enable_compilation_cache, initialize_distributed
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id,
-                           auto=args.distributed)
+                           auto=args.distributed, connect_timeout=args.connect_timeout,
+                           heartbeat_timeout=args.heartbeat_timeout)
     enable_compilation_cache()
     from cnn_jax.train import train_and_evaluate
 

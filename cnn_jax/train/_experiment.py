@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cnn_jax.train._agree import agree_across_processes
 from cnn_jax.train._checkpoint import Checkpointer, CheckpointError
 from cnn_jax.train._config import RESUMABLE, ConfigError, TrainConfig
 from cnn_jax.train._data import Dataset, load_dataset
@@ -230,6 +231,7 @@ def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
     check_out_folder(config.out)
     refuse_foreign_checkpoints(config.out, config.resume)
     train, test = prepare_data(config)
+    agree_across_processes(config, train, test)  # several processes: the same run, or none
     guard = active_guard()
     if guard is not None and guard.stop:  # interrupted while the data loaded
         print(f"{guard.name}: interrupted while loading the data; nothing written",
