@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings(
     # orbax's tensorstore callbacks may reach a closed asyncio loop at garbage collection
     "ignore::pytest.PytestUnraisableExceptionWarning")
 
-INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +78,15 @@ def stop_line(proc, name, step):
     assert "--resume" in proc.stdout
 
 
-def test_sigint_mid_epoch_saves_that_step_and_resumes_exactly(tmp_path, cache, reference):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_mid_epoch_saves_that_step_and_resumes_exactly(tmp_path, cache, reference,
+                                                              signum):
+    """SIGHUP (a closed terminal, many schedulers) stops a run as SIGINT does: 129."""
     out = tmp_path / "run"
     # Step 6 is the second step of epoch 2: the signal arrives while it is fed, it
     # runs, and the loop stops before step 7.
-    proc = interrupt(out, cache, "step=6:1", [("@@ step 6", signal.SIGINT)], 130)
-    stop_line(proc, "SIGINT", 6)
+    proc = interrupt(out, cache, "step=6:1", [("@@ step 6", signum)], INTERRUPTED[signum])
+    stop_line(proc, signal.Signals(signum).name, 6)
     assert_no_traceback(proc)
     assert_clean_checkpoints(out, [4, 6])
     assert h.metric_rows(out) == reference[:1]  # epoch 2 was not finished

@@ -85,21 +85,15 @@ def write_json(path: str, record, *, indent: int | None = 2):
     Raises:
       RunFolderError: the file system refused the write (the old file stays).
     """
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=indent)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise RunFolderError(f"cannot write {path}: {os_error_reason(e, path)}") from e
+    write_lines(path, [json.dumps(record, indent=indent)])
 
 
 def write_lines(path: str, lines: list[str]):
-    """Replace ``path`` by ``lines`` atomically (``metrics.jsonl`` on resume)."""
+    """Replace ``path`` by ``lines`` atomically (temporary file, fsync, rename).
+
+    Raises:
+      RunFolderError: the file system refused the write (the old file stays).
+    """
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w") as f:
