@@ -159,6 +159,13 @@ def test_zero_init_residual_starts_as_identity_plus_relu(rng):
     np.testing.assert_array_equal(np.asarray(apply(block, jnp.asarray(x))), np.maximum(x, 0))
 
 
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_zero_init_residual_takes_only_bools(block):
+    with pytest.raises(TypeError, match=rf"{block.__name__}: zero_init_residual must be a bool, "
+                                        r"got 'no'"):
+        block(4, 4, zero_init_residual="no", rngs=nnx.Rngs(0))
+
+
 def test_block_shapes_and_names():
     block = nnx.eval_shape(lambda: InvertedResidual(8, 16, stride=2, expand_ratio=6,
                                                     rngs=nnx.Rngs(0)))

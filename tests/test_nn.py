@@ -593,6 +593,11 @@ ERRORS = [
     (lambda: cnn.MaxPool(3, padding=((1, -1),)), ValueError, r"MaxPool: padding must be non-negative"),
     (lambda: cnn.MaxPool(3, dilation=0), ValueError, r"MaxPool: dilation must be >= 1"),
     (lambda: cnn.MaxPool(3, ceil_mode="yes"), TypeError, r"MaxPool: ceil_mode must be a bool"),
+    (lambda: cnn.MaxPool(3, ceil_mode="no"), TypeError, r"MaxPool: ceil_mode must be a bool, got 'no'"),
+    (lambda: cnn.MinPool(3, ceil_mode=1), TypeError, r"MinPool: ceil_mode must be a bool, got 1"),
+    (lambda: cnn.AvgPool(2, ceil_mode=None), TypeError, r"AvgPool: ceil_mode must be a bool, got None"),
+    (lambda: cnn.LpPool(2, 2, ceil_mode="False"), TypeError,
+     r"LpPool: ceil_mode must be a bool, got 'False'"),
     (lambda: cnn.MaxPool(3, layout="cl"), ValueError, r"MaxPool: layout must be one of"),
     (lambda: cnn.MinPool((2, 4), padding=(1, 3)), ValueError, r"MinPool: padding must be at most half the window"),
     (lambda: cnn.AvgPool(2, padding=2), ValueError, r"AvgPool: padding must be at most half the window"),
@@ -639,6 +644,27 @@ ERRORS = [
 def test_constructor_errors(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+def test_layer_flags_take_numpy_bools_and_store_python_bools():
+    # numpy bools (from a config array, np.all(...)) are bools; the layers keep Python's.
+    R = nnx.Rngs(0)
+    layers = [
+        (cnn.MaxPool(2, ceil_mode=np.True_), "ceil_mode"),
+        (cnn.AvgPool(2, count_include_pad=np.bool_(False)), "count_include_pad"),
+        (cnn.LpPool(2, 2, ceil_mode=np.True_), "ceil_mode"),
+        (cnn.GlobalAvgPool(keepdims=np.True_), "keepdims"),
+        (cnn.Upsample(2, method="linear", align_corners=np.True_), "align_corners"),
+        (cnn.Conv(2, 4, 3, use_bias=np.False_, rngs=R), "use_bias"),
+        (cnn.StochasticDepth(0.5, deterministic=np.True_), "deterministic"),
+    ]
+    for layer, flag in layers:
+        value = getattr(layer, flag)
+        assert type(value) is bool, (type(layer).__name__, flag)
+    x = jnp.ones((1, 5, 5, 2))
+    assert cnn.MaxPool(2, ceil_mode=np.True_)(x).shape == cj.max_pool(x, 2, ceil_mode=True).shape
+    with pytest.raises(TypeError, match=r"StochasticDepth: deterministic must be a bool, got 'yes'"):
+        cnn.StochasticDepth(0.5, deterministic="yes")
 
 
 def test_public_names_are_reexported():

@@ -120,3 +120,41 @@ def test_pad_errors():
         cj.pad(x, "same")
     with pytest.raises(ValueError, match="pad: x must have non-empty spatial dims for mode='replicate'"):
         cj.pad(jnp.zeros((1, 0, 3, 1)), 1, mode="replicate")
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("value", [float("nan"), 1.5, -2, None, np.float32(3.0)],
+                         ids=["nan", "1.5", "-2", "None", "np3"])
+def test_pad_refuses_a_value_its_mode_ignores(mode, value):
+    # Only "constant" fills with value; every other mode used to drop it silently.
+    # PyTorch's F.pad refuses a value for its non-constant modes too.
+    x = np.ones((1, 2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=rf"pad: value is only used with mode='constant' and "
+                                         rf"must be left at 0.0 for mode='{mode}', got value="):
+        cj.pad(jnp.asarray(x), 1, mode=mode, value=value, layout="channels_first")
+    if mode != "zeros" and value is not None:
+        with pytest.raises(RuntimeError, match="doesn't take in value argument"):
+            F.pad(torch.tensor(x), (1, 1, 1, 1), mode=mode, value=float(value))
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_pad_takes_the_default_value_with_any_mode(rng, mode):
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    ref = _torch_pad(x, ((1, 2), (2, 1)), "constant" if mode == "zeros" else mode).numpy()
+    for zero in (0.0, 0, -0.0, np.float32(0), False):
+        y = cj.pad(jnp.asarray(x), ((1, 2), (2, 1)), mode=mode, value=zero,
+                   layout="channels_first")
+        np.testing.assert_array_equal(np.asarray(y), ref)
+
+
+def test_pad_constant_takes_any_value_and_a_traced_one(rng):
+    x = rng.standard_normal((1, 3, 3, 2)).astype(np.float32)
+    for value in (float("nan"), float("inf"), -2.5):
+        y = cj.pad(jnp.asarray(x), 1, mode="constant", value=value)
+        ref = _torch_pad(np.moveaxis(x, -1, 1), ((1, 1), (1, 1)), "constant", value).numpy()
+        np.testing.assert_array_equal(np.asarray(y), np.moveaxis(ref, 1, -1))
+    f = jax.jit(lambda v: cj.pad(jnp.asarray(x), 1, mode="constant", value=v))
+    assert float(f(4.0)[0, 0, 0, 0]) == 4.0
+    # A traced value cannot be checked against 0: refused where the mode ignores it.
+    with pytest.raises(ValueError, match=r"pad: value is only used with mode='constant'"):
+        jax.jit(lambda v: cj.pad(jnp.asarray(x), 1, mode="reflect", value=v))(0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,6 +128,38 @@ X = jnp.zeros((1, 6, 6, 2))
 def test_bad_arguments(pool, kwargs, error, match):
     with pytest.raises(error, match=match):
         pool(X, **kwargs)
+
+
+BOOL_FLAGS = [
+    ("max_pool", cj.max_pool, "ceil_mode"), ("min_pool", cj.min_pool, "ceil_mode"),
+    ("avg_pool", cj.avg_pool, "ceil_mode"), ("avg_pool", cj.avg_pool, "count_include_pad"),
+    ("sum_pool", cj.sum_pool, "ceil_mode"),
+    ("lp_pool", lambda x, w, **kw: cj.lp_pool(x, 2, w, **kw), "ceil_mode"),
+]
+_FLAG_IDS = [f"{op}-{flag}" for op, _, flag in BOOL_FLAGS]
+
+
+@pytest.mark.parametrize("op,pool,flag", BOOL_FLAGS, ids=_FLAG_IDS)
+@pytest.mark.parametrize("value", ["no", "False", 1, 0, None, 1.0, np.array(True), [True]],
+                         ids=["str_no", "str_False", "int1", "int0", "None", "float", "array",
+                              "list"])
+def test_bool_flags_take_only_bools(op, pool, flag, value):
+    # A truthy string used to mean True ("no" included): any non-bool is a TypeError
+    # naming the argument and the value.
+    with pytest.raises(TypeError, match=rf"{op}: {flag} must be a bool, got "
+                                        rf"{re.escape(repr(value))}"):
+        pool(jnp.zeros((1, 5, 5, 1)), 2, **{flag: value})
+
+
+@pytest.mark.parametrize("op,pool,flag", BOOL_FLAGS, ids=_FLAG_IDS)
+def test_bool_flags_take_numpy_bools(op, pool, flag):
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 5, 1)), jnp.float32)
+    kw = dict(padding=1) if flag == "count_include_pad" else {}  # where the flag matters
+    outs = {}
+    for value in (True, False):
+        outs[value] = np.asarray(pool(x, 2, **kw, **{flag: np.bool_(value)}))
+        np.testing.assert_array_equal(outs[value], np.asarray(pool(x, 2, **kw, **{flag: value})))
+    assert outs[True].shape != outs[False].shape or not np.array_equal(outs[True], outs[False])
 
 
 @pytest.mark.parametrize("pool", [cj.max_pool, cj.min_pool])

@@ -177,6 +177,8 @@ def test_upsample_errors():
         cj.upsample(x, 2, align_corners=True)
     with pytest.raises(TypeError, match="align_corners must be a bool, got 1"):
         cj.upsample(x, 2, method="linear", align_corners=1)
+    with pytest.raises(TypeError, match="upsample: align_corners must be a bool, got 'no'"):
+        cj.upsample(x, 2, method="linear", align_corners="no")
     with pytest.raises(ValueError, match="scale_factor must be > 0 and finite.*-2"):
         cj.upsample(x, -2)
     with pytest.raises(ValueError, match="scale_factor must be > 0 and finite"):
@@ -518,3 +520,11 @@ def test_unfold_rejects_empty_spatial_dims_like_torch():
         cj.unfold(jnp.ones((1, 0, 4)), (2, 2), padding=1, layout="channels_first")
     with pytest.raises(RuntimeError, match="non-zero dimensions"):
         torch.nn.functional.unfold(torch.ones(1, 0, 4), (2, 2), padding=1)
+
+
+def test_upsample_align_corners_takes_numpy_bools(rng):
+    x = jnp.asarray(rng.standard_normal((1, 4, 5, 2)), jnp.float32)
+    for value in (True, False):
+        np.testing.assert_array_equal(
+            np.asarray(cj.upsample(x, size=(7, 9), method="linear", align_corners=np.bool_(value))),
+            np.asarray(cj.upsample(x, size=(7, 9), method="linear", align_corners=value)))

@@ -69,6 +69,18 @@ def test_conv_output_shape_errors():
         cj.conv_output_shape((8,), 3, padding="half")
 
 
+def test_conv_output_shape_ceil_mode_takes_only_bools():
+    # As max_pool1d(ceil_mode=...): a 7-long input, window 2, stride 2 -> 3 or 4.
+    t = torch.zeros(1, 1, 7)
+    assert cj.conv_output_shape((7,), 2, stride=2, ceil_mode=np.True_) == (4,)
+    assert F.max_pool1d(t, 2, 2, ceil_mode=True).shape[-1] == 4
+    assert cj.conv_output_shape((7,), 2, stride=2, ceil_mode=np.bool_(False)) == (3,)
+    for bad in ("no", 1, None):
+        with pytest.raises(TypeError,
+                           match=f"conv_output_shape: ceil_mode must be a bool, got {bad!r}"):
+            cj.conv_output_shape((7,), 2, stride=2, ceil_mode=bad)
+
+
 # --- conv_transpose_output_shape -----------------------------------------------------
 
 
