@@ -513,3 +513,17 @@ def test_cli_resume_after_a_half_written_metrics_line(tmp_path, trained, cache):
     assert "Traceback" not in proc.stderr
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_cli_checkpoint_every_inf_means_only_the_last_checkpoint(tmp_path, cache):
+    """Infinity is a meaningful --checkpoint-every (no time-based saves), so it is allowed:
+    the run saves its last step only, and run.json (where json writes Infinity) reads
+    back."""
+    assert h.TINY[-2:] == ("--checkpoint-every", "0")
+    out = tmp_path / "run"
+    h.check(h.run(h.command("train", *h.TINY[:-2], "--checkpoint-every", "inf", "--out",
+                            str(out)), h.base_env(cache), timeout=240))
+    assert [s for s in h.checkpoint_steps(str(out)) if s.isdigit()] == [
+        str(2 * h.STEPS_PER_EPOCH)]
+    assert read_run(str(out))["config"].checkpoint_every == INF

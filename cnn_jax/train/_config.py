@@ -3,7 +3,9 @@
 Every field carries its help text in ``metadata``; ``cnn-jax train`` makes one flag
 per field from it (``--batch-size`` from ``batch_size``), with the field's default
 shown, so a new option is one field here. ``run.json`` is :meth:`TrainConfig.to_dict`.
-This module imports no jax: ``cnn-jax --help`` stays fast.
+Every field is range-checked and normalised to a plain Python value when a config is
+made, so no flag reaches the training path unchecked. This module imports no jax
+(only :meth:`TrainConfig.check_input` does, when called): ``cnn-jax --help`` stays fast.
 """
 
 from __future__ import annotations
