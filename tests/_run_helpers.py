@@ -22,6 +22,8 @@ Two roles:
                       the CLI imports jax; alone, it installs nothing and imports no jax
   ``overlap``         (no wait) ``@@ overlap step N`` once, if a train batch is fed
                       while ``Checkpointer.save`` runs (on the writer thread)
+  ``connect``         (no wait) ``@@ connect`` as the process starts joining its
+                      multi-process job (the wait for the coordinator follows)
 
   ``WAIT`` is ``K`` (wait until the run's signal handler has seen K signals in all,
   at most 60 s) or ``Xs`` (sleep X seconds).
@@ -328,7 +330,8 @@ def _wait(spec: str):
 def _install_hooks(spec: str):
     points = dict(item.split("=", 1) if "=" in item else (item, "")
                   for item in spec.split(",") if item)
-    unknown = set(points) - {"preimport", "step", "commit", "initial_state", "overlap"}
+    unknown = set(points) - {"preimport", "step", "commit", "initial_state", "overlap",
+                             "connect"}
     if unknown:
         raise ValueError(f"{HOOKS_ENV}: unknown hook points {sorted(unknown)}")
     if "preimport" in points:
@@ -399,6 +402,17 @@ def _install_hooks(spec: str):
             return await real_commit(tmp_dir, *args, **kwargs)
 
         atomicity.on_commit_callback = on_commit_callback
+
+    if "connect" in points:
+        from cnn_jax.train import _agree
+
+        real_connect = _agree.connect
+
+        def connect(*args, **kwargs):
+            _marker("connect")
+            return real_connect(*args, **kwargs)
+
+        _agree.connect = connect
 
     if "initial_state" in points:
         init_wait = points["initial_state"]

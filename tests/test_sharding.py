@@ -109,3 +109,146 @@ def test_sharding_errors():
     with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes\), got "
                                          r"process_id=2, num_processes=2"):
         initialize_distributed("localhost:1234", 2, 2)
+
+
+# ----------------------------------------------------------------- multi-process flags
+
+CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST",
+               "TPU_SKIP_MDS_QUERY", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator", "localhost:1234"],
+     "initialize_distributed: coordinator, num_processes and process_id must be given "
+     "together (missing --num-processes, --process-id), got coordinator='localhost:1234', "
+     "num_processes=None, process_id=None"),
+    (["--process-id", "1"],
+     "initialize_distributed: coordinator, num_processes and process_id must be given "
+     "together (missing --coordinator, --num-processes), got coordinator=None, "
+     "num_processes=None, process_id=1"),
+    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "5"],
+     "initialize_distributed: process_id must be in [0, num_processes), got process_id=5, "
+     "num_processes=2"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
+     "initialize_distributed: coordinator must be HOST:PORT, got 'localhost'"),
+    (["--distributed"],
+     "--distributed: no cluster environment found (supported: SLURM, seen from "
+     "SLURM_JOB_ID; Open MPI's mpirun, OMPI_MCA_orte_hnp_uri; Kubernetes indexed Jobs with "
+     "the kubernetes package; Cloud TPU VMs); elsewhere pass --coordinator HOST:PORT "
+     "--num-processes N --process-id I to every process"),
+    (["--distributed", "--process-id", "0"],
+     "initialize_distributed: --distributed finds the coordinator, the process count and "
+     "the process id in the cluster's environment; do not also pass --coordinator, "
+     "--num-processes or --process-id (got coordinator=None, num_processes=None, "
+     "process_id=0)"),
+], ids=["coordinator-only", "process-id-only", "id-out-of-range", "no-port",
+        "distributed-outside-a-cluster", "distributed-and-flags"])
+def test_multi_process_flag_errors_are_one_line(tmp_path, capsys, monkeypatch, flags, message):
+    from cnn_jax.cli import main
+
+    for name in CLUSTER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *flags]) == 1
+    assert capsys.readouterr().err == f"cnn-jax train: error: {message}\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["--connect-timeout", "--heartbeat-timeout"])
+def test_timeouts_must_be_positive(flag, capsys):
+    from cnn_jax.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", flag, "0"])
+    assert e.value.code == 2
+    assert f"{flag}: must be a positive float, got '0'" in capsys.readouterr().err
+
+
+def test_initialize_distributed_timeouts_are_checked():
+    with pytest.raises(ValueError, match=r"initialize_distributed: heartbeat_timeout must be "
+                                         r"a number of seconds in \(0, 1e6\), got nan"):
+        initialize_distributed("localhost:1", 2, 0, heartbeat_timeout=float("nan"))
+
+
+# ----------------------------------------------------------------- config agreement
+
+class _Store:
+    """The runtime client's key-value store, in memory."""
+
+    def __init__(self):
+        self.data = {}
+
+    def key_value_set(self, key, value, allow_overwrite=False):
+        assert allow_overwrite or key not in self.data
+        self.data[key] = value
+
+    def blocking_key_value_get(self, key, timeout_ms):
+        if key in self.data:
+            return self.data[key]
+        raise RuntimeError("DEADLINE_EXCEEDED")
+
+
+class _Ended:
+    def __init__(self, ended):
+        self.ended = set(ended)
+
+
+def _agree_as_two_processes(monkeypatch, config0, config1, data0, data1):
+    """Process 1 publishes (and finds that process 0 ended), then process 0 compares:
+    the errors each raises, with the real protocol on an in-memory store."""
+    from cnn_jax.train import _agree
+
+    store = _Store()
+    errors = []
+    for pid, config, data, ended in ((1, config1, data1, {0}), (0, config0, data0, set())):
+        monkeypatch.setattr(_agree, "_JOB", _agree._Job(client=store, process_id=pid,
+                                                        num_processes=2,
+                                                        watch=_Ended(ended)))
+        try:
+            _agree.agree_across_processes(config, *data)
+            errors.append(None)
+        except ValueError as e:
+            errors.append(str(e))
+    return errors
+
+
+def _digits(n, value=0.5):
+    images = np.full((n, 8, 8, 1), value, np.float32)
+    return Dataset(images, np.arange(n, dtype=np.int32) % 3, 3, "fake")
+
+
+def test_processes_started_differently_are_refused_naming_the_first_field(monkeypatch):
+    data = (_digits(8), _digits(4))
+    errors = _agree_as_two_processes(monkeypatch, TrainConfig(out="r"),
+                                     TrainConfig(out="r", lr=0.5, seed=3), data, data)
+    assert errors == [
+        "process 0 ended before comparing its flags with the other processes' (see its "
+        "error)",
+        "process 1 was started with lr=0.5, process 0 with lr=0.003: every process of a job "
+        "must be started with the same flags"]
+    errors = _agree_as_two_processes(monkeypatch, TrainConfig(out="a"), TrainConfig(out="b"),
+                                     data, data)
+    assert errors[1] == ("process 1 was started with out='b', process 0 with out='a': every "
+                         "process of a job must be started with the same flags")
+
+
+def test_exempt_fields_may_differ_but_the_data_may_not(monkeypatch):
+    data = (_digits(8), _digits(4))
+    errors = _agree_as_two_processes(
+        monkeypatch, TrainConfig(out="r"),
+        TrainConfig(out="r", quiet=True, workers=3, data_dir="/elsewhere"), data, data)
+    assert errors[1] is None
+    # one pixel value of one training image differs
+    other = _digits(8)
+    other.images[5, 2, 3, 0] = 0.25
+    errors = _agree_as_two_processes(monkeypatch, TrainConfig(), TrainConfig(), data,
+                                     (other, data[1]))
+    assert errors[1].startswith("process 1 read a different data set from process 0's (8 "
+                                "examples of shape (8, 8, 1), SHA-1 ")
+    assert errors[1].endswith(": every process of a job must read the same data")
+
+
+def test_one_process_agrees_with_itself():
+    from cnn_jax.train._agree import agree_across_processes
+
+    assert agree_across_processes(TrainConfig(lr=0.5), _digits(4)) is None

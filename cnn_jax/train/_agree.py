@@ -90,7 +90,7 @@ def connect(coordinator: str, num_processes: int, process_id: int, *,
         service.wait_ready(deadline, guard, coordinator)
     try:
         client = _jax.get_distributed_runtime_client(
-            coordinator, process_id, init_timeout=int(connect_timeout) + 1,
+            coordinator, process_id, init_timeout=int(connect_timeout) + 30,
             heartbeat_timeout=backstop, shutdown_timeout=300, use_compression=True)
     except Exception as e:
         _abandon(service)
@@ -247,9 +247,18 @@ class _Watch:
         self.answered = now
         self.closing = self.off = False
         self.lock = threading.Lock()
-        for target in (self._beat, self._monitor):
-            threading.Thread(target=target, name=f"cnn_jax-{target.__name__[1:]}",
-                             daemon=True).start()
+        self.threads = [threading.Thread(target=target, name=f"cnn_jax-{target.__name__[1:]}",
+                                         daemon=True) for target in (self._beat, self._monitor)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self):
+        """End both threads. Before the interpreter's finalization: a daemon thread
+        that comes back from a C++ call after it has begun is unwound by force, and
+        the bindings' C++ frames turn that into an abort."""
+        self.off = True
+        for t in self.threads:
+            t.join(5)
 
     def _beat(self):
         client, me, count = _JOB.client, _JOB.process_id, 0
@@ -356,6 +365,7 @@ def _ended():
                                   allow_overwrite=True)
     except Exception:  # noqa: BLE001 - best effort: the runtime is going away
         pass
+    watch.stop()  # the peers now ignore this process's silence
 
 
 def data_fingerprint(*datasets) -> list:

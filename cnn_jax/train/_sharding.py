@@ -27,7 +27,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
       during the wait ends it at once (the runtime's own wait, 5 minutes by
       default, ignores signals).
     - A dead peer is noticed in ``heartbeat_timeout`` seconds (see
-      :func:`~cnn_jax.train._agree.watch_peers`): this process prints one line on
+      ``cnn_jax.train._agree``): this process prints one line on
       stderr and exits with status 1. Left to itself the runtime notices after 100 s
       and aborts with a C++ stack trace, and meanwhile a collective with the dead
       peer fails with a traceback.
