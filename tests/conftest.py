@@ -40,6 +40,20 @@ def pytest_configure(config):
             "(or set CNN_JAX_TESTS_WITHOUT_TORCH=1 to skip the tests that need it)")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """With CNN_JAX_TESTS_WITHOUT_TORCH=1, a test file that cannot import torch is skipped,
+    naming the reason (as pytest.importorskip would), instead of failing to collect."""
+    report = yield
+    if (WITHOUT_TORCH and report.failed and isinstance(collector, pytest.Module)
+            and "No module named 'torch'" in str(report.longrepr)):
+        report.outcome = "skipped"
+        report.longrepr = (str(collector.path), 0,
+                           "Skipped: its oracle is PyTorch, not installed on this leg "
+                           "(CNN_JAX_TESTS_WITHOUT_TORCH=1)")
+    return report
+
+
 # Whole files, or file::test (every case of it), in the slow tier: subprocesses (each
 # pays the jax import and its compiles), several processes, real training runs, long
 # grids. Each file keeps at least one fast test except the two multi-process files,
