@@ -299,7 +299,8 @@ def _run_case(ctx, c: ModelCase) -> list[dict]:
         info["prototype_first_loss_rel_err"] = abs(
             float(pholder["first_loss"]) / float(holder["first_loss"]) - 1)
     rows[0].update(info)
-    del holder, step, impls
+    holder.clear()  # the train state (jax_run still holds the dict, so no del)
+    del impls
     jax.clear_caches()
     if ctx.torch is not None and ctx.torch_device == "cuda":
         ctx.torch.cuda.empty_cache()  # the next network's PyTorch twin starts from free memory

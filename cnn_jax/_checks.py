@@ -20,9 +20,7 @@ from __future__ import annotations
 import operator
 import sys
 from collections.abc import Sequence
-from typing import Union
-
-PaddingLike = Union[int, Sequence[int], Sequence[tuple[int, int]], str]
+PaddingLike = int | Sequence[int] | Sequence[tuple[int, int]] | str
 Pads = tuple[tuple[int, int], ...]
 
 LAYOUTS = ("channels_last", "channels_first")

@@ -35,7 +35,7 @@ def _cases(rng):
 
 @pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
 def test_pad_matches_torch_values_and_grads(rng, layout):
-    for n, shape, pads, mode in _cases(rng):
+    for _n, shape, pads, mode in _cases(rng):
         x = rng.standard_normal(shape).astype(np.float32)
         value = 1.5 if mode == "constant" else 0.0  # only "constant" takes a value
         ref = _torch_pad(x, pads, mode, value=value)

@@ -73,7 +73,7 @@ def test_pools_are_public_and_reexported():
 
 @pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
 def test_output_shapes_1d_2d_3d(layout):
-    for n, size in ((1, (10,)), (2, (10, 7)), (3, (6, 7, 5))):
+    for _n, size in ((1, (10,)), (2, (10, 7)), (3, (6, 7, 5))):
         shape = (2, *size, 3) if layout == "channels_last" else (2, 3, *size)
         x = jnp.zeros(shape)
         out = [(s + 2 - 3) // 2 + 1 for s in size]

@@ -70,9 +70,10 @@ def export_onnx(model, input_shape, *, batch: int | None = None, path: str | Non
         message names the op and the layer).
       ImportError: the ``onnx`` package is missing (``pip install 'cnn-jax[export]'``).
 
-    >>> proto = export_onnx(LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), (32, 32, 1))
-    >>> [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    ['N', 32, 32, 1]
+    Examples:
+        >>> proto = export_onnx(LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), (32, 32, 1))
+        >>> [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        ['N', 32, 32, 1]
     """
     op = "export_onnx"
     onnx = _onnx()

@@ -30,8 +30,9 @@ def layer_names(model: nnx.Module) -> list[str]:
     ResNet the blocks are ``layer4.0``, ``layer4.1`` (the stage lists themselves are
     never called).
 
-    >>> layer_names(cj.models.LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)))[:3]
-    ['conv1', 'conv2', 'fc1']
+    Examples:
+        >>> layer_names(cj.models.LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)))[:3]
+        ['conv1', 'conv2', 'fc1']
     """
     return list(call_paths(model))
 

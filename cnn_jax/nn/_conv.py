@@ -300,8 +300,7 @@ class DepthwiseConv(_ConvBase):
       in_features: channels ``C``.
       kernel_size: int (a 2-D layer) or a tuple of ``n`` ints.
       depth_multiplier: filters per input channel; ``C_out = C * depth_multiplier``.
-      stride, padding, dilation, padding_mode, use_bias, layout, dtype, param_dtype,
-        precision, rngs: as :class:`Conv`.
+      stride, padding, dilation, padding_mode, use_bias, layout, dtype, param_dtype, precision, rngs: as :class:`Conv`.
       kernel_init, bias_init: None gives PyTorch's defaults with ``fan_in = prod(k)``.
 
     Kernel: channels_last ``(*k, 1, C_out)``; channels_first ``(C_out, 1, *k)``.

@@ -45,8 +45,9 @@ def named_modules(model: nnx.Module) -> list[tuple[str, nnx.Module]]:
     module has the name ``""``. Containers that are never called (``nnx.List``) are
     listed too.
 
-    >>> [name for name, _ in named_modules(nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0))))]
-    ['0', '']
+    Examples:
+        >>> [name for name, _ in named_modules(nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0))))]
+        ['0', '']
     """
     return [(name, node) for name, _, node in _named_nodes(model)]
 

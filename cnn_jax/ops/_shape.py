@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from cnn_jax._checks import check_bool, check_output_padding, ntuple, resolve_padding
 from cnn_jax.ops._args import transpose_output_size, window_output_size
@@ -111,9 +111,9 @@ class ReceptiveField(NamedTuple):
         (pixel ``i`` has centre ``i``; negative where padding shifts it out).
     """
 
-    size: Union[int, tuple[int, ...]]
-    jump: Union[int, tuple[int, ...]]
-    start: Union[float, tuple[float, ...]]
+    size: int | tuple[int, ...]
+    jump: int | tuple[int, ...]
+    start: float | tuple[float, ...]
 
 
 @functools.singledispatch

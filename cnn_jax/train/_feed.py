@@ -125,7 +125,7 @@ class StreamFeed:
                     return None
                 if not self._thread.is_alive() and self._queue.empty():
                     raise RuntimeError("StreamFeed: the input thread ended without a batch "
-                                       f"for {kind} batch {i} of epoch {epoch}")
+                                       f"for {kind} batch {i} of epoch {epoch}") from None
         self.wait_s += time.perf_counter() - t0
         if isinstance(item, BaseException):
             self._stop.set()
