@@ -48,6 +48,7 @@ import functools
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -105,6 +106,11 @@ def convolve(x, kernel, s, pads, d, groups, layout, precision=None,
     else:
         cpu = functools.partial(_conv_dot, precision=precision,
                                 preferred_element_type=preferred_element_type)
+    # Rematerialised, the CPU branch saves only x and kernel for the backward pass, as the
+    # raw conv does: reverse-mode AD then joins the branches' residuals without adding
+    # zero-filled ones to the GPU/TPU program. Recomputing costs nothing measurable: what
+    # the backward pass reads (windows of x, patches) are slices XLA fuses into it.
+    cpu = jax.checkpoint(cpu, policy=jax.checkpoint_policies.nothing_saveable)
     return lax.platform_dependent(x, kernel, cpu=cpu, default=raw)
 
 
