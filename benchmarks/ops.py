@@ -7,7 +7,8 @@ Cases (channels_last; batch small on a CPU, 64 on a GPU):
 * depthwise 3x3 of MobileNetV2 (stride 1 and 2) and 5x5 of EfficientNet-B0;
 * a 3-D 3x3x3 convolution (video / volumetric networks).
 
-Peers: ``lax.conv_general_dilated`` (what cnn_jax lowers to), ``flax.nnx.Conv``,
+Peers: ``lax.conv_general_dilated`` (what cnn_jax lowers to on a GPU or TPU; on a CPU
+``cnn_jax/ops/_lowering.py`` computes depthwise and 1x1 convs otherwise), ``flax.nnx.Conv``,
 ``equinox.nn.Conv`` (if installed), PyTorch (channels_last; ``torch.compile`` too on
 a GPU), and for depthwise cases on a CPU the shifted multiply-add prototype of
 ``benchmarks/depthwise_prototype.py``. Forward (``fwd``) and forward + both

@@ -1,9 +1,12 @@
-"""The CPU im2col path of cj.conv (``_conv_im2col``) and its dispatch.
+"""The CPU im2col path of cj.conv (``ops/_lowering.py``'s ``_conv_im2col``) and its rule.
 
 Oracle: torch.nn.functional.conv{1,2,3}d values and autograd gradients. Both paths are
 forced: ``_conv_im2col`` is called directly, and ``conv`` is run with the dispatch
 threshold raised (always im2col) or lowered (always lax).
 """
+
+import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import cnn_jax as cj
-from cnn_jax.ops import _conv as conv_mod
+from cnn_jax.ops import _lowering as conv_mod
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -110,24 +113,26 @@ def test_conv_both_paths_match_torch(rng, monkeypatch, threshold, mode):
     np.testing.assert_allclose(y1, y_ref.detach().numpy()[0], rtol=1e-5, atol=1e-4)
 
 
-def test_dispatch_rule(monkeypatch):
+def _cpu_ops(f, *args):
+    return set(re.findall(r"stablehlo\.(\w+)", jax.jit(f).lower(*args).as_text()))
+
+
+def test_dispatch_rule():
     """On CPU, groups=1 convs with every output size <= 2 (and <= 32 taps) use im2col."""
-    calls = []
-    real = conv_mod._conv_im2col
-
-    def spy(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(conv_mod, "_conv_im2col", spy)
-    assert jax.default_backend() == "cpu"
-    cj.conv(jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 4, 8)), padding=1)  # 2x2 out
-    cj.conv(jnp.ones((2, 1, 1, 4)), jnp.ones((3, 3, 4, 8)), padding=1)  # 1x1 out
-    assert calls == [(2, 2, 2, 4), (2, 1, 1, 4)]
-    cj.conv(jnp.ones((2, 3, 3, 4)), jnp.ones((3, 3, 4, 8)), padding=1)  # 3x3 out
-    cj.conv(jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 1, 8)), padding=1, groups=4)
-    cj.conv(jnp.ones((2, 7, 7, 4)), jnp.ones((7, 7, 4, 8)))  # 49 taps
-    assert len(calls) == 2
+    rule = conv_mod.cpu_formulation
+    pads = ((1, 1), (1, 1))
+    assert rule((2, 2, 2, 4), (3, 3, 4, 8), (1, 1), pads, (1, 1), 1, "channels_last",
+                (2, 2)) == "im2col"
+    assert rule((2, 4, 1, 1), (8, 4, 3, 3), (1, 1), pads, (1, 1), 1, "channels_first",
+                (1, 1)) == "im2col"
+    assert rule((2, 3, 3, 4), (3, 3, 4, 8), (1, 1), pads, (1, 1), 1, "channels_last",
+                (3, 3)) == "lax"
+    assert rule((2, 7, 7, 4), (7, 7, 4, 8), (1, 1), ((0, 0),) * 2, (1, 1), 1, "channels_last",
+                (1, 1)) == "lax"  # 49 taps
+    # Through cj.conv, lowered for this (CPU) machine: im2col is patches @ kernel.
+    conv2 = functools.partial(cj.conv, padding=1)
+    assert "convolution" not in _cpu_ops(conv2, jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 4, 8)))
+    assert "convolution" in _cpu_ops(conv2, jnp.ones((2, 3, 3, 4)), jnp.ones((3, 3, 4, 8)))
 
 
 def test_windows_that_read_only_padding_give_the_bias(rng):

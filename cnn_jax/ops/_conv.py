@@ -7,18 +7,17 @@ A ``_ConvSpec`` always describes a *forward* convolution, so transposed convolut
 and ``conv_input_grad`` (``ops/_conv_transpose.py``: the input gradient of the conv
 they describe) use the same record and the same helpers.
 
-On CPU, tiny output maps are computed as patches @ kernel (``_conv_im2col``), and
-kernel taps that read only zero padding are sliced off first (``_simplify_window``);
-every other conv is one ``lax.conv_general_dilated``, lowered exactly as raw lax.
+Kernel taps that read only zero padding are sliced off first (``_simplify_window``);
+the convolution itself is ``ops/_lowering.py``'s ``convolve``: one
+``lax.conv_general_dilated`` on a GPU or TPU, lowered exactly as raw lax, and on a CPU
+the formulation its measured rule picks for the shape (shifted multiply-adds for
+depthwise convs, patches @ kernel for tiny outputs, a matmul for 1x1 convs).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -41,17 +40,8 @@ from cnn_jax.ops._args import (
     spatial_axes,
     window_output_size,
 )
+from cnn_jax.ops._lowering import _live_taps, _zeros_output, convolve
 from cnn_jax.ops._pad import pad_spatial
-
-# On CPU, conv uses _conv_im2col when every output spatial size is at most
-# _IM2COL_MAX_OUT and the kernel has at most _IM2COL_MAX_TAPS taps. Measured (jit,
-# forward + both gradients, 3x3 kernels, 32-256 channels): on 2x2 and 1x1 outputs
-# XLA:CPU's convolution is 1.3-11x slower than patches @ kernel, in every run; on 3x3
-# to 56x56 outputs im2col measured 0.4x-2x of lax, varying run to run (a loaded
-# 2-core machine), so no clear win and those stay on lax. The tap limit bounds the
-# number of slices compiled.
-_IM2COL_MAX_OUT = 2
-_IM2COL_MAX_TAPS = 32
 
 # --------------------------------------------------------------------------- the record
 
@@ -270,29 +260,10 @@ def _conv(op, x, kernel, bias, spec: _ConvSpec):
         return y if spec.batched else y[0]
     x, kernel, pads, k, s, d = simple
     x, pads = _explicit_low_pads(x, k, s, d, pads, axes)
-    if _use_im2col(spec.groups, spec.out, k, spec.c_in):
-        y = _conv_im2col(x, kernel, s, pads, d, spec.groups, layout, spec.precision,
-                         spec.preferred_element_type)
-    else:
-        y = lax.conv_general_dilated(
-            x, kernel, s, pads, rhs_dilation=d,
-            dimension_numbers=conv_dimension_numbers(n, layout),
-            feature_group_count=spec.groups, precision=spec.precision,
-            preferred_element_type=spec.preferred_element_type,
-        )
+    y = convolve(x, kernel, s, pads, d, spec.groups, layout, spec.precision,
+                 spec.preferred_element_type)
     y = _add_bias(y, bias, spec.c_out, layout)
     return y if spec.batched else y[0]
-
-
-def _use_im2col(groups, out_sp, k, c_in):
-    """Whether ``_conv`` computes as patches @ kernel rather than XLA's convolution."""
-    return (groups == 1 and max(out_sp) <= _IM2COL_MAX_OUT
-            and math.prod(k) <= _IM2COL_MAX_TAPS and jax.default_backend() == "cpu")
-
-
-def _live_taps(i, k, s, d, o, lo):
-    """The taps of one spatial dim that read at least one real (non-padding) element."""
-    return [t for t in range(k) if any(lo <= t * d + j * s < lo + i for j in range(o))]
 
 
 def _simplify_window(x, kernel, k, s, d, pads, out_sp, axes, layout):
@@ -350,14 +321,6 @@ def _simplify_window(x, kernel, k, s, d, pads, out_sp, axes, layout):
     return x, kernel, tuple(new_pads), tuple(new_k), tuple(new_s), tuple(new_d)
 
 
-def _zeros_output(x, kernel, out_sp, c_out, layout, preferred_element_type):
-    """The all-zero output of a conv of batched ``x`` whose every tap reads padding."""
-    dtype = preferred_element_type or jnp.result_type(x, kernel)
-    shape = ((x.shape[0], *out_sp, c_out) if layout == "channels_last"
-             else (x.shape[0], c_out, *out_sp))
-    return jnp.zeros(shape, dtype)
-
-
 def _explicit_low_pads(x, k, s, d, pads, axes):
     """Pad ``x`` itself on the low side of each strided dim whose low padding reaches
     the last tap of the first window (``lo >= d * (k - 1)``), and give the conv none.
@@ -378,59 +341,6 @@ def _explicit_low_pads(x, k, s, d, pads, axes):
         config[a] = (lo, 0, 0)
     x = lax.pad(x, jnp.zeros((), x.dtype), config)
     return x, tuple((lo - e, hi) for e, (lo, hi) in zip(low, pads))
-
-
-def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=None,
-                 preferred_element_type=None):
-    """``lax.conv_general_dilated`` as patches (one strided slice per tap) @ kernel.
-
-    ``x`` is batched, ``pads`` are resolved ``(low, high)`` zero pads, ``kernel`` is in
-    ``layout`` (HWIO / OIHW), already flipped if wanted; any number of spatial dims and
-    groups. Taps that read only padding are dropped, so a 3x3 conv of a 1x1 map is one
-    matmul. Autodiff stays matmul-based: the slices transpose to pads (``dx``) and the
-    kernel gradient is ``patches^T @ dy``. ``_conv`` calls it on CPU for tiny output
-    maps, where XLA:CPU's own convolution is several times slower (see
-    ``_IM2COL_MAX_OUT``).
-    """
-    n = kernel.ndim - 2
-    if layout == "channels_first":
-        x = jnp.moveaxis(x, 1, -1)
-        kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2))  # OIHW -> HWIO
-    k, c_in = kernel.shape[:n], x.shape[-1]
-    in_sp = x.shape[1:-1]
-    out = tuple(window_output_size(i, kk, ss, dd, lo, hi)
-                for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, stride, dilation, pads))
-    # Per dim, the taps that read at least one real (non-padding) element.
-    live = [_live_taps(i, kk, ss, dd, o, lo)
-            for i, kk, ss, dd, o, (lo, _) in zip(in_sp, k, stride, dilation, out, pads)]
-    x = lax.pad(x, jnp.zeros((), x.dtype),
-                [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)])
-    taps = list(itertools.product(*live))
-    if not taps:  # every tap reads padding only (large padding, dilation): zeros
-        return _zeros_output(x, kernel, out, kernel.shape[-1], layout, preferred_element_type)
-    cols = []
-    for t in taps:
-        start = [tt * dd for tt, dd in zip(t, dilation)]
-        limit = [a + (o - 1) * ss + 1 for a, o, ss in zip(start, out, stride)]
-        cols.append(lax.slice(x, (0, *start, 0), (x.shape[0], *limit, c_in), (1, *stride, 1)))
-    if len(taps) == math.prod(k):
-        w = kernel.reshape(len(taps), *kernel.shape[n:])
-    else:
-        w = jnp.stack([kernel[t] for t in taps])
-    patches = jnp.stack(cols, axis=-2)  # (N, *out, taps, C_in)
-    c_out = w.shape[-1]
-    if groups == 1:
-        y = lax.dot_general(
-            patches.reshape(*patches.shape[:-2], len(taps) * c_in),
-            w.reshape(len(taps) * c_in, c_out), (((n + 1,), (0,)), ((), ())),
-            precision=precision, preferred_element_type=preferred_element_type)
-    else:
-        patches = patches.reshape(*patches.shape[:-1], groups, c_in // groups)
-        w = w.reshape(len(taps), c_in // groups, groups, c_out // groups)
-        y = jnp.einsum("...tgc,tcgo->...go", patches, w, precision=precision,
-                       preferred_element_type=preferred_element_type)
-        y = y.reshape(*y.shape[:-2], c_out)
-    return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y
 
 
 def depthwise_conv(x, kernel, bias=None, *, stride=1, padding=0, dilation=1,
