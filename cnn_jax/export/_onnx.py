@@ -250,6 +250,15 @@ class _Graph:
             body = eqn.params[_CALLS[name]]
             jaxpr, consts = (body.jaxpr, body.consts) if hasattr(body, "consts") else (body, ())
             return self.run(jaxpr, consts, inputs, stack)
+        if name == "platform_index":  # lax.platform_dependent: ONNX takes the default
+            # branch (the raw conv, as on GPU/TPU), not the CPU formulation of ops/_lowering
+            platforms = eqn.params["platforms"]
+            default = platforms.index(None) if None in platforms else 0
+            return [np.asarray(default, np.int32)]
+        if name == "cond" and not isinstance(inputs[0], str):  # a branch known at export
+            branches = eqn.params["branches"]
+            branch = branches[int(np.clip(inputs[0], 0, len(branches) - 1))]
+            return self.run(branch.jaxpr, branch.consts, inputs[1:], stack)
         if all(not isinstance(v, str) for v in inputs) and all(
                 _static(d) for v in eqn.outvars for d in v.aval.shape):
             return _fold(eqn, inputs)
