@@ -31,41 +31,84 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="cnn_jax against raw lax, flax.nnx, Equinox and PyTorch: every suite, "
-                    "one results file (JSON and markdown), the table printed last.",
+        "one results file (JSON and markdown), the table printed last.",
         epilog="Ratios are cnn_jax's median time over the other's: below 1 cnn_jax is faster; "
-               "'~' marks parity (within the measured spread). Methodology: "
-               "benchmarks/README.md.")
-    p.add_argument("--suite", action="append", choices=SUITES, metavar="SUITE",
-                   help=f"run only this suite, repeatable, in the order given ({', '.join(SUITES)};"
-                        f" default: all)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny shapes and 3 samples: every code path in about a minute on a CPU; "
-                        "written under results/quick/ (not tracked)")
-    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
-                   help="print B/A for every timing the two results files share, then exit")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="folder for the results (default: benchmarks/results, or "
-                        "benchmarks/results/quick with --quick)")
-    p.add_argument("--plan", choices=("cpu", "gpu"), default=None,
-                   help="sizes, dtypes and peers of this device kind (default: the JAX "
-                        "backend's); '--plan gpu --quick' on a CPU is the GPU script's dry run")
-    p.add_argument("--repeats", type=int, default=None, metavar="N",
-                   help="samples per implementation (default: 7 CPU, 10 GPU, 3 --quick)")
-    p.add_argument("--budget-s", type=float, default=None, metavar="S",
-                   help="stop starting new cases after S seconds (their rows say so); "
-                        "the results are still written")
-    p.add_argument("--tf32", action="store_true",
-                   help="GPU: TF32 matmuls/convolutions in both frameworks (default: true "
-                        "float32 in both)")
+        "'~' marks parity (within the measured spread). Methodology: "
+        "benchmarks/README.md.",
+    )
+    p.add_argument(
+        "--suite",
+        action="append",
+        choices=SUITES,
+        metavar="SUITE",
+        help=f"run only this suite, repeatable, in the order given ({', '.join(SUITES)};"
+        f" default: all)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny shapes and 3 samples: every code path in about a minute on a CPU; "
+        "written under results/quick/ (not tracked)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A.json", "B.json"),
+        help="print B/A for every timing the two results files share, then exit",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for the results (default: benchmarks/results, or "
+        "benchmarks/results/quick with --quick)",
+    )
+    p.add_argument(
+        "--plan",
+        choices=("cpu", "gpu"),
+        default=None,
+        help="sizes, dtypes and peers of this device kind (default: the JAX "
+        "backend's); '--plan gpu --quick' on a CPU is the GPU script's dry run",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        metavar="N",
+        help="samples per implementation (default: 7 CPU, 10 GPU, 3 --quick)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop starting new cases after S seconds (their rows say so); "
+        "the results are still written",
+    )
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="GPU: TF32 matmuls/convolutions in both frameworks (default: true float32 in both)",
+    )
     p.add_argument("--no-equinox", action="store_true", help="leave Equinox out")
-    p.add_argument("--torch-compile", choices=("none", "models", "all"), default=None,
-                   help="where torch.compile is timed beside eager PyTorch (default: models on "
-                        "a GPU, none on a CPU; 'all' adds every op case: tens of seconds of "
-                        "compilation each)")
-    p.add_argument("--markdown", metavar="RESULTS.json",
-                   help="print the tables of a results file again (no run), then exit")
-    p.add_argument("--seeds", default="0,1",
-                   help="train suite: seeds of the cnn-jax train rounds ('' to skip them)")
+    p.add_argument(
+        "--torch-compile",
+        choices=("none", "models", "all"),
+        default=None,
+        help="where torch.compile is timed beside eager PyTorch (default: models on "
+        "a GPU, none on a CPU; 'all' adds every op case: tens of seconds of "
+        "compilation each)",
+    )
+    p.add_argument(
+        "--markdown",
+        metavar="RESULTS.json",
+        help="print the tables of a results file again (no run), then exit",
+    )
+    p.add_argument(
+        "--seeds",
+        default="0,1",
+        help="train suite: seeds of the cnn-jax train rounds ('' to skip them)",
+    )
     return p
 
 
@@ -96,10 +139,15 @@ def run(args) -> int:
 
     backend = jax.default_backend()
     plan = args.plan or ("gpu" if backend == "gpu" else "cpu")
-    ctx = _peers.make_context(plan=plan, quick=args.quick, repeats=args.repeats,
-                              budget_s=args.budget_s, use_equinox=not args.no_equinox,
-                              torch_compile=args.torch_compile,
-                              log=lambda line: print(line, flush=True))
+    ctx = _peers.make_context(
+        plan=plan,
+        quick=args.quick,
+        repeats=args.repeats,
+        budget_s=args.budget_s,
+        use_equinox=not args.no_equinox,
+        torch_compile=args.torch_compile,
+        log=lambda line: print(line, flush=True),
+    )
     precision = "backend default (float32 on a CPU)"
     if plan == "gpu":
         _peers.set_precision(ctx, args.tf32)
@@ -109,22 +157,38 @@ def run(args) -> int:
     train_suite.OPTIONS["seeds"] = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     env = environment()
     date = datetime.date.today().isoformat()
-    results = {"environment": env,
-               "settings": {"date": date, "plan": plan, "quick": args.quick,
-                            "repeats": ctx.repeats, "min_sample_s": ctx.min_sample_s,
-                            "max_case_s": ctx.max_case_s, "dtypes": list(ctx.dtypes),
-                            "torch_threads_tried": list(ctx.torch_threads),
-                            "torch_compile": ctx.torch_compile, "precision": precision,
-                            "argv": sys.argv[1:], "wall_s": 0.0},
-               "peaks": {}, "suites": {}, "records": ctx.records}
-    print(f"# cnn_jax benchmarks: plan {plan}{' --quick' if args.quick else ''} on "
-          f"{env['device']} ({env['platform']}); jax {env['jax']}, flax {env['flax']}, "
-          f"torch {env['torch']}, equinox {env['equinox']}", flush=True)
+    results = {
+        "environment": env,
+        "settings": {
+            "date": date,
+            "plan": plan,
+            "quick": args.quick,
+            "repeats": ctx.repeats,
+            "min_sample_s": ctx.min_sample_s,
+            "max_case_s": ctx.max_case_s,
+            "dtypes": list(ctx.dtypes),
+            "torch_threads_tried": list(ctx.torch_threads),
+            "torch_compile": ctx.torch_compile,
+            "precision": precision,
+            "argv": sys.argv[1:],
+            "wall_s": 0.0,
+        },
+        "peaks": {},
+        "suites": {},
+        "records": ctx.records,
+    }
+    print(
+        f"# cnn_jax benchmarks: plan {plan}{' --quick' if args.quick else ''} on "
+        f"{env['device']} ({env['platform']}); jax {env['jax']}, flax {env['flax']}, "
+        f"torch {env['torch']}, equinox {env['equinox']}",
+        flush=True,
+    )
     peaks_start = measure_peaks(ctx)
     out_dir = Path(args.out) if args.out else (RESULTS / "quick" if args.quick else RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{device_slug(env)}-{date}" + (f"-plan-{plan}" if plan != (
-        "gpu" if backend == "gpu" else "cpu") else "")
+    stem = f"{device_slug(env)}-{date}" + (
+        f"-plan-{plan}" if plan != ("gpu" if backend == "gpu" else "cpu") else ""
+    )
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     names = list(dict.fromkeys(args.suite or SUITES))
     end = ctx.deadline
@@ -151,9 +215,13 @@ def run(args) -> int:
             results["settings"].setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"
         finally:
             results["settings"].setdefault("suite_s", {})[name] = {
-                "wall": time.monotonic() - t0, "cpu": _cpu_s() - c0}
-        print(f"## suite {name}: {time.monotonic() - t0:.0f} s ({_cpu_s() - c0:.0f} CPU s)",
-              flush=True)
+                "wall": time.monotonic() - t0,
+                "cpu": _cpu_s() - c0,
+            }
+        print(
+            f"## suite {name}: {time.monotonic() - t0:.0f} s ({_cpu_s() - c0:.0f} CPU s)",
+            flush=True,
+        )
         results["settings"]["wall_s"] = time.monotonic() - t_start
         _write(json_path, results)  # after every suite: a later failure keeps these
     print("\n## matmul peak again", flush=True)
@@ -165,8 +233,12 @@ def run(args) -> int:
     for dtype, p in peaks_start.items():
         end = peaks_end.get(dtype, {"flops": 0.0, "by": {}})
         results["peaks"][dtype] = dict(
-            p, flops=max(p["flops"], end["flops"]), start=p["flops"], end=end["flops"] or None,
-            by={k: max(v, end["by"].get(k, 0.0)) for k, v in p["by"].items()})
+            p,
+            flops=max(p["flops"], end["flops"]),
+            start=p["flops"],
+            end=end["flops"] or None,
+            by={k: max(v, end["by"].get(k, 0.0)) for k, v in p["by"].items()},
+        )
     add_peak_fractions(results)
     results["settings"]["wall_s"] = time.monotonic() - t_start
     results["settings"]["cpu_s"] = _cpu_s()
@@ -237,15 +309,21 @@ def measure_peaks(ctx) -> dict:
         impls = [Impl("jax", lambda: f(a, a), jax_wait)]
         if ctx.torch is not None:
             ta = torch_tensor(ctx, a)
-            wait = ((lambda _: ctx.torch.cuda.synchronize()) if ctx.torch_device == "cuda"
-                    else (lambda _: None))
+            wait = (
+                (lambda _: ctx.torch.cuda.synchronize())
+                if ctx.torch_device == "cuda"
+                else (lambda _: None)
+            )
             impls.append(Impl("torch", lambda: ctx.torch.matmul(ta, ta), wait))
-        t = measure(impls, repeats=ctx.repeats, min_sample_s=ctx.min_sample_s,
-                    max_case_s=ctx.max_case_s)
+        t = measure(
+            impls, repeats=ctx.repeats, min_sample_s=ctx.min_sample_s, max_case_s=ctx.max_case_s
+        )
         by = {k: 2 * n**3 / (v["min_ms"] / 1e3) for k, v in t.items() if "min_ms" in v}
         peaks[dtype] = {"flops": max(by.values()), "by": by, "shape": f"{n}x{n} @ {n}x{n}"}
-        ctx.log(f"  {dtype} matmul peak {peaks[dtype]['flops'] / 1e12:.3f} TFLOP/s "
-                f"(" + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in by.items()) + ")")
+        ctx.log(
+            f"  {dtype} matmul peak {peaks[dtype]['flops'] / 1e12:.3f} TFLOP/s "
+            f"(" + ", ".join(f"{k} {v / 1e12:.3f}" for k, v in by.items()) + ")"
+        )
     return peaks
 
 

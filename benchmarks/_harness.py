@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 
-
 # Idle time before each sample. XLA's thread pool and PyTorch's OpenMP threads spin for
 # a while after their work before they sleep; on a 2-core machine a sample that starts
 # right after another framework's shares the cores with those spinning threads
@@ -67,12 +66,19 @@ def summarize(samples_s: list[float]) -> dict:
         q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
     else:
         q1 = q3 = ms[0]
-    return {"median_ms": statistics.median(ms), "q1_ms": q1, "q3_ms": q3,
-            "min_ms": ms[0], "max_ms": ms[-1], "n": len(ms)}
+    return {
+        "median_ms": statistics.median(ms),
+        "q1_ms": q1,
+        "q3_ms": q3,
+        "min_ms": ms[0],
+        "max_ms": ms[-1],
+        "n": len(ms),
+    }
 
 
-def measure(impls: list[Impl], *, repeats: int, min_sample_s: float,
-            max_case_s: float) -> dict[str, dict]:
+def measure(
+    impls: list[Impl], *, repeats: int, min_sample_s: float, max_case_s: float
+) -> dict[str, dict]:
     """Time ``impls`` interleaved; returns ``{name: summarize(...) + compile_s, number}``.
 
     ``repeats`` samples per implementation, fewer (never under 3) when one round of
@@ -120,8 +126,12 @@ def measure(impls: list[Impl], *, repeats: int, min_sample_s: float,
         if isinstance(first[impl.name], dict):
             out[impl.name] = first[impl.name]
             continue
-        out[impl.name] = dict(summarize(samples[impl.name]), compile_s=first[impl.name],
-                              number=number[impl.name], **impl.info)
+        out[impl.name] = dict(
+            summarize(samples[impl.name]),
+            compile_s=first[impl.name],
+            number=number[impl.name],
+            **impl.info,
+        )
     return out
 
 
@@ -145,8 +155,9 @@ def fold_variants(timings: dict[str, dict]) -> dict[str, dict]:
             out[base] = variants[0][1]
             continue
         th, best = min(ok, key=lambda v: v[1]["median_ms"])
-        out[base] = dict(best, threads=th, other_threads={
-            str(o): t.get("median_ms") for o, t in ok if o != th})
+        out[base] = dict(
+            best, threads=th, other_threads={str(o): t.get("median_ms") for o, t in ok if o != th}
+        )
     return out
 
 
@@ -184,7 +195,8 @@ def environment() -> dict:
         "machine": platform.machine(),
         "processor": _cpu_name(),
         "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        "cpus_usable": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "memory_gib": _memory_gib(),
         "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,

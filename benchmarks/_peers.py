@@ -49,9 +49,16 @@ class Context:
         return self.torch is not None and self.torch_device == "cpu"
 
 
-def make_context(*, plan: str, quick: bool, repeats: int | None, budget_s: float | None,
-                 use_equinox: bool = True, torch_compile: str | None = None,
-                 log=print) -> Context:
+def make_context(
+    *,
+    plan: str,
+    quick: bool,
+    repeats: int | None,
+    budget_s: float | None,
+    use_equinox: bool = True,
+    torch_compile: str | None = None,
+    log=print,
+) -> Context:
     try:
         import torch
     except ImportError:
@@ -66,7 +73,8 @@ def make_context(*, plan: str, quick: bool, repeats: int | None, budget_s: float
     cuda = torch is not None and torch.cuda.is_available()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     ctx = Context(
-        plan=plan, quick=quick,
+        plan=plan,
+        quick=quick,
         repeats=repeats or (3 if quick else (10 if gpu else 7)),
         min_sample_s=0.002 if quick else (0.01 if gpu else 0.03),
         max_case_s=0.5 if quick else 3.0,
@@ -75,10 +83,12 @@ def make_context(*, plan: str, quick: bool, repeats: int | None, budget_s: float
         dtypes=("bfloat16", "float32") if gpu else ("float32",),
         torch_compile=torch_compile or ("models" if gpu and cuda else "none"),
         deadline=time.monotonic() + (budget_s if budget_s else 1e9),
-        torch=torch, equinox=eqx,
+        torch=torch,
+        equinox=eqx,
         torch_device="cuda" if (gpu and cuda) else "cpu",
         torch_threads=tuple(sorted({1, cores or 1})) if not (gpu and cuda) else (0,),
-        log=log)
+        log=log,
+    )
     return ctx
 
 
@@ -216,7 +226,8 @@ def torch_pass_impls(ctx: Context, fn, tensors, *, passes, cotangent=None):
         cotangent = torch.randn(y.shape, generator=g).to(y.device, y.dtype)
         if y.ndim >= 4:
             cotangent = cotangent.contiguous(
-                memory_format=torch.channels_last if y.ndim == 4 else torch.channels_last_3d)
+                memory_format=torch.channels_last if y.ndim == 4 else torch.channels_last_3d
+            )
     variants = []  # (name, callable, before)
     if ctx.torch_device == "cpu":
         for n in ctx.torch_threads:
@@ -229,12 +240,14 @@ def torch_pass_impls(ctx: Context, fn, tensors, *, passes, cotangent=None):
     out = {p: [] for p in passes}
     for name, f, before in variants:
         if "fwd" in passes:
+
             def fwd(f=f):
                 with torch.no_grad():
                     return f(*tensors)
 
             out["fwd"].append(Impl(name, fwd, wait, before=before))
         if "fwd+bwd" in passes:
+
             def fwd_bwd(f=f):
                 for t in tensors:
                     t.grad = None

@@ -60,8 +60,9 @@ def suite_table(suite: str, rows: list[dict]) -> str:
     for r in rows:
         impls = r.get("impls", {})
         if r.get("skipped"):
-            lines.append(f"| {r['case']} | {r['pass']} | skipped: {r['skipped']} |"
-                         + " |" * (len(head) - 3))
+            lines.append(
+                f"| {r['case']} | {r['pass']} | skipped: {r['skipped']} |" + " |" * (len(head) - 3)
+            )
             continue
         cells = [r["case"], r["pass"]]
         for n in names:
@@ -87,40 +88,50 @@ def suite_table(suite: str, rows: list[dict]) -> str:
 def environment_lines(results: dict) -> list[str]:
     env, s = results["environment"], results["settings"]
     peaks = results.get("peaks", {})
-    load = [f"{name} {', '.join(f'{v:.1f}' for v in env[key])}" for name, key in (
-        ("start", "load_average_at_start"), ("end", "load_average_at_end")) if env.get(key)]
-    lines = [f"- machine: {env.get('processor')}, {env.get('cpus_usable')} usable cores of "
-             f"{env.get('cpu_count')}, {env.get('memory_gib')} GiB; device "
-             f"{env['device']} ({env['platform']}); load average (1, 5, 15 min) "
-             f"{'; '.join(load)}",
-             f"- versions: python {env['python']}, jax {env['jax']}, jaxlib {env.get('jaxlib')}, "
-             f"flax {env.get('flax')}, optax {env.get('optax')}, equinox {env.get('equinox')}, "
-             f"torch {env.get('torch')}, torchvision {env.get('torchvision')}, numpy "
-             f"{env['numpy']}",
-             f"- run: {s['date']}, plan {s['plan']}{' --quick' if s['quick'] else ''}, "
-             f"{s['repeats']} samples per implementation (fewer for slow cases, never under "
-             f"3), {s['wall_s']:.0f} s in all"
-             + (f" using {s['cpu_s']:.0f} CPU s" if s.get("cpu_s") else "")
-             + f"; precision {s['precision']}"]
+    load = [
+        f"{name} {', '.join(f'{v:.1f}' for v in env[key])}"
+        for name, key in (("start", "load_average_at_start"), ("end", "load_average_at_end"))
+        if env.get(key)
+    ]
+    lines = [
+        f"- machine: {env.get('processor')}, {env.get('cpus_usable')} usable cores of "
+        f"{env.get('cpu_count')}, {env.get('memory_gib')} GiB; device "
+        f"{env['device']} ({env['platform']}); load average (1, 5, 15 min) "
+        f"{'; '.join(load)}",
+        f"- versions: python {env['python']}, jax {env['jax']}, jaxlib {env.get('jaxlib')}, "
+        f"flax {env.get('flax')}, optax {env.get('optax')}, equinox {env.get('equinox')}, "
+        f"torch {env.get('torch')}, torchvision {env.get('torchvision')}, numpy "
+        f"{env['numpy']}",
+        f"- run: {s['date']}, plan {s['plan']}{' --quick' if s['quick'] else ''}, "
+        f"{s['repeats']} samples per implementation (fewer for slow cases, never under "
+        f"3), {s['wall_s']:.0f} s in all"
+        + (f" using {s['cpu_s']:.0f} CPU s" if s.get("cpu_s") else "")
+        + f"; precision {s['precision']}",
+    ]
     if s.get("interrupted"):
         lines.append(f"- **incomplete**: {s['interrupted']}")
     for suite, err in s.get("errors", {}).items():
         lines.append(f"- **suite {suite} failed**: {err}")
     for dtype, p in peaks.items():
         parts = ", ".join(f"{k} {v / 1e12:.3f}" for k, v in p["by"].items())
-        when = "".join(f", {w} of the run {p[w] / 1e12:.3f}" for w in ("start", "end")
-                       if p.get(w))
-        lines.append(f"- measured {dtype} matmul peak: {p['flops'] / 1e12:.3f} TFLOP/s "
-                     f"({p['shape']}, best sample; {parts}{when})")
+        when = "".join(f", {w} of the run {p[w] / 1e12:.3f}" for w in ("start", "end") if p.get(w))
+        lines.append(
+            f"- measured {dtype} matmul peak: {p['flops'] / 1e12:.3f} TFLOP/s "
+            f"({p['shape']}, best sample; {parts}{when})"
+        )
     return lines
 
 
 def markdown(results: dict) -> str:
     out = ["# cnn_jax benchmarks", ""]
     out += environment_lines(results)
-    out += ["", "Median ms per call; `[q1-q3]` is cnn_jax's interquartile range. Ratios are "
-                "cnn_jax's median over the other's: **below 1 cnn_jax is faster**; `~` marks "
-                "parity (the quartile interval of the ratio contains 1); `?` a single run.", ""]
+    out += [
+        "",
+        "Median ms per call; `[q1-q3]` is cnn_jax's interquartile range. Ratios are "
+        "cnn_jax's median over the other's: **below 1 cnn_jax is faster**; `~` marks "
+        "parity (the quartile interval of the ratio contains 1); `?` a single run.",
+        "",
+    ]
     for suite, rows in results["suites"].items():
         if not rows:
             continue
@@ -134,17 +145,27 @@ def markdown(results: dict) -> str:
 
 # The lines of the ``train`` record: templates filled from its parts (plus the few
 # values derived below: percentages, seeds, an anchor's own keys).
-_HELP_LINE = ("- `cnn-jax --help` {help_s:.2f} s, `cnn-jax train --help` {train_help_s:.2f} s"
-              " (python itself {python_startup_s:.2f} s)")
-_MAIN_JOB_LINE = ("- `cnn-jax train` (digits, new process, cold cache): mean "
-                  "{cnn_jax_mean_wall_s:.2f} s, accuracy {accuracy_pct:.2f}% over seeds {seeds}")
-_ANCHOR_LINE = ("  - anchor {anchor}: {wall_s:.2f} s, accuracy {accuracy_pct:.2f}%; ratio "
-                "cnn-jax / anchor **{ratio:.2f}x**")
-_WARM_CACHE_LINE = ("  - warm compilation cache: wall {wall_s:.2f} s, time to first step "
-                    "{time_to_first_step_s:.2f} s")
-_SIDE_JOBS_LINE = ("- side jobs (checkpoints, metrics, plots): {side_jobs_pct:.1f}% of an "
-                   "in-process fit ({fit_s_without_out:.2f} s without an out folder, "
-                   "{fit_s_with_out:.2f} s with)")
+_HELP_LINE = (
+    "- `cnn-jax --help` {help_s:.2f} s, `cnn-jax train --help` {train_help_s:.2f} s"
+    " (python itself {python_startup_s:.2f} s)"
+)
+_MAIN_JOB_LINE = (
+    "- `cnn-jax train` (digits, new process, cold cache): mean "
+    "{cnn_jax_mean_wall_s:.2f} s, accuracy {accuracy_pct:.2f}% over seeds {seeds}"
+)
+_ANCHOR_LINE = (
+    "  - anchor {anchor}: {wall_s:.2f} s, accuracy {accuracy_pct:.2f}%; ratio "
+    "cnn-jax / anchor **{ratio:.2f}x**"
+)
+_WARM_CACHE_LINE = (
+    "  - warm compilation cache: wall {wall_s:.2f} s, time to first step "
+    "{time_to_first_step_s:.2f} s"
+)
+_SIDE_JOBS_LINE = (
+    "- side jobs (checkpoints, metrics, plots): {side_jobs_pct:.1f}% of an "
+    "in-process fit ({fit_s_without_out:.2f} s without an out folder, "
+    "{fit_s_with_out:.2f} s with)"
+)
 
 
 def train_lines(rec: dict) -> list[str]:
@@ -153,20 +174,31 @@ def train_lines(rec: dict) -> list[str]:
         lines.append(_HELP_LINE.format_map(rec["help"]))
     if "main_job" in rec:
         m = rec["main_job"]
-        lines.append(_MAIN_JOB_LINE.format_map(dict(
-            m, accuracy_pct=100 * m["cnn_jax_mean_accuracy"],
-            seeds=[r["seed"] for r in m["rounds"]])))
+        lines.append(
+            _MAIN_JOB_LINE.format_map(
+                dict(
+                    m,
+                    accuracy_pct=100 * m["cnn_jax_mean_accuracy"],
+                    seeds=[r["seed"] for r in m["rounds"]],
+                )
+            )
+        )
         for anchor in ("digits_torch", "digits_flax"):
             if m.get(f"ratio_cnn_jax_over_{anchor}"):
-                lines.append(_ANCHOR_LINE.format(
-                    anchor=anchor, wall_s=m[f"{anchor}_mean_wall_s"],
-                    accuracy_pct=100 * m[f"{anchor}_mean_accuracy"],
-                    ratio=m[f"ratio_cnn_jax_over_{anchor}"]))
+                lines.append(
+                    _ANCHOR_LINE.format(
+                        anchor=anchor,
+                        wall_s=m[f"{anchor}_mean_wall_s"],
+                        accuracy_pct=100 * m[f"{anchor}_mean_accuracy"],
+                        ratio=m[f"ratio_cnn_jax_over_{anchor}"],
+                    )
+                )
         lines.append(_WARM_CACHE_LINE.format_map(m["warm_cache"]))
     if "checkpoint_cost" in rec:
         c = rec["checkpoint_cost"]
-        lines.append(_SIDE_JOBS_LINE.format_map(
-            dict(c, side_jobs_pct=100 * c["side_jobs_fraction"])))
+        lines.append(
+            _SIDE_JOBS_LINE.format_map(dict(c, side_jobs_pct=100 * c["side_jobs_fraction"]))
+        )
     return lines
 
 
@@ -174,8 +206,11 @@ def train_lines(rec: dict) -> list[str]:
 
 
 def _rows(results, suite, pass_=None, pred=lambda r: True):
-    return [r for r in results["suites"].get(suite, [])
-            if not r.get("skipped") and (pass_ is None or r["pass"] == pass_) and pred(r)]
+    return [
+        r
+        for r in results["suites"].get(suite, [])
+        if not r.get("skipped") and (pass_ is None or r["pass"] == pass_) and pred(r)
+    ]
 
 
 def _worst(rows, key):
@@ -193,36 +228,70 @@ def targets(results: dict) -> list[dict]:
         worst = max(lax_ratios, key=lambda x: x["ratio"])
         parity = sum(x["verdict"] == "parity" for x in lax_ratios)
         slower = sum(x["verdict"] == "slower" for x in lax_ratios)
-        out.append(dict(target="wrapper overhead vs raw lax (every ops row)", goal="<= 1.02",
-                        value=gm, met=gm <= 1.02,
-                        detail=f"geometric mean of {len(lax_ratios)} rows; worst "
-                               f"{worst['ratio']:.2f}; {parity} at parity, {slower} slower"))
+        out.append(
+            dict(
+                target="wrapper overhead vs raw lax (every ops row)",
+                goal="<= 1.02",
+                value=gm,
+                met=gm <= 1.02,
+                detail=f"geometric mean of {len(lax_ratios)} rows; worst "
+                f"{worst['ratio']:.2f}; {parity} at parity, {slower} slower",
+            )
+        )
     for suite, label, pred in (
-            ("pool", "max-pool fwd+bwd vs lax autodiff", lambda r: r["case"].startswith("max")),
-            ("transpose", "transposed conv fwd+bwd vs lax autodiff", lambda r: True)):
+        ("pool", "max-pool fwd+bwd vs lax autodiff", lambda r: r["case"].startswith("max")),
+        ("transpose", "transposed conv fwd+bwd vs lax autodiff", lambda r: True),
+    ):
         rows = _rows(results, suite, "fwd+bwd", pred)
         value, row = _worst(rows, "cnn_jax/lax")
         if value is not None:
-            out.append(dict(target=label, goal="<= 0.5", value=value, met=value <= 0.5,
-                            detail=f"worst of {len(rows)} rows: {row['case']}"))
+            out.append(
+                dict(
+                    target=label,
+                    goal="<= 0.5",
+                    value=value,
+                    met=value <= 0.5,
+                    detail=f"worst of {len(rows)} rows: {row['case']}",
+                )
+            )
     dw = _rows(results, "ops", "fwd+bwd", lambda r: r["case"].startswith("dwconv"))
     on_cpu = results["settings"]["plan"] == "cpu"
     for subject in ("cnn_jax", "prototype"):
         value, row = _worst(dw, f"{subject}/torch")
         if value is not None and on_cpu:
-            out.append(dict(target=f"depthwise fwd+bwd vs PyTorch CPU ({subject})", goal="<= 1.0",
-                            value=value, met=value <= 1.0,
-                            detail=f"worst of {len(dw)} rows: {row['case']}"))
-    r50 = _rows(results, "models", pred=lambda r: r["what"] == "resnet50"
-                and r["dtype"] == "bfloat16")
+            out.append(
+                dict(
+                    target=f"depthwise fwd+bwd vs PyTorch CPU ({subject})",
+                    goal="<= 1.0",
+                    value=value,
+                    met=value <= 1.0,
+                    detail=f"worst of {len(dw)} rows: {row['case']}",
+                )
+            )
+    r50 = _rows(
+        results, "models", pred=lambda r: r["what"] == "resnet50" and r["dtype"] == "bfloat16"
+    )
     if r50 and "items_per_s" in r50[0]["impls"].get("cnn_jax", {}):
         ips = r50[0]["impls"]["cnn_jax"]["items_per_s"]
-        out.append(dict(target="ResNet-50 bf16 training on the GPU, images/s", goal=">= 3000",
-                        value=ips, met=ips >= 3000,
-                        detail=f"MFU {100 * r50[0]['impls']['cnn_jax'].get('peak_fraction', 0):.1f}%"))
+        out.append(
+            dict(
+                target="ResNet-50 bf16 training on the GPU, images/s",
+                goal=">= 3000",
+                value=ips,
+                met=ips >= 3000,
+                detail=f"MFU {100 * r50[0]['impls']['cnn_jax'].get('peak_fraction', 0):.1f}%",
+            )
+        )
     else:
-        out.append(dict(target="ResNet-50 bf16 training on the GPU, images/s", goal=">= 3000",
-                        value=None, met=None, detail="not measured: no GPU in this run"))
+        out.append(
+            dict(
+                target="ResNet-50 bf16 training on the GPU, images/s",
+                goal=">= 3000",
+                value=None,
+                met=None,
+                detail="not measured: no GPU in this run",
+            )
+        )
     return out
 
 
@@ -241,10 +310,13 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
     """The ratio table of two results files: per row and implementation, B's median
     over A's (above 1: B is slower), with the verdict from both runs' spreads."""
     rows_a = {_key(r): r for rows in a["suites"].values() for r in rows if not r.get("skipped")}
-    lines = [f"# {name_b} / {name_a}: ratio of medians (above 1: {name_b} slower; ~ parity)",
-             f"# A: {a['environment']['device']} {a['settings']['date']}; "
-             f"B: {b['environment']['device']} {b['settings']['date']}",
-             "| suite | case | pass | impl | A ms | B ms | B/A |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {name_b} / {name_a}: ratio of medians (above 1: {name_b} slower; ~ parity)",
+        f"# A: {a['environment']['device']} {a['settings']['date']}; "
+        f"B: {b['environment']['device']} {b['settings']['date']}",
+        "| suite | case | pass | impl | A ms | B ms | B/A |",
+        "|---|---|---|---|---|---|---|",
+    ]
     logs: dict[str, list[float]] = {}
     matched = 0
     for rows in b["suites"].values():
@@ -258,14 +330,15 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
                     continue
                 matched += 1
                 logs.setdefault(impl, []).append(math.log(r["ratio"]))
-                lines.append(f"| {rb['suite']} | {rb['case']} | {rb['pass']} | {impl} | "
-                             f"{fmt_ms(ra['impls'][impl])} | {fmt_ms(rb['impls'][impl])} | "
-                             f"{fmt_ratio(r)} |")
+                lines.append(
+                    f"| {rb['suite']} | {rb['case']} | {rb['pass']} | {impl} | "
+                    f"{fmt_ms(ra['impls'][impl])} | {fmt_ms(rb['impls'][impl])} | "
+                    f"{fmt_ratio(r)} |"
+                )
     lines.append("")
     lines.append(f"# {matched} matched timings; geometric mean of B/A per implementation:")
     for impl, values in logs.items():
-        lines.append(f"#   {impl}: {math.exp(sum(values) / len(values)):.2f} "
-                     f"({len(values)} rows)")
+        lines.append(f"#   {impl}: {math.exp(sum(values) / len(values)):.2f} ({len(values)} rows)")
     return "\n".join(lines)
 
 

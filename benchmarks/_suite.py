@@ -16,8 +16,16 @@ import functools
 import math
 
 from benchmarks._harness import fold_variants, measure, ratio
-from benchmarks._peers import (equinox_layer_fn, jax_pass_impls, nchw_to_nhwc, nhwc_to_nchw,
-                               rel_err, set_torch_threads, torch_output, torch_pass_impls)
+from benchmarks._peers import (
+    equinox_layer_fn,
+    jax_pass_impls,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+    rel_err,
+    set_torch_threads,
+    torch_output,
+    torch_pass_impls,
+)
 
 # Whose time is compared with whose: "A/B" for A in SUBJECTS, B any other impl.
 SUBJECTS = ("cnn_jax", "prototype")
@@ -65,8 +73,15 @@ def add_peak_fractions(results: dict) -> None:
                     t["peak_fraction"] = t["tflops"] * 1e12 / peak
 
 
-def time_case(ctx, base: dict, impls_by_pass: dict, *, flops: dict | None = None,
-              items: int | None = None, errors=None) -> list[dict]:
+def time_case(
+    ctx,
+    base: dict,
+    impls_by_pass: dict,
+    *,
+    flops: dict | None = None,
+    items: int | None = None,
+    errors=None,
+) -> list[dict]:
     """Time every pass of one case and return its rows (also printed as they finish).
 
     ``impls_by_pass``: ``{pass: [Impl, ...]}``; ``flops``: ``{pass: FLOPs per call}``;
@@ -83,9 +98,11 @@ def time_case(ctx, base: dict, impls_by_pass: dict, *, flops: dict | None = None
             rows.append(row)
             ctx.partial.append(row)
             continue
-        timings = fold_variants(measure(impls, repeats=ctx.repeats,
-                                        min_sample_s=ctx.min_sample_s,
-                                        max_case_s=ctx.max_case_s))
+        timings = fold_variants(
+            measure(
+                impls, repeats=ctx.repeats, min_sample_s=ctx.min_sample_s, max_case_s=ctx.max_case_s
+            )
+        )
         set_torch_threads(ctx)
         row["flops"] = (flops or {}).get(p)
         row["items"] = items
@@ -115,8 +132,16 @@ def run_guarded(ctx, suite: str, name: str, fn) -> list[dict]:
         traceback.print_exc()
         message = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         ctx.log(f"  {name:<44} failed: {message}")
-        row = {"suite": suite, "case": name, "what": "", "pass": "-", "dtype": "-",
-               "impls": {}, "ratios": {}, "skipped": f"failed: {message}"}
+        row = {
+            "suite": suite,
+            "case": name,
+            "what": "",
+            "pass": "-",
+            "dtype": "-",
+            "impls": {},
+            "ratios": {},
+            "skipped": f"failed: {message}",
+        }
         ctx.partial.append(row)
         return [row]
 
@@ -127,8 +152,12 @@ def run_cases(ctx, suite: str, cases, run_case) -> list[dict]:
     rows = []
     for case in cases:
         for dtype in ctx.dtypes:
-            rows += run_guarded(ctx, suite, case.name(dtype),
-                                lambda case=case, dtype=dtype: run_case(ctx, case, dtype))
+            rows += run_guarded(
+                ctx,
+                suite,
+                case.name(dtype),
+                lambda case=case, dtype=dtype: run_case(ctx, case, dtype),
+            )
     return rows
 
 
@@ -157,8 +186,12 @@ class Peers:
 
         f, params = equinox_layer_fn(layer)
         x_cf = jnp.transpose(x, nhwc_to_nchw(x.ndim))
-        self.add("equinox", f, (params, x_cf),
-                 output=functools.partial(jnp.transpose, axes=nchw_to_nhwc(x.ndim)))
+        self.add(
+            "equinox",
+            f,
+            (params, x_cf),
+            output=functools.partial(jnp.transpose, axes=nchw_to_nhwc(x.ndim)),
+        )
 
     def add_torch(self, ctx, fn, tensors):
         """PyTorch's ``fn(*tensors)`` (eager, and compiled where the run compiles)."""
@@ -168,14 +201,16 @@ class Peers:
 
     def errors(self) -> dict:
         ref = self.outputs["cnn_jax"]()
-        return {name: rel_err(ref, out()) for name, out in self.outputs.items()
-                if name != "cnn_jax"}
+        return {
+            name: rel_err(ref, out()) for name, out in self.outputs.items() if name != "cnn_jax"
+        }
 
     def time(self, ctx, base: dict, *, forward_flops: int | None = None) -> list[dict]:
         """:func:`time_case` of these implementations; ``forward_flops``: FLOPs of the
         forward pass (forward + backward counts three times as many)."""
-        flops = None if forward_flops is None else {"fwd": forward_flops,
-                                                    "fwd+bwd": 3 * forward_flops}
+        flops = (
+            None if forward_flops is None else {"fwd": forward_flops, "fwd+bwd": 3 * forward_flops}
+        )
         return time_case(ctx, base, self.impls, flops=flops, errors=self.errors)
 
 
@@ -185,8 +220,10 @@ def progress_line(row: dict) -> str:
         cells.append(f"{name} {t['median_ms']:.3g}" if "median_ms" in t else f"{name} ERR")
     keys = [k for k in row["ratios"] if k.startswith("cnn_jax/")]
     ratios = " ".join(f"{k[8:]} {row['ratios'][k]['ratio']:.2f}" for k in keys)
-    return (f"  {row['case']:<44} {row['pass']:<8} {row['dtype']:<8} ms: {', '.join(cells)}"
-            f" | cnn_jax/: {ratios}")
+    return (
+        f"  {row['case']:<44} {row['pass']:<8} {row['dtype']:<8} ms: {', '.join(cells)}"
+        f" | cnn_jax/: {ratios}"
+    )
 
 
 def finite_positive(x) -> bool:

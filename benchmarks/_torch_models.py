@@ -38,8 +38,10 @@ def resnet(depth: int, num_classes: int, *, small_input: bool = False):
     ref = _ref()
     block = ref.BasicBlock if depth == 18 else ref.Bottleneck
     layers = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}[depth]
-    return (ref.ResNet(block, layers, num_classes=num_classes, small_input=small_input),
-            "tests/_torchvision_ref.py")
+    return (
+        ref.ResNet(block, layers, num_classes=num_classes, small_input=small_input),
+        "tests/_torchvision_ref.py",
+    )
 
 
 def mobilenet_v2(num_classes: int, width_mult: float = 1.0):
@@ -51,5 +53,7 @@ def mobilenet_v2(num_classes: int, width_mult: float = 1.0):
 
 def unet(num_classes: int, in_channels: int, base_width: int, depth: int):
     """cnn_jax's UNet (``tests/_torchvision_ref.py``'s twin, ReLUs out of place)."""
-    return (_ref().UNet(num_classes, in_channels, base_width, depth, inplace=False),
-            "tests/_torchvision_ref.py")
+    return (
+        _ref().UNet(num_classes, in_channels, base_width, depth, inplace=False),
+        "tests/_torchvision_ref.py",
+    )

@@ -62,15 +62,23 @@ def _flipped_io(w):
 def lhs_dilation(x, w, k, s, p, op):
     pad = [(k - 1 - p, k - 1 - p + op)] * 2
     return lax.conv_general_dilated(
-        x, _flipped_io(w), (1, 1), pad, lhs_dilation=(s, s),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x,
+        _flipped_io(w),
+        (1, 1),
+        pad,
+        lhs_dilation=(s, s),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
 
 def interior_pad(x, w, k, s, p, op):
     lo, hi = k - 1 - p, k - 1 - p + op
-    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lo, hi, s - 1), (lo, hi, s - 1), (0, 0, 0)])
+    xp = lax.pad(
+        x, jnp.zeros((), x.dtype), [(0, 0, 0), (lo, hi, s - 1), (lo, hi, s - 1), (0, 0, 0)]
+    )
     return lax.conv_general_dilated(
-        xp, _flipped_io(w), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        xp, _flipped_io(w), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def phase(x, w, k, s, p, op):
@@ -108,8 +116,9 @@ def _torch_impls(x, w, k, s, p, op):
 
     def fwd():
         with torch.no_grad():
-            return torch.nn.functional.conv_transpose2d(xt, wt, stride=s, padding=p,
-                                                        output_padding=op)
+            return torch.nn.functional.conv_transpose2d(
+                xt, wt, stride=s, padding=p, output_padding=op
+            )
 
     def fwd_bwd():
         y = torch.nn.functional.conv_transpose2d(xt, wt, stride=s, padding=p, output_padding=op)
@@ -123,15 +132,19 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     env = environment()
-    print("# transposed convolution strategies (median ms); " + ", ".join(
-        f"{k}={env[k]}" for k in ("device", "jax", "torch")))
+    print(
+        "# transposed convolution strategies (median ms); "
+        + ", ".join(f"{k}={env[k]}" for k in ("device", "jax", "torch"))
+    )
     rng = np.random.default_rng(0)
     rows = []
     print(f"{'case':30s} {'strategy':18s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'max|err|':>9s}")
     for name, xshape, k, s, p, op, c_out in CASES:
         x = jnp.asarray(rng.standard_normal(xshape), jnp.float32)
-        w = jnp.asarray(rng.standard_normal((k, k, xshape[-1], c_out)) / (k * k * xshape[-1]) ** 0.5,
-                        jnp.float32)
+        w = jnp.asarray(
+            rng.standard_normal((k, k, xshape[-1], c_out)) / (k * k * xshape[-1]) ** 0.5,
+            jnp.float32,
+        )
         strategies = {
             "lhs_dilation": lambda x, w: lhs_dilation(x, w, k, s, p, op),
             "interior_pad": lambda x, w: interior_pad(x, w, k, s, p, op),
@@ -145,20 +158,26 @@ def main():
             y = fwd(x, w)
             ref = y if ref is None else ref
             errs[sname] = float(jnp.max(jnp.abs(y - ref)))
-            impls += [Impl(f"{sname} fwd", lambda fwd=fwd: fwd(x, w), jax_wait),
-                      Impl(f"{sname} fwd+bwd", lambda fb=fwd_bwd: fb(x, w), jax_wait)]
+            impls += [
+                Impl(f"{sname} fwd", lambda fwd=fwd: fwd(x, w), jax_wait),
+                Impl(f"{sname} fwd+bwd", lambda fb=fwd_bwd: fb(x, w), jax_wait),
+            ]
         impls += _torch_impls(x, w, k, s, p, op)
         t = measure(impls, repeats=args.repeats, min_sample_s=0.02, max_case_s=20.0)
         for sname in [*strategies, "torch"]:
             if f"{sname} fwd" not in t:
                 continue
             t_f, t_fb = t[f"{sname} fwd"]["median_ms"], t[f"{sname} fwd+bwd"]["median_ms"]
-            rows.append(dict(case=name, strategy=sname, fwd_ms=t_f, fwd_bwd_ms=t_fb,
-                             max_err=errs.get(sname)))
+            rows.append(
+                dict(
+                    case=name, strategy=sname, fwd_ms=t_f, fwd_bwd_ms=t_fb, max_err=errs.get(sname)
+                )
+            )
             err = f"{errs[sname]:9.1e}" if sname in errs else f"{'':>9s}"
             print(f"{name:30s} {sname:18s} {t_f:9.2f} {t_fb:11.2f} {err}", flush=True)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                        "conv_transpose_strategies.json")
+    path = os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results", "conv_transpose_strategies.json"
+    )
     with open(path, "w") as f:
         json.dump({"environment": env, "results": rows}, f, indent=2)
     print(f"wrote {path}")

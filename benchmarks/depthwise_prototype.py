@@ -42,8 +42,9 @@ def depthwise_conv(x, kernel, stride=1, padding=0):
     Same result as ``cj.depthwise_conv(x, kernel, stride=stride, padding=padding)``.
     """
     if kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
-        raise ValueError(f"depthwise_conv: kernel must be (kh, kw, 1, C={x.shape[-1]}), "
-                         f"got {kernel.shape}")
+        raise ValueError(
+            f"depthwise_conv: kernel must be (kh, kw, 1, C={x.shape[-1]}), got {kernel.shape}"
+        )
     s = (stride, stride) if isinstance(stride, int) else tuple(stride)
     if isinstance(padding, int):
         padding = (padding, padding)
@@ -118,14 +119,19 @@ def _kernel_grad(x, g, k, s, pads):
     n, ho, wo, c = g.shape
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     acc = jnp.promote_types(g.dtype, jnp.float32)
-    prods = tuple((_window(xp, (i, j), (ho, wo), s) * g).astype(acc)
-                  for i in range(kh) for j in range(kw))
+    prods = tuple(
+        (_window(xp, (i, j), (ho, wo), s) * g).astype(acc) for i in range(kh) for j in range(kw)
+    )
     # One variadic reduction: every tap's product is summed in the same loop, so x and g
     # are read once (kh * kw separate reductions read them kh * kw times: 3-5x slower).
     # On large maps the W axis is kept (more parallel work) and summed after.
     axes = (0, 1) if ho * wo >= 28 * 28 else (0, 1, 2)
-    sums = lax.reduce(prods, tuple(jnp.zeros((), acc) for _ in prods),
-                      lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
+    sums = lax.reduce(
+        prods,
+        tuple(jnp.zeros((), acc) for _ in prods),
+        lambda a, b: tuple(u + v for u, v in zip(a, b)),
+        axes,
+    )
     dw = jnp.stack(sums)
     if dw.ndim == 3:
         dw = dw.sum(1)
@@ -138,8 +144,10 @@ def _fwd(x, w, s, pads):
 
 def _bwd(s, pads, res, g):
     x, w = res
-    return (_input_grad(g, w, x.shape, s, pads).astype(x.dtype),
-            _kernel_grad(x, g, w.shape[:2], s, pads).astype(w.dtype))
+    return (
+        _input_grad(g, w, x.shape, s, pads).astype(x.dtype),
+        _kernel_grad(x, g, w.shape[:2], s, pads).astype(w.dtype),
+    )
 
 
 _depthwise.defvjp(_fwd, _bwd)

@@ -61,16 +61,25 @@ def cases(plan: str, quick: bool) -> list[ModelCase]:
     if plan == "gpu":
         # torch.compile costs a minute or more per network: the 8-minute GPU pass
         # affords it for ResNet-50 only.
-        return [ModelCase("resnet50", 256, 224, "bfloat16", num_classes=1000),
-                ModelCase("mobilenet_v2", 256, 224, "bfloat16", num_classes=1000,
-                          compile=False),
-                ModelCase("resnet18_cifar", 512, 32, "bfloat16", compile=False),
-                ModelCase("unet", 32, 256, "bfloat16", num_classes=2, compile=False,
-                          width={"base_width": 64, "depth": 4})]
-    return [ModelCase("resnet18_cifar", 32, 32, "float32"),
-            ModelCase("mobilenet_v2", 8, 128, "float32", num_classes=1000),
-            ModelCase("unet", 4, 128, "float32", num_classes=2,
-                      width={"base_width": 16, "depth": 3})]
+        return [
+            ModelCase("resnet50", 256, 224, "bfloat16", num_classes=1000),
+            ModelCase("mobilenet_v2", 256, 224, "bfloat16", num_classes=1000, compile=False),
+            ModelCase("resnet18_cifar", 512, 32, "bfloat16", compile=False),
+            ModelCase(
+                "unet",
+                32,
+                256,
+                "bfloat16",
+                num_classes=2,
+                compile=False,
+                width={"base_width": 64, "depth": 4},
+            ),
+        ]
+    return [
+        ModelCase("resnet18_cifar", 32, 32, "float32"),
+        ModelCase("mobilenet_v2", 8, 128, "float32", num_classes=1000),
+        ModelCase("unet", 4, 128, "float32", num_classes=2, width={"base_width": 16, "depth": 3}),
+    ]
 
 
 def _jax_model(c: ModelCase):
@@ -86,8 +95,9 @@ def _jax_model(c: ModelCase):
     if c.key == "resnet18_cifar":
         build = functools.partial(models.ResNet18, c.num_classes, small_input=True, **c.width)
     elif c.key == "resnet10_cifar":  # the quick run's: ResNet-18 with one block per stage
-        build = functools.partial(models.ResNet, c.num_classes, stage_sizes=(1, 1, 1, 1),
-                                  small_input=True, **c.width)
+        build = functools.partial(
+            models.ResNet, c.num_classes, stage_sizes=(1, 1, 1, 1), small_input=True, **c.width
+        )
     elif c.key == "resnet50":
         build = functools.partial(models.ResNet50, c.num_classes, **c.width)
     elif c.key == "mobilenet_v2":
@@ -116,10 +126,16 @@ def _prototype_depthwise_conv(x, kernel, bias=None, **options):
     from benchmarks.depthwise_prototype import depthwise_conv
 
     c, pad = x.shape[-1], options["padding"]
-    if (options["layout"] == "channels_last" and x.ndim == 4 and options["groups"] == c
-            and kernel.shape[2:] == (1, c) and set(options["dilation"]) == {1}
-            and options["padding_mode"] == "zeros" and not options["flip"]
-            and not isinstance(pad, str)):
+    if (
+        options["layout"] == "channels_last"
+        and x.ndim == 4
+        and options["groups"] == c
+        and kernel.shape[2:] == (1, c)
+        and set(options["dilation"]) == {1}
+        and options["padding_mode"] == "zeros"
+        and not options["flip"]
+        and not isinstance(pad, str)
+    ):
         y = depthwise_conv(x, kernel, options["stride"], pad)
         return y if bias is None else y + bias
     return cj.conv(x, kernel, bias, **options)
@@ -134,8 +150,11 @@ def _use_prototype_depthwise(model) -> int:
 
     count = 0
     for _, module in nnx.iter_graph(model):
-        if (isinstance(module, Conv) and module.groups > 1
-                and module.groups == module.in_features == module.out_features):
+        if (
+            isinstance(module, Conv)
+            and module.groups > 1
+            and module.groups == module.in_features == module.out_features
+        ):
             module._operation = _prototype_depthwise_conv
             count += 1
     return count
@@ -144,8 +163,12 @@ def _use_prototype_depthwise(model) -> int:
 def _torch_model(c: ModelCase):
     if c.key == "resnet10_cifar":  # hand-written: torchvision's ResNet has no width
         ref = _torch_models._ref()
-        return (ref.ResNet(ref.BasicBlock, (1, 1, 1, 1), num_classes=c.num_classes,
-                           small_input=True, **c.width), "tests/_torchvision_ref.py")
+        return (
+            ref.ResNet(
+                ref.BasicBlock, (1, 1, 1, 1), num_classes=c.num_classes, small_input=True, **c.width
+            ),
+            "tests/_torchvision_ref.py",
+        )
     if c.key == "resnet18_cifar":
         return _torch_models.resnet(18, c.num_classes, small_input=True)
     if c.key == "resnet50":
@@ -165,8 +188,9 @@ def _jax_step(model, c: ModelCase):
 
     from cnn_jax.train import TrainConfig, make_optimizer
 
-    config = TrainConfig(optimizer="sgd", lr=LR, weight_decay=WEIGHT_DECAY,
-                         schedule="constant", warmup=0.0, epochs=1)
+    config = TrainConfig(
+        optimizer="sgd", lr=LR, weight_decay=WEIGHT_DECAY, schedule="constant", warmup=0.0, epochs=1
+    )
     tx = make_optimizer(config, steps_per_epoch=1000)
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -197,9 +221,15 @@ def _torch_step(ctx, model, c: ModelCase, x, y, compiled: bool):
     model = model.to(ctx.torch_device).to(memory_format=torch.channels_last).train()
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=LR, momentum=MOMENTUM, nesterov=True)
+    opt = torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": WEIGHT_DECAY},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=LR,
+        momentum=MOMENTUM,
+        nesterov=True,
+    )
     forward = torch.compile(model) if compiled else model
     device_type = "cuda" if ctx.torch_device == "cuda" else "cpu"
     bf16 = c.dtype == "bfloat16"
@@ -233,8 +263,15 @@ def _run_case(ctx, c: ModelCase) -> list[dict]:
     base = {"suite": "models", "case": c.name(), "what": c.key, "dtype": c.dtype}
     if ctx.time_left() <= 0:
         ctx.log(f"  {c.name():<44} skipped: time budget spent")
-        return [dict(base, **{"pass": "train step"}, impls={}, ratios={},
-                     skipped="time budget of the run spent")]
+        return [
+            dict(
+                base,
+                **{"pass": "train step"},
+                impls={},
+                ratios={},
+                skipped="time budget of the run spent",
+            )
+        ]
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(c.batch, c.hw, c.hw, 3)).astype(np.float32)
     label_shape = (c.batch, c.hw, c.hw) if c.task == "segment" else (c.batch,)
@@ -252,8 +289,7 @@ def _run_case(ctx, c: ModelCase) -> list[dict]:
         return loss
 
     impls = [Impl("cnn_jax", jax_run, jax_wait)]
-    info = {"params_cnn_jax": summary.total_params,
-            "forward_flops_per_image": summary.total_flops}
+    info = {"params_cnn_jax": summary.total_params, "forward_flops_per_image": summary.total_flops}
     if c.key == "mobilenet_v2" and ctx.plan == "cpu":  # the same network, prototype depthwise
         proto = _jax_model(c)
         info["prototype_depthwise_layers"] = _use_prototype_depthwise(proto)
@@ -274,30 +310,45 @@ def _run_case(ctx, c: ModelCase) -> list[dict]:
         tx = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(ctx.torch_device)
         tx = tx.contiguous(memory_format=torch.channels_last)
         ty = torch.from_numpy(labels.astype(np.int64)).to(ctx.torch_device)
-        wait = ((lambda _: torch.cuda.synchronize()) if ctx.torch_device == "cuda"
-                else (lambda _: None))
+        wait = (
+            (lambda _: torch.cuda.synchronize()) if ctx.torch_device == "cuda" else (lambda _: None)
+        )
         if ctx.torch_device == "cpu":
             for n in ctx.torch_threads:
-                impls.append(Impl(f"torch@{n}", _torch_step(ctx, tmodel, c, tx, ty, False), wait,
-                                  before=lambda n=n: torch.set_num_threads(n)))
+                impls.append(
+                    Impl(
+                        f"torch@{n}",
+                        _torch_step(ctx, tmodel, c, tx, ty, False),
+                        wait,
+                        before=lambda n=n: torch.set_num_threads(n),
+                    )
+                )
         else:
             impls.append(Impl("torch", _torch_step(ctx, tmodel, c, tx, ty, False), wait))
         if ctx.torch_compile == "all" or (ctx.torch_compile == "models" and c.compile):
             torch._dynamo.reset()
             tmodel2, _ = _torch_model(c)
             tmodel2.load_state_dict(tmodel.state_dict())
-            impls.append(Impl("torch_compile", _torch_step(ctx, tmodel2, c, tx, ty, True), wait,
-                              before=P.all_threads(ctx)))
+            impls.append(
+                Impl(
+                    "torch_compile",
+                    _torch_step(ctx, tmodel2, c, tx, ty, True),
+                    wait,
+                    before=P.all_threads(ctx),
+                )
+            )
     flops = 3 * summary.total_flops * c.batch
-    ctx.log(f"  {c.name()}: {summary.total_params:,} parameters (PyTorch twin "
-            f"{info.get('params_torch', 0):,}), {summary.total_flops / 1e9:.2f} GFLOP forward "
-            f"per image")
-    rows = time_case(ctx, base, {"train step": impls}, flops={"train step": flops},
-                     items=c.batch)
+    ctx.log(
+        f"  {c.name()}: {summary.total_params:,} parameters (PyTorch twin "
+        f"{info.get('params_torch', 0):,}), {summary.total_flops / 1e9:.2f} GFLOP forward "
+        f"per image"
+    )
+    rows = time_case(ctx, base, {"train step": impls}, flops={"train step": flops}, items=c.batch)
     if "prototype_depthwise_layers" in info and "first_loss" in pholder:
         # Same initial parameters and batch: the first steps' losses must agree.
         info["prototype_first_loss_rel_err"] = abs(
-            float(pholder["first_loss"]) / float(holder["first_loss"]) - 1)
+            float(pholder["first_loss"]) / float(holder["first_loss"]) - 1
+        )
     rows[0].update(info)
     holder.clear()  # the train state (jax_run still holds the dict, so no del)
     del impls

@@ -71,8 +71,15 @@ class ConvCase:
         return f"{kind}{self.dims}d_{size}_k{self.k}s{self.s}_o{self.cout}_{_short(dtype)}"
 
     def forward_flops(self) -> int:
-        return (2 * self.n * math.prod(self.out) * self.cout * self.k ** self.dims
-                * self.cin // self.groups)
+        return (
+            2
+            * self.n
+            * math.prod(self.out)
+            * self.cout
+            * self.k**self.dims
+            * self.cin
+            // self.groups
+        )
 
 
 def _short(dtype: str) -> str:
@@ -106,16 +113,26 @@ DEPTHWISE = [
 
 def cases(plan: str, quick: bool) -> list[ConvCase]:
     if quick:  # one of each kind, tiny, so that every code path runs in seconds
-        return [ConvCase("ResNet-50 3x3 (tiny)", 2, (8, 8), 16, 16, 3, 1),
-                ConvCase("MobileNetV2 dw3x3/2 (tiny)", 2, (8, 8), 16, 16, 3, 2, True),
-                ConvCase("3-D 3x3x3 (tiny)", 1, (4, 8, 8), 8, 8, 3, 1)]
+        return [
+            ConvCase("ResNet-50 3x3 (tiny)", 2, (8, 8), 16, 16, 3, 1),
+            ConvCase("MobileNetV2 dw3x3/2 (tiny)", 2, (8, 8), 16, 16, 3, 2, True),
+            ConvCase("3-D 3x3x3 (tiny)", 1, (4, 8, 8), 8, 8, 3, 1),
+        ]
     gpu = plan == "gpu"
     n_resnet, n_dw = (64, 64) if gpu else (8, 4)
     out = [ConvCase(w, n_resnet, (h, h), ci, co, k, s) for w, h, ci, co, k, s in RESNET50]
     out += [ConvCase(w, n_dw, (h, h), c, c, k, s, True) for w, h, c, k, s in DEPTHWISE]
-    out.append(ConvCase("3-D 3x3x3 (video/volume)", 8 if gpu else 2,
-                        (16, 56, 56) if gpu else (8, 28, 28), 64 if gpu else 32,
-                        64 if gpu else 32, 3, 1))
+    out.append(
+        ConvCase(
+            "3-D 3x3x3 (video/volume)",
+            8 if gpu else 2,
+            (16, 56, 56) if gpu else (8, 28, 28),
+            64 if gpu else 32,
+            64 if gpu else 32,
+            3,
+            1,
+        )
+    )
     return out
 
 
@@ -134,7 +151,7 @@ def _run_case(ctx, c: ConvCase, dtype: str) -> list[dict]:
     x = P.normal((c.n, *c.spatial, c.cin), dtype, seed=0)
     # HWIO kernel; depthwise: (*k, 1, C), as cj.depthwise_conv takes it.
     kshape = (c.k,) * d + (c.cin // c.groups, c.cout)
-    w = P.normal(kshape, dtype, seed=1, scale=1 / math.sqrt(c.k ** d * c.cin / c.groups))
+    w = P.normal(kshape, dtype, seed=1, scale=1 / math.sqrt(c.k**d * c.cin / c.groups))
     pads = ((c.pad, c.pad),) * d
     spatial = "DHW"[-d:]
     dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
@@ -143,21 +160,46 @@ def _run_case(ctx, c: ConvCase, dtype: str) -> list[dict]:
         ours = functools.partial(cj.depthwise_conv, stride=c.s, padding=c.pad)
     else:
         ours = functools.partial(cj.conv, stride=c.s, padding=c.pad)
-    raw = functools.partial(lax.conv_general_dilated, window_strides=(c.s,) * d, padding=pads,
-                            dimension_numbers=dn, feature_group_count=c.groups)
+    raw = functools.partial(
+        lax.conv_general_dilated,
+        window_strides=(c.s,) * d,
+        padding=pads,
+        dimension_numbers=dn,
+        feature_group_count=c.groups,
+    )
     peers = Peers(PASSES)
     peers.add("cnn_jax", ours, (x, w))
     peers.add("lax", raw, (x, w))
-    layer = nnx.Conv(c.cin, c.cout, (c.k,) * d, strides=c.s, padding=pads,
-                     feature_group_count=c.groups, use_bias=False, dtype=x.dtype,
-                     param_dtype=x.dtype, kernel_init=lambda *_: w, rngs=nnx.Rngs(0))
+    layer = nnx.Conv(
+        c.cin,
+        c.cout,
+        (c.k,) * d,
+        strides=c.s,
+        padding=pads,
+        feature_group_count=c.groups,
+        use_bias=False,
+        dtype=x.dtype,
+        param_dtype=x.dtype,
+        kernel_init=lambda *_: w,
+        rngs=nnx.Rngs(0),
+    )
     f, state = P.flax_layer_fn(layer)
     peers.add("flax", f, (state, x))
     if ctx.equinox is not None:
         eqx = ctx.equinox
-        conv = P.equinox_layer(eqx.nn.Conv, d, c.cin, c.cout, c.k, stride=c.s, padding=c.pad,
-                               groups=c.groups, use_bias=False, dtype=x.dtype,
-                               weight=jnp.transpose(w, (d + 1, d, *range(d))))
+        conv = P.equinox_layer(
+            eqx.nn.Conv,
+            d,
+            c.cin,
+            c.cout,
+            c.k,
+            stride=c.s,
+            padding=c.pad,
+            groups=c.groups,
+            use_bias=False,
+            dtype=x.dtype,
+            weight=jnp.transpose(w, (d + 1, d, *range(d))),
+        )
         peers.add_equinox(conv, x)
     if c.depthwise and ctx.plan == "cpu" and d == 2:
         from benchmarks.depthwise_prototype import depthwise_conv
@@ -176,4 +218,3 @@ def _run_case(ctx, c: ConvCase, dtype: str) -> list[dict]:
 
     base = {"suite": "ops", "case": c.name(dtype), "what": c.what, "dtype": dtype}
     return peers.time(ctx, base, forward_flops=c.forward_flops())
-

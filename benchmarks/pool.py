@@ -38,14 +38,18 @@ class PoolCase:
 
 def cases(plan: str, quick: bool) -> list[PoolCase]:
     if quick:
-        return [PoolCase("ResNet max 3x3/2 (tiny)", "max", (2, 16, 16, 8), 3, 2, 1),
-                PoolCase("avg 2x2/2 (tiny)", "avg", (2, 16, 16, 8), 2, 2, 0)]
+        return [
+            PoolCase("ResNet max 3x3/2 (tiny)", "max", (2, 16, 16, 8), 3, 2, 1),
+            PoolCase("avg 2x2/2 (tiny)", "avg", (2, 16, 16, 8), 2, 2, 0),
+        ]
     n = 64 if plan == "gpu" else 8
     resnet, vgg = (n, 112, 112, 64), (n // 2, 224, 224, 64)
-    return [PoolCase("ResNet stem max 3x3/2", "max", resnet, 3, 2, 1),
-            PoolCase("VGG block1 max 2x2/2", "max", vgg, 2, 2, 0),
-            PoolCase("avg 3x3/2 (ResNet-D shortcut)", "avg", resnet, 3, 2, 1),
-            PoolCase("avg 2x2/2", "avg", vgg, 2, 2, 0)]
+    return [
+        PoolCase("ResNet stem max 3x3/2", "max", resnet, 3, 2, 1),
+        PoolCase("VGG block1 max 2x2/2", "max", vgg, 2, 2, 0),
+        PoolCase("avg 3x3/2 (ResNet-D shortcut)", "avg", resnet, 3, 2, 1),
+        PoolCase("avg 2x2/2", "avg", vgg, 2, 2, 0),
+    ]
 
 
 def lax_pool(kind, k, s, p):
@@ -75,12 +79,16 @@ def _run_case(ctx, c: PoolCase, dtype: str) -> list[dict]:
     peers.add("cnn_jax", functools.partial(op, window=c.k, stride=c.s, padding=c.p), (x,))
     peers.add("lax", lax_pool(c.kind, c.k, c.s, c.p), (x,))
     flax_op = nnx.max_pool if c.kind == "max" else nnx.avg_pool
-    peers.add("flax", lambda x: flax_op(x, (c.k, c.k), strides=(c.s, c.s),
-                                        padding=((c.p, c.p), (c.p, c.p))), (x,))
+    peers.add(
+        "flax",
+        lambda x: flax_op(x, (c.k, c.k), strides=(c.s, c.s), padding=((c.p, c.p), (c.p, c.p))),
+        (x,),
+    )
     if ctx.equinox is not None:
         eqx = ctx.equinox
         layer = (eqx.nn.MaxPool2d if c.kind == "max" else eqx.nn.AvgPool2d)(
-            c.k, stride=c.s, padding=c.p)
+            c.k, stride=c.s, padding=c.p
+        )
         peers.add_equinox(layer, x)
     if ctx.torch is not None:
         F = ctx.torch.nn.functional

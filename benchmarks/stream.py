@@ -43,8 +43,9 @@ ROOT = os.path.dirname(HERE)
 # ---------------------------------------------------------------- data
 
 
-def make_folder(root: str, n: int, size: int, *, classes: int = 10, val: int = 0,
-                seed: int = 0) -> str:
+def make_folder(
+    root: str, n: int, size: int, *, classes: int = 10, val: int = 0, seed: int = 0
+) -> str:
     """``root/train/<class>/*.jpg`` (and ``val/``): smooth colour fields with noise."""
     from PIL import Image
 
@@ -55,11 +56,11 @@ def make_folder(root: str, n: int, size: int, *, classes: int = 10, val: int = 0
             c = k % classes
             os.makedirs(os.path.join(root, split, f"c{c:02d}"), exist_ok=True)
             a, b, p = rng.uniform(0, 6, 3)
-            base = np.stack([np.sin(a * xx + p), np.cos(b * yy - p), np.sin((a + b) * xx * yy)],
-                            -1)
+            base = np.stack([np.sin(a * xx + p), np.cos(b * yy - p), np.sin((a + b) * xx * yy)], -1)
             img = (127 + 100 * base + rng.normal(0, 12, base.shape)).clip(0, 255)
             Image.fromarray(img.astype(np.uint8)).save(
-                os.path.join(root, split, f"c{c:02d}", f"{k:05d}.jpg"), quality=90)
+                os.path.join(root, split, f"c{c:02d}", f"{k:05d}.jpg"), quality=90
+            )
     return root
 
 
@@ -80,8 +81,9 @@ def _torch_loader(stream, batch_size, workers, seed):
             image = stream.load(j, np.random.default_rng([seed, 0, j]))
             return torch.from_numpy(np.array(image)), int(stream.labels[j])
 
-    return DataLoader(Images(), batch_size=batch_size, sampler=order, num_workers=workers,
-                      drop_last=True)
+    return DataLoader(
+        Images(), batch_size=batch_size, sampler=order, num_workers=workers, drop_last=True
+    )
 
 
 def _cpu_s() -> float:
@@ -115,9 +117,15 @@ def _time_epoch(batches, warm: int) -> dict:
         elif k > warm:
             n += images.shape[0]
             end, cpu1 = time.perf_counter(), _cpu_s()  # the last batch, not the shutdown
-    return {"startup_s": first - t0, "images": n, "steady_s": end - start,
-            "images_per_s": n / (end - start), "epoch_s": end - t0,
-            "shutdown_s": time.perf_counter() - end, "cpu_ms_per_image": (cpu1 - cpu0) / n * 1e3}
+    return {
+        "startup_s": first - t0,
+        "images": n,
+        "steady_s": end - start,
+        "images_per_s": n / (end - start),
+        "epoch_s": end - t0,
+        "shutdown_s": time.perf_counter() - end,
+        "cpu_ms_per_image": (cpu1 - cpu0) / n * 1e3,
+    }
 
 
 def throughput(tmp: str, n: int, workers: int, batch_size: int = 64) -> dict:
@@ -131,24 +139,38 @@ def throughput(tmp: str, n: int, workers: int, batch_size: int = 64) -> dict:
         rounds["cnn_jax"].append(_time_epoch(train.batches(batch_size, workers=workers), warm))
         rounds["torch"].append(_time_epoch(_torch_loader(train, batch_size, workers, 0), warm))
     best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in rounds.items()}
-    return {"images": n, "size": 256, "crop": 224, "batch_size": batch_size,
-            "workers": workers, "rounds": rounds, "best": best,
-            "ratio": best["cnn_jax"]["images_per_s"] / best["torch"]["images_per_s"]}
+    return {
+        "images": n,
+        "size": 256,
+        "crop": 224,
+        "batch_size": batch_size,
+        "workers": workers,
+        "rounds": rounds,
+        "best": best,
+        "ratio": best["cnn_jax"]["images_per_s"] / best["torch"]["images_per_s"],
+    }
 
 
 # ---------------------------------------------------------------- 2. step time
 
 
-def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int | None,
-              rounds: int = 2) -> dict:
+def step_time(
+    tmp: str, n: int, batch_size: int, image_size: int, workers: int | None, rounds: int = 2
+) -> dict:
     """ResNet-18 ``fit`` on a streamed folder and on the same images in memory, alternated
     (A B B A ...; the compiled programs come from a persistent cache after the first).
     Besides the wall step time (which other jobs on a shared machine move by tens of
     per cent), the time the steps waited for input and the CPU the workers used, as a
     share of the training process's: what streaming can cost a step when nothing else
     runs."""
-    from cnn_jax.train import (TrainConfig, create_model, enable_compilation_cache, fit,
-                               load_dataset, load_image_folder)
+    from cnn_jax.train import (
+        TrainConfig,
+        create_model,
+        enable_compilation_cache,
+        fit,
+        load_dataset,
+        load_image_folder,
+    )
 
     os.environ["CNN_JAX_COMPILATION_CACHE"] = os.path.join(tmp, "jax-cache")
     enable_compilation_cache()
@@ -159,11 +181,18 @@ def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int |
     load_s = time.perf_counter() - t0
     # Two epochs, the second timed: the workers' start (each imports Grain and jax, about
     # 3 CPU seconds) competes with the first epoch's steps on a 2-core machine.
-    config = TrainConfig(dataset="folder", model="resnet18", epochs=2, batch_size=batch_size,
-                         eval_batch_size=batch_size, quiet=True, workers=workers)
+    config = TrainConfig(
+        dataset="folder",
+        model="resnet18",
+        epochs=2,
+        batch_size=batch_size,
+        eval_batch_size=batch_size,
+        quiet=True,
+        workers=workers,
+    )
     runs = {"in_memory": [], "streamed": []}
     order = ["in_memory", "streamed", "streamed", "in_memory"] * rounds
-    for name in order[:2 * rounds]:
+    for name in order[: 2 * rounds]:
         train, test = in_memory if name == "in_memory" else streamed
         model = create_model("resnet18", train.num_classes, train.image_shape)
         before = os.times()
@@ -171,18 +200,27 @@ def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int |
         after = os.times()
         s = history.summary
         main_cpu = (after.user + after.system) - (before.user + before.system)
-        workers_cpu = ((after.children_user + after.children_system)
-                       - (before.children_user + before.children_system))
-        runs[name].append({"step_s": batch_size / history.epochs[-1]["images_per_s"],
-                           "first_epoch_step_s": batch_size / history.epochs[0]["images_per_s"],
-                           "time_to_first_step_s": s["time_to_first_step_s"],
-                           "input_wait_s": s.get("input_wait_s"),
-                           "input_workers": s.get("input_workers"),
-                           "training_cpu_s": main_cpu, "workers_cpu_s": workers_cpu})
+        workers_cpu = (after.children_user + after.children_system) - (
+            before.children_user + before.children_system
+        )
+        runs[name].append(
+            {
+                "step_s": batch_size / history.epochs[-1]["images_per_s"],
+                "first_epoch_step_s": batch_size / history.epochs[0]["images_per_s"],
+                "time_to_first_step_s": s["time_to_first_step_s"],
+                "input_wait_s": s.get("input_wait_s"),
+                "input_workers": s.get("input_workers"),
+                "training_cpu_s": main_cpu,
+                "workers_cpu_s": workers_cpu,
+            }
+        )
     out = {}
     for name, r in runs.items():
-        out[name] = {"runs": r, "step_s": float(np.mean([x["step_s"] for x in r])),
-                     "step_s_spread": [min(x["step_s"] for x in r), max(x["step_s"] for x in r)]}
+        out[name] = {
+            "runs": r,
+            "step_s": float(np.mean([x["step_s"] for x in r])),
+            "step_s_spread": [min(x["step_s"] for x in r), max(x["step_s"] for x in r)],
+        }
     # What decoding a batch costs, against the CPU a step has (its wall time x cores):
     # the slowdown streaming can cause a step on an otherwise idle machine. (The
     # workers' total CPU above also holds their start-up: importing Grain and jax.)
@@ -191,12 +229,19 @@ def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int |
         streamed[0].load(j)
     decode_s = (time.process_time() - c0) / 64 * batch_size
     steps = 2 * (n // batch_size)
-    return {"images": n, "source_size": 128, "image_size": image_size,
-            "batch_size": batch_size, "steps_per_run": steps, "load_in_memory_s": load_s,
-            **out, "ratio": out["streamed"]["step_s"] / out["in_memory"]["step_s"],
-            "input_wait_per_step_s": max(x["input_wait_s"] for x in runs["streamed"]) / steps,
-            "decode_cpu_per_step_s": decode_s,
-            "decode_share": decode_s / (out["in_memory"]["step_s"] * (os.cpu_count() or 1))}
+    return {
+        "images": n,
+        "source_size": 128,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "steps_per_run": steps,
+        "load_in_memory_s": load_s,
+        **out,
+        "ratio": out["streamed"]["step_s"] / out["in_memory"]["step_s"],
+        "input_wait_per_step_s": max(x["input_wait_s"] for x in runs["streamed"]) / steps,
+        "decode_cpu_per_step_s": decode_s,
+        "decode_share": decode_s / (out["in_memory"]["step_s"] * (os.cpu_count() or 1)),
+    }
 
 
 # ---------------------------------------------------------------- 3. memory
@@ -204,25 +249,32 @@ def step_time(tmp: str, n: int, batch_size: int, image_size: int, workers: int |
 
 # The peak RSS of the process itself: VmHWM (ru_maxrss is inherited across fork and exec,
 # so a child of a large benchmark process would report its parent's peak).
-_HWM = ("def hwm_kb():\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith('VmHWM:'):\n"
-        "            return int(line.split()[1])\n")
-_RSS = (_HWM + "import sys\n"
-        "from cnn_jax.cli import main\n"
-        "code = main(sys.argv[1:])\n"
-        "print('maxrss_kb', hwm_kb())\n"
-        "sys.exit(code)\n")
-_RSS_MEMORY = (_HWM + "import sys\n"
-               "from cnn_jax.train import load_image_folder\n"
-               "train, test = load_image_folder(sys.argv[1])\n"
-               "print('maxrss_kb', hwm_kb())\n")
+_HWM = (
+    "def hwm_kb():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            return int(line.split()[1])\n"
+)
+_RSS = (
+    _HWM + "import sys\n"
+    "from cnn_jax.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('maxrss_kb', hwm_kb())\n"
+    "sys.exit(code)\n"
+)
+_RSS_MEMORY = (
+    _HWM + "import sys\n"
+    "from cnn_jax.train import load_image_folder\n"
+    "train, test = load_image_folder(sys.argv[1])\n"
+    "print('maxrss_kb', hwm_kb())\n"
+)
 
 
 def _peak_rss_mb(code: str, args: list[str]) -> float:
     env = dict(os.environ, PYTHONPATH=ROOT, CNN_JAX_COMPILATION_CACHE="off")
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=1200
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     kb = int(proc.stdout.split("maxrss_kb")[-1].split()[0])
@@ -238,50 +290,85 @@ def memory(tmp: str, sizes: tuple[int, ...], workers: int | None, steps: int = 9
     for n in sizes:
         folder = make_folder(os.path.join(tmp, f"rss{n}"), n, 64, val=max(n // 10, 10), seed=2)
         epochs = max(1, round(steps / (n // 64)))
-        args = ["train", "--dataset", "folder", "--data-dir", folder, "--model", "digits_cnn",
-                "--width", "8", "--image-size", "32", "--epochs", str(epochs), "--batch-size",
-                "64", "--eval-batch-size", "64", "--quiet"]
+        args = [
+            "train",
+            "--dataset",
+            "folder",
+            "--data-dir",
+            folder,
+            "--model",
+            "digits_cnn",
+            "--width",
+            "8",
+            "--image-size",
+            "32",
+            "--epochs",
+            str(epochs),
+            "--batch-size",
+            "64",
+            "--eval-batch-size",
+            "64",
+            "--quiet",
+        ]
         if workers is not None:
             args += ["--workers", str(workers)]
-        runs = [_peak_rss_mb(_RSS, args + ["--out", os.path.join(tmp, f"run{n}-{k}")])
-                for k in range(2)]
-        rows[n] = {"epochs": epochs, "steps": epochs * (n // 64), "streamed_mb": max(runs),
-                   "streamed_runs_mb": runs,
-                   "in_memory_load_mb": _peak_rss_mb(_RSS_MEMORY, [folder])}
+        runs = [
+            _peak_rss_mb(_RSS, args + ["--out", os.path.join(tmp, f"run{n}-{k}")]) for k in range(2)
+        ]
+        rows[n] = {
+            "epochs": epochs,
+            "steps": epochs * (n // 64),
+            "streamed_mb": max(runs),
+            "streamed_runs_mb": runs,
+            "in_memory_load_mb": _peak_rss_mb(_RSS_MEMORY, [folder]),
+        }
     small, large = rows[min(sizes)], rows[max(sizes)]
-    return {"sizes": list(sizes), "rows": rows,
-            "streamed_growth_mb": large["streamed_mb"] - small["streamed_mb"],
-            "in_memory_growth_mb": large["in_memory_load_mb"] - small["in_memory_load_mb"]}
+    return {
+        "sizes": list(sizes),
+        "rows": rows,
+        "streamed_growth_mb": large["streamed_mb"] - small["streamed_mb"],
+        "in_memory_growth_mb": large["in_memory_load_mb"] - small["in_memory_load_mb"],
+    }
 
 
 # ---------------------------------------------------------------- report
 
 
 def machine() -> dict:
+    import grain  # noqa: F401 - its version below
     import jax
     import PIL
 
-    import grain  # noqa: F401 - its version below
-
     try:
         import torch
+
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
     from importlib.metadata import version
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "jax": jax.__version__,
-            "device": jax.devices()[0].device_kind, "grain": version("grain"),
-            "pillow": PIL.__version__, "torch": torch_version,
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+        "grain": version("grain"),
+        "pillow": PIL.__version__,
+        "torch": torch_version,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small folders: a smoke run")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="input workers of both loaders in the throughput test (2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="input workers of both loaders in the throughput test (2)",
+    )
     parser.add_argument("--only", choices=("throughput", "steps", "memory"), default=None)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -291,29 +378,41 @@ def main(argv=None):
         if args.only in (None, "throughput"):
             r = result["throughput"] = throughput(tmp, 400 if quick else 4000, args.workers)
             b = r["best"]
-            print(f"throughput ({r['images']} JPEGs 256px -> 224 crop, {r['workers']} "
-                  f"workers): cnn_jax {b['cnn_jax']['images_per_s']:.0f} img/s "
-                  f"(start {b['cnn_jax']['startup_s']:.1f} s), torch "
-                  f"{b['torch']['images_per_s']:.0f} img/s (start "
-                  f"{b['torch']['startup_s']:.1f} s): {r['ratio']:.2f}x", flush=True)
+            print(
+                f"throughput ({r['images']} JPEGs 256px -> 224 crop, {r['workers']} "
+                f"workers): cnn_jax {b['cnn_jax']['images_per_s']:.0f} img/s "
+                f"(start {b['cnn_jax']['startup_s']:.1f} s), torch "
+                f"{b['torch']['images_per_s']:.0f} img/s (start "
+                f"{b['torch']['startup_s']:.1f} s): {r['ratio']:.2f}x",
+                flush=True,
+            )
         if args.only in (None, "steps"):
             r = result["steps"] = step_time(tmp, 128 if quick else 512, 32, 32, None)
             w = r["streamed"]["runs"][0]["input_workers"]
-            print(f"resnet18 step ({r['image_size']} px, batch {r['batch_size']}): in memory "
-                  f"{r['in_memory']['step_s']:.3f} s {r['in_memory']['step_s_spread']}, "
-                  f"streamed {r['streamed']['step_s']:.3f} s {r['streamed']['step_s_spread']} "
-                  f"({w} workers): {r['ratio']:.3f}x; input wait "
-                  f"{r['input_wait_per_step_s'] * 1e3:.1f} ms/step; decoding a batch "
-                  f"{r['decode_cpu_per_step_s'] * 1e3:.0f} ms CPU = "
-                  f"{100 * r['decode_share']:.1f}% of a step's CPU", flush=True)
+            print(
+                f"resnet18 step ({r['image_size']} px, batch {r['batch_size']}): in memory "
+                f"{r['in_memory']['step_s']:.3f} s {r['in_memory']['step_s_spread']}, "
+                f"streamed {r['streamed']['step_s']:.3f} s {r['streamed']['step_s_spread']} "
+                f"({w} workers): {r['ratio']:.3f}x; input wait "
+                f"{r['input_wait_per_step_s'] * 1e3:.1f} ms/step; decoding a batch "
+                f"{r['decode_cpu_per_step_s'] * 1e3:.0f} ms CPU = "
+                f"{100 * r['decode_share']:.1f}% of a step's CPU",
+                flush=True,
+            )
         if args.only in (None, "memory"):
             r = result["memory"] = memory(tmp, (128, 600) if quick else (600, 6000), None)
             for n, row in r["rows"].items():
-                print(f"peak RSS, {n} images ({row['steps']} steps): streamed run "
-                      f"{row['streamed_mb']:.0f} MB, in-memory load "
-                      f"{row['in_memory_load_mb']:.0f} MB", flush=True)
-            print(f"growth: streamed {r['streamed_growth_mb']:+.0f} MB, in memory "
-                  f"{r['in_memory_growth_mb']:+.0f} MB", flush=True)
+                print(
+                    f"peak RSS, {n} images ({row['steps']} steps): streamed run "
+                    f"{row['streamed_mb']:.0f} MB, in-memory load "
+                    f"{row['in_memory_load_mb']:.0f} MB",
+                    flush=True,
+                )
+            print(
+                f"growth: streamed {r['streamed_growth_mb']:+.0f} MB, in memory "
+                f"{r['in_memory_growth_mb']:+.0f} MB",
+                flush=True,
+            )
     folder = os.path.join(HERE, "results", "quick" if quick else "")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "stream.json" if args.only is None else f"stream-{args.only}.json")

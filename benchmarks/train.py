@@ -57,9 +57,19 @@ def torch_lenet5():
     import torch.nn as tnn
 
     return tnn.Sequential(
-        tnn.Conv2d(1, 6, 5), tnn.ReLU(), tnn.MaxPool2d(2),
-        tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
-        tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, 10))
+        tnn.Conv2d(1, 6, 5),
+        tnn.ReLU(),
+        tnn.MaxPool2d(2),
+        tnn.Conv2d(6, 16, 5),
+        tnn.ReLU(),
+        tnn.MaxPool2d(2),
+        tnn.Flatten(),
+        tnn.Linear(400, 120),
+        tnn.ReLU(),
+        tnn.Linear(120, 84),
+        tnn.ReLU(),
+        tnn.Linear(84, 10),
+    )
 
 
 def torch_simple_cnn(width: int, in_channels: int = 1, num_classes: int = 10):
@@ -68,8 +78,7 @@ def torch_simple_cnn(width: int, in_channels: int = 1, num_classes: int = 10):
     layers, c = [], in_channels
     for i in range(1, 11):
         out = width * 2 ** sum(i > p for p in (4, 6, 8))
-        layers += [tnn.Conv2d(c, out, 3, padding=1, bias=False), tnn.BatchNorm2d(out),
-                   tnn.ReLU()]
+        layers += [tnn.Conv2d(c, out, 3, padding=1, bias=False), tnn.BatchNorm2d(out), tnn.ReLU()]
         if i in (4, 6, 8):
             layers.append(tnn.MaxPool2d(2))
         c = out
@@ -88,15 +97,21 @@ def torch_train(model, images, labels, batch_size, steps, lr, weight_decay, chan
         model = model.to(memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
     order = np.random.default_rng(0).permutation(len(images))
 
     def step(i):
-        idx = torch.from_numpy(order[(i * batch_size) % (len(images) - batch_size + 1):][
-            :batch_size])
+        idx = torch.from_numpy(
+            order[(i * batch_size) % (len(images) - batch_size + 1) :][:batch_size]
+        )
         x, y = x_all[idx], y_all[idx]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -124,17 +139,28 @@ def _fit_case(model, images, labels, batch_size, epochs, lr, weight_decay):
 
     train = Dataset(images, labels, 10, "synthetic")
     test = Dataset(images[:batch_size], labels[:batch_size], 10, "synthetic")
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, eval_batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, schedule="constant", warmup=0.0,
-                      optimizer="adamw", augment=False, quiet=True, num_devices=1)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        eval_batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule="constant",
+        warmup=0.0,
+        optimizer="adamw",
+        augment=False,
+        quiet=True,
+        num_devices=1,
+    )
     s = fit(model, train, test, cfg).summary
     return s["time_to_first_step_s"], s["images_per_s"]
 
 
 def _single(ms: float, first_s: float, **info) -> dict:
     """A timing of one run (no spread): quartiles and extremes equal the value."""
-    return dict(median_ms=ms, q1_ms=ms, q3_ms=ms, min_ms=ms, max_ms=ms, n=1,
-                compile_s=first_s, **info)
+    return dict(
+        median_ms=ms, q1_ms=ms, q3_ms=ms, min_ms=ms, max_ms=ms, n=1, compile_s=first_s, **info
+    )
 
 
 def fit_rows(ctx) -> list[dict]:
@@ -142,12 +168,25 @@ def fit_rows(ctx) -> list[dict]:
 
     from cnn_jax.models import LeNet5, SimpleCNN
 
-    cases = [("lenet5", (32, 32, 1), 128, lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
-              torch_lenet5)]
+    cases = [
+        (
+            "lenet5",
+            (32, 32, 1),
+            128,
+            lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
+            torch_lenet5,
+        )
+    ]
     if not ctx.quick:
-        cases.append(("simple_cnn_w32", (8, 8, 1), 64,
-                      lambda: SimpleCNN(10, in_channels=1, width=32, rngs=nnx.Rngs(0)),
-                      lambda: torch_simple_cnn(32)))
+        cases.append(
+            (
+                "simple_cnn_w32",
+                (8, 8, 1),
+                64,
+                lambda: SimpleCNN(10, in_channels=1, width=32, rngs=nnx.Rngs(0)),
+                lambda: torch_simple_cnn(32),
+            )
+        )
     n_images = 512 if ctx.quick else 2048
     epochs = 1 if ctx.quick else 2
     rng = np.random.default_rng(0)
@@ -163,24 +202,34 @@ def fit_rows(ctx) -> list[dict]:
             for threads in ctx.torch_threads:
                 ctx.torch.set_num_threads(threads)
                 for channels_last in (False, True):
-                    tfirst, tips = torch_train(make_torch(), images, labels, bs, steps, 1e-3,
-                                               5e-4, channels_last)
+                    tfirst, tips = torch_train(
+                        make_torch(), images, labels, bs, steps, 1e-3, 5e-4, channels_last
+                    )
                     if best is None or tips > best[1]:
                         best = (tfirst, tips, channels_last, threads)
             ctx.torch.set_num_threads(max(ctx.torch_threads))
-            impls["torch"] = _single(1e3 * bs / best[1], best[0], channels_last=best[2],
-                                     threads=best[3])
+            impls["torch"] = _single(
+                1e3 * bs / best[1], best[0], channels_last=best[2], threads=best[3]
+            )
         h, w, c = shape
-        row = {"suite": "train", "case": f"train_fit_{name}_{bs}x{h}x{w}x{c}_f32",
-               "what": f"cnn_jax.train.fit vs a PyTorch loop, AdamW, {steps} steps",
-               "dtype": "float32", "pass": "train step", "flops": None, "items": bs,
-               "impls": impls}
+        row = {
+            "suite": "train",
+            "case": f"train_fit_{name}_{bs}x{h}x{w}x{c}_f32",
+            "what": f"cnn_jax.train.fit vs a PyTorch loop, AdamW, {steps} steps",
+            "dtype": "float32",
+            "pass": "train step",
+            "flops": None,
+            "items": bs,
+            "impls": impls,
+        }
         add_rates(row)
         add_ratios(row)
         rows.append(row)
-        ctx.log(f"  {row['case']:<44} cnn_jax {ips:,.0f} img/s, torch "
-                f"{row['impls'].get('torch', {}).get('items_per_s', 0):,.0f} img/s; first "
-                f"step {first:.2f} s")
+        ctx.log(
+            f"  {row['case']:<44} cnn_jax {ips:,.0f} img/s, torch "
+            f"{row['impls'].get('torch', {}).get('items_per_s', 0):,.0f} img/s; first "
+            f"step {first:.2f} s"
+        )
     return rows
 
 
@@ -210,12 +259,17 @@ def _torch_anchor(path: str) -> dict:
     has taken twice as long: it cannot win then); the faster run counts. On a loaded
     2-core machine the default's OpenMP barriers made it 3-4x slower than 1 thread."""
     wall1, proc1 = _timed([sys.executable, path], dict(os.environ, OMP_NUM_THREADS="1"))
-    out = {"wall_s": wall1, "test_accuracy": _accuracy(proc1.stdout), "wall_s_1_thread": wall1,
-           "threads": 1}
+    out = {
+        "wall_s": wall1,
+        "test_accuracy": _accuracy(proc1.stdout),
+        "wall_s_1_thread": wall1,
+        "threads": 1,
+    }
     try:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, path], capture_output=True, text=True,
-                              timeout=2 * wall1)
+        proc = subprocess.run(
+            [sys.executable, path], capture_output=True, text=True, timeout=2 * wall1
+        )
         wall = time.perf_counter() - t0
     except subprocess.TimeoutExpired:
         out["wall_s_default_threads"] = f"> {2 * wall1:.1f} (stopped)"
@@ -252,19 +306,29 @@ def run_main_job(ctx, seeds, anchors: str) -> dict:
             raise RuntimeError(f"cnn-jax train failed: {proc.stderr[-2000:]}")
         with open(os.path.join(out, "summary.json")) as f:
             summary = json.load(f)
-        row["cnn_jax"] = {"wall_s": wall, "test_accuracy": summary["test_accuracy"],
-                          "time_to_first_step_s": summary["time_to_first_step_s"]}
+        row["cnn_jax"] = {
+            "wall_s": wall,
+            "test_accuracy": summary["test_accuracy"],
+            "time_to_first_step_s": summary["time_to_first_step_s"],
+        }
         rows.append(row)
-        ctx.log(f"  main job, seed {seed}: " + "  ".join(
-            f"{k} {v['wall_s']:.1f} s acc {v['test_accuracy']}" for k, v in row.items()
-            if isinstance(v, dict)))
+        ctx.log(
+            f"  main job, seed {seed}: "
+            + "  ".join(
+                f"{k} {v['wall_s']:.1f} s acc {v['test_accuracy']}"
+                for k, v in row.items()
+                if isinstance(v, dict)
+            )
+        )
     # Warm compilation cache: the last seed's cache, a new process.
     out = os.path.join(tmp, "warm")
     wall, proc = _timed([*cli, "train", "--quiet", "--seed", str(seeds[-1]), "--out", out], env)
     with open(os.path.join(out, "summary.json")) as f:
         warm = json.load(f)
-    result = {"rounds": rows, "warm_cache": {"wall_s": wall, "time_to_first_step_s":
-                                             warm["time_to_first_step_s"]}}
+    result = {
+        "rounds": rows,
+        "warm_cache": {"wall_s": wall, "time_to_first_step_s": warm["time_to_first_step_s"]},
+    }
 
     def mean(key, field):
         values = [r[key][field] for r in rows if key in r and r[key][field] is not None]
@@ -275,8 +339,9 @@ def run_main_job(ctx, seeds, anchors: str) -> dict:
         result[f"{key}_mean_accuracy"] = mean(key, "test_accuracy")
     for anchor in ("digits_torch", "digits_flax"):
         if result[f"{anchor}_mean_wall_s"]:
-            result[f"ratio_cnn_jax_over_{anchor}"] = (result["cnn_jax_mean_wall_s"]
-                                                      / result[f"{anchor}_mean_wall_s"])
+            result[f"ratio_cnn_jax_over_{anchor}"] = (
+                result["cnn_jax_mean_wall_s"] / result[f"{anchor}_mean_wall_s"]
+            )
     return result
 
 
@@ -288,7 +353,8 @@ def run_help(repeats: int) -> dict:
     for name, args in (("help_s", ["--help"]), ("train_help_s", ["train", "--help"])):
         row[name] = statistics.median(_timed([*exe, *args], env)[0] for _ in range(repeats))
     row["python_startup_s"] = statistics.median(
-        _timed([sys.executable, "-c", "pass"])[0] for _ in range(repeats))
+        _timed([sys.executable, "-c", "pass"])[0] for _ in range(repeats)
+    )
     return row
 
 
@@ -308,21 +374,28 @@ def run_checkpoint_cost(repeats: int) -> dict:
             if i:
                 times[key].append(time.perf_counter() - t0)
     no_out, with_out = statistics.median(times["no_out"]), statistics.median(times["out"])
-    return {"fit_s_without_out": no_out, "fit_s_with_out": with_out,
-            "side_jobs_fraction": (with_out - no_out) / with_out}
+    return {
+        "fit_s_without_out": no_out,
+        "fit_s_with_out": with_out,
+        "side_jobs_fraction": (with_out - no_out) / with_out,
+    }
 
 
 def run(ctx) -> list[dict]:
     records = ctx.records.setdefault("train", {})
     records["help"] = run_help(3 if ctx.quick else 5)
     h = records["help"]
-    ctx.log(f"  cnn-jax --help {h['help_s']:.2f} s, train --help {h['train_help_s']:.2f} s "
-            f"(python itself {h['python_startup_s']:.2f} s)")
+    ctx.log(
+        f"  cnn-jax --help {h['help_s']:.2f} s, train --help {h['train_help_s']:.2f} s "
+        f"(python itself {h['python_startup_s']:.2f} s)"
+    )
     if not ctx.quick and OPTIONS["seeds"]:
         records["main_job"] = run_main_job(ctx, list(OPTIONS["seeds"]), OPTIONS["anchors"])
     if not ctx.quick:
         c = records["checkpoint_cost"] = run_checkpoint_cost(1)
-        ctx.log(f"  fit without out {c['fit_s_without_out']:.2f} s, with checkpoints/metrics/"
-                f"plots {c['fit_s_with_out']:.2f} s: side jobs "
-                f"{100 * c['side_jobs_fraction']:.1f}% of the run")
+        ctx.log(
+            f"  fit without out {c['fit_s_without_out']:.2f} s, with checkpoints/metrics/"
+            f"plots {c['fit_s_with_out']:.2f} s: side jobs "
+            f"{100 * c['side_jobs_fraction']:.1f}% of the run"
+        )
     return fit_rows(ctx)

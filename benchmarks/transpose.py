@@ -41,8 +41,10 @@ class TransposeCase:
 
     def name(self, dtype: str) -> str:
         short = {"float32": "f32", "bfloat16": "bf16"}[dtype]
-        return (f"conv_transpose2d_{self.n}x{self.hw}x{self.hw}x{self.cin}_k{self.k}s{self.s}"
-                f"p{self.p}op{self.op}_o{self.cout}_{short}")
+        return (
+            f"conv_transpose2d_{self.n}x{self.hw}x{self.hw}x{self.cin}_k{self.k}s{self.s}"
+            f"p{self.p}op{self.op}_o{self.cout}_{short}"
+        )
 
     def forward_flops(self) -> int:
         """FLOPs of the equivalent (gradient-of-conv) computation: every input pixel
@@ -54,9 +56,11 @@ def cases(plan: str, quick: bool) -> list[TransposeCase]:
     if quick:
         return [TransposeCase("DCGAN 4x4/2 (tiny)", 2, 8, 16, 8, 4, 2, 1)]
     n = 64 if plan == "gpu" else 4
-    return [TransposeCase("U-Net up-conv 2x2/2 (28->56 px)", n, 28, 256, 128, 2, 2),
-            TransposeCase("DCGAN generator 4x4/2 (16->32 px)", n, 16, 256, 128, 4, 2, 1),
-            TransposeCase("decoder 3x3/2 p1 op1 (28->56 px)", n, 28, 128, 64, 3, 2, 1, 1)]
+    return [
+        TransposeCase("U-Net up-conv 2x2/2 (28->56 px)", n, 28, 256, 128, 2, 2),
+        TransposeCase("DCGAN generator 4x4/2 (16->32 px)", n, 16, 256, 128, 4, 2, 1),
+        TransposeCase("decoder 3x3/2 p1 op1 (28->56 px)", n, 28, 128, 64, 3, 2, 1, 1),
+    ]
 
 
 def run(ctx) -> list[dict]:
@@ -73,24 +77,54 @@ def _run_case(ctx, c: TransposeCase, dtype: str) -> list[dict]:
     x = P.normal((c.n, c.hw, c.hw, c.cin), dtype, seed=0)
     w = P.normal((c.k, c.k, c.cin, c.cout), dtype, seed=1, scale=1 / math.sqrt(c.k * c.k * c.cin))
     peers = Peers(PASSES)
-    peers.add("cnn_jax", functools.partial(cj.conv_transpose, stride=c.s, padding=c.p,
-                                           output_padding=c.op), (x, w))
+    peers.add(
+        "cnn_jax",
+        functools.partial(cj.conv_transpose, stride=c.s, padding=c.p, output_padding=c.op),
+        (x, w),
+    )
     # lax's padding is of the dilated input: PyTorch's (k - 1 - p, k - 1 - p + op).
     lax_pads = ((c.k - 1 - c.p, c.k - 1 - c.p + c.op),) * 2
-    peers.add("lax", functools.partial(lax.conv_transpose, strides=(c.s, c.s), padding=lax_pads,
-                                       dimension_numbers=("NHWC", "HWOI", "NHWC"),
-                                       transpose_kernel=True), (x, w))
-    layer = nnx.ConvTranspose(c.cin, c.cout, (c.k, c.k), strides=(c.s, c.s), padding=lax_pads,
-                              transpose_kernel=True, use_bias=False, dtype=x.dtype,
-                              param_dtype=x.dtype, kernel_init=lambda *_: jnp.swapaxes(w, 2, 3),
-                              rngs=nnx.Rngs(0))
+    peers.add(
+        "lax",
+        functools.partial(
+            lax.conv_transpose,
+            strides=(c.s, c.s),
+            padding=lax_pads,
+            dimension_numbers=("NHWC", "HWOI", "NHWC"),
+            transpose_kernel=True,
+        ),
+        (x, w),
+    )
+    layer = nnx.ConvTranspose(
+        c.cin,
+        c.cout,
+        (c.k, c.k),
+        strides=(c.s, c.s),
+        padding=lax_pads,
+        transpose_kernel=True,
+        use_bias=False,
+        dtype=x.dtype,
+        param_dtype=x.dtype,
+        kernel_init=lambda *_: jnp.swapaxes(w, 2, 3),
+        rngs=nnx.Rngs(0),
+    )
     f, state = P.flax_layer_fn(layer)
     peers.add("flax", f, (state, x))
     if ctx.equinox is not None:
         eqx = ctx.equinox
-        conv = P.equinox_layer(eqx.nn.ConvTranspose, 2, c.cin, c.cout, c.k, stride=c.s,
-                               padding=c.p, output_padding=c.op, use_bias=False, dtype=x.dtype,
-                               weight=jnp.transpose(w, (3, 2, 0, 1))[:, :, ::-1, ::-1])
+        conv = P.equinox_layer(
+            eqx.nn.ConvTranspose,
+            2,
+            c.cin,
+            c.cout,
+            c.k,
+            stride=c.s,
+            padding=c.p,
+            output_padding=c.op,
+            use_bias=False,
+            dtype=x.dtype,
+            weight=jnp.transpose(w, (3, 2, 0, 1))[:, :, ::-1, ::-1],
+        )
         peers.add_equinox(conv, x)
     if ctx.torch is not None:
         F = ctx.torch.nn.functional

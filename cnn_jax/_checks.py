@@ -20,6 +20,7 @@ from __future__ import annotations
 import operator
 import sys
 from collections.abc import Sequence
+
 PaddingLike = int | Sequence[int] | Sequence[tuple[int, int]] | str
 Pads = tuple[tuple[int, int], ...]
 
@@ -52,9 +53,7 @@ def _as_int(value, name: str, op: str) -> int:
     try:
         out = operator.index(value)
     except TypeError:
-        raise TypeError(
-            f"{op}: {name} must be an int or a tuple of ints, got {value!r}"
-        ) from None
+        raise TypeError(f"{op}: {name} must be an int or a tuple of ints, got {value!r}") from None
     if out > MAX_SIZE:
         raise ValueError(f"{op}: {name} must be <= 2**31 - 1 in every dim, got {value!r}")
     return int(out)
@@ -162,15 +161,15 @@ def same_padding(size: int, eff: int, stride: int) -> tuple[int, int]:
 
 
 def _padding_forms(n: int, allowed_strings) -> str:
-    return (f"an int, a tuple of {n} ints, {n} (low, high) pairs or one of "
-            f"{tuple(allowed_strings)}")
+    return f"an int, a tuple of {n} ints, {n} (low, high) pairs or one of {tuple(allowed_strings)}"
 
 
 def _string_padding(padding: str, n, op, name, input_shape, eff, stride, allowed_strings):
     mode = padding.lower()
     if mode not in allowed_strings:
-        raise ValueError(f"{op}: {name} must be {_padding_forms(n, allowed_strings)}, "
-                         f"got {padding!r}")
+        raise ValueError(
+            f"{op}: {name} must be {_padding_forms(n, allowed_strings)}, got {padding!r}"
+        )
     if mode == "valid":
         return ((0, 0),) * n
     if eff is None:
@@ -180,8 +179,7 @@ def _string_padding(padding: str, n, op, name, input_shape, eff, stride, allowed
     if mode == "causal":
         if n != 1:
             raise ValueError(
-                f"{op}: {name}='causal' is only defined for 1-D convolution, got {n} "
-                f"spatial dims"
+                f"{op}: {name}='causal' is only defined for 1-D convolution, got {n} spatial dims"
             )
         return ((eff[0] - 1, 0),)
     if input_shape is None:
@@ -205,8 +203,9 @@ def _explicit_padding(padding, n, op, name, allowed_strings) -> Pads:
     try:
         sym = ntuple(padding, n, name, op, min_value=None)
     except TypeError:
-        raise TypeError(f"{op}: {name} must be {_padding_forms(n, allowed_strings)}, "
-                        f"got {padding!r}") from None
+        raise TypeError(
+            f"{op}: {name} must be {_padding_forms(n, allowed_strings)}, got {padding!r}"
+        ) from None
     return tuple((p, p) for p in sym)
 
 
@@ -245,8 +244,11 @@ def resolve_padding(
     if isinstance(padding, str):
         ones = (1,) * n
         d = tuple(dilation) if dilation is not None else ones
-        eff = None if kernel_size is None else tuple(
-            dd * (k - 1) + 1 for k, dd in zip(kernel_size, d))
+        eff = (
+            None
+            if kernel_size is None
+            else tuple(dd * (k - 1) + 1 for k, dd in zip(kernel_size, d))
+        )
         s = tuple(stride) if stride is not None else ones
         return _string_padding(padding, n, op, name, input_shape, eff, s, allowed_strings)
     pads = _explicit_padding(padding, n, op, name, allowed_strings)
@@ -255,8 +257,9 @@ def resolve_padding(
     return pads
 
 
-def declared_padding(padding, n: int, op: str, *, kernel_size, stride, dilation,
-                     allowed_strings=PADDING_STRINGS):
+def declared_padding(
+    padding, n: int, op: str, *, kernel_size, stride, dilation, allowed_strings=PADDING_STRINGS
+):
     """A layer's padding, checked before any input is seen: ``(stored, low)``.
 
     ``stored`` is what the op is called with: a lower-cased string, a tuple of
@@ -268,8 +271,15 @@ def declared_padding(padding, n: int, op: str, *, kernel_size, stride, dilation,
     if isinstance(padding, str) and padding.lower() == "same" and "same" in allowed_strings:
         eff = (dd * (k - 1) + 1 for k, dd in zip(kernel_size, dilation))
         return "same", tuple(same_padding(1, e, 1)[0] for e in eff)
-    pads = resolve_padding(padding, n, op, kernel_size=kernel_size, stride=stride,
-                           dilation=dilation, allowed_strings=allowed_strings)
+    pads = resolve_padding(
+        padding,
+        n,
+        op,
+        kernel_size=kernel_size,
+        stride=stride,
+        dilation=dilation,
+        allowed_strings=allowed_strings,
+    )
     low = tuple(lo for lo, _ in pads)
     if isinstance(padding, str):
         return padding.lower(), low

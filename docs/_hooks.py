@@ -20,8 +20,12 @@ from mkdocs.structure.files import File
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files outside docs/ that the site shows: README links are rewritten to these pages.
-LINKS = {"benchmarks/README.md": "benchmarks.md", "examples/README.md": "examples.md",
-         "README.md": "index.md", "CHANGELOG.md": "changelog.md"}
+LINKS = {
+    "benchmarks/README.md": "benchmarks.md",
+    "examples/README.md": "examples.md",
+    "README.md": "index.md",
+    "CHANGELOG.md": "changelog.md",
+}
 FIGURES = "examples/figures"
 
 
@@ -45,7 +49,7 @@ def _section(lines: list[str], heading: str) -> tuple[int, int]:
     heads = _headings(lines)
     for k, (i, level, text) in enumerate(heads):
         if text.startswith(heading):
-            end = next((j for j, lv, _ in heads[k + 1:] if lv <= level), len(lines))
+            end = next((j for j, lv, _ in heads[k + 1 :] if lv <= level), len(lines))
             return i, end
     raise ValueError(f"docs: no heading {heading!r} in the README")
 
@@ -78,7 +82,7 @@ def _relink(text: str, source: str) -> str:
         if repo in LINKS:
             return f"{bang}[{label}]({LINKS[repo]}{'#' + anchor if anchor else ''})"
         if repo.startswith(FIGURES):
-            return f"{bang}[{label}]({repo[len('examples/'):]})"
+            return f"{bang}[{label}]({repo[len('examples/') :]})"
         return f"{label} (`{repo}`)"
 
     text = re.sub(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)", fix, text)
@@ -107,8 +111,12 @@ def _api(module: str) -> str:
         if inspect.ismodule(obj):
             continue
         where = getattr(obj, "__module__", None)
-        if (inspect.isfunction(obj) or inspect.isclass(obj)) and where \
-                and where.startswith("cnn_jax") and getattr(obj, "__qualname__", "") == name:
+        if (
+            (inspect.isfunction(obj) or inspect.isclass(obj))
+            and where
+            and where.startswith("cnn_jax")
+            and getattr(obj, "__qualname__", "") == name
+        ):
             path = f"{where}.{name}"
         else:
             path = _defined_in(module, name)
@@ -119,8 +127,11 @@ def _api(module: str) -> str:
 def on_files(files, config):
     for name in sorted(os.listdir(os.path.join(ROOT, FIGURES))):
         if name.endswith(".png"):
-            files.append(File.generated(config, f"figures/{name}",
-                                        abs_src_path=os.path.join(ROOT, FIGURES, name)))
+            files.append(
+                File.generated(
+                    config, f"figures/{name}", abs_src_path=os.path.join(ROOT, FIGURES, name)
+                )
+            )
     return files
 
 
@@ -129,6 +140,7 @@ def on_page_markdown(markdown, page, config, files):
         return _relink(_readme(m.group(1), m.group(3)), "README.md")
 
     markdown = re.sub(r'<!-- readme "([^"]+)"( minus "([^"]+)")? -->', readme, markdown)
-    markdown = re.sub(r'<!-- include "([^"]+)" -->',
-                      lambda m: _relink(_read(m.group(1)), m.group(1)), markdown)
+    markdown = re.sub(
+        r'<!-- include "([^"]+)" -->', lambda m: _relink(_read(m.group(1)), m.group(1)), markdown
+    )
     return re.sub(r'<!-- api "([^"]+)" -->', lambda m: _api(m.group(1)), markdown)

@@ -12,10 +12,10 @@ reversed in sign and position. For a learned kernel the difference does not matt
     python examples/01_convolution_by_hand.py [--quick] [--out DIR]
 """
 
+import _shared
 import matplotlib.pyplot as plt
 import numpy as np
 
-import _shared
 import cnn_jax as cj
 
 
@@ -44,8 +44,14 @@ def main(argv=None):
     print("np.correlate  ", numpy_corr)
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 2.6))
-    for ax, (title, values) in zip(axes, [("f and g", None), ("convolution (flip=True)", cj_conv),
-                                          ("cross-correlation (default)", cj_corr)]):
+    for ax, (title, values) in zip(
+        axes,
+        [
+            ("f and g", None),
+            ("convolution (flip=True)", cj_conv),
+            ("cross-correlation (default)", cj_corr),
+        ],
+    ):
         if values is None:
             ax.stem(f, linefmt="C0-", markerfmt="C0o", basefmt=" ", label="f")
             ax.stem(np.arange(len(g)), g, linefmt="C1-", markerfmt="C1s", basefmt=" ", label="g")

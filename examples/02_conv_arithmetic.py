@@ -11,12 +11,12 @@ does to its taps (after Dumoulin & Visin's conv arithmetic guide).
     python examples/02_conv_arithmetic.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-import _shared
 import cnn_jax as cj
 
 CASES = [  # (label, kwargs) for a 3-tap kernel on 28 pixels
@@ -55,13 +55,22 @@ def main(argv=None):
             # step moves the window by the stride, so neighbouring windows overlap by 1.
             for n, (i, j) in enumerate([(0, 0), (0, 2), (0, 4), (2, 0)]):
                 inset = 0.08 * n
-                ax.add_patch(Rectangle((j - 0.5 + inset, i - 0.5 + inset), 3 - 2 * inset,
-                                       3 - 2 * inset, fill=False, lw=2, color=f"C{n}"))
+                ax.add_patch(
+                    Rectangle(
+                        (j - 0.5 + inset, i - 0.5 + inset),
+                        3 - 2 * inset,
+                        3 - 2 * inset,
+                        fill=False,
+                        lw=2,
+                        color=f"C{n}",
+                    )
+                )
         else:
             for i in range(3):
                 for j in range(3):
-                    ax.add_patch(Rectangle((1 + 2 * j - 0.5, 1 + 2 * i - 0.5), 1, 1,
-                                           color="C3", alpha=0.7))
+                    ax.add_patch(
+                        Rectangle((1 + 2 * j - 0.5, 1 + 2 * i - 0.5), 1, 1, color="C3", alpha=0.7)
+                    )
             ax.add_patch(Rectangle((0.5, 0.5), 5, 5, fill=False, lw=2, color="C3"))
         ax.set_title(title)
     _shared.save(fig, args, "arithmetic.png")

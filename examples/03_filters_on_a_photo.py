@@ -9,12 +9,12 @@ only changes light up; the figure is a grid of the responses.
     python examples/03_filters_on_a_photo.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.datasets import load_sample_image
 
-import _shared
 import cnn_jax as cj
 
 SOBEL_X = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float32)
@@ -57,12 +57,16 @@ def main(argv=None):
     flat = photo[:20, :20]  # sky: nearly flat
     return {
         "shape_kept": all(y.shape == photo.shape for y in responses.values()),
-        "edges_sum_to_zero": all(abs(k.sum()) < 1e-6 for n, k in FILTERS.items()
-                                 if "blur" not in n),
+        "edges_sum_to_zero": all(
+            abs(k.sum()) < 1e-6 for n, k in FILTERS.items() if "blur" not in n
+        ),
         "edge_response_small_on_flat_sky": float(np.abs(responses["Sobel x"][2:18, 2:18]).mean())
         < float(np.abs(responses["Sobel x"]).mean()),
-        "blur_keeps_mean": abs(float(responses["box blur 5x5"][10:-10, 10:-10].mean())
-                               - float(photo[10:-10, 10:-10].mean())) < 0.01,
+        "blur_keeps_mean": abs(
+            float(responses["box blur 5x5"][10:-10, 10:-10].mean())
+            - float(photo[10:-10, 10:-10].mean())
+        )
+        < 0.01,
         "flat_std": float(flat.std()),
     }
 

@@ -10,6 +10,7 @@ examples of what it does.
     python examples/04_learn_edge_kernel.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
@@ -17,7 +18,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-import _shared
 import cnn_jax as cj
 
 
@@ -59,8 +59,11 @@ def main(argv=None):
     b.set(xlabel="step", title="kernel")
     b.legend()
     _shared.save(fig, args, "learning.png")
-    return {"losses": losses, "kernel": learned.tolist(),
-            "error": float(np.abs(learned - np.array([1.0, -1.0])).max())}
+    return {
+        "losses": losses,
+        "kernel": learned.tolist(),
+        "error": float(np.abs(learned - np.array([1.0, -1.0])).max()),
+    }
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ fixed output size from any input size, with PyTorch's bins.
     python examples/05_pooling.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-import _shared
 import cnn_jax as cj
 
 

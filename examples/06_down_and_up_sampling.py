@@ -10,11 +10,11 @@ of copies, but it does not invert the convolution. Uses the seed's f (a step at
     python examples/06_down_and_up_sampling.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-import _shared
 import cnn_jax as cj
 
 
@@ -28,23 +28,35 @@ def main(argv=None):
     nearest = cj.upsample(down, 2, **cf)  # 10: each value twice
     # PyTorch's ConvTranspose1d weight is (C_in, C_out, K); output (5 - 1) * 2 + 4 = 12.
     restored = cj.conv_transpose(down, g, stride=2, **cf)
-    for name, y in [("f", f), ("stride 1", full), ("stride 2", down), ("nearest x2", nearest),
-                    ("transposed conv", restored)]:
+    for name, y in [
+        ("f", f),
+        ("stride 1", full),
+        ("stride 2", down),
+        ("nearest x2", nearest),
+        ("transposed conv", restored),
+    ]:
         print(f"{name:16s}{np.asarray(y)[0, 0]}")
 
     fig, axes = plt.subplots(5, 1, figsize=(7, 8), sharex=True)
     fig.subplots_adjust(hspace=0.6)
-    for ax, (name, y) in zip(axes, [("input f (12)", f), ("conv, stride 1 (9)", full),
-                                    ("conv, stride 2 (5) = every 2nd", down),
-                                    ("nearest upsampling x2 (10)", nearest),
-                                    ("transposed conv, stride 2 (12)", restored)]):
+    for ax, (name, y) in zip(
+        axes,
+        [
+            ("input f (12)", f),
+            ("conv, stride 1 (9)", full),
+            ("conv, stride 2 (5) = every 2nd", down),
+            ("nearest upsampling x2 (10)", nearest),
+            ("transposed conv, stride 2 (12)", restored),
+        ],
+    ):
         ax.stem(np.asarray(y)[0, 0], basefmt=" ")
         ax.set_title(name, fontsize=9)
     _shared.save(fig, args, "sampling.png")
     return {
         "stride_is_subsampling": bool(np.array_equal(np.asarray(down), np.asarray(full)[..., ::2])),
-        "nearest_is_repeat": bool(np.array_equal(np.asarray(nearest),
-                                                 np.repeat(np.asarray(down), 2, axis=-1))),
+        "nearest_is_repeat": bool(
+            np.array_equal(np.asarray(nearest), np.repeat(np.asarray(down), 2, axis=-1))
+        ),
         "transposed_restores_length": restored.shape == f.shape,
         "transposed_is_not_inverse": bool(not np.allclose(np.asarray(restored), np.asarray(f))),
     }

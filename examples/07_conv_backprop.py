@@ -10,12 +10,12 @@ returns. A 5x5 input, a 3x3 kernel, one channel.
     python examples/07_conv_backprop.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-import _shared
 import cnn_jax as cj
 
 
@@ -42,8 +42,13 @@ def main(argv=None):
     for name, err in errors.items():
         print(f"{name:22s} max |difference from jax.vjp| = {err:.2e}")
 
-    panels = [("x (5x5)", x), ("k (3x3)", k), ("dL/dy (3x3)", dy),
-              ("dL/dx = full conv(dy, flip(k))", dx_formula), ("dL/dk = xcorr(x, dy)", dk_op)]
+    panels = [
+        ("x (5x5)", x),
+        ("k (3x3)", k),
+        ("dL/dy (3x3)", dy),
+        ("dL/dx = full conv(dy, flip(k))", dx_formula),
+        ("dL/dk = xcorr(x, dy)", dk_op),
+    ]
     fig, axes = plt.subplots(1, 5, figsize=(14, 3))
     for ax, (name, a) in zip(axes, panels):
         a = np.asarray(a).squeeze()

@@ -11,13 +11,13 @@ square, whose width grows like sqrt(n) rather than n. Shown for a plain stack of
     python examples/08_receptive_fields.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 from matplotlib.patches import Rectangle
 
-import _shared
 import cnn_jax as cj
 
 
@@ -32,7 +32,7 @@ def mass_width(erf, fraction=0.95):
     """Side of the smallest centred square holding ``fraction`` of the map's mass."""
     c, total = erf.shape[0] // 2, erf.sum()
     for r in range(c + 1):
-        if erf[c - r:c + r + 1, c - r:c + r + 1].sum() >= fraction * total:
+        if erf[c - r : c + r + 1, c - r : c + r + 1].sum() >= fraction * total:
             return 2 * r + 1
     return erf.shape[0]
 
@@ -47,8 +47,9 @@ def main(argv=None):
         model = plain_cnn(depth, 8, rngs)
         erf = effective(model, (size, size, 1), None, samples)
         cases.append((f"plain, {depth} convs", erf, cj.receptive_field(model).size[0]))
-    resnet = cj.models.ResNet(10, stage_sizes=(1, 1, 1, 1), width=8, in_channels=1,
-                              small_input=True, rngs=rngs)
+    resnet = cj.models.ResNet(
+        10, stage_sizes=(1, 1, 1, 1), width=8, in_channels=1, small_input=True, rngs=rngs
+    )
     resnet.eval()
     summary = cj.summary(resnet, (size, size, 1))
     for layer in ("layer2.0",) if args.quick else ("layer1.0", "layer2.0", "layer3.0"):
@@ -62,20 +63,33 @@ def main(argv=None):
         ax.imshow(erf / erf.max(), cmap="magma")
         c = size // 2
         half = min(theory // 2, c)
-        ax.add_patch(Rectangle((c - half - 0.5, c - half - 0.5), 2 * half + 1, 2 * half + 1,
-                               fill=False, color="c", lw=1.5))
+        ax.add_patch(
+            Rectangle(
+                (c - half - 0.5, c - half - 0.5),
+                2 * half + 1,
+                2 * half + 1,
+                fill=False,
+                color="c",
+                lw=1.5,
+            )
+        )
         widths[name] = (mass_width(erf), int(theory))
         ax.set_title(f"{name}\ntheory {theory}, 95% mass in {widths[name][0]}", fontsize=9)
         ax.axis("off")
-        print(f"{name:18s} theoretical {theory:3d} px, 95% of the effective field in "
-              f"{widths[name][0]} px")
+        print(
+            f"{name:18s} theoretical {theory:3d} px, 95% of the effective field in "
+            f"{widths[name][0]} px"
+        )
     _shared.save(fig, args, "receptive_fields.png")
     return widths
 
 
 def effective(model, shape, layer, samples):
-    return np.asarray(cj.interpret.effective_receptive_field(
-        model, shape, layer=layer, num_samples=samples, key=jax.random.key(1)))
+    return np.asarray(
+        cj.interpret.effective_receptive_field(
+            model, shape, layer=layer, num_samples=samples, key=jax.random.key(1)
+        )
+    )
 
 
 if __name__ == "__main__":

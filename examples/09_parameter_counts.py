@@ -12,12 +12,12 @@ image. Then every model of the zoo: parameters and FLOPs from ``cj.summary``.
 
 import math
 
+import _shared
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-import _shared
 import cnn_jax as cj
 
 ZOO = {  # name: (constructor, input shape); abstract models, nothing is computed
@@ -38,11 +38,16 @@ def count(module):
 
 def main(argv=None):
     args = _shared.parse_args(__doc__, argv, "09_parameter_counts")
-    layers = {f"Conv{n}d(32, 32, 5)": nnx.eval_shape(
-        lambda n=n: cj.nn.Conv(32, 32, (5,) * n, rngs=nnx.Rngs(0))) for n in (1, 2, 3)}
+    layers = {
+        f"Conv{n}d(32, 32, 5)": nnx.eval_shape(
+            lambda n=n: cj.nn.Conv(32, 32, (5,) * n, rngs=nnx.Rngs(0))
+        )
+        for n in (1, 2, 3)
+    }
     for h_in, h_out in ((28, 24), (32, 28)):
         layers[f"Linear({h_in}*{h_in}, {h_out}*{h_out})"] = nnx.eval_shape(
-            lambda a=h_in, b=h_out: nnx.Linear(a * a, b * b, rngs=nnx.Rngs(0)))
+            lambda a=h_in, b=h_out: nnx.Linear(a * a, b * b, rngs=nnx.Rngs(0))
+        )
     layer_counts = {name: count(m) for name, m in layers.items()}
     for name, n in layer_counts.items():
         print(f"{name:28s} {n:>10,}")
@@ -53,8 +58,10 @@ def main(argv=None):
         constructor, shape = ZOO[name]
         s = cj.summary(nnx.eval_shape(constructor), shape)
         zoo[name] = (s.total_params, s.total_flops)
-        print(f"{name:16s} {s.total_params:>12,} params  {s.total_flops / 1e9:8.2f} GFLOPs "
-              f"at {shape[0]}x{shape[1]}")
+        print(
+            f"{name:16s} {s.total_params:>12,} params  {s.total_flops / 1e9:8.2f} GFLOPs "
+            f"at {shape[0]}x{shape[1]}"
+        )
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.8))
     a.barh(list(layer_counts), list(layer_counts.values()), color=["C0"] * 3 + ["C3"] * 2)
@@ -64,8 +71,13 @@ def main(argv=None):
     b.scatter(params, flops)
     for name, p, f in zip(zoo, params, flops):
         b.annotate(name, (p, f), fontsize=8)
-    b.set(xscale="log", yscale="log", xlabel="parameters", ylabel="FLOPs per image",
-          title="model zoo (cj.summary)")
+    b.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters",
+        ylabel="FLOPs per image",
+        title="model zoo (cj.summary)",
+    )
     _shared.save(fig, args, "parameter_counts.png")
     return {"layers": layer_counts, "zoo": zoo}
 

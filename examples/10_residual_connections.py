@@ -11,12 +11,12 @@ while the skips carry them unchanged. The figure shows the two loss curves.
     python examples/10_residual_connections.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-import _shared
 import cnn_jax as cj
 
 
@@ -27,8 +27,7 @@ def build(depth, residual, rngs, width=16):
     layers = [cj.nn.Conv(1, width, 3, padding=1, rngs=rngs), jax.nn.relu]
     for _ in range(depth // 2):
         if residual:  # the branch ends in a conv: the sum stays linear, as in ResNets
-            layers += [cj.nn.Residual(nnx.Sequential(conv(), jax.nn.relu, conv())),
-                       jax.nn.relu]
+            layers += [cj.nn.Residual(nnx.Sequential(conv(), jax.nn.relu, conv())), jax.nn.relu]
         else:
             layers += [conv(), jax.nn.relu, conv(), jax.nn.relu]
     layers += [cj.nn.GlobalAvgPool(), nnx.Linear(width, 10, rngs=rngs)]
@@ -43,21 +42,29 @@ def main(argv=None):
     for name, residual in (("plain", False), ("residual", True)):
         model = build(depth, residual, _shared.rngs(0))
         curves[name] = _shared.train(model, train.images, train.labels, steps=steps, lr=lr)
-        accuracy[name] = float((_shared.predict(model, test.images).argmax(-1)
-                                == test.labels).mean())
-        print(f"{name:9s} depth {depth}: final loss {np.mean(curves[name][-10:]):.3f}, "
-              f"test accuracy {accuracy[name]:.3f}")
+        accuracy[name] = float(
+            (_shared.predict(model, test.images).argmax(-1) == test.labels).mean()
+        )
+        print(
+            f"{name:9s} depth {depth}: final loss {np.mean(curves[name][-10:]):.3f}, "
+            f"test accuracy {accuracy[name]:.3f}"
+        )
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, losses in curves.items():
         smooth = np.convolve(losses, np.ones(10) / 10, mode="valid")
         ax.plot(smooth, label=f"{name} ({depth} convs), test acc {accuracy[name]:.2f}")
-    ax.set(xlabel="step", ylabel="training loss (moving average)",
-           title="same depth, with and without skips")
+    ax.set(
+        xlabel="step",
+        ylabel="training loss (moving average)",
+        title="same depth, with and without skips",
+    )
     ax.legend()
     _shared.save(fig, args, "residual.png")
-    return {"final_loss": {k: float(np.mean(v[-10:])) for k, v in curves.items()},
-            "accuracy": accuracy}
+    return {
+        "final_loss": {k: float(np.mean(v[-10:])) for k, v in curves.items()},
+        "accuracy": accuracy,
+    }
 
 
 if __name__ == "__main__":

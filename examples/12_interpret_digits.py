@@ -12,24 +12,28 @@ is checked). The figure is a grid of heat maps over the digits.
     python examples/12_interpret_digits.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-import _shared
 import cnn_jax as cj
 
 
 def build(rngs):
     return nnx.Sequential(
-        cj.nn.Conv(1, 16, 3, padding=1, rngs=rngs), jax.nn.relu,       # 0, 1
-        cj.nn.MaxPool(2),                                              # 2
-        cj.nn.Conv(16, 32, 3, padding=1, rngs=rngs), jax.nn.relu,      # 3, 4
-        cj.nn.MaxPool(2),                                              # 5
-        cj.nn.Conv(32, 64, 3, padding=1, rngs=rngs), jax.nn.relu,      # 6, 7
-        cj.nn.GlobalAvgPool(), nnx.Linear(64, 10, rngs=rngs),          # 8, 9
+        cj.nn.Conv(1, 16, 3, padding=1, rngs=rngs),
+        jax.nn.relu,  # 0, 1
+        cj.nn.MaxPool(2),  # 2
+        cj.nn.Conv(16, 32, 3, padding=1, rngs=rngs),
+        jax.nn.relu,  # 3, 4
+        cj.nn.MaxPool(2),  # 5
+        cj.nn.Conv(32, 64, 3, padding=1, rngs=rngs),
+        jax.nn.relu,  # 6, 7
+        cj.nn.GlobalAvgPool(),
+        nnx.Linear(64, 10, rngs=rngs),  # 8, 9
     )
 
 
@@ -49,19 +53,27 @@ def main(argv=None):
     ig = cj.interpret.integrated_gradients(model, x, target, steps=128, batch_size=None)
     scores = np.asarray(jnp.take_along_axis(model(x), target[:, None], 1)[:, 0])
     baseline = np.asarray(jnp.take_along_axis(model(jnp.zeros_like(x)), target[:, None], 1)[:, 0])
-    completeness = float(np.max(np.abs(np.asarray(ig.sum((1, 2, 3))) - (scores - baseline))
-                                / np.abs(scores - baseline)))
-    print(f"integrated gradients: attributions sum to the score change within "
-          f"{100 * completeness:.2f}%")
+    completeness = float(
+        np.max(
+            np.abs(np.asarray(ig.sum((1, 2, 3))) - (scores - baseline)) / np.abs(scores - baseline)
+        )
+    )
+    print(
+        f"integrated gradients: attributions sum to the score change within "
+        f"{100 * completeness:.2f}%"
+    )
 
     fig, axes = plt.subplots(4, len(x), figsize=(1.8 * len(x), 7.4))
     for i in range(len(x)):
         lim = float(jnp.abs(ig[i]).max())
-        for row, (name, img, kw) in enumerate([
+        for row, (name, img, kw) in enumerate(
+            [
                 (f"digit {int(test.labels[i])} -> {int(target[i])}", x[i, ..., 0], {}),
                 ("Grad-CAM", cam[i], dict(cmap="jet")),
                 ("saliency", sal[i], dict(cmap="hot")),
-                ("integrated gradients", ig[i, ..., 0], dict(cmap="RdBu", vmin=-lim, vmax=lim))]):
+                ("integrated gradients", ig[i, ..., 0], dict(cmap="RdBu", vmin=-lim, vmax=lim)),
+            ]
+        ):
             ax = axes[row, i]
             if row in (1, 2):
                 ax.imshow(x[i, ..., 0], cmap="gray")
@@ -71,8 +83,7 @@ def main(argv=None):
             ax.set_title(name, fontsize=8)
             ax.axis("off")
     _shared.save(fig, args, "interpret.png")
-    return {"accuracy": accuracy, "completeness_error": completeness,
-            "cam_shape": tuple(cam.shape)}
+    return {"accuracy": accuracy, "completeness_error": completeness, "cam_shape": tuple(cam.shape)}
 
 
 if __name__ == "__main__":

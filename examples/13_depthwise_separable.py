@@ -12,12 +12,12 @@ measured forward time of a batch, and test accuracy after the same training.
 
 import time
 
+import _shared
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 from flax import nnx
 
-import _shared
 import cnn_jax as cj
 
 
@@ -28,10 +28,17 @@ def build(separable, rngs, width=64):
         return cj.nn.Conv(cin, cout, 3, padding=1, rngs=rngs)
 
     return nnx.Sequential(
-        cj.nn.Conv(1, width, 3, padding=1, rngs=rngs), jax.nn.relu,
-        conv(width, width), jax.nn.relu, conv(width, width), jax.nn.relu,
-        conv(width, width), jax.nn.relu,
-        cj.nn.GlobalAvgPool(), nnx.Linear(width, 10, rngs=rngs))
+        cj.nn.Conv(1, width, 3, padding=1, rngs=rngs),
+        jax.nn.relu,
+        conv(width, width),
+        jax.nn.relu,
+        conv(width, width),
+        jax.nn.relu,
+        conv(width, width),
+        jax.nn.relu,
+        cj.nn.GlobalAvgPool(),
+        nnx.Linear(width, 10, rngs=rngs),
+    )
 
 
 def forward_time(model, x, repeats):
@@ -55,10 +62,13 @@ def main(argv=None):
         seconds = forward_time(model, x, repeats)
         _shared.train(model, train.images, train.labels, steps=steps, lr=3e-3)
         acc = float((_shared.predict(model, test.images).argmax(-1) == test.labels).mean())
-        results[name] = dict(params=s.total_params, flops=s.total_flops, seconds=seconds,
-                             accuracy=acc)
-        print(f"{name:10s} {s.total_params:>8,} params  {s.total_flops / 1e6:7.1f} MFLOPs  "
-              f"{1e3 * seconds:6.2f} ms / 256 images  test accuracy {acc:.3f}")
+        results[name] = dict(
+            params=s.total_params, flops=s.total_flops, seconds=seconds, accuracy=acc
+        )
+        print(
+            f"{name:10s} {s.total_params:>8,} params  {s.total_flops / 1e6:7.1f} MFLOPs  "
+            f"{1e3 * seconds:6.2f} ms / 256 images  test accuracy {acc:.3f}"
+        )
 
     fig, axes = plt.subplots(1, 4, figsize=(12, 2.8))
     for ax, key in zip(axes, ("params", "flops", "seconds", "accuracy")):

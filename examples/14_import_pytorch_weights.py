@@ -11,13 +11,13 @@ ResNets, VGGs, EfficientNet and ConvNeXt. Needs PyTorch (CPU build).
     python examples/14_import_pytorch_weights.py [--quick] [--out DIR]
 """
 
+import _shared
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
 
-import _shared
 import cnn_jax as cj
 
 
@@ -58,8 +58,11 @@ def main(argv=None):
     ax.scatter(theirs.ravel(), ours.ravel(), s=10)
     lim = np.abs(theirs).max() * 1.1
     ax.plot([-lim, lim], [-lim, lim], color="0.7", ls="--")
-    ax.set(xlabel="PyTorch logits", ylabel="cnn_jax logits",
-           title=f"same weights, max difference {diff:.1e}")
+    ax.set(
+        xlabel="PyTorch logits",
+        ylabel="cnn_jax logits",
+        title=f"same weights, max difference {diff:.1e}",
+    )
     _shared.save(fig, args, "logits.png")
     return {"max_difference": diff}
 

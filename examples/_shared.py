@@ -55,8 +55,16 @@ def save(fig, args, filename: str) -> str:
     return path
 
 
-def train(model: nnx.Module, images, labels, *, steps: int, lr: float = 3e-3, batch: int = 64,
-          seed: int = 0) -> list[float]:
+def train(
+    model: nnx.Module,
+    images,
+    labels,
+    *,
+    steps: int,
+    lr: float = 3e-3,
+    batch: int = 64,
+    seed: int = 0,
+) -> list[float]:
     """Adam on softmax cross-entropy (per image or per pixel); returns the step losses.
 
     The model is trained in place and left in eval mode.
@@ -85,8 +93,9 @@ def train(model: nnx.Module, images, labels, *, steps: int, lr: float = 3e-3, ba
 def predict(model: nnx.Module, images, batch: int = 256) -> np.ndarray:
     """Logits of the eval-mode model, in batches."""
     forward = nnx.jit(lambda m, x: m(x))
-    return np.concatenate([np.asarray(forward(model, images[i:i + batch]))
-                           for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [np.asarray(forward(model, images[i : i + batch])) for i in range(0, len(images), batch)]
+    )
 
 
 def digits(size: int | None = None):

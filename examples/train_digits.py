@@ -10,7 +10,6 @@ statistics, checkpoints), then use the trained model directly.
 """
 
 import argparse
-
 import dataclasses
 
 import numpy as np
@@ -34,18 +33,29 @@ def main(argv=None):
         test = dataclasses.replace(test, images=test.images[:128], labels=test.labels[:128])
     train, test = train.resized(32), test.resized(32)  # LeNet-5 reads 32x32 images
     model = LeNet5(train.num_classes, in_channels=1, rngs=nnx.Rngs(0))
-    config = TrainConfig(epochs=args.epochs, out=args.out, batch_size=32, lr=5e-3,
-                         optimizer="adamw", schedule="cosine", augment=True)
+    config = TrainConfig(
+        epochs=args.epochs,
+        out=args.out,
+        batch_size=32,
+        lr=5e-3,
+        optimizer="adamw",
+        schedule="cosine",
+        augment=True,
+    )
     history = fit(model, train, test, config, run_info={"model": "lenet5"})
     for record in history.epochs:
-        print(f"epoch {record['epoch']:2d}  train loss {record['train_loss']:.4f}  "
-              f"test accuracy {record['test_accuracy']:.4f}")
+        print(
+            f"epoch {record['epoch']:2d}  train loss {record['train_loss']:.4f}  "
+            f"test accuracy {record['test_accuracy']:.4f}"
+        )
 
     # The model is trained in place and left in eval mode: use it directly.
     metrics = evaluate(model, test)
     probs = predict(model, test.images[:5])
-    print(f"test accuracy {metrics['accuracy']:.4f}; first five predictions "
-          f"{np.argmax(probs, -1).tolist()} (labels {test.labels[:5].tolist()})")
+    print(
+        f"test accuracy {metrics['accuracy']:.4f}; first five predictions "
+        f"{np.argmax(probs, -1).tolist()} (labels {test.labels[:5].tolist()})"
+    )
     print(f"summary.json, metrics.jsonl, curves.png, filters.png and checkpoints in {args.out}")
     return {"accuracy": metrics["accuracy"], "epochs": len(history.epochs)}
 

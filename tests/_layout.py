@@ -76,8 +76,9 @@ def parametrize_configs(draw, count: int, names: str):
     for i, config in enumerate(configs):
         layout = ("channels_first", "channels_last")[i % 2]
         fields = [f"{k}{v}" for k, v in zip(names.split(), config) if k != "pads"]
-        params.append(pytest.param((*config, layout),
-                                   id="-".join([*fields, layout]).replace(" ", "")))
+        params.append(
+            pytest.param((*config, layout), id="-".join([*fields, layout]).replace(" ", ""))
+        )
     return pytest.mark.parametrize("config", params)
 
 
@@ -164,4 +165,3 @@ def check_conv_against_torch(rng, ours, theirs, shapes, layout, kernel_cl, kerne
         y, gx, gw = to_cf(y), to_cf(gx), kernel_cf(gw)
     assert_all_close((y, gx, gw, gb), (ref, *grads), msg)
     return arrays
-

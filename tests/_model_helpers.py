@@ -20,8 +20,7 @@ def from_torch(constructor, torch_module):
         if isinstance(node, nnx.RngStream):  # dropout keys: not weights, give them values
             node.key.set_value(jax.random.key(0))
             node.count.set_value(jnp.zeros((), jnp.uint32))
-    abstract = [x for x in jax.tree.leaves(nnx.state(model))
-                if isinstance(x, jax.ShapeDtypeStruct)]
+    abstract = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.ShapeDtypeStruct)]
     assert not abstract, "every weight must come from the state_dict"
     return model
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 import torch
 import torch.nn.functional as F
 from _layout import from_layout, to_layout
+from jax import lax
 
 TORCH_POOLS = {
     "max": (F.max_pool1d, F.max_pool2d, F.max_pool3d),
@@ -23,7 +23,9 @@ def torch_value_and_grad(fn, x: np.ndarray, g: np.ndarray | None, layout: str, b
     Returns ``(y, dx)`` in our layout, ``dx`` the gradient of ``sum(y * g)`` (None when
     ``g`` is None); ``g`` is given in our layout.
     """
-    xt = torch.tensor(np.ascontiguousarray(from_layout(x, layout, batched)), requires_grad=g is not None)
+    xt = torch.tensor(
+        np.ascontiguousarray(from_layout(x, layout, batched)), requires_grad=g is not None
+    )
     yt = fn(xt)
     y = to_layout(yt.detach().numpy(), layout, batched)
     if g is None:
@@ -84,18 +86,30 @@ def against_reduce_window(x, pool, init, computation, windows, wave):
     def both(x):
         outs = []
         for k, s, p in windows:
+
             def plain(a, k=k, s=s, p=p):
-                return lax.reduce_window(a, init, computation, (1, k, k, 1), (1, s, s, 1),
-                                         ((0, 0), (p, p), (p, p), (0, 0)))
+                return lax.reduce_window(
+                    a,
+                    init,
+                    computation,
+                    (1, k, k, 1),
+                    (1, s, s, 1),
+                    ((0, 0), (p, p), (p, p), (0, 0)),
+                )
 
             ours = lambda a, k=k, s=s, p=p: pool(a, k, s, padding=p)  # noqa: E731
             g = wave(jnp.arange(plain(x).size, dtype=x.dtype)).reshape(plain(x).shape)
-            outs.append((ours(x), plain(x), jax.grad(lambda a: jnp.sum(ours(a) * g))(x),
-                         jax.grad(lambda a: jnp.sum(plain(a) * g))(x)))
+            outs.append(
+                (
+                    ours(x),
+                    plain(x),
+                    jax.grad(lambda a: jnp.sum(ours(a) * g))(x),
+                    jax.grad(lambda a: jnp.sum(plain(a) * g))(x),
+                )
+            )
         return outs
 
     return jax.jit(both)(x)
-
 
 
 # ------------------------------------------------------------------ half precision

@@ -51,8 +51,17 @@ METRIC_KEYS = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "te
 
 # The tiny run of both subprocess test modules: 256 digits, batch 64, so 4 steps per
 # epoch and 8 in all; a checkpoint at every epoch end (steps 4 and 8).
-TINY = ("--limit", "256", "--epochs", "2", "--batch-size", "64", "--quiet",
-        "--checkpoint-every", "0")
+TINY = (
+    "--limit",
+    "256",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--quiet",
+    "--checkpoint-every",
+    "0",
+)
 STEPS_PER_EPOCH = 4
 
 # --------------------------------------------------------------------------- test side
@@ -65,8 +74,7 @@ def base_env(cache_dir: str, devices: int = 1, hooks: str | None = None) -> dict
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["CNN_JAX_COMPILATION_CACHE"] = cache_dir
-    env["PYTHONPATH"] = os.pathsep.join([HERE, ROOT] + [p for p in [env.get("PYTHONPATH")]
-                                                         if p])
+    env["PYTHONPATH"] = os.pathsep.join([HERE, ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT (see Proc.kill) dumps every thread's stack
     env.pop(HOOKS_ENV, None)
@@ -77,8 +85,13 @@ def base_env(cache_dir: str, devices: int = 1, hooks: str | None = None) -> dict
 
 def command(*args: str, hooks: bool = False) -> list[str]:
     """``python -m cnn_jax.cli [--import _run_helpers] ARGS``."""
-    return [sys.executable, "-m", "cnn_jax.cli", *(["--import", "_run_helpers"] if hooks
-                                                    else []), *args]
+    return [
+        sys.executable,
+        "-m",
+        "cnn_jax.cli",
+        *(["--import", "_run_helpers"] if hooks else []),
+        *args,
+    ]
 
 
 class Proc:
@@ -86,15 +99,23 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict, timeout: float):
         self.args, self.deadline = args, time.monotonic() + timeout
-        self.p = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.p = subprocess.Popen(
+            args,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self.err_lines: list[str] = []
         self.out_lines: list[str] = []
         self._lock = threading.Lock()
         self._new_line = threading.Condition(self._lock)
-        self._readers = [threading.Thread(target=self._read, args=(s, l), daemon=True)
-                         for s, l in ((self.p.stderr, self.err_lines),
-                                      (self.p.stdout, self.out_lines))]
+        self._readers = [
+            threading.Thread(target=self._read, args=(s, l), daemon=True)
+            for s, l in ((self.p.stderr, self.err_lines), (self.p.stdout, self.out_lines))
+        ]
         for t in self._readers:
             t.start()
 
@@ -119,8 +140,9 @@ class Proc:
                         return line
                 seen = len(self.err_lines)
                 if self.p.poll() is not None and not self._readers[0].is_alive():
-                    raise AssertionError(f"exited ({self.p.returncode}) before {marker!r}:\n"
-                                         + self.stderr)
+                    raise AssertionError(
+                        f"exited ({self.p.returncode}) before {marker!r}:\n" + self.stderr
+                    )
                 if self._remaining() <= 0:
                     self.kill()
                     raise AssertionError(f"timed out waiting for {marker!r}:\n" + self.stderr)
@@ -176,7 +198,8 @@ def run(args: list[str], env: dict, timeout: float = 120) -> Proc:
 def check(proc: Proc, expected: int = 0) -> Proc:
     assert proc.p.returncode == expected, (
         f"exit {proc.p.returncode}, expected {expected}: {' '.join(proc.args)}\n"
-        f"--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}")
+        f"--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}"
+    )
     return proc
 
 
@@ -197,8 +220,11 @@ def summary(out: str) -> dict:
 def checkpoint_steps(out: str) -> list[str]:
     """Every entry of ``out/checkpoints`` (finished steps and anything else)."""
     path = os.path.join(out, "checkpoints")
-    return sorted(os.listdir(path), key=lambda n: (not n.isdigit(), int(n) if n.isdigit()
-                                                   else 0, n)) if os.path.isdir(path) else []
+    return (
+        sorted(os.listdir(path), key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+        if os.path.isdir(path)
+        else []
+    )
 
 
 def verify_checkpoint(out: str, step: int) -> dict:
@@ -267,31 +293,44 @@ def reference(tmp_path_factory, name: str = "reference", extra: tuple = ()) -> s
     cache = compilation_cache(tmp_path_factory)
 
     def make(out):
-        check(run(command("train", *TINY, *extra, "--out", out), base_env(cache),
-                  timeout=240))
+        check(run(command("train", *TINY, *extra, "--out", out), base_env(cache), timeout=240))
 
     return shared_run(tmp_path_factory, name, make)
 
 
-def run_processes(n: int, args: list[str], env: dict, timeout: float = 240,
-                  grace: float = 20, hooks: bool = False) -> list[Proc]:
+def run_processes(
+    n: int, args: list[str], env: dict, timeout: float = 240, grace: float = 20, hooks: bool = False
+) -> list[Proc]:
     """``n`` processes of one ``jax.distributed`` job on localhost, run to the end.
 
     When one exits with an error the others get ``grace`` seconds (they may hang in a
     collective), then are killed; all are killed at ``timeout``.
     """
     port = free_port()
-    procs = [launch(command(*args, "--coordinator", f"localhost:{port}", "--num-processes",
-                            str(n), "--process-id", str(i), hooks=hooks), env, timeout)
-             for i in range(n)]
+    procs = [
+        launch(
+            command(
+                *args,
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                str(n),
+                "--process-id",
+                str(i),
+                hooks=hooks,
+            ),
+            env,
+            timeout,
+        )
+        for i in range(n)
+    ]
     failed_at = None
     try:
         while any(p.p.poll() is None for p in procs):
             now = time.monotonic()
             if failed_at is None and any(p.p.poll() not in (None, 0) for p in procs):
                 failed_at = now
-            if (failed_at is not None and now - failed_at > grace) or \
-                    now > procs[0].deadline:
+            if (failed_at is not None and now - failed_at > grace) or now > procs[0].deadline:
                 break
             time.sleep(0.1)
     finally:
@@ -328,10 +367,10 @@ def _wait(spec: str):
 
 
 def _install_hooks(spec: str):
-    points = dict(item.split("=", 1) if "=" in item else (item, "")
-                  for item in spec.split(",") if item)
-    unknown = set(points) - {"preimport", "step", "commit", "initial_state", "overlap",
-                             "connect"}
+    points = dict(
+        item.split("=", 1) if "=" in item else (item, "") for item in spec.split(",") if item
+    )
+    unknown = set(points) - {"preimport", "step", "commit", "initial_state", "overlap", "connect"}
     if unknown:
         raise ValueError(f"{HOOKS_ENV}: unknown hook points {sorted(unknown)}")
     if "preimport" in points:
@@ -428,4 +467,3 @@ def _install_hooks(spec: str):
 
 if os.environ.get(HOOKS_ENV):
     _install_hooks(os.environ[HOOKS_ENV])
-

@@ -11,8 +11,16 @@ from torch import nn
 
 
 def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation,
-                     groups=groups, bias=False, dilation=dilation)
+    return nn.Conv2d(
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        groups=groups,
+        bias=False,
+        dilation=dilation,
+    )
 
 
 def conv1x1(in_planes, out_planes, stride=1):
@@ -70,20 +78,32 @@ def make_block(block, inplanes, planes, stride=1, **block_kw):
     """A block with torchvision's downsample rule."""
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
-        downsample = nn.Sequential(conv1x1(inplanes, planes * block.expansion, stride),
-                                   nn.BatchNorm2d(planes * block.expansion))
+        downsample = nn.Sequential(
+            conv1x1(inplanes, planes * block.expansion, stride),
+            nn.BatchNorm2d(planes * block.expansion),
+        )
     return block(inplanes, planes, stride, downsample, **block_kw)
 
 
 class ResNet(nn.Module):
     """torchvision's ResNet with a ``width`` knob (64 there) and an optional CIFAR stem."""
 
-    def __init__(self, block, layers, num_classes=1000, in_channels=3, width=64,
-                 small_input=False, groups=1, width_per_group=64):
+    def __init__(
+        self,
+        block,
+        layers,
+        num_classes=1000,
+        in_channels=3,
+        width=64,
+        small_input=False,
+        groups=1,
+        width_per_group=64,
+    ):
         super().__init__()
         self.inplanes = width
-        self.block_kw = {} if block is BasicBlock else dict(groups=groups,
-                                                            base_width=width_per_group)
+        self.block_kw = (
+            {} if block is BasicBlock else dict(groups=groups, base_width=width_per_group)
+        )
         if small_input:
             self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
             self.maxpool = nn.Identity()
@@ -122,12 +142,23 @@ def _make_divisible(v, divisor, min_value=None):
 
 
 class Conv2dNormActivation(nn.Sequential):
-    def __init__(self, in_planes, out_planes, kernel_size=3, stride=1, groups=1,
-                 activation_layer=nn.ReLU6, inplace=True):
+    def __init__(
+        self,
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=1,
+        groups=1,
+        activation_layer=nn.ReLU6,
+        inplace=True,
+    ):
         padding = (kernel_size - 1) // 2
-        layers = [nn.Conv2d(in_planes, out_planes, kernel_size, stride, padding, groups=groups,
-                            bias=False),
-                  nn.BatchNorm2d(out_planes)]
+        layers = [
+            nn.Conv2d(
+                in_planes, out_planes, kernel_size, stride, padding, groups=groups, bias=False
+            ),
+            nn.BatchNorm2d(out_planes),
+        ]
         if activation_layer is not None:
             layers.append(activation_layer(inplace=inplace))
         super().__init__(*layers)
@@ -155,11 +186,13 @@ class InvertedResidual(nn.Module):
         layers = []
         if expand_ratio != 1:
             layers.append(Conv2dNormActivation(inp, hidden_dim, kernel_size=1))
-        layers.extend([
-            Conv2dNormActivation(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim),
-            nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(oup),
-        ])
+        layers.extend(
+            [
+                Conv2dNormActivation(hidden_dim, hidden_dim, stride=stride, groups=hidden_dim),
+                nn.Conv2d(hidden_dim, oup, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(oup),
+            ]
+        )
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -173,19 +206,30 @@ class MobileNetV2(nn.Module):
         super().__init__()
         input_channel = _make_divisible(32 * width_mult, 8)
         self.last_channel = _make_divisible(1280 * max(1.0, width_mult), 8)
-        setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
-                   [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+        setting = [
+            [1, 16, 1, 1],
+            [6, 24, 2, 2],
+            [6, 32, 3, 2],
+            [6, 64, 4, 2],
+            [6, 96, 3, 1],
+            [6, 160, 3, 2],
+            [6, 320, 1, 1],
+        ]
         features = [Conv2dNormActivation(in_channels, input_channel, stride=2)]
         for t, c, n, s in setting:
             output_channel = _make_divisible(c * width_mult, 8)
             for i in range(n):
-                features.append(InvertedResidual(input_channel, output_channel,
-                                                 s if i == 0 else 1, expand_ratio=t))
+                features.append(
+                    InvertedResidual(
+                        input_channel, output_channel, s if i == 0 else 1, expand_ratio=t
+                    )
+                )
                 input_channel = output_channel
         features.append(Conv2dNormActivation(input_channel, self.last_channel, kernel_size=1))
         self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout),
-                                        nn.Linear(self.last_channel, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=dropout), nn.Linear(self.last_channel, num_classes)
+        )
 
     def forward(self, x):
         x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
@@ -237,19 +281,28 @@ class AlexNet(nn.Module):
         super().__init__()
         c = [v * width // 64 for v in (64, 192, 384, 256, 256)]
         self.features = nn.Sequential(
-            nn.Conv2d(3, c[0], kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(3, c[0], kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c[0], c[1], kernel_size=5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(c[0], c[1], kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c[1], c[2], kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c[2], c[3], kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(c[3], c[4], kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[1], c[2], kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[2], c[3], kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[3], c[4], kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(0.5), nn.Linear(c[4] * 6 * 6, hidden), nn.ReLU(inplace=True),
-            nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(c[4] * 6 * 6, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
 
@@ -259,8 +312,7 @@ class AlexNet(nn.Module):
 
 VGG_CFGS = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
-          "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
 
 
@@ -282,8 +334,12 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(in_channels * 7 * 7, hidden), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(in_channels * 7 * 7, hidden),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Dropout(),
             nn.Linear(hidden, num_classes),
         )
 
@@ -335,8 +391,10 @@ class MBConv(nn.Module):
 
 def _cna(cin, cout, k, stride=1, groups=1, activation=True):
     """Conv2dNormActivation with SiLU (EfficientNet)."""
-    layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(cout)]
+    layers = [
+        nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     if activation:
         layers.append(nn.SiLU(inplace=True))
     return nn.Sequential(*layers)
@@ -349,26 +407,37 @@ class EfficientNet(nn.Module):
         super().__init__()
         import math
 
-        setting = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2),
-                   (6, 3, 2, 40, 80, 3), (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4),
-                   (6, 3, 1, 192, 320, 1)]
+        setting = [
+            (1, 3, 1, 32, 16, 1),
+            (6, 3, 2, 16, 24, 2),
+            (6, 5, 2, 24, 40, 2),
+            (6, 3, 2, 40, 80, 3),
+            (6, 5, 1, 80, 112, 3),
+            (6, 5, 2, 112, 192, 4),
+            (6, 3, 1, 192, 320, 1),
+        ]
         ch = lambda c: _make_divisible(c * width_mult, 8)  # noqa: E731
-        setting = [(t, k, s, ch(i), ch(o), int(math.ceil(n * depth_mult)))
-                   for t, k, s, i, o, n in setting]
+        setting = [
+            (t, k, s, ch(i), ch(o), int(math.ceil(n * depth_mult))) for t, k, s, i, o, n in setting
+        ]
         layers = [_cna(3, setting[0][3], 3, stride=2)]
         total, block_id = sum(c[-1] for c in setting), 0
         for t, k, s, i, o, n in setting:
             stage = []
             for j in range(n):
-                stage.append(MBConv(t, k, s if j == 0 else 1, i if j == 0 else o, o,
-                                    sd_prob * block_id / total))
+                stage.append(
+                    MBConv(
+                        t, k, s if j == 0 else 1, i if j == 0 else o, o, sd_prob * block_id / total
+                    )
+                )
                 block_id += 1
             layers.append(nn.Sequential(*stage))
         layers.append(_cna(setting[-1][4], 4 * setting[-1][4], 1))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(p=0.2, inplace=True),
-                                        nn.Linear(4 * setting[-1][4], num_classes))
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=0.2, inplace=True), nn.Linear(4 * setting[-1][4], num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -395,9 +464,12 @@ class CNBlock(nn.Module):
         super().__init__()
         self.block = nn.Sequential(
             nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim, bias=True),
-            Permute([0, 2, 3, 1]), nn.LayerNorm(dim, eps=1e-6),
-            nn.Linear(dim, 4 * dim, bias=True), nn.GELU(),
-            nn.Linear(4 * dim, dim, bias=True), Permute([0, 3, 1, 2]),
+            Permute([0, 2, 3, 1]),
+            nn.LayerNorm(dim, eps=1e-6),
+            nn.Linear(dim, 4 * dim, bias=True),
+            nn.GELU(),
+            nn.Linear(4 * dim, dim, bias=True),
+            Permute([0, 3, 1, 2]),
         )
         self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1) * layer_scale)
         self.stochastic_depth = StochasticDepth(sd_prob)
@@ -407,11 +479,20 @@ class CNBlock(nn.Module):
 
 
 class ConvNeXt(nn.Module):
-    def __init__(self, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), num_classes=1000,
-                 sd_prob=0.1, layer_scale=1e-6):
+    def __init__(
+        self,
+        depths=(3, 3, 9, 3),
+        dims=(96, 192, 384, 768),
+        num_classes=1000,
+        sd_prob=0.1,
+        layer_scale=1e-6,
+    ):
         super().__init__()
-        layers = [nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4),
-                                LayerNorm2d(dims[0], eps=1e-6))]
+        layers = [
+            nn.Sequential(
+                nn.Conv2d(3, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=1e-6)
+            )
+        ]
         total, block_id = sum(depths), 0
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             stage = []
@@ -420,13 +501,17 @@ class ConvNeXt(nn.Module):
                 block_id += 1
             layers.append(nn.Sequential(*stage))
             if i + 1 < len(dims):
-                layers.append(nn.Sequential(LayerNorm2d(dim, eps=1e-6),
-                                            nn.Conv2d(dim, dims[i + 1], kernel_size=2,
-                                                      stride=2)))
+                layers.append(
+                    nn.Sequential(
+                        LayerNorm2d(dim, eps=1e-6),
+                        nn.Conv2d(dim, dims[i + 1], kernel_size=2, stride=2),
+                    )
+                )
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1),
-                                        nn.Linear(dims[-1], num_classes))
+        self.classifier = nn.Sequential(
+            LayerNorm2d(dims[-1], eps=1e-6), nn.Flatten(1), nn.Linear(dims[-1], num_classes)
+        )
 
     def forward(self, x):
         return self.classifier(self.avgpool(self.features(x)))
@@ -444,13 +529,15 @@ class UNet(nn.Module):
         def double(i, o):
             return nn.Sequential(
                 Conv2dNormActivation(i, o, activation_layer=nn.ReLU, inplace=inplace),
-                Conv2dNormActivation(o, o, activation_layer=nn.ReLU, inplace=inplace))
+                Conv2dNormActivation(o, o, activation_layer=nn.ReLU, inplace=inplace),
+            )
 
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList(double(i, o) for i, o in zip([in_channels] + widths, widths))
         self.pool = nn.MaxPool2d(2)
-        self.up = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2)
-                                for w in reversed(widths[:-1]))
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(2 * w, w, 2, stride=2) for w in reversed(widths[:-1])
+        )
         self.up_conv = nn.ModuleList(double(2 * w, w) for w in reversed(widths[:-1]))
         self.head = nn.Conv2d(base_width, num_classes, 1)
 

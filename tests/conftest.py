@@ -37,7 +37,8 @@ def pytest_configure(config):
     if importlib.util.find_spec("torch") is None and not WITHOUT_TORCH:
         raise pytest.UsageError(
             "the tests compare against PyTorch's CPU build: pip install torch==2.13.0 "
-            "(or set CNN_JAX_TESTS_WITHOUT_TORCH=1 to skip the tests that need it)")
+            "(or set CNN_JAX_TESTS_WITHOUT_TORCH=1 to skip the tests that need it)"
+        )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -45,12 +46,19 @@ def pytest_make_collect_report(collector):
     """With CNN_JAX_TESTS_WITHOUT_TORCH=1, a test file that cannot import torch is skipped,
     naming the reason (as pytest.importorskip would), instead of failing to collect."""
     report = yield
-    if (WITHOUT_TORCH and report.failed and isinstance(collector, pytest.Module)
-            and "No module named 'torch'" in str(report.longrepr)):
+    if (
+        WITHOUT_TORCH
+        and report.failed
+        and isinstance(collector, pytest.Module)
+        and "No module named 'torch'" in str(report.longrepr)
+    ):
         report.outcome = "skipped"
-        report.longrepr = (str(collector.path), 0,
-                           "Skipped: its oracle is PyTorch, not installed on this leg "
-                           "(CNN_JAX_TESTS_WITHOUT_TORCH=1)")
+        report.longrepr = (
+            str(collector.path),
+            0,
+            "Skipped: its oracle is PyTorch, not installed on this leg "
+            "(CNN_JAX_TESTS_WITHOUT_TORCH=1)",
+        )
     return report
 
 

@@ -35,15 +35,14 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 
 import cnn_jax as cj
 
@@ -55,8 +54,15 @@ RTOL, ATOL = 1e-9, 1e-10
 # values mostly agree exactly; PyTorch's half-precision backward kernels add in the
 # half type, and its lp_pool rounds the power, the mean and the root separately,
 # which measured up to 1.1 (values) and 1.2 (VJPs) of these units.
-HALF_OPS = ("avg_pool", "lp_pool", "adaptive_avg_pool", "global_avg_pool", "max_pool",
-            "adaptive_max_pool", "global_max_pool")
+HALF_OPS = (
+    "avg_pool",
+    "lp_pool",
+    "adaptive_avg_pool",
+    "global_avg_pool",
+    "max_pool",
+    "adaptive_max_pool",
+    "global_max_pool",
+)
 HALF_SHARE = 0.3
 HALF_TOL = {"value": 2.0, "vjp": 3.0}
 _TORCH_HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,52 +76,73 @@ KNOWN: list[tuple[str, Callable[[dict], bool], str]] = []
 def known(op, reason):
     """Register ``predicate(config, kind) -> bool`` as a deliberate difference (``kind``
     as in ``_known_reason``)."""
+
     def register(predicate):
         KNOWN.append((op, predicate, reason))
         return predicate
+
     return register
 
 
-@known("*", "dtype rule (ops/_args.py DTYPE_RULES): cnn_jax takes integer x exactly where "
-            "the result is exact (selection, data movement, sums); PyTorch's CPU kernels take "
-            "or refuse integers op by op and dtype by dtype, and its int64 avg_pool truncates")
+@known(
+    "*",
+    "dtype rule (ops/_args.py DTYPE_RULES): cnn_jax takes integer x exactly where "
+    "the result is exact (selection, data movement, sums); PyTorch's CPU kernels take "
+    "or refuse integers op by op and dtype by dtype, and its int64 avg_pool truncates",
+)
 def _integer_dtype(config, kind):
     return kind in ("torch_raised", "ours_raised") and "dtype" in config
 
 
-@known("*", "output_size 0: PyTorch's adaptive pools return an empty array, cnn_jax "
-            "raises ValueError (API: entries must be >= 1)")
+@known(
+    "*",
+    "output_size 0: PyTorch's adaptive pools return an empty array, cnn_jax "
+    "raises ValueError (API: entries must be >= 1)",
+)
 def _zero_output_size(config, kind):
     out = config.get("output_size")
     out = out if isinstance(out, tuple) else (out,)
-    return (kind == "ours_raised" and config["op"].startswith("adaptive")
-            and any(o is not None and o <= 0 for o in out))
+    return (
+        kind == "ours_raised"
+        and config["op"].startswith("adaptive")
+        and any(o is not None and o <= 0 for o in out)
+    )
 
 
-@known("lp_pool", "p <= 0: PyTorch computes a (meaningless) power mean, cnn_jax raises "
-                  "ValueError (API: p must be > 0)")
+@known(
+    "lp_pool",
+    "p <= 0: PyTorch computes a (meaningless) power mean, cnn_jax raises "
+    "ValueError (API: p must be > 0)",
+)
 def _bad_p(config, kind):
     return kind == "ours_raised" and config["p"] <= 0
 
 
-@known("upsample", "torch 2.13's 2-D nearest kernel repeats each pixel when the output is an "
-                   "integer multiple of the input, ignoring a non-integer scale_factor; its "
-                   "1-D and 3-D kernels and its documentation (recompute_scale_factor=None) "
-                   "read floor(dst / scale_factor), as cnn_jax does")
+@known(
+    "upsample",
+    "torch 2.13's 2-D nearest kernel repeats each pixel when the output is an "
+    "integer multiple of the input, ignoring a non-integer scale_factor; its "
+    "1-D and 3-D kernels and its documentation (recompute_scale_factor=None) "
+    "read floor(dst / scale_factor), as cnn_jax does",
+)
 def _nearest_2d_multiple(config, kind):
     sf = config["scale_factor"]
     if kind != "value" or config["method"] != "nearest" or config["n"] != 2 or sf is None:
         return False
     sf = sf if isinstance(sf, tuple) else (sf,) * 2
-    return any(float(s) != int(s) and math.floor(i * s) % i == 0
-               for i, s in zip(config["x"][-2:], sf))
+    return any(
+        float(s) != int(s) and math.floor(i * s) % i == 0 for i, s in zip(config["x"][-2:], sf)
+    )
 
 
-@known("avg_pool", "PyTorch's avg_pool3d (and so lp_pool3d) refuses an input smaller than "
-                   "the window before padding; its 1-D/2-D pools and cnn_jax only need the "
-                   "window to fit the padded input")
+@known(
+    "avg_pool",
+    "PyTorch's avg_pool3d (and so lp_pool3d) refuses an input smaller than "
+    "the window before padding; its 1-D/2-D pools and cnn_jax only need the "
+    "window to fit the padded input",
+)
 def _avg3d_small(config, kind):
-    x = config["x"][-config["n"]:]
+    x = config["x"][-config["n"] :]
     w = config["window"]
     w = (w,) * config["n"] if isinstance(w, int) else w
     return kind == "torch_raised" and config["n"] == 3 and any(i < k for i, k in zip(x, w))
@@ -131,18 +158,27 @@ def _negative_pad(config, kind):
     return kind == "ours_raised" and min(flat) < 0
 
 
-@known("*", "an empty spatial dim: PyTorch's adaptive/global average is NaN (a mean of "
-            "nothing), cnn_jax raises ValueError (PyTorch's max pools raise too)")
+@known(
+    "*",
+    "an empty spatial dim: PyTorch's adaptive/global average is NaN (a mean of "
+    "nothing), cnn_jax raises ValueError (PyTorch's max pools raise too)",
+)
 def _empty_mean(config, kind):
-    return (kind == "ours_raised" and config["op"] in ("adaptive_avg_pool", "global_avg_pool")
-            and 0 in config["x"][-config["n"]:])
+    return (
+        kind == "ours_raised"
+        and config["op"] in ("adaptive_avg_pool", "global_avg_pool")
+        and 0 in config["x"][-config["n"] :]
+    )
 
 
-@known("max_pool", "a dilated window that lies entirely in the padding: both return -inf; "
-                   "PyTorch's backward sends that window's gradient to an element past its "
-                   "start (wrong, and max_pool3d's writes out of bounds: segfault or heap "
-                   "corruption in torch 2.13), cnn_jax to none (the output is constant). "
-                   "Values are compared; PyTorch's backward is not run")
+@known(
+    "max_pool",
+    "a dilated window that lies entirely in the padding: both return -inf; "
+    "PyTorch's backward sends that window's gradient to an element past its "
+    "start (wrong, and max_pool3d's writes out of bounds: segfault or heap "
+    "corruption in torch 2.13), cnn_jax to none (the output is constant). "
+    "Values are compared; PyTorch's backward is not run",
+)
 def _window_all_padding(config, kind):
     n = config["n"]
     as_tuple = lambda v, d: (d,) * n if v is None else ((v,) * n if isinstance(v, int) else v)
@@ -242,7 +278,9 @@ def _conv_geometry(rng, invalid, k_high, k_wide):
 def gen_conv(rng, invalid):
     n, layout, batched, g, c_in, c_out, k, s, d = _conv_geometry(rng, invalid, 3, 6)
     mode = _pick(rng, ["zeros", "zeros", "reflect", "replicate", "circular"])
-    kind = _pick(rng, ["int", "tuple", "valid", "same"] if max(s) == 1 else ["int", "tuple", "valid"])
+    kind = _pick(
+        rng, ["int", "tuple", "valid", "same"] if max(s) == 1 else ["int", "tuple", "valid"]
+    )
     if kind == "int":
         padding = _wide(rng, invalid, 0, 2)
     elif kind == "tuple":
@@ -259,10 +297,21 @@ def gen_conv(rng, invalid):
             lo_size = max(lo_size, p + 1)
         sp.append(_wide(rng, invalid, lo_size, lo_size + 3, 0, lo_size + 3))
     g_arg = g if not (invalid and rng.random() < 0.1) else _pick(rng, [3, 0, -1])
-    config = dict(op="conv", n=n, layout=layout, batched=batched, x=(2, c_in, *sp) if batched else (c_in, *sp),
-                  kernel=(c_out, c_in // g, *k), stride=_per_dim(rng, s, n), padding=padding,
-                  dilation=_per_dim(rng, d, n), groups=g_arg, padding_mode=mode,
-                  bias=rng.random() < 0.5, flip=rng.random() < 0.2)
+    config = dict(
+        op="conv",
+        n=n,
+        layout=layout,
+        batched=batched,
+        x=(2, c_in, *sp) if batched else (c_in, *sp),
+        kernel=(c_out, c_in // g, *k),
+        stride=_per_dim(rng, s, n),
+        padding=padding,
+        dilation=_per_dim(rng, d, n),
+        groups=g_arg,
+        padding_mode=mode,
+        bias=rng.random() < 0.5,
+        flip=rng.random() < 0.2,
+    )
     if invalid and rng.random() < 0.1:  # mismatched in-channels
         config["kernel"] = (c_out, c_in // g + 1, *k)
     inputs = [_x(rng, config["x"]), _x(rng, config["kernel"])]
@@ -277,9 +326,18 @@ def gen_conv(rng, invalid):
     def ours(x, w, b=None):
         if layout == "channels_last":
             w = jnp.moveaxis(w, (0, 1), (-1, -2))  # OIHW -> HWIO
-        y = cj.conv(_to_layout(x, layout, batched), w, b, stride=c["stride"], padding=c["padding"],
-                    dilation=c["dilation"], groups=c["groups"], padding_mode=c["padding_mode"],
-                    flip=c["flip"], layout=layout)
+        y = cj.conv(
+            _to_layout(x, layout, batched),
+            w,
+            b,
+            stride=c["stride"],
+            padding=c["padding"],
+            dilation=c["dilation"],
+            groups=c["groups"],
+            padding_mode=c["padding_mode"],
+            flip=c["flip"],
+            layout=layout,
+        )
         return _from_layout(y, layout, batched)
 
     def theirs(x, w, b=None):
@@ -312,11 +370,20 @@ def gen_conv_transpose(rng, invalid):
     for i in range(n):
         out = (sp[i] - 1) * s[i] + d[i] * (k[i] - 1) + op_pad[i] + 1
         padding.append(_wide(rng, invalid, 0, max(min((out - 1) // 2, 2), 0), -1, 4))
-    config = dict(op="conv_transpose", n=n, layout=layout, batched=batched,
-                  x=(2, c_in, *sp) if batched else (c_in, *sp), kernel=(c_in, c_out // g, *k),
-                  stride=_per_dim(rng, s, n), padding=_per_dim(rng, padding, n),
-                  output_padding=_per_dim(rng, op_pad, n), dilation=_per_dim(rng, d, n),
-                  groups=g, bias=rng.random() < 0.5)
+    config = dict(
+        op="conv_transpose",
+        n=n,
+        layout=layout,
+        batched=batched,
+        x=(2, c_in, *sp) if batched else (c_in, *sp),
+        kernel=(c_in, c_out // g, *k),
+        stride=_per_dim(rng, s, n),
+        padding=_per_dim(rng, padding, n),
+        output_padding=_per_dim(rng, op_pad, n),
+        dilation=_per_dim(rng, d, n),
+        groups=g,
+        bias=rng.random() < 0.5,
+    )
     inputs = [_x(rng, config["x"]), _x(rng, config["kernel"])]
     if config["bias"]:
         inputs.append(_x(rng, (c_out,)))
@@ -325,14 +392,24 @@ def gen_conv_transpose(rng, invalid):
     def ours(x, w, b=None):
         if layout == "channels_last":
             w = jnp.moveaxis(w, (0, 1), (-2, -1))  # (I, O/G, *k) -> (*k, I, O/G)
-        y = cj.conv_transpose(_to_layout(x, layout, batched), w, b, stride=c["stride"],
-                              padding=c["padding"], output_padding=c["output_padding"],
-                              dilation=c["dilation"], groups=c["groups"], layout=layout)
+        y = cj.conv_transpose(
+            _to_layout(x, layout, batched),
+            w,
+            b,
+            stride=c["stride"],
+            padding=c["padding"],
+            output_padding=c["output_padding"],
+            dilation=c["dilation"],
+            groups=c["groups"],
+            layout=layout,
+        )
         return _from_layout(y, layout, batched)
 
     def theirs(x, w, b=None):
         fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
-        return fn(x, w, b, c["stride"], c["padding"], c["output_padding"], c["groups"], c["dilation"])
+        return fn(
+            x, w, b, c["stride"], c["padding"], c["output_padding"], c["groups"], c["dilation"]
+        )
 
     return Case(config, inputs, ours, theirs)
 
@@ -362,24 +439,45 @@ def _window_arg(rng, k, batched):
 
 def gen_max_pool(rng, invalid):
     n, layout, batched, k, s, d, pad, x_shape = _pool_common(rng, invalid)
-    config = dict(op="max_pool", n=n, layout=layout, batched=batched, x=x_shape,
-                  window=_window_arg(rng, k, batched), stride=s and _per_dim(rng, s, n),
-                  padding=_per_dim(rng, pad, n), dilation=_per_dim(rng, d, n),
-                  ceil_mode=rng.random() < 0.4, ties=rng.random() < 0.3)
+    config = dict(
+        op="max_pool",
+        n=n,
+        layout=layout,
+        batched=batched,
+        x=x_shape,
+        window=_window_arg(rng, k, batched),
+        stride=s and _per_dim(rng, s, n),
+        padding=_per_dim(rng, pad, n),
+        dilation=_per_dim(rng, d, n),
+        ceil_mode=rng.random() < 0.4,
+        ties=rng.random() < 0.3,
+    )
     inputs = [_x(rng, x_shape, config["ties"])]
     _maybe_int_dtype(rng, invalid, inputs, config)
     c = config
 
     def ours(x):
-        y = cj.max_pool(_to_layout(x, layout, batched), c["window"], c["stride"],
-                        padding=c["padding"], dilation=c["dilation"], ceil_mode=c["ceil_mode"],
-                        layout=layout)
+        y = cj.max_pool(
+            _to_layout(x, layout, batched),
+            c["window"],
+            c["stride"],
+            padding=c["padding"],
+            dilation=c["dilation"],
+            ceil_mode=c["ceil_mode"],
+            layout=layout,
+        )
         return _from_layout(y, layout, batched)
 
     def theirs(x):
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[n - 1]
-        return fn(x, k, c["stride"] if c["stride"] is not None else None, c["padding"],
-                  c["dilation"], ceil_mode=c["ceil_mode"])
+        return fn(
+            x,
+            k,
+            c["stride"] if c["stride"] is not None else None,
+            c["padding"],
+            c["dilation"],
+            ceil_mode=c["ceil_mode"],
+        )
 
     return Case(config, inputs, ours, theirs)
 
@@ -389,19 +487,34 @@ def gen_avg_pool(rng, invalid):
     div = None
     if n > 1 and rng.random() < 0.2:  # F.avg_pool1d has no divisor_override
         div = _wide(rng, invalid, 1, 5, -1, 5)
-    config = dict(op="avg_pool", n=n, layout=layout, batched=batched, x=x_shape,
-                  window=_window_arg(rng, k, batched), stride=s and _per_dim(rng, s, n),
-                  padding=_per_dim(rng, pad, n), ceil_mode=rng.random() < 0.4,
-                  count_include_pad=rng.random() < 0.5, divisor_override=div)
+    config = dict(
+        op="avg_pool",
+        n=n,
+        layout=layout,
+        batched=batched,
+        x=x_shape,
+        window=_window_arg(rng, k, batched),
+        stride=s and _per_dim(rng, s, n),
+        padding=_per_dim(rng, pad, n),
+        ceil_mode=rng.random() < 0.4,
+        count_include_pad=rng.random() < 0.5,
+        divisor_override=div,
+    )
     inputs = [_x(rng, x_shape)]
     _maybe_int_dtype(rng, invalid, inputs, config)
     c = config
 
     def ours(x):
-        y = cj.avg_pool(_to_layout(x, layout, batched), c["window"], c["stride"],
-                        padding=c["padding"], ceil_mode=c["ceil_mode"],
-                        count_include_pad=c["count_include_pad"],
-                        divisor_override=c["divisor_override"], layout=layout)
+        y = cj.avg_pool(
+            _to_layout(x, layout, batched),
+            c["window"],
+            c["stride"],
+            padding=c["padding"],
+            ceil_mode=c["ceil_mode"],
+            count_include_pad=c["count_include_pad"],
+            divisor_override=c["divisor_override"],
+            layout=layout,
+        )
         return _from_layout(y, layout, batched)
 
     def theirs(x):
@@ -419,17 +532,31 @@ def gen_lp_pool(rng, invalid):
     p = _pick(rng, [1, 2, 3, 1.5, 2.5])
     if invalid and rng.random() < 0.2:
         p = _pick(rng, [0, -1.0])
-    config = dict(op="lp_pool", n=n, layout=layout, batched=batched, x=x_shape, p=p,
-                  window=_window_arg(rng, k, batched), stride=s and _per_dim(rng, s, n),
-                  ceil_mode=rng.random() < 0.4)
+    config = dict(
+        op="lp_pool",
+        n=n,
+        layout=layout,
+        batched=batched,
+        x=x_shape,
+        p=p,
+        window=_window_arg(rng, k, batched),
+        stride=s and _per_dim(rng, s, n),
+        ceil_mode=rng.random() < 0.4,
+    )
     # Positive inputs: a fractional power of a negative number is NaN in both.
     inputs = [np.abs(_x(rng, x_shape)) + 0.1]
     _maybe_int_dtype(rng, invalid, inputs, config)
     c = config
 
     def ours(x):
-        y = cj.lp_pool(_to_layout(x, layout, batched), c["p"], c["window"], c["stride"],
-                       ceil_mode=c["ceil_mode"], layout=layout)
+        y = cj.lp_pool(
+            _to_layout(x, layout, batched),
+            c["p"],
+            c["window"],
+            c["stride"],
+            ceil_mode=c["ceil_mode"],
+            layout=layout,
+        )
         return _from_layout(y, layout, batched)
 
     def theirs(x):
@@ -452,21 +579,31 @@ def gen_adaptive(rng, invalid):
         out = out[0]
     x_shape = (2, 3, *sp) if batched else (3, *sp)
     ties = reduce == "max" and rng.random() < 0.3
-    config = dict(op=f"adaptive_{reduce}_pool", n=n, layout=layout, batched=batched, x=x_shape,
-                  output_size=out, ties=ties)
+    config = dict(
+        op=f"adaptive_{reduce}_pool",
+        n=n,
+        layout=layout,
+        batched=batched,
+        x=x_shape,
+        output_size=out,
+        ties=ties,
+    )
     inputs = [_x(rng, x_shape, ties)]
     _maybe_int_dtype(rng, invalid, inputs, config)
     c = config
 
     def ours(x):
         fn = cj.adaptive_avg_pool if reduce == "avg" else cj.adaptive_max_pool
-        return _from_layout(fn(_to_layout(x, layout, batched), c["output_size"], layout=layout),
-                            layout, batched)
+        return _from_layout(
+            fn(_to_layout(x, layout, batched), c["output_size"], layout=layout), layout, batched
+        )
 
     def theirs(x):
-        fns = ((F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
-               if reduce == "avg" else
-               (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d))
+        fns = (
+            (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+            if reduce == "avg"
+            else (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+        )
         return fns[n - 1](x, c["output_size"])
 
     return Case(config, inputs, ours, theirs)
@@ -479,8 +616,15 @@ def gen_global(rng, invalid):
     sp = tuple(_wide(rng, invalid, 1, 6, 0) for _ in range(n))
     keepdims = rng.random() < 0.5
     ties = reduce == "max" and rng.random() < 0.3
-    config = dict(op=f"global_{reduce}_pool", n=n, layout=layout, batched=True,
-                  x=(2, 3, *sp), keepdims=keepdims, ties=ties)
+    config = dict(
+        op=f"global_{reduce}_pool",
+        n=n,
+        layout=layout,
+        batched=True,
+        x=(2, 3, *sp),
+        keepdims=keepdims,
+        ties=ties,
+    )
     inputs = [_x(rng, config["x"], ties)]
     _maybe_int_dtype(rng, invalid, inputs, config)
 
@@ -490,9 +634,11 @@ def gen_global(rng, invalid):
         return _from_layout(y, layout, True) if keepdims else y
 
     def theirs(x):
-        fns = ((F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
-               if reduce == "avg" else
-               (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d))
+        fns = (
+            (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
+            if reduce == "avg"
+            else (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
+        )
         y = fns[n - 1](x, 1)
         return y if keepdims else y.reshape(y.shape[:2])
 
@@ -503,11 +649,13 @@ def _nearest_vjp(theirs, x_shape):
     """The VJP of nearest resizing from PyTorch's *forward* only: push the flat index of
     every input element through it, then sum ``g`` into the indices it read. PyTorch's
     own backward disagrees with its forward for some non-integer scales."""
+
     def oracle(inputs, g):
         index = torch.arange(math.prod(x_shape), dtype=torch.float64).reshape(x_shape)
         src = theirs(index).numpy().astype(np.int64).ravel()
         dx = np.bincount(src, weights=np.asarray(g).ravel(), minlength=math.prod(x_shape))
         return [dx.reshape(x_shape)]
+
     return oracle
 
 
@@ -526,23 +674,43 @@ def gen_upsample(rng, invalid):
     else:
         size = tuple(_wide(rng, invalid, 1, 9, 0) for _ in range(n))
         scale = None
-    config = dict(op="upsample", n=n, layout=layout, batched=True, x=(2, 2, *sp),
-                  scale_factor=scale, size=size, method=method, align_corners=align)
+    config = dict(
+        op="upsample",
+        n=n,
+        layout=layout,
+        batched=True,
+        x=(2, 2, *sp),
+        scale_factor=scale,
+        size=size,
+        method=method,
+        align_corners=align,
+    )
     inputs = [_x(rng, config["x"])]
     _maybe_int_dtype(rng, invalid, inputs, config)
     c = config
 
     def ours(x):
-        y = cj.upsample(_to_layout(x, layout, True), c["scale_factor"], size=c["size"],
-                        method=c["method"], align_corners=c["align_corners"], layout=layout)
+        y = cj.upsample(
+            _to_layout(x, layout, True),
+            c["scale_factor"],
+            size=c["size"],
+            method=c["method"],
+            align_corners=c["align_corners"],
+            layout=layout,
+        )
         return _from_layout(y, layout, True)
 
     def theirs(x):
         mode = "nearest" if method == "nearest" else ("linear", "bilinear", "trilinear")[n - 1]
         sf = c["scale_factor"]
         sf = list(sf) if isinstance(sf, tuple) else sf
-        return F.interpolate(x, size=list(c["size"]) if c["size"] else None, scale_factor=sf,
-                             mode=mode, align_corners=c["align_corners"] if method == "linear" else None)
+        return F.interpolate(
+            x,
+            size=list(c["size"]) if c["size"] else None,
+            scale_factor=sf,
+            mode=mode,
+            align_corners=c["align_corners"] if method == "linear" else None,
+        )
 
     case = Case(config, inputs, ours, theirs)
     if method == "nearest":
@@ -556,12 +724,20 @@ def gen_pixel_shuffle(rng, invalid):
     r = _wide(rng, invalid, 1, 3, 0)
     if rng.random() < 0.5:
         op = "pixel_shuffle"
-        c_in = max(r, 1) ** 2 * int(rng.integers(1, 3)) + (1 if invalid and rng.random() < 0.2 else 0)
+        c_in = max(r, 1) ** 2 * int(rng.integers(1, 3)) + (
+            1 if invalid and rng.random() < 0.2 else 0
+        )
         x_shape = (2, c_in, *_ints(rng, 1, 3, 2))
     else:
         op = "pixel_unshuffle"
-        x_shape = (2, 2, *(max(r, 1) * v + (1 if invalid and rng.random() < 0.2 else 0)
-                          for v in _ints(rng, 1, 3, 2)))
+        x_shape = (
+            2,
+            2,
+            *(
+                max(r, 1) * v + (1 if invalid and rng.random() < 0.2 else 0)
+                for v in _ints(rng, 1, 3, 2)
+            ),
+        )
     config = dict(op=op, n=2, layout=layout, batched=True, x=x_shape, factor=r)
     inputs = [_x(rng, x_shape)]
     _maybe_int_dtype(rng, invalid, inputs, config)
@@ -584,8 +760,16 @@ def gen_unfold(rng, invalid):
     s = tuple(_wide(rng, invalid, 1, 2, 0) for _ in range(2))
     d = tuple(_wide(rng, invalid, 1, 2, 0) for _ in range(2))
     p = tuple(_wide(rng, invalid, 0, 1, -1) for _ in range(2))
-    sp = tuple(_wide(rng, invalid, max(dd * (kk - 1) + 1 - 2 * pp, 1), max(dd * (kk - 1) + 1 - 2 * pp, 1) + 3, 0)
-               for kk, dd, pp in zip(k, d, p))
+    sp = tuple(
+        _wide(
+            rng,
+            invalid,
+            max(dd * (kk - 1) + 1 - 2 * pp, 1),
+            max(dd * (kk - 1) + 1 - 2 * pp, 1) + 3,
+            0,
+        )
+        for kk, dd, pp in zip(k, d, p)
+    )
     c_ch = int(rng.integers(1, 3))
     op = _pick(rng, ["unfold", "fold"])
     kw = dict(stride=_per_dim(rng, s, 2), padding=_per_dim(rng, p, 2), dilation=_per_dim(rng, d, 2))
@@ -597,8 +781,13 @@ def gen_unfold(rng, invalid):
     if op == "unfold":
         x_shape = (2, c_ch, *sp) if batched else (c_ch, *sp)
     else:
-        blocks = [(i + 2 * pp - dd * (kv - 1) - 1) // max(ss, 1) + 1 for i, kv, ss, dd, pp in zip(sp, k, s, d, p)]
-        length = max(math.prod(max(b, 0) for b in blocks), 0) + (1 if invalid and rng.random() < 0.1 else 0)
+        blocks = [
+            (i + 2 * pp - dd * (kv - 1) - 1) // max(ss, 1) + 1
+            for i, kv, ss, dd, pp in zip(sp, k, s, d, p)
+        ]
+        length = max(math.prod(max(b, 0) for b in blocks), 0) + (
+            1 if invalid and rng.random() < 0.1 else 0
+        )
         x_shape = (2, c_ch * kk, length) if batched else (c_ch * kk, length)
         config["output_size"] = sp
     config["x"] = x_shape
@@ -610,8 +799,14 @@ def gen_unfold(rng, invalid):
         b = x if batched else x[None]
         if op == "unfold":
             xin = _to_layout(b, layout, True)
-            y = cj.unfold(xin if batched else xin[0], c["window"], stride=c["stride"],
-                          padding=c["padding"], dilation=c["dilation"], layout=layout)
+            y = cj.unfold(
+                xin if batched else xin[0],
+                c["window"],
+                stride=c["stride"],
+                padding=c["padding"],
+                dilation=c["dilation"],
+                layout=layout,
+            )
             y = y if batched else y[None]
             if layout == "channels_last":  # (N, L, K * C) -> (N, C * K, L)
                 y = y.reshape(y.shape[0], y.shape[1], kk, c_ch).transpose(0, 3, 2, 1)
@@ -620,8 +815,15 @@ def gen_unfold(rng, invalid):
             if layout == "channels_last":  # (N, C * K, L) -> (N, L, K * C)
                 b = b.reshape(b.shape[0], c_ch, kk, b.shape[-1]).transpose(0, 3, 2, 1)
                 b = b.reshape(b.shape[0], b.shape[1], kk * c_ch)
-            y = cj.fold(b if batched else b[0], c["output_size"], c["window"], stride=c["stride"],
-                        padding=c["padding"], dilation=c["dilation"], layout=layout)
+            y = cj.fold(
+                b if batched else b[0],
+                c["output_size"],
+                c["window"],
+                stride=c["stride"],
+                padding=c["padding"],
+                dilation=c["dilation"],
+                layout=layout,
+            )
             y = _from_layout(y if batched else y[None], layout, True)
         return y if batched else y[0]
 
@@ -640,22 +842,37 @@ def gen_pad(rng, invalid):
     sp = tuple(_wide(rng, invalid, 1, 4, 0) for _ in range(n))
     # An empty dim (invalid configs) would leave reflect no valid amount: 0 then.
     top = [max(s - 1, 0) if mode == "reflect" else (s if mode == "circular" else 3) for s in sp]
-    pads = tuple((_wide(rng, invalid, 0, t, -1, t + 2), _wide(rng, invalid, 0, t, -1, t + 2)) for t in top)
+    pads = tuple(
+        (_wide(rng, invalid, 0, t, -1, t + 2), _wide(rng, invalid, 0, t, -1, t + 2)) for t in top
+    )
     padding = pads
     if all(a == b for a, b in pads) and rng.random() < 0.5:
         padding = tuple(a for a, _ in pads)
     value = float(_pick(rng, [0.0, 1.5, -2.0]))
     if mode != "constant" and not invalid:  # only "constant" takes a value (both refuse)
         value = 0.0
-    config = dict(op="pad", n=n, layout=layout, batched=True, x=(2, 2, *sp), padding=padding,
-                  mode=mode, value=value)
+    config = dict(
+        op="pad",
+        n=n,
+        layout=layout,
+        batched=True,
+        x=(2, 2, *sp),
+        padding=padding,
+        mode=mode,
+        value=value,
+    )
     inputs = [_x(rng, config["x"])]
     _maybe_int_dtype(rng, invalid, inputs, config)
     c = config
 
     def ours(x):
-        y = cj.pad(_to_layout(x, layout, True), c["padding"], mode=c["mode"], value=c["value"],
-                   layout=layout)
+        y = cj.pad(
+            _to_layout(x, layout, True),
+            c["padding"],
+            mode=c["mode"],
+            value=c["value"],
+            layout=layout,
+        )
         return _from_layout(y, layout, True)
 
     def theirs(x):
@@ -672,18 +889,26 @@ def gen_pad(rng, invalid):
 
 
 GENERATORS = {
-    "conv": (gen_conv, 3), "conv_transpose": (gen_conv_transpose, 3),
-    "max_pool": (gen_max_pool, 3), "avg_pool": (gen_avg_pool, 2), "lp_pool": (gen_lp_pool, 1),
-    "adaptive": (gen_adaptive, 2), "global": (gen_global, 1), "upsample": (gen_upsample, 2),
-    "pixel_shuffle": (gen_pixel_shuffle, 1), "unfold": (gen_unfold, 2), "pad": (gen_pad, 1),
+    "conv": (gen_conv, 3),
+    "conv_transpose": (gen_conv_transpose, 3),
+    "max_pool": (gen_max_pool, 3),
+    "avg_pool": (gen_avg_pool, 2),
+    "lp_pool": (gen_lp_pool, 1),
+    "adaptive": (gen_adaptive, 2),
+    "global": (gen_global, 1),
+    "upsample": (gen_upsample, 2),
+    "pixel_shuffle": (gen_pixel_shuffle, 1),
+    "unfold": (gen_unfold, 2),
+    "pad": (gen_pad, 1),
 }
 _NAMES = list(GENERATORS)
 _WEIGHTS = np.array([w for _, w in GENERATORS.values()], float)
 _WEIGHTS /= _WEIGHTS.sum()
 
 
-def make_case(seed: int, index: int, invalid_share: float = 0.25,
-              half_share: float = HALF_SHARE) -> Case:
+def make_case(
+    seed: int, index: int, invalid_share: float = 0.25, half_share: float = HALF_SHARE
+) -> Case:
     """Config ``index`` of ``seed``: reproducible alone."""
     rng = np.random.default_rng([seed, index])
     invalid = rng.random() < invalid_share
@@ -704,8 +929,9 @@ def _maybe_half(rng, case: Case, share: float) -> None:
     if c["op"] not in HALF_OPS or c["invalid"] or "dtype" in c or rng.random() >= share:
         return
     c["half"] = _pick(rng, ["bfloat16", "float16"])
-    case.inputs = [np.asarray(a).astype(jnp.dtype(c["half"])).astype(np.float64)
-                   for a in case.inputs]
+    case.inputs = [
+        np.asarray(a).astype(jnp.dtype(c["half"])).astype(np.float64) for a in case.inputs
+    ]
 
 
 def _torch_half_in_float32(config) -> bool:
@@ -713,8 +939,12 @@ def _torch_half_in_float32(config) -> bool:
     lp_pool3d) has none at all, adaptive_avg_pool3d adds in the half type. There the
     reference is PyTorch in float32 on the same rounded inputs, rounded once to the
     dtype: what its 1-D/2-D kernels (and cnn_jax) compute."""
-    return config["n"] == 3 and config["op"] in ("avg_pool", "lp_pool", "adaptive_avg_pool",
-                                                 "global_avg_pool")
+    return config["n"] == 3 and config["op"] in (
+        "avg_pool",
+        "lp_pool",
+        "adaptive_avg_pool",
+        "global_avg_pool",
+    )
 
 
 # --------------------------------------------------------------------------- runner
@@ -772,6 +1002,7 @@ def _fast_compile():
 
 def _value_and_vjp(fn, g_seed, *args):
     """``y``, a random cotangent ``g`` and the VJP of ``sum(y * g)``, in one jitted call."""
+
     def run(*a):
         y, vjp = jax.vjp(fn, *a)
         # A fixed pseudo-random cotangent (no PRNG: threefry would double compile time),
@@ -779,6 +1010,7 @@ def _value_and_vjp(fn, g_seed, *args):
         i = jnp.arange(y.size, dtype=jnp.promote_types(y.dtype, jnp.float32)).reshape(y.shape)
         g = (jnp.sin(i * 12.9898 + g_seed % 1000) * 2.0).astype(y.dtype)
         return y, g, vjp(g)
+
     return jax.jit(run)(*args)
 
 
@@ -796,11 +1028,14 @@ def run_case(case: Case) -> Result:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if half is None:
-                ts = [torch.tensor(a, requires_grad=case.grad and _is_float(a))
-                      for a in case.inputs]
+                ts = [
+                    torch.tensor(a, requires_grad=case.grad and _is_float(a)) for a in case.inputs
+                ]
             else:
-                ts = [torch.tensor(a).to(_TORCH_HALF[half]).requires_grad_(case.grad)
-                      for a in case.inputs]
+                ts = [
+                    torch.tensor(a).to(_TORCH_HALF[half]).requires_grad_(case.grad)
+                    for a in case.inputs
+                ]
             yt = theirs(*ts)
     except Exception as e:  # noqa: BLE001 - any PyTorch refusal counts as a refusal
         torch_err = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
@@ -847,11 +1082,13 @@ def run_case(case: Case) -> Result:
         return Result("known", reason)
     if case.grad_oracle is not None:
         ref_dx = case.grad_oracle(case.inputs, g)
-        ours_dx = ours_dx[:len(ref_dx)]
+        ours_dx = ours_dx[: len(ref_dx)]
     else:
         yt.backward(torch.tensor(np.asarray(g, np.float64)).to(yt.dtype))
-        ref_dx = [t.grad.to(torch.float64).numpy() if t.grad is not None else np.zeros(t.shape)
-                  for t in ts]
+        ref_dx = [
+            t.grad.to(torch.float64).numpy() if t.grad is not None else np.zeros(t.shape)
+            for t in ts
+        ]
     for i, (a, b) in enumerate(zip(ours_dx, ref_dx)):
         ok, why = _close(a, b, half, "vjp")
         if not ok:
@@ -863,8 +1100,16 @@ def _fmt(config):
     return " ".join(f"{k}={v!r}" for k, v in config.items())
 
 
-def sweep(n: int, seed: int, start: int = 0, invalid_share: float = 0.25, out=sys.stdout,
-          verbose=False, progress=0, half_share: float = HALF_SHARE):
+def sweep(
+    n: int,
+    seed: int,
+    start: int = 0,
+    invalid_share: float = 0.25,
+    out=sys.stdout,
+    verbose=False,
+    progress=0,
+    half_share: float = HALF_SHARE,
+):
     """Run configs ``start .. start + n - 1`` of ``seed``; returns the counts and mismatches."""
     counts = {"ok": 0, "both_raise": 0, "known": 0, "mismatch": 0, "half": 0}
     mismatches = []
@@ -895,8 +1140,12 @@ def main(argv=None):
     parser.add_argument("--start", type=int, default=0, help="first config index")
     parser.add_argument("--only", type=int, default=None, help="replay this one config index")
     parser.add_argument("--invalid", type=float, default=0.25, help="share of invalid configs")
-    parser.add_argument("--half", type=float, default=HALF_SHARE,
-                        help="share of the valid configs of HALF_OPS run in bfloat16/float16")
+    parser.add_argument(
+        "--half",
+        type=float,
+        default=HALF_SHARE,
+        help="share of the valid configs of HALF_OPS run in bfloat16/float16",
+    )
     parser.add_argument("--verbose", action="store_true", help="print every config first")
     parser.add_argument("--progress", type=int, default=0, help="print counts every K configs")
     args = parser.parse_args(argv)
@@ -904,12 +1153,21 @@ def main(argv=None):
         args.start, args.n = args.only, 1
         print(_fmt(make_case(args.seed, args.only, args.invalid, args.half).config))
     t0 = time.perf_counter()
-    counts, mismatches = sweep(args.n, args.seed, args.start, args.invalid, verbose=args.verbose,
-                               progress=args.progress, half_share=args.half)
+    counts, mismatches = sweep(
+        args.n,
+        args.seed,
+        args.start,
+        args.invalid,
+        verbose=args.verbose,
+        progress=args.progress,
+        half_share=args.half,
+    )
     dt = time.perf_counter() - t0
-    print(f"configs={args.n} seed={args.seed} start={args.start} ok={counts['ok']} "
-          f"both_raise={counts['both_raise']} known={counts['known']} "
-          f"mismatches={counts['mismatch']} half_precision={counts['half']} seconds={dt:.1f}")
+    print(
+        f"configs={args.n} seed={args.seed} start={args.start} ok={counts['ok']} "
+        f"both_raise={counts['both_raise']} known={counts['known']} "
+        f"mismatches={counts['mismatch']} half_precision={counts['half']} seconds={dt:.1f}"
+    )
     return 1 if mismatches else 0
 
 

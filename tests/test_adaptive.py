@@ -6,15 +6,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import cnn_jax as cj
 from _layout import to_cf, to_cl, torch_value_and_grad
 from _pool_oracle import HALF_DTYPES, half_vs_torch, ulp
 
+import cnn_jax as cj
+
 TORCH_ADAPTIVE = {
-    ("avg", 1): F.adaptive_avg_pool1d, ("avg", 2): F.adaptive_avg_pool2d,
-    ("avg", 3): F.adaptive_avg_pool3d, ("max", 1): F.adaptive_max_pool1d,
-    ("max", 2): F.adaptive_max_pool2d, ("max", 3): F.adaptive_max_pool3d,
+    ("avg", 1): F.adaptive_avg_pool1d,
+    ("avg", 2): F.adaptive_avg_pool2d,
+    ("avg", 3): F.adaptive_avg_pool3d,
+    ("max", 1): F.adaptive_max_pool1d,
+    ("max", 2): F.adaptive_max_pool2d,
+    ("max", 3): F.adaptive_max_pool3d,
 }
 OPS = {"avg": cj.adaptive_avg_pool, "max": cj.adaptive_max_pool}
 
@@ -47,8 +50,12 @@ def both_layouts(op, x, g, *args):
     def run(a, ct):
         y_cf, vjp_cf = jax.vjp(lambda b: op(b, *args, layout="channels_first"), a)
         y_cl, vjp_cl = jax.vjp(lambda b: op(b, *args), jnp.moveaxis(a, 1, -1))
-        return (y_cf, vjp_cf(ct)[0], jnp.moveaxis(y_cl, -1, 1),
-                jnp.moveaxis(vjp_cl(jnp.moveaxis(ct, 1, -1))[0], -1, 1))
+        return (
+            y_cf,
+            vjp_cf(ct)[0],
+            jnp.moveaxis(y_cl, -1, 1),
+            jnp.moveaxis(vjp_cl(jnp.moveaxis(ct, 1, -1))[0], -1, 1),
+        )
 
     return [np.asarray(v) for v in run(jnp.asarray(x), jnp.asarray(g))]
 
@@ -186,7 +193,9 @@ def test_global_pools_match_numpy(n, keepdims, rng):
     axes_cl = tuple(range(1, 1 + n))
     for op, ref in ((cj.global_avg_pool, np.mean), (cj.global_max_pool, np.max)):
         y = op(x, keepdims=keepdims, layout="channels_first")
-        np.testing.assert_allclose(np.asarray(y), ref(x, axis=axes_cf, keepdims=keepdims), rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(y), ref(x, axis=axes_cf, keepdims=keepdims), rtol=1e-6
+        )
         y = op(to_cl(x), keepdims=keepdims)
         np.testing.assert_allclose(
             np.asarray(y), ref(to_cl(x), axis=axes_cl, keepdims=keepdims), rtol=1e-6
@@ -265,34 +274,69 @@ def test_global_errors(op):
 # (every axis of an adaptive pool in float32, not rounded between axes).
 
 HALF_MEANS = [
-    ("adaptive1d_uneven", lambda a: cj.adaptive_avg_pool(a, 4, layout="channels_first"),
-     lambda t: F.adaptive_avg_pool1d(t, 4), (2, 3, 11), True),
-    ("adaptive2d_uneven", lambda a: cj.adaptive_avg_pool(a, (4, 3), layout="channels_first"),
-     lambda t: F.adaptive_avg_pool2d(t, (4, 3)), (2, 3, 9, 11), True),
-    ("adaptive2d_divisible", lambda a: cj.adaptive_avg_pool(a, (3, 4), layout="channels_first"),
-     lambda t: F.adaptive_avg_pool2d(t, (3, 4)), (2, 3, 9, 12), True),
+    (
+        "adaptive1d_uneven",
+        lambda a: cj.adaptive_avg_pool(a, 4, layout="channels_first"),
+        lambda t: F.adaptive_avg_pool1d(t, 4),
+        (2, 3, 11),
+        True,
+    ),
+    (
+        "adaptive2d_uneven",
+        lambda a: cj.adaptive_avg_pool(a, (4, 3), layout="channels_first"),
+        lambda t: F.adaptive_avg_pool2d(t, (4, 3)),
+        (2, 3, 9, 11),
+        True,
+    ),
+    (
+        "adaptive2d_divisible",
+        lambda a: cj.adaptive_avg_pool(a, (3, 4), layout="channels_first"),
+        lambda t: F.adaptive_avg_pool2d(t, (3, 4)),
+        (2, 3, 9, 12),
+        True,
+    ),
     # PyTorch's adaptive_avg_pool3d adds in the half type: float64 oracle only.
-    ("adaptive3d", lambda a: cj.adaptive_avg_pool(a, 2, layout="channels_first"),
-     lambda t: F.adaptive_avg_pool3d(t, 2), (2, 3, 5, 6, 7), False),
-    ("global2d", lambda a: cj.global_avg_pool(a, keepdims=True, layout="channels_first"),
-     lambda t: F.adaptive_avg_pool2d(t, 1), (2, 3, 9, 11), True),
-    ("global3d", lambda a: cj.global_avg_pool(a, layout="channels_first"),
-     lambda t: t.mean(dim=(2, 3, 4)), (2, 3, 5, 6, 7), False),
+    (
+        "adaptive3d",
+        lambda a: cj.adaptive_avg_pool(a, 2, layout="channels_first"),
+        lambda t: F.adaptive_avg_pool3d(t, 2),
+        (2, 3, 5, 6, 7),
+        False,
+    ),
+    (
+        "global2d",
+        lambda a: cj.global_avg_pool(a, keepdims=True, layout="channels_first"),
+        lambda t: F.adaptive_avg_pool2d(t, 1),
+        (2, 3, 9, 11),
+        True,
+    ),
+    (
+        "global3d",
+        lambda a: cj.global_avg_pool(a, layout="channels_first"),
+        lambda t: t.mean(dim=(2, 3, 4)),
+        (2, 3, 5, 6, 7),
+        False,
+    ),
 ]
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=lambda d: jnp.dtype(d).name)
-@pytest.mark.parametrize("name,ours,theirs,shape,torch_half", HALF_MEANS,
-                         ids=[c[0] for c in HALF_MEANS])
+@pytest.mark.parametrize(
+    "name,ours,theirs,shape,torch_half", HALF_MEANS, ids=[c[0] for c in HALF_MEANS]
+)
 def test_half_precision_means_match_torch(rng, dtype, name, ours, theirs, shape, torch_half):
     half_vs_torch(rng, dtype, ours, theirs, shape, torch_half=torch_half)
 
 
-@pytest.mark.parametrize("op,axes,torch_size", [
-    (lambda a: cj.global_avg_pool(a, keepdims=True), (1, 2), (1, 1)),
-    (lambda a: cj.adaptive_avg_pool(a, 1), (1, 2), (1, 1)),
-    (lambda a: cj.adaptive_avg_pool(a, (1, None)), (1,), (1, None)),
-], ids=["global", "adaptive", "adaptive_one_axis"])
+@pytest.mark.parametrize(
+    "op,axes,torch_size",
+    [
+        (lambda a: cj.global_avg_pool(a, keepdims=True), (1, 2), (1, 1)),
+        (lambda a: cj.adaptive_avg_pool(a, 1), (1, 2), (1, 1)),
+        (lambda a: cj.adaptive_avg_pool(a, (1, None)), (1,), (1, None)),
+    ],
+    ids=["global", "adaptive", "adaptive_one_axis"],
+)
 def test_half_precision_means_of_large_windows(op, axes, torch_size, rng):
     # The inputs: 256x256 bf16 values in [1, 2] (a bf16 sum stalls at 256 times
     # an element), float16 60000s (a float16 sum overflows). PyTorch: 1.5 and 60000.

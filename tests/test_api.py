@@ -5,21 +5,73 @@ import inspect
 import cnn_jax as cj
 
 OPS = [
-    "conv", "depthwise_conv", "separable_conv", "conv_transpose", "conv_input_grad",
-    "conv_kernel_grad", "pad", "conv_output_shape", "conv_transpose_output_shape",
-    "receptive_field", "max_pool", "min_pool", "avg_pool", "sum_pool", "lp_pool",
-    "global_avg_pool", "global_max_pool", "adaptive_avg_pool", "adaptive_max_pool",
-    "upsample", "pixel_shuffle", "pixel_unshuffle", "unfold", "fold",
+    "conv",
+    "depthwise_conv",
+    "separable_conv",
+    "conv_transpose",
+    "conv_input_grad",
+    "conv_kernel_grad",
+    "pad",
+    "conv_output_shape",
+    "conv_transpose_output_shape",
+    "receptive_field",
+    "max_pool",
+    "min_pool",
+    "avg_pool",
+    "sum_pool",
+    "lp_pool",
+    "global_avg_pool",
+    "global_max_pool",
+    "adaptive_avg_pool",
+    "adaptive_max_pool",
+    "upsample",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "unfold",
+    "fold",
 ]
 LAYERS = [
-    "Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "MaxPool", "MinPool",
-    "AvgPool", "LpPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "GlobalAvgPool",
-    "GlobalMaxPool", "Upsample", "PixelShuffle", "Residual", "BasicBlock", "Bottleneck",
-    "SqueezeExcitation", "InvertedResidual", "StochasticDepth",
+    "Conv",
+    "ConvTranspose",
+    "DepthwiseConv",
+    "SeparableConv",
+    "MaxPool",
+    "MinPool",
+    "AvgPool",
+    "LpPool",
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
+    "GlobalAvgPool",
+    "GlobalMaxPool",
+    "Upsample",
+    "PixelShuffle",
+    "Residual",
+    "BasicBlock",
+    "Bottleneck",
+    "SqueezeExcitation",
+    "InvertedResidual",
+    "StochasticDepth",
 ]
-MODELS = ["DigitsCNN", "LeNet5", "SimpleCNN", "ResNet18", "ResNet34", "ResNet50", "MobileNetV2", "UNet",
-          "AlexNet", "VGG11", "VGG11BN", "VGG16", "VGG16BN", "EfficientNetB0", "ConvNeXtTiny",
-          "ResNeXt50_32x4d", "WideResNet50_2", "load_torch_state_dict"]
+MODELS = [
+    "DigitsCNN",
+    "LeNet5",
+    "SimpleCNN",
+    "ResNet18",
+    "ResNet34",
+    "ResNet50",
+    "MobileNetV2",
+    "UNet",
+    "AlexNet",
+    "VGG11",
+    "VGG11BN",
+    "VGG16",
+    "VGG16BN",
+    "EfficientNetB0",
+    "ConvNeXtTiny",
+    "ResNeXt50_32x4d",
+    "WideResNet50_2",
+    "load_torch_state_dict",
+]
 
 
 def test_every_op_is_in_ops_and_reexported_at_top_level():
@@ -40,10 +92,18 @@ def test_layers_models_and_summary_are_public():
 def test_signatures_match_the_contract():
     conv = inspect.signature(cj.conv).parameters
     assert list(conv)[:3] == ["x", "kernel", "bias"]
-    assert {k: conv[k].default for k in ("stride", "padding", "dilation", "groups", "padding_mode",
-                                         "flip", "layout")} == {
-        "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "padding_mode": "zeros",
-        "flip": False, "layout": "channels_last"}
+    assert {
+        k: conv[k].default
+        for k in ("stride", "padding", "dilation", "groups", "padding_mode", "flip", "layout")
+    } == {
+        "stride": 1,
+        "padding": 0,
+        "dilation": 1,
+        "groups": 1,
+        "padding_mode": "zeros",
+        "flip": False,
+        "layout": "channels_last",
+    }
     pool = inspect.signature(cj.max_pool).parameters
     assert list(pool)[:3] == ["x", "window", "stride"] and pool["stride"].default is None
     assert pool["ceil_mode"].kind is inspect.Parameter.KEYWORD_ONLY

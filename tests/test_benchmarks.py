@@ -27,8 +27,11 @@ sys.path.insert(0, ROOT)  # benchmarks/ is not part of the installed package
 from benchmarks import models, ops, pool, transpose  # noqa: E402
 from benchmarks.depthwise_prototype import depthwise_conv  # noqa: E402
 
-SUITE_CASES = {"ops": ops.cases("cpu", True), "pool": pool.cases("cpu", True),
-               "transpose": transpose.cases("cpu", True)}
+SUITE_CASES = {
+    "ops": ops.cases("cpu", True),
+    "pool": pool.cases("cpu", True),
+    "transpose": transpose.cases("cpu", True),
+}
 
 
 def _env():
@@ -39,8 +42,14 @@ def _env():
 def test_quick_run(tmp_path, capsys, monkeypatch):
     """One test, so that the one-minute run happens once even when xdist spreads the
     tests of this file over workers."""
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (path,) = tmp_path.glob("*.json")
     run = (path, json.loads(path.read_text()), proc.stdout)
@@ -72,10 +81,13 @@ def _has_every_suite_and_case(quick_run):
 
 def _times_and_ratios_are_finite_and_positive(quick_run):
     _, results, _ = quick_run
-    peers = {"ops": {"cnn_jax", "lax", "flax", "torch", "prototype"},
-             "pool": {"cnn_jax", "lax", "flax", "torch"},
-             "transpose": {"cnn_jax", "lax", "flax", "torch"},
-             "models": {"cnn_jax", "torch"}, "train": {"cnn_jax", "torch"}}
+    peers = {
+        "ops": {"cnn_jax", "lax", "flax", "torch", "prototype"},
+        "pool": {"cnn_jax", "lax", "flax", "torch"},
+        "transpose": {"cnn_jax", "lax", "flax", "torch"},
+        "models": {"cnn_jax", "torch"},
+        "train": {"cnn_jax", "torch"},
+    }
     for suite, rows in results["suites"].items():
         for row in rows:
             assert not row.get("skipped"), row["case"]
@@ -121,8 +133,14 @@ def _compare_lines(text):
 
 def _compare_with_itself_is_all_ones(quick_run, capsys, monkeypatch):
     path, results, _ = quick_run
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--compare", str(path), str(path)],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--compare", str(path), str(path)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = _compare_lines(proc.stdout)
     timings = sum(len(r["impls"]) for rows in results["suites"].values() for r in rows)
@@ -137,8 +155,7 @@ def _compare_with_itself_is_all_ones(quick_run, capsys, monkeypatch):
     assert _compare_lines(capsys.readouterr().out) == lines
 
 
-def test_cnn_jax_bench_outside_a_checkout_names_python_m_benchmarks(tmp_path, monkeypatch,
-                                                                    capsys):
+def test_cnn_jax_bench_outside_a_checkout_names_python_m_benchmarks(tmp_path, monkeypatch, capsys):
     from cnn_jax.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -151,24 +168,35 @@ def test_cnn_jax_bench_outside_a_checkout_names_python_m_benchmarks(tmp_path, mo
 
 
 def test_cnn_jax_bench_help_imports_no_jax():
-    code = ("import sys\nfrom cnn_jax.cli import main\n"
-            "try:\n    main(['bench', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "assert 'jax' not in sys.modules and 'torch' not in sys.modules\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys\nfrom cnn_jax.cli import main\n"
+        "try:\n    main(['bench', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "assert 'jax' not in sys.modules and 'torch' not in sys.modules\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "python -m benchmarks" in proc.stdout and "--compare" in proc.stdout
 
 
-@pytest.mark.parametrize("shape,k,stride,padding", [
-    ((2, 9, 11, 5), 3, 1, 1),
-    ((2, 9, 11, 5), 3, 2, 1),
-    ((1, 8, 8, 3), 5, 2, 2),
-    ((1, 7, 6, 4), 5, 1, 2),
-    ((2, 10, 9, 3), 3, (2, 1), ((0, 1), (2, 0))),
-    ((1, 6, 6, 2), 2, 2, 0),
-    ((1, 5, 5, 2), 1, 3, 0),
-])
+@pytest.mark.parametrize(
+    "shape,k,stride,padding",
+    [
+        ((2, 9, 11, 5), 3, 1, 1),
+        ((2, 9, 11, 5), 3, 2, 1),
+        ((1, 8, 8, 3), 5, 2, 2),
+        ((1, 7, 6, 4), 5, 1, 2),
+        ((2, 10, 9, 3), 3, (2, 1), ((0, 1), (2, 0))),
+        ((1, 6, 6, 2), 2, 2, 0),
+        ((1, 5, 5, 2), 1, 3, 0),
+    ],
+)
 def test_depthwise_prototype_equals_cnn_jax_values_and_gradients(shape, k, stride, padding):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape), jnp.float32)

@@ -11,17 +11,26 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cnn_jax.train import make_mesh
-
+from cnn_jax.train import (
+    Checkpointer,
+    CheckpointError,
+    Dataset,
+    NonFiniteLossError,
+    TrainConfig,
+    fit,
+    make_mesh,
+)
 from cnn_jax.train._step import Trainer
-from cnn_jax.train import (Checkpointer, CheckpointError, Dataset, NonFiniteLossError,
-                           TrainConfig, fit)
 
 
 def _state(seed=0):
     k = jax.random.key(seed)
-    return {"w": jax.random.normal(k, (3, 4)), "b": jnp.arange(4.0),
-            "rng": jax.random.key(seed + 7), "step": jnp.asarray(seed, jnp.int32)}
+    return {
+        "w": jax.random.normal(k, (3, 4)),
+        "b": jnp.arange(4.0),
+        "rng": jax.random.key(seed + 7),
+        "step": jnp.asarray(seed, jnp.int32),
+    }
 
 
 def test_round_trip_keeps_values_dtypes_and_prng_keys(tmp_path):
@@ -33,8 +42,9 @@ def test_round_trip_keeps_values_dtypes_and_prng_keys(tmp_path):
     np.testing.assert_array_equal(restored["w"], state["w"])
     assert restored["step"].dtype == jnp.int32 and int(restored["step"]) == 1
     # The restored key draws the same numbers as the saved one.
-    np.testing.assert_array_equal(jax.random.normal(restored["rng"], (3,)),
-                                  jax.random.normal(state["rng"], (3,)))
+    np.testing.assert_array_equal(
+        jax.random.normal(restored["rng"], (3,)), jax.random.normal(state["rng"], (3,))
+    )
     assert meta["model"] == "m" and meta["step"] == 5 and meta["metric"] == 0.5
 
 
@@ -53,24 +63,37 @@ def test_keeps_the_latest_few_and_the_best(tmp_path):
 def test_mismatched_checkpoints_are_refused(tmp_path):
     ckpt = Checkpointer(str(tmp_path / "c"))
     ckpt.save(1, _state(), {"model": "lenet5"})
-    with pytest.raises(CheckpointError, match=r"was written for model 'lenet5', but this run "
-                                              r"has model 'resnet18'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"was written for model 'lenet5', but this run "
+        r"has model 'resnet18'",
+    ):
         ckpt.restore(1, _state(), expect={"model": "resnet18"})
     wrong_shape = dict(_state(), w=jnp.zeros((3, 5)))
-    with pytest.raises(CheckpointError, match=r"\['w'\] must have shape/dtype \[\[3, 5\], "
-                                              r"'float32'\], got \[\[3, 4\], 'float32'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"\['w'\] must have shape/dtype \[\[3, 5\], "
+        r"'float32'\], got \[\[3, 4\], 'float32'\]",
+    ):
         ckpt.restore(1, wrong_shape)
     extra = dict(_state(), extra=jnp.zeros(2))
-    with pytest.raises(CheckpointError, match=r"state entries must be the same, got 1 missing "
-                                              r"\(e.g. \[\"\['extra'\]\"\]\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"state entries must be the same, got 1 missing "
+        r"\(e.g. \[\"\['extra'\]\"\]\)",
+    ):
         ckpt.restore(1, extra)
     ckpt.close()
 
 
 def _data_files(step_dir):
     state_dir = os.path.join(step_dir, "state")
-    return [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs
-            if os.sep + "d" + os.sep in os.path.join(r, f) + os.sep or r.endswith(os.sep + "d")]
+    return [
+        os.path.join(r, f)
+        for r, _, fs in os.walk(state_dir)
+        for f in fs
+        if os.sep + "d" + os.sep in os.path.join(r, f) + os.sep or r.endswith(os.sep + "d")
+    ]
 
 
 def test_corrupt_checkpoints_are_refused(tmp_path):
@@ -89,8 +112,11 @@ def test_corrupt_checkpoints_are_refused(tmp_path):
     # A damaged JSON record is refused before any array is read.
     meta_file = tmp_path / "c" / "2" / "meta" / "metadata"
     meta_file.write_text("{not json")
-    with pytest.raises(CheckpointError, match=r"checkpoint .*2 is corrupt or unreadable: its "
-                                              r"JSON record"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"checkpoint .*2 is corrupt or unreadable: its "
+        r"JSON record",
+    ):
         ckpt.restore(2, _state())
     meta_file.write_text(json.dumps({"format": 999}))
     with pytest.raises(CheckpointError, match=r"not a cnn_jax checkpoint"):
@@ -140,21 +166,34 @@ class Tiny(nnx.Module):
 def _data(rng, n=48):
     x = rng.normal(size=(n, 6, 6, 1)).astype(np.float32)
     y = (x[:, :3].mean((1, 2, 3)) > 0).astype(np.int32) + (x[:, 3:].mean((1, 2, 3)) > 0)
-    return Dataset(x, y.astype(np.int32), 3, "fake"), Dataset(x[:16], y[:16].astype(np.int32),
-                                                               3, "fake")
+    return Dataset(x, y.astype(np.int32), 3, "fake"), Dataset(
+        x[:16], y[:16].astype(np.int32), 3, "fake"
+    )
 
 
 def _config(out, **kw):
-    base = dict(epochs=2, batch_size=8, eval_batch_size=16, lr=1e-2, warmup=0.5,
-                num_devices=1, quiet=True, out=None if out is None else str(out),
-                keep_checkpoints=2, checkpoint_every=0.0)
+    base = dict(
+        epochs=2,
+        batch_size=8,
+        eval_batch_size=16,
+        lr=1e-2,
+        warmup=0.5,
+        num_devices=1,
+        quiet=True,
+        out=None if out is None else str(out),
+        keep_checkpoints=2,
+        checkpoint_every=0.0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 def _leaves(model):
-    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model))
-            if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    return [
+        np.asarray(x)
+        for x in jax.tree.leaves(nnx.state(model))
+        if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+    ]
 
 
 @pytest.mark.parametrize("stop_at", [4, 6])  # mid-epoch, and right at the epoch's end
@@ -177,8 +216,9 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, rng, stop_at):
     for a, b in zip(_leaves(full), _leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-    assert [[r[k] for k in keys] for r in h_full.epochs] == \
-        [[r[k] for k in keys] for r in h_res.epochs]
+    assert [[r[k] for k in keys] for r in h_full.epochs] == [
+        [r[k] for k in keys] for r in h_res.epochs
+    ]
     with open(tmp_path / "part" / "metrics.jsonl") as f:
         assert [json.loads(line)["epoch"] for line in f] == [1, 2]
 
@@ -191,8 +231,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, rng):
             train.images[:] = np.nan
 
     model = Tiny(nnx.Rngs(0))
-    with pytest.raises(NonFiniteLossError, match=r"loss became non-finite \(nan\) in epoch 2 .*"
-                                                 r"last good checkpoint is .*checkpoints/6"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"loss became non-finite \(nan\) in epoch 2 .*"
+        r"last good checkpoint is .*checkpoints/6",
+    ):
         fit(model, train, test, _config(tmp_path / "nan"), on_step=poison)
     ckpt = Checkpointer(str(tmp_path / "nan" / "checkpoints"))
     assert ckpt.all_steps() == [6]
@@ -206,10 +249,17 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, rng):
 def test_fit_refuses_damaged_or_foreign_checkpoint_on_resume(tmp_path, rng):
     train, test = _data(rng)
     fit(Tiny(nnx.Rngs(0)), train, test, _config(tmp_path / "run", epochs=1))
-    with pytest.raises(CheckpointError, match=r"does not match this model: \['params'\]"
-                                              r"\['bn'\]\['bias'\].* must have shape"):
-        fit(Tiny(nnx.Rngs(0), width=5), train, test,
-            _config(tmp_path / "run", epochs=1, resume=True))
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not match this model: \['params'\]"
+        r"\['bn'\]\['bias'\].* must have shape",
+    ):
+        fit(
+            Tiny(nnx.Rngs(0), width=5),
+            train,
+            test,
+            _config(tmp_path / "run", epochs=1, resume=True),
+        )
     with pytest.raises(CheckpointError, match=r"out must not hold checkpoints unless resuming"):
         fit(Tiny(nnx.Rngs(0)), train, test, _config(tmp_path / "run", epochs=1))
     for f in _data_files(str(tmp_path / "run" / "checkpoints" / "6")):

@@ -18,8 +18,19 @@ from cnn_jax.cli import build_parser, main
 from cnn_jax.train import MODELS, load_images, load_run, register_model
 from cnn_jax.train._experiment import prepare_data
 
-TINY = ["--limit", "96", "--epochs", "2", "--batch-size", "32", "--devices", "1", "--quiet",
-        "--checkpoint-every", "0"]
+TINY = [
+    "--limit",
+    "96",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--devices",
+    "1",
+    "--quiet",
+    "--checkpoint-every",
+    "0",
+]
 KEYS = ("epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
@@ -48,8 +59,14 @@ def _softmax(z):
 
 def test_train_writes_every_output(digits_run):
     files = set(os.listdir(digits_run))
-    assert {"run.json", "metrics.jsonl", "summary.json", "curves.png", "filters.png",
-            "checkpoints"} <= files
+    assert {
+        "run.json",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+        "filters.png",
+        "checkpoints",
+    } <= files
     summary = json.load(open(os.path.join(digits_run, "summary.json")))
     assert summary["model"] == "digits_cnn" and summary["dataset"] == "digits"
     assert summary["epochs"] == 2 and 0.0 <= summary["test_accuracy"] <= 1.0
@@ -109,8 +126,7 @@ def test_predict_pads_the_last_batch_and_compiles_once(digits_run):
     x = np.random.default_rng(0).uniform(size=(5, 8, 8, 1)).astype(np.float32)
     want = _softmax(np.asarray(model(jnp.asarray(x)), np.float64))
     np.testing.assert_allclose(predict(model, x, batch_size=2), want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(predict(model, x[:1], batch_size=2), want[:1], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(predict(model, x[:1], batch_size=2), want[:1], rtol=1e-5, atol=1e-6)
 
 
 def test_resume_takes_the_config_from_run_json_and_continues(digits_run, tmp_path, capsys):
@@ -128,12 +144,16 @@ def test_resume_takes_the_config_from_run_json_and_continues(digits_run, tmp_pat
 
 
 def test_resume_of_a_finished_run_leaves_it_untouched(digits_run, capsys):
-    before = {name: open(os.path.join(digits_run, name), "rb").read()
-              for name in ("summary.json", "metrics.jsonl", "run.json")}
+    before = {
+        name: open(os.path.join(digits_run, name), "rb").read()
+        for name in ("summary.json", "metrics.jsonl", "run.json")
+    }
     capsys.readouterr()
     assert main(["train", "--out", digits_run, "--resume"]) == 0
-    assert capsys.readouterr().out.strip() == \
-        f"{digits_run}: already complete (2 epochs); raise --epochs to continue"
+    assert (
+        capsys.readouterr().out.strip()
+        == f"{digits_run}: already complete (2 epochs); raise --epochs to continue"
+    )
     for name, data in before.items():
         assert open(os.path.join(digits_run, name), "rb").read() == data, name
     assert sorted(os.listdir(os.path.join(digits_run, "checkpoints"))) == ["3", "6"]
@@ -150,8 +170,7 @@ def test_resume_refuses_a_flag_that_would_make_another_run(digits_run, capsys):
     assert "continue it with --resume, or pass another --out" in capsys.readouterr().err
 
 
-def test_sigint_saves_exits_130_and_resumes_identically(digits_run, tmp_path, monkeypatch,
-                                                        capsys):
+def test_sigint_saves_exits_130_and_resumes_identically(digits_run, tmp_path, monkeypatch, capsys):
     from cnn_jax.train import _loop
 
     real = _loop._Batches.train
@@ -195,8 +214,9 @@ def test_a_registered_model_trains_from_the_cli(tmp_path, capsys):
         assert summary["model"] == "test_registered"
         assert summary["num_params"] == 9 * 4 + 4 + 4 * 10 + 10
         train_help = build_parser()._subparsers._group_actions[0].choices["train"]
-        assert "test_registered a model registered by a test" in \
-            " ".join(train_help.format_help().split())
+        assert "test_registered a model registered by a test" in " ".join(
+            train_help.format_help().split()
+        )
     finally:
         MODELS.pop("test_registered")
 
@@ -204,9 +224,17 @@ def test_a_registered_model_trains_from_the_cli(tmp_path, capsys):
 def test_help_shows_every_default_and_the_registries():
     text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     text = " ".join(text.split())  # argparse wraps lines to the terminal's width
-    for flag, default in (("--epochs", "15"), ("--batch-size", "64"), ("--optimizer", "adamw"),
-                          ("--schedule", "cosine"), ("--seed", "0"), ("--lr", "0.003"),
-                          ("--augment", "True"), ("--dtype", "float32"), ("--devices", "None")):
+    for flag, default in (
+        ("--epochs", "15"),
+        ("--batch-size", "64"),
+        ("--optimizer", "adamw"),
+        ("--schedule", "cosine"),
+        ("--seed", "0"),
+        ("--lr", "0.003"),
+        ("--augment", "True"),
+        ("--dtype", "float32"),
+        ("--devices", "None"),
+    ):
         assert flag in text
         assert f"(default: {default})" in text, flag
     for entry in MODELS.values():
@@ -217,24 +245,52 @@ def test_help_shows_every_default_and_the_registries():
 
 def test_segmentation_end_to_end_with_a_numpy_oracle(tmp_path, capsys):
     out = str(tmp_path / "seg")
-    assert main(["train", "--dataset", "shapes", "--limit", "32", "--epochs", "1",
-                 "--batch-size", "16", "--width", "4", "--devices", "1", "--quiet",
-                 "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "shapes",
+                "--limit",
+                "32",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--width",
+                "4",
+                "--devices",
+                "1",
+                "--quiet",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     model, run = load_run(out, which="latest")
     _, test = prepare_data(run["config"])
     logits = np.asarray(model(jnp.asarray(test.images)), np.float64)  # (N, H, W, 4)
     p = _softmax(logits)
     labels = test.labels
     n, h, w = labels.shape
-    loss = -np.log(p[np.arange(n)[:, None, None], np.arange(h)[None, :, None],
-                     np.arange(w)[None, None, :], labels]).mean()
+    loss = -np.log(
+        p[
+            np.arange(n)[:, None, None],
+            np.arange(h)[None, :, None],
+            np.arange(w)[None, None, :],
+            labels,
+        ]
+    ).mean()
     acc = (logits.argmax(-1) == labels).mean()
     record = json.loads(open(os.path.join(out, "metrics.jsonl")).readline())
     assert record["test_loss"] == pytest.approx(loss, rel=1e-4)
     assert record["test_accuracy"] == pytest.approx(acc)
     assert main(["predict", "x.png", "--out", out]) == 1
-    assert "predict: the run must be a classifier, got a segment run (unet on shapes)" in \
-        capsys.readouterr().err
+    assert (
+        "predict: the run must be a classifier, got a segment run (unet on shapes)"
+        in capsys.readouterr().err
+    )
 
 
 _SUMMARY_SHAPES = {"digits_cnn": "8,8,1", "lenet5": "32,32,1", "alexnet": "64,64,3"}
@@ -243,8 +299,7 @@ _SUMMARY_SHAPES = {"digits_cnn": "8,8,1", "lenet5": "32,32,1", "alexnet": "64,64
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_summary_of_every_registered_model(model, capsys):
     shape = _SUMMARY_SHAPES.get(model, "32,32,3")
-    assert main(["summary", "--model", model, "--input-shape", shape,
-                 "--num-classes", "7"]) == 0
+    assert main(["summary", "--model", model, "--input-shape", shape, "--num-classes", "7"]) == 0
     text = capsys.readouterr().out
     assert "7" in text and "total" in text.lower()
 
@@ -257,19 +312,33 @@ def test_user_errors_are_one_line_and_exit_1(tmp_path, capsys):
         return text
 
     assert "data_dir must be given for 'mnist' (--data-dir)" in err(
-        ["train", "--dataset", "mnist", "--quiet", "--out", str(tmp_path / "r")])
+        ["train", "--dataset", "mnist", "--quiet", "--out", str(tmp_path / "r")]
+    )
     (tmp_path / "m").mkdir()
-    assert "missing file" in err(["train", "--dataset", "mnist", "--data-dir",
-                                  str(tmp_path / "m"), "--quiet", "--out", str(tmp_path / "r2")])
+    assert "missing file" in err(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "m"),
+            "--quiet",
+            "--out",
+            str(tmp_path / "r2"),
+        ]
+    )
     assert "missing file" in err(["evaluate", "--out", str(tmp_path / "nothing")])
     assert "model must suit the 'digits' data set's task (classify), got 'unet'" in err(
-        ["train", "--model", "unet", "--quiet", "--out", str(tmp_path / "r3")])
+        ["train", "--model", "unet", "--quiet", "--out", str(tmp_path / "r3")]
+    )
     assert "model must suit the 'shapes' data set's task (segment), got 'lenet5'" in err(
-        ["train", "--dataset", "shapes", "--model", "lenet5", "--out", str(tmp_path / "r4")])
+        ["train", "--dataset", "shapes", "--model", "lenet5", "--out", str(tmp_path / "r4")]
+    )
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert f"out must be a folder, got {str(afile)!r}, an existing file" in err(
-        ["train", "--out", str(afile)])
+        ["train", "--out", str(afile)]
+    )
     assert "out must be writable" in err(["train", "--out", str(afile / "sub")])
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -278,9 +347,11 @@ def test_user_errors_are_one_line_and_exit_1(tmp_path, capsys):
     assert "malformed file" in err(["train", "--out", str(bad), "--resume"])
     assert "missing file" in err(["train", "--out", str(tmp_path / "none"), "--resume"])
     assert "does not suit model 'lenet5'" in err(
-        ["summary", "--model", "lenet5", "--input-shape", "8,8,1"])
+        ["summary", "--model", "lenet5", "--input-shape", "8,8,1"]
+    )
     assert "num_devices must be an int in [1, 8], got 9" in err(
-        ["train", "--devices", "9", "--quiet", "--out", str(tmp_path / "r5")])
+        ["train", "--devices", "9", "--quiet", "--out", str(tmp_path / "r5")]
+    )
     assert main([]) == 2
 
 
@@ -291,12 +362,28 @@ def test_a_small_folder_data_set_names_the_fix_and_leaves_nothing(tmp_path, caps
         (tmp_path / "data" / c).mkdir(parents=True)
         for i in range(5):
             Image.fromarray(np.full((6, 6), 40 * i, np.uint8)).save(
-                tmp_path / "data" / c / f"{i}.png")
+                tmp_path / "data" / c / f"{i}.png"
+            )
     out = tmp_path / "run"
-    assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"),
-                 "--quiet", "--out", str(out)]) == 1
-    assert ("batch_size must be <= the number of training examples of 'folder' (8), got 64; "
-            "pass --batch-size 8 or less") in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 1
+    )
+    assert (
+        "batch_size must be <= the number of training examples of 'folder' (8), got 64; "
+        "pass --batch-size 8 or less"
+    ) in capsys.readouterr().err
     assert not out.exists()  # nothing written, no run.json left behind
 
 
@@ -312,8 +399,7 @@ def test_syntax_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["summary", "--model", "lenet5", "--input-shape", "32,32"])
     assert e.value.code == 2
-    assert "--input-shape must be three positive ints H,W,C, got '32,32'" in \
-        capsys.readouterr().err
+    assert "--input-shape must be three positive ints H,W,C, got '32,32'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["train", "--model", "vgg"])
     assert e.value.code == 2 and "invalid choice: 'vgg'" in capsys.readouterr().err
@@ -331,12 +417,15 @@ def test_a_bug_inside_the_library_keeps_its_traceback(monkeypatch, tmp_path):
 
 
 def test_help_imports_no_jax():
-    code = ("import sys; from cnn_jax.cli import main\n"
-            "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)\n"
-            "assert 'orbax' not in sys.modules and 'sklearn' not in sys.modules\n"
-            "assert 'matplotlib' not in sys.modules\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import sys; from cnn_jax.cli import main\n"
+        "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)\n"
+        "assert 'orbax' not in sys.modules and 'sklearn' not in sys.modules\n"
+        "assert 'matplotlib' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "--batch-size" in result.stdout

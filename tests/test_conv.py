@@ -4,7 +4,6 @@ Oracles: torch.nn.functional.conv{1,2,3}d / torch.nn.grad (values and gradients)
 scipy.signal / np.convolve (flip=True), hand-derived values, jax.vjp of conv.
 """
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,16 +11,28 @@ import pytest
 import scipy.signal
 import torch
 import torch.nn.functional as F
+from _layout import (
+    check_conv_against_torch,
+    kernel_to_cf,
+    kernel_to_cl,
+    parametrize_configs,
+    random_geometry,
+    random_padding,
+    same_pads,
+    to_cf,
+    to_cl,
+)
 from jax.test_util import check_grads
 
 import cnn_jax as cj
-from _layout import (check_conv_against_torch, kernel_to_cf, kernel_to_cl,
-                     parametrize_configs, random_geometry, random_padding, same_pads, to_cf,
-                     to_cl)
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-TORCH_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
-              "circular": "circular"}
+TORCH_MODE = {
+    "zeros": "constant",
+    "reflect": "reflect",
+    "replicate": "replicate",
+    "circular": "circular",
+}
 
 
 def torch_conv(x, w, b, s, pads, d, g, mode):
@@ -48,11 +59,17 @@ def _draw(rng):
 def test_conv_matches_torch_values_and_grads(rng, config):
     n, g, c_in, c_out, k, s, d, sp, padding, pads, mode, layout = config
     check_conv_against_torch(
-        rng, lambda *a: cj.conv(*a, stride=s, padding=padding, dilation=d, groups=g,
-                                padding_mode=mode, layout=layout),
+        rng,
+        lambda *a: cj.conv(
+            *a, stride=s, padding=padding, dilation=d, groups=g, padding_mode=mode, layout=layout
+        ),
         lambda *t: torch_conv(*t, s, pads, d, g, mode),
-        [(2, c_in, *sp), (c_out, c_in // g, *k), (c_out,)], layout,
-        lambda w: kernel_to_cl(w, n), lambda w: kernel_to_cf(w, n), str(config))
+        [(2, c_in, *sp), (c_out, c_in // g, *k), (c_out,)],
+        layout,
+        lambda w: kernel_to_cl(w, n),
+        lambda w: kernel_to_cf(w, n),
+        str(config),
+    )
 
 
 def test_unbatched_and_same_with_stride(rng):
@@ -65,8 +82,9 @@ def test_unbatched_and_same_with_stride(rng):
     np.testing.assert_allclose(np.asarray(y), ref[0].numpy(), rtol=1e-5, atol=1e-5)
     # channels_last unbatched: (H, W, C)
     y_cl = cj.conv(np.moveaxis(x, 0, -1), kernel_to_cl(w, 2), stride=2, padding="SAME")
-    np.testing.assert_allclose(np.asarray(y_cl), np.moveaxis(ref[0].numpy(), 0, -1),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(y_cl), np.moveaxis(ref[0].numpy(), 0, -1), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_ones_kernel_on_ones_is_kernel_volume_times_channels():
@@ -84,18 +102,20 @@ def test_flip_is_true_convolution_like_scipy(rng, n):
     w = rng.standard_normal(k).astype(np.float32)
     for mode in ("full", "valid"):
         y = cj.conv(x[..., None], w[..., None, None], padding=mode, flip=True)[..., 0]
-        np.testing.assert_allclose(np.asarray(y), scipy.signal.convolve(x, w, mode=mode),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(y), scipy.signal.convolve(x, w, mode=mode), rtol=1e-5, atol=1e-5
+        )
     if n == 1:
         for mode in ("full", "valid"):
-            y = cj.conv(x[None], w[None, None], padding=mode, flip=True,
-                        layout="channels_first")[0]
-            np.testing.assert_allclose(np.asarray(y), np.convolve(x, w, mode=mode),
-                                       rtol=1e-5, atol=1e-5)
+            y = cj.conv(x[None], w[None, None], padding=mode, flip=True, layout="channels_first")[0]
+            np.testing.assert_allclose(
+                np.asarray(y), np.convolve(x, w, mode=mode), rtol=1e-5, atol=1e-5
+            )
         w3 = w[:3]  # odd kernel: np.convolve 'same' is the centred symmetric padding
         y = cj.conv(x[:, None], w3[:, None, None], padding=1, flip=True)[:, 0]
-        np.testing.assert_allclose(np.asarray(y), np.convolve(x, w3, mode="same"),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(y), np.convolve(x, w3, mode="same"), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_causal_padding_uses_only_the_past(rng):
@@ -123,11 +143,19 @@ def test_depthwise_and_separable_match_torch(rng):
     np.testing.assert_allclose(np.asarray(y), ref_dw.numpy(), rtol=1e-5, atol=1e-5)
     y = cj.separable_conv(x, dw, pw, b, stride=2, padding=1, layout="channels_first")
     np.testing.assert_allclose(np.asarray(y), ref_sep.numpy(), rtol=1e-5, atol=1e-5)
-    y = cj.separable_conv(to_cl(x), kernel_to_cl(dw, 2), kernel_to_cl(pw, 2), b,
-                          stride=2, padding=1, padding_mode="zeros")
+    y = cj.separable_conv(
+        to_cl(x),
+        kernel_to_cl(dw, 2),
+        kernel_to_cl(pw, 2),
+        b,
+        stride=2,
+        padding=1,
+        padding_mode="zeros",
+    )
     np.testing.assert_allclose(to_cf(np.asarray(y)), ref_sep.numpy(), rtol=1e-5, atol=1e-5)
-    ref_refl = F.conv2d(F.pad(torch.tensor(x), [1, 1, 1, 1], mode="reflect"),
-                        torch.tensor(dw), groups=3)
+    ref_refl = F.conv2d(
+        F.pad(torch.tensor(x), [1, 1, 1, 1], mode="reflect"), torch.tensor(dw), groups=3
+    )
     y = cj.depthwise_conv(to_cl(x), kernel_to_cl(dw, 2), padding=1, padding_mode="reflect")
     np.testing.assert_allclose(to_cf(np.asarray(y)), ref_refl.numpy(), rtol=1e-5, atol=1e-5)
 
@@ -143,8 +171,11 @@ GRAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("i", range(len(GRAD_CONFIGS)),
-                         ids=[f"{c[0]}d-g{c[1]}-p{c[8]}".replace(" ", "") for c in GRAD_CONFIGS])
+@pytest.mark.parametrize(
+    "i",
+    range(len(GRAD_CONFIGS)),
+    ids=[f"{c[0]}d-g{c[1]}-p{c[8]}".replace(" ", "") for c in GRAD_CONFIGS],
+)
 def test_conv_input_and_kernel_grad_equal_vjp_and_torch(rng, i):
     n, g, c_in, c_out, k, s, d, sp, padding = GRAD_CONFIGS[i]
     layout = ("channels_first", "channels_last")[i % 2]
@@ -173,10 +204,24 @@ def test_conv_input_and_kernel_grad_equal_vjp_and_torch(rng, i):
     if isinstance(padding, int):
         dy_cf = np.asarray(dy) if layout == "channels_first" else to_cf(np.asarray(dy))
         grad = torch.nn.grad
-        tin = getattr(grad, f"conv{n}d_input")(x_cf.shape, torch.tensor(w_cf), torch.tensor(dy_cf),
-                                               stride=s, padding=padding, dilation=d, groups=g)
-        twt = getattr(grad, f"conv{n}d_weight")(torch.tensor(x_cf), w_cf.shape, torch.tensor(dy_cf),
-                                                stride=s, padding=padding, dilation=d, groups=g)
+        tin = getattr(grad, f"conv{n}d_input")(
+            x_cf.shape,
+            torch.tensor(w_cf),
+            torch.tensor(dy_cf),
+            stride=s,
+            padding=padding,
+            dilation=d,
+            groups=g,
+        )
+        twt = getattr(grad, f"conv{n}d_weight")(
+            torch.tensor(x_cf),
+            w_cf.shape,
+            torch.tensor(dy_cf),
+            stride=s,
+            padding=padding,
+            dilation=d,
+            groups=g,
+        )
         dx_cf = np.asarray(dx) if layout == "channels_first" else to_cf(np.asarray(dx))
         dk_cf = np.asarray(dk) if layout == "channels_first" else kernel_to_cf(np.asarray(dk), n)
         np.testing.assert_allclose(dx_cf, tin.numpy(), rtol=1e-4, atol=1e-4)
@@ -188,12 +233,18 @@ def test_grads_unbatched(rng):
     w = jnp.asarray(rng.standard_normal((3, 2, 2, 3)), jnp.float32)
     y, vjp = jax.vjp(lambda a, b: cj.conv(a, b, stride=2, padding=1), x, w)
     gx, gw = vjp(jnp.ones_like(y))
-    np.testing.assert_allclose(np.asarray(cj.conv_input_grad(jnp.ones_like(y), w, x.shape,
-                                                             stride=2, padding=1)),
-                               np.asarray(gx), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(cj.conv_kernel_grad(x, jnp.ones_like(y), w.shape,
-                                                              stride=2, padding=1)),
-                               np.asarray(gw), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(cj.conv_input_grad(jnp.ones_like(y), w, x.shape, stride=2, padding=1)),
+        np.asarray(gx),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        np.asarray(cj.conv_kernel_grad(x, jnp.ones_like(y), w.shape, stride=2, padding=1)),
+        np.asarray(gw),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_check_grads(rng):
@@ -202,16 +253,30 @@ def test_check_grads(rng):
     b = jnp.asarray(rng.standard_normal(2), jnp.float32)
 
     def f(x_, w_, b_):
-        return cj.conv(x_, w_, b_, stride=(2, 1), padding=((1, 0), (1, 1)), dilation=(1, 2),
-                       groups=2, padding_mode="reflect")
+        return cj.conv(
+            x_,
+            w_,
+            b_,
+            stride=(2, 1),
+            padding=((1, 0), (1, 1)),
+            dilation=(1, 2),
+            groups=2,
+            padding_mode="reflect",
+        )
 
-    check_grads(jax.jit(f), (x, w, b), order=1, modes=("fwd", "rev"), eps=1e-2, atol=5e-2, rtol=5e-2)
+    check_grads(
+        jax.jit(f), (x, w, b), order=1, modes=("fwd", "rev"), eps=1e-2, atol=5e-2, rtol=5e-2
+    )
 
 
-@pytest.mark.parametrize("layout,padding_mode,order", [
-    ("channels_last", "reflect", 1), ("channels_first", "zeros", 2),
-    ("channels_last", "circular", 2),
-])
+@pytest.mark.parametrize(
+    "layout,padding_mode,order",
+    [
+        ("channels_last", "reflect", 1),
+        ("channels_first", "zeros", 2),
+        ("channels_last", "circular", 2),
+    ],
+)
 def test_check_grads_float64_default_tolerances(rng, layout, padding_mode, order):
     # Forward and reverse mode, first and second order, in float64 at JAX's default
     # tolerances (float32 needs 5e-2, which would hide a wrong gradient).
@@ -220,12 +285,22 @@ def test_check_grads_float64_default_tolerances(rng, layout, padding_mode, order
     b = rng.standard_normal(2)
 
     def f(x_, w_, b_):
-        return cj.conv(x_, w_, b_, stride=(2, 1), padding=((1, 0), (1, 1)), dilation=(1, 2),
-                       groups=2, padding_mode=padding_mode, layout=layout)
+        return cj.conv(
+            x_,
+            w_,
+            b_,
+            stride=(2, 1),
+            padding=((1, 0), (1, 1)),
+            dilation=(1, 2),
+            groups=2,
+            padding_mode=padding_mode,
+            layout=layout,
+        )
 
     with jax.enable_x64(True):
-        check_grads(jax.jit(f), tuple(map(jnp.asarray, (x, w, b))), order=order,
-                    modes=("fwd", "rev"))
+        check_grads(
+            jax.jit(f), tuple(map(jnp.asarray, (x, w, b))), order=order, modes=("fwd", "rev")
+        )
 
 
 def test_jit_grad_vmap_compose(rng):
@@ -233,16 +308,22 @@ def test_jit_grad_vmap_compose(rng):
     w = jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32)
     f = jax.jit(lambda a, b: cj.conv(a, b, stride=2, padding="same"))
     # vmap over unbatched inputs equals the batched call
-    np.testing.assert_allclose(np.asarray(jax.vmap(f, (0, None))(x, w)), np.asarray(f(x, w)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(f, (0, None))(x, w)), np.asarray(f(x, w)), rtol=1e-5, atol=1e-5
+    )
     g = jax.jit(jax.grad(lambda b: jnp.sum(f(x, b) ** 2)))(w)
     assert g.shape == w.shape and bool(jnp.all(jnp.isfinite(g)))
     # the gradient of sum(y) w.r.t. the kernel is the sum of the input patches
     gk = jax.grad(lambda b: jnp.sum(cj.conv(x, b)))(w)
-    expected = np.stack([np.stack([np.asarray(x)[:, i:i + 4, j:j + 4, :].sum((0, 1, 2))
-                                   for j in range(3)]) for i in range(3)])
-    np.testing.assert_allclose(np.asarray(gk), np.repeat(expected[..., None], 4, -1),
-                               rtol=1e-4, atol=1e-4)
+    expected = np.stack(
+        [
+            np.stack([np.asarray(x)[:, i : i + 4, j : j + 4, :].sum((0, 1, 2)) for j in range(3)])
+            for i in range(3)
+        ]
+    )
+    np.testing.assert_allclose(
+        np.asarray(gk), np.repeat(expected[..., None], 4, -1), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_precision_and_preferred_element_type(rng):
@@ -258,23 +339,40 @@ def test_precision_and_preferred_element_type(rng):
 def test_conv_errors():
     x = jnp.zeros((1, 5, 5, 4))
     w = jnp.zeros((3, 3, 4, 6))
-    with pytest.raises(ValueError, match="conv: groups must divide the input channels, got groups=3 for C_in=4"):
+    with pytest.raises(
+        ValueError, match="conv: groups must divide the input channels, got groups=3 for C_in=4"
+    ):
         cj.conv(x, jnp.zeros((3, 3, 1, 6)), groups=3)
-    with pytest.raises(ValueError, match="conv: groups must divide the output channels, got groups=2 for C_out=5"):
+    with pytest.raises(
+        ValueError, match="conv: groups must divide the output channels, got groups=2 for C_out=5"
+    ):
         cj.conv(x, jnp.zeros((3, 3, 2, 5)), groups=2)
-    with pytest.raises(ValueError, match=r"conv: kernel in-channels must equal C_in // groups = 4 // 1 = 4, got 3"):
+    with pytest.raises(
+        ValueError, match=r"conv: kernel in-channels must equal C_in // groups = 4 // 1 = 4, got 3"
+    ):
         cj.conv(x, jnp.zeros((3, 3, 3, 6)))
-    with pytest.raises(ValueError, match=r"conv: kernel \(effective size \(7, 7\) with dilation \(3, 3\)\) must not exceed the padded input \(5, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"conv: kernel \(effective size \(7, 7\) with dilation \(3, 3\)\) must not exceed the padded input \(5, 5\)",
+    ):
         cj.conv(x, w, dilation=3)
     with pytest.raises(ValueError, match="conv: kernel must have at least 3 dims"):
         cj.conv(x, jnp.zeros((3, 3)))
     with pytest.raises(TypeError, match="conv: kernel must be an array"):
         cj.conv(x, [[1.0]])
-    with pytest.raises(ValueError, match=r"conv: x must have 4 dims \(batched\) or 3 \(unbatched\) for a 2-D kernel"):
+    with pytest.raises(
+        ValueError,
+        match=r"conv: x must have 4 dims \(batched\) or 3 \(unbatched\) for a 2-D kernel",
+    ):
         cj.conv(jnp.zeros((5, 5)), w)
-    with pytest.raises(ValueError, match="conv: padding must be smaller than the input size.*padding_mode='reflect'"):
+    with pytest.raises(
+        ValueError,
+        match="conv: padding must be smaller than the input size.*padding_mode='reflect'",
+    ):
         cj.conv(x, w, padding=5, padding_mode="reflect")
-    with pytest.raises(ValueError, match="conv: padding must be at most the input size.*padding_mode='circular'"):
+    with pytest.raises(
+        ValueError, match="conv: padding must be at most the input size.*padding_mode='circular'"
+    ):
         cj.conv(x, w, padding=6, padding_mode="circular")
     with pytest.raises(ValueError, match="conv: padding_mode must be one of"):
         cj.conv(x, w, padding_mode="symmetric")
@@ -306,19 +404,32 @@ def test_conv_errors():
 
 def test_depthwise_separable_errors():
     x = jnp.zeros((1, 5, 5, 4))
-    with pytest.raises(ValueError, match=r"depthwise_conv: kernel in-channels must equal C_in // groups = 4 // 4 = 1, got 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"depthwise_conv: kernel in-channels must equal C_in // groups = 4 // 4 = 1, got 4",
+    ):
         cj.depthwise_conv(x, jnp.zeros((3, 3, 4, 4)))
     with pytest.raises(ValueError, match="depthwise_conv: groups must divide the output channels"):
         cj.depthwise_conv(x, jnp.zeros((3, 3, 1, 6)))
     with pytest.raises(ValueError, match="depthwise_conv: x must have 4 dims"):
         cj.depthwise_conv(jnp.zeros((5, 4)), jnp.zeros((3, 3, 1, 4)))
-    with pytest.raises(ValueError, match="separable_conv: pointwise_kernel must be a 1x1 kernel with 2 spatial dims"):
+    with pytest.raises(
+        ValueError,
+        match="separable_conv: pointwise_kernel must be a 1x1 kernel with 2 spatial dims",
+    ):
         cj.separable_conv(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros((3, 3, 4, 8)))
-    with pytest.raises(ValueError, match="separable_conv: pointwise_kernel in-channels must equal the depthwise output channels 4"):
+    with pytest.raises(
+        ValueError,
+        match="separable_conv: pointwise_kernel in-channels must equal the depthwise output channels 4",
+    ):
         cj.separable_conv(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros((1, 1, 5, 8)))
-    with pytest.raises(ValueError, match=r"separable_conv: bias must have shape \(8,\), got \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"separable_conv: bias must have shape \(8,\), got \(3,\)"
+    ):
         cj.separable_conv(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros((1, 1, 4, 8)), jnp.zeros(3))
-    with pytest.raises(ValueError, match="separable_conv: depthwise_kernel must have at least 3 dims"):
+    with pytest.raises(
+        ValueError, match="separable_conv: depthwise_kernel must have at least 3 dims"
+    ):
         cj.separable_conv(x, jnp.zeros((3, 3)), jnp.zeros((1, 1, 4, 8)))
     with pytest.raises(ValueError, match="depthwise_conv: layout must be one of"):
         cj.depthwise_conv(x, jnp.zeros((3, 3, 1, 4)), layout="nhwc")
@@ -328,27 +439,44 @@ def test_grad_op_errors():
     x = jnp.zeros((2, 6, 6, 2))
     w = jnp.zeros((3, 3, 2, 4))
     dy = jnp.zeros((2, 4, 4, 4))
-    with pytest.raises(ValueError, match=r"conv_input_grad: dy spatial shape must be the conv output shape \(4, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"conv_input_grad: dy spatial shape must be the conv output shape \(4, 4\)",
+    ):
         cj.conv_input_grad(jnp.zeros((2, 5, 5, 4)), w, x.shape)
-    with pytest.raises(ValueError, match="conv_input_grad: dy channels must equal the kernel's output channels C_out=4, got 3"):
+    with pytest.raises(
+        ValueError,
+        match="conv_input_grad: dy channels must equal the kernel's output channels C_out=4, got 3",
+    ):
         cj.conv_input_grad(jnp.zeros((2, 4, 4, 3)), w, x.shape)
     with pytest.raises(ValueError, match="conv_input_grad: input_shape must be x's shape"):
         cj.conv_input_grad(dy, w, (6,))
     with pytest.raises(ValueError, match="conv_input_grad: input_shape must have C_in=2 channels"):
         cj.conv_input_grad(dy, w, (2, 6, 6, 3))
-    with pytest.raises(ValueError, match="conv_input_grad: input_shape must be batched exactly when dy is"):
+    with pytest.raises(
+        ValueError, match="conv_input_grad: input_shape must be batched exactly when dy is"
+    ):
         cj.conv_input_grad(dy, w, (6, 6, 2))
     with pytest.raises(ValueError, match="conv_input_grad: groups must divide the output channels"):
         cj.conv_input_grad(dy, w, x.shape, groups=3)
-    with pytest.raises(ValueError, match="conv_kernel_grad: kernel_shape must be the full kernel shape"):
+    with pytest.raises(
+        ValueError, match="conv_kernel_grad: kernel_shape must be the full kernel shape"
+    ):
         cj.conv_kernel_grad(x, dy, (3, 3))
-    with pytest.raises(ValueError, match=r"conv_kernel_grad: dy spatial shape must be the conv output shape \(2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"conv_kernel_grad: dy spatial shape must be the conv output shape \(2, 2\)",
+    ):
         cj.conv_kernel_grad(x, dy, w.shape, stride=2)
-    with pytest.raises(ValueError, match="conv_kernel_grad: x must have C_in=2 channels and dy's batch size"):
+    with pytest.raises(
+        ValueError, match="conv_kernel_grad: x must have C_in=2 channels and dy's batch size"
+    ):
         cj.conv_kernel_grad(jnp.zeros((1, 6, 6, 2)), dy, w.shape)
     with pytest.raises(ValueError, match="conv_kernel_grad: x must be batched exactly when dy is"):
         cj.conv_kernel_grad(jnp.zeros((6, 6, 2)), dy, w.shape)
-    with pytest.raises(ValueError, match="conv_kernel_grad: kernel must fit|conv_kernel_grad: kernel \\(effective"):
+    with pytest.raises(
+        ValueError, match="conv_kernel_grad: kernel must fit|conv_kernel_grad: kernel \\(effective"
+    ):
         cj.conv_kernel_grad(jnp.zeros((2, 2, 2, 2)), dy, w.shape)
     with pytest.raises(ValueError, match="conv_kernel_grad: layout must be one of"):
         cj.conv_kernel_grad(x, dy, w.shape, layout="x")
@@ -383,8 +511,11 @@ def test_the_wrapper_lowers_to_the_same_program_as_raw_lax(layout):
 def test_conv_rejects_empty_spatial_dims_like_torch():
     # Found by tests/fuzz.py: padding alone used to invent an output from an empty dim;
     # PyTorch raises ("Only zero batch or zero channel inputs are supported").
-    with pytest.raises(ValueError, match=r"conv: x must have non-empty spatial dims, got "
-                                         r"x.shape=\(2, 3, 0, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"conv: x must have non-empty spatial dims, got "
+        r"x.shape=\(2, 3, 0, 2\)",
+    ):
         cj.conv(jnp.ones((2, 3, 0, 2)), jnp.ones((1, 1, 2, 2)), padding=1)
     with pytest.raises(RuntimeError, match="Only zero batch or zero channel"):
         torch.nn.functional.conv2d(torch.ones(2, 2, 3, 0), torch.ones(2, 2, 1, 1), padding=1)
@@ -392,13 +523,18 @@ def test_conv_rejects_empty_spatial_dims_like_torch():
 
 def test_conv_transpose_rejects_empty_spatial_dims_like_torch():
     # Found by the fuzz sweep (seed 7, config 1462): output_padding made an output.
-    with pytest.raises(ValueError, match=r"conv_transpose: x must have non-empty spatial "
-                                         r"dims, got x.shape=\(1, 0, 3, 2\)"):
-        cj.conv_transpose(jnp.ones((1, 0, 3, 2)), jnp.ones((2, 2, 2, 2)), stride=2,
-                          output_padding=1)
+    with pytest.raises(
+        ValueError,
+        match=r"conv_transpose: x must have non-empty spatial "
+        r"dims, got x.shape=\(1, 0, 3, 2\)",
+    ):
+        cj.conv_transpose(
+            jnp.ones((1, 0, 3, 2)), jnp.ones((2, 2, 2, 2)), stride=2, output_padding=1
+        )
     with pytest.raises(RuntimeError):
-        torch.nn.functional.conv_transpose2d(torch.ones(1, 2, 0, 3), torch.ones(2, 2, 2, 2),
-                                             stride=2, output_padding=1)
+        torch.nn.functional.conv_transpose2d(
+            torch.ones(1, 2, 0, 3), torch.ones(2, 2, 2, 2), stride=2, output_padding=1
+        )
 
 
 # Kernel taps that read only zero padding are sliced off before the conv (the input
@@ -408,17 +544,38 @@ DEAD_TAPS = {
     # XLA:CPU's algebraic simplifier aborted the interpreter compiling dx of these
     # ("Window dimensions do not match RHS shape"); the second is fuzz seed 7 config 3049.
     "xla-abort-2d": ((1, 1, 1, 4), (1, 1, 3, 2), (1, 2), (2, 1), (2, 1), 1, False),
-    "xla-abort-3d-grouped-flip": ((2, 4, 1, 4, 1), (2, 2, 3, 2, 1), (1, 2, 3), (2, 1, 2),
-                                  (2, 1, 1), 2, True),
+    "xla-abort-3d-grouped-flip": (
+        (2, 4, 1, 4, 1),
+        (2, 2, 3, 2, 1),
+        (1, 2, 3),
+        (2, 1, 2),
+        (2, 1, 1),
+        2,
+        True,
+    ),
     # One output and a dilated window in one dim, a stride in the other (the third is
     # fuzz seed 7 config 4939).
-    "xla-abort-dilated-single-output": ((1, 1, 3, 4), (1, 1, 2, 2), (2, 2), (0, 1), (2, 1), 1,
-                                        False),
+    "xla-abort-dilated-single-output": (
+        (1, 1, 3, 4),
+        (1, 1, 2, 2),
+        (2, 2),
+        (0, 1),
+        (2, 1),
+        1,
+        False,
+    ),
     "xla-abort-2d-grouped-flip": ((2, 4, 4, 4), (2, 2, 3, 2), (2, 2), (1, 1), (2, 1), 2, True),
     # A strided dim whose low padding reaches the first window's last tap, beside
     # another strided dim (random search).
-    "xla-abort-low-padding-at-last-tap": ((1, 2, 2, 4), (2, 2, 3, 2), (2, 2), (2, 1), (1, 1), 1,
-                                          False),
+    "xla-abort-low-padding-at-last-tap": (
+        (1, 2, 2, 4),
+        (2, 2, 3, 2),
+        (2, 2),
+        (2, 1),
+        (1, 1),
+        1,
+        False,
+    ),
     # Every tap of the first dim reads padding: the output is zeros (random search).
     "every-tap-reads-padding": ((1, 2, 1, 4), (2, 2, 2, 2), (2, 2), (2, 2), (3, 1), 1, False),
     "crop-low": ((2, 2, 6), (3, 2, 3), (5,), (3,), (4,), 1, False),
@@ -438,11 +595,23 @@ def test_windows_reading_padding_or_dilated_over_one_output_are_simplified_exact
     ct = rng.standard_normal(tuple(ref.shape))
     (ref * torch.tensor(ct)).sum().backward()
     with jax.enable_x64(True):
+
         @jax.jit
         def f(x_, w_, ct_):
-            y_, vjp = jax.vjp(lambda a, b: cj.conv(a, b, stride=s, padding=p, dilation=d,
-                                                   groups=g, flip=flip,
-                                                   layout="channels_first"), x_, w_)
+            y_, vjp = jax.vjp(
+                lambda a, b: cj.conv(
+                    a,
+                    b,
+                    stride=s,
+                    padding=p,
+                    dilation=d,
+                    groups=g,
+                    flip=flip,
+                    layout="channels_first",
+                ),
+                x_,
+                w_,
+            )
             return y_, *vjp(ct_)
 
         y, gx, gw = f(x, w, ct)

@@ -53,8 +53,9 @@ def _data(rng, xs, ws, stride, padding, dilation, groups):
     w = rng.standard_normal(ws).astype(np.float32)
     xt = torch.tensor(x)
     wt = torch.tensor(w)
-    y_shape = TORCH_CONV[n](xt, wt, stride=stride, padding=padding, dilation=dilation,
-                            groups=groups).shape
+    y_shape = TORCH_CONV[n](
+        xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups
+    ).shape
     dy = rng.standard_normal(tuple(y_shape)).astype(np.float32)
     return x, w, dy
 
@@ -100,16 +101,18 @@ def test_conv_both_paths_match_torch(rng, monkeypatch, threshold, mode):
     y_ref.backward(torch.tensor(dy))
 
     def f(x, w):
-        return cj.conv(x, w, b, stride=2, padding=1, padding_mode=mode, flip=True,
-                       layout="channels_first")
+        return cj.conv(
+            x, w, b, stride=2, padding=1, padding_mode=mode, flip=True, layout="channels_first"
+        )
 
     y, vjp = jax.vjp(f, jnp.asarray(x), jnp.asarray(w))
     dx, dw = vjp(jnp.asarray(dy))
     np.testing.assert_allclose(y, y_ref.detach().numpy(), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-5, atol=1e-4)
-    y1 = cj.conv(x[0], w, b, stride=2, padding=1, padding_mode=mode, flip=True,
-                 layout="channels_first")
+    y1 = cj.conv(
+        x[0], w, b, stride=2, padding=1, padding_mode=mode, flip=True, layout="channels_first"
+    )
     np.testing.assert_allclose(y1, y_ref.detach().numpy()[0], rtol=1e-5, atol=1e-4)
 
 
@@ -121,14 +124,21 @@ def test_dispatch_rule():
     """On CPU, groups=1 convs with every output size <= 2 (and <= 32 taps) use im2col."""
     rule = conv_mod.cpu_formulation
     pads = ((1, 1), (1, 1))
-    assert rule((2, 2, 2, 4), (3, 3, 4, 8), (1, 1), pads, (1, 1), 1, "channels_last",
-                (2, 2)) == "im2col"
-    assert rule((2, 4, 1, 1), (8, 4, 3, 3), (1, 1), pads, (1, 1), 1, "channels_first",
-                (1, 1)) == "im2col"
-    assert rule((2, 3, 3, 4), (3, 3, 4, 8), (1, 1), pads, (1, 1), 1, "channels_last",
-                (3, 3)) == "lax"
-    assert rule((2, 7, 7, 4), (7, 7, 4, 8), (1, 1), ((0, 0),) * 2, (1, 1), 1, "channels_last",
-                (1, 1)) == "lax"  # 49 taps
+    assert (
+        rule((2, 2, 2, 4), (3, 3, 4, 8), (1, 1), pads, (1, 1), 1, "channels_last", (2, 2))
+        == "im2col"
+    )
+    assert (
+        rule((2, 4, 1, 1), (8, 4, 3, 3), (1, 1), pads, (1, 1), 1, "channels_first", (1, 1))
+        == "im2col"
+    )
+    assert (
+        rule((2, 3, 3, 4), (3, 3, 4, 8), (1, 1), pads, (1, 1), 1, "channels_last", (3, 3)) == "lax"
+    )
+    assert (
+        rule((2, 7, 7, 4), (7, 7, 4, 8), (1, 1), ((0, 0),) * 2, (1, 1), 1, "channels_last", (1, 1))
+        == "lax"
+    )  # 49 taps
     # Through cj.conv, lowered for this (CPU) machine: im2col is patches @ kernel.
     conv2 = functools.partial(cj.conv, padding=1)
     assert "convolution" not in _cpu_ops(conv2, jnp.ones((2, 2, 2, 4)), jnp.ones((3, 3, 4, 8)))

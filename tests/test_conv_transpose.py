@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _layout import (
+    check_conv_against_torch,
+    parametrize_configs,
+    random_geometry,
+    random_padding,
+    tkernel_to_cf,
+    tkernel_to_cl,
+    to_cf,
+    to_cl,
+)
 from jax.test_util import check_grads
 
 import cnn_jax as cj
-from _layout import (check_conv_against_torch, parametrize_configs, random_geometry,
-                     random_padding, tkernel_to_cf, tkernel_to_cl, to_cf, to_cl)
 
 TORCH_CT = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -19,8 +27,10 @@ def torch_ct(x, w, b, s, pads, op, d, g):
     """Reference for any (low, high) pads: torch with padding 0, zero-extend, crop."""
     n = w.dim() - 2
     full = TORCH_CT[n](x, w, b, stride=s, dilation=d, groups=g)
-    out = [(i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
-           for i, ss, (lo, hi), dd, kk, oo in zip(x.shape[2:], s, pads, d, w.shape[2:], op)]
+    out = [
+        (i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
+        for i, ss, (lo, hi), dd, kk, oo in zip(x.shape[2:], s, pads, d, w.shape[2:], op)
+    ]
     extra = [max(lo + o - f, 0) for (lo, _), o, f in zip(pads, out, full.shape[2:])]
     if any(extra):
         flat = [a for e in reversed(extra) for a in (0, e)]
@@ -32,12 +42,16 @@ def torch_ct(x, w, b, s, pads, op, d, g):
 
 def _draw(rng):
     n, g, c_in, c_out, k, s, d, sp = random_geometry(
-        rng, [1, 2], 5, lambda n: 4 if n < 3 else 3, (2, 5))
+        rng, [1, 2], 5, lambda n: 4 if n < 3 else 3, (2, 5)
+    )
     op = tuple(int(rng.integers(0, max(ss, dd))) for ss, dd in zip(s, d))
-    padding, pads = random_padding(rng, rng.choice(["int", "tuple", "pairs", "valid"]), n, sp,
-                                   k, s, d)
-    outs = [(i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
-            for i, ss, (lo, hi), dd, kk, oo in zip(sp, s, pads, d, k, op)]
+    padding, pads = random_padding(
+        rng, rng.choice(["int", "tuple", "pairs", "valid"]), n, sp, k, s, d
+    )
+    outs = [
+        (i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
+        for i, ss, (lo, hi), dd, kk, oo in zip(sp, s, pads, d, k, op)
+    ]
     return (n, g, c_in, c_out, k, s, d, sp, op, padding, pads) if min(outs) >= 1 else None
 
 
@@ -47,14 +61,27 @@ def test_conv_transpose_matches_torch_values_and_grads(rng, config):
     n, g, c_in, c_out, k, s, d, sp, op, padding, pads, layout = config
     ref = lambda *t: torch_ct(*t, s, pads, op, d, g)  # noqa: E731
     arrays = check_conv_against_torch(
-        rng, lambda *a: cj.conv_transpose(*a, stride=s, padding=padding, output_padding=op,
-                                          dilation=d, groups=g, layout=layout),
-        ref, [(2, c_in, *sp), (c_in, c_out // g, *k), (c_out,)], layout,
-        lambda w: tkernel_to_cl(w, n), lambda w: tkernel_to_cf(w, n), str(config))
+        rng,
+        lambda *a: cj.conv_transpose(
+            *a, stride=s, padding=padding, output_padding=op, dilation=d, groups=g, layout=layout
+        ),
+        ref,
+        [(2, c_in, *sp), (c_in, c_out // g, *k), (c_out,)],
+        layout,
+        lambda w: tkernel_to_cl(w, n),
+        lambda w: tkernel_to_cf(w, n),
+        str(config),
+    )
     if all(lo == hi for lo, hi in pads):  # the reference is straight torch where it applies
         tensors = [torch.tensor(a) for a in arrays]
-        direct = TORCH_CT[n](*tensors, stride=s, output_padding=op,
-                             padding=[p[0] for p in pads], dilation=d, groups=g)
+        direct = TORCH_CT[n](
+            *tensors,
+            stride=s,
+            output_padding=op,
+            padding=[p[0] for p in pads],
+            dilation=d,
+            groups=g,
+        )
         np.testing.assert_allclose(direct.numpy(), ref(*tensors).numpy(), atol=1e-5)
 
 
@@ -90,10 +117,20 @@ def test_conv_transpose_is_vjp_of_conv(rng, n, s, k, d, padding, g, layout):
         sp_y = y.shape[2:] if layout == "channels_first" else y.shape[1:-1]
         pads = [padding] * n if isinstance(padding, int) else padding
         pads = [(p, p) if isinstance(p, int) else p for p in pads]
-        op = tuple(i - ((o - 1) * ss - lo - hi + dd * (kk - 1) + 1)
-                   for i, o, ss, (lo, hi), dd, kk in zip(sp, sp_y, s, pads, d, k))
-        return gx, cj.conv_transpose(ct, w_t, stride=s, padding=padding, output_padding=op,
-                                     dilation=d, groups=g, layout=layout)
+        op = tuple(
+            i - ((o - 1) * ss - lo - hi + dd * (kk - 1) + 1)
+            for i, o, ss, (lo, hi), dd, kk in zip(sp, sp_y, s, pads, d, k)
+        )
+        return gx, cj.conv_transpose(
+            ct,
+            w_t,
+            stride=s,
+            padding=padding,
+            output_padding=op,
+            dilation=d,
+            groups=g,
+            layout=layout,
+        )
 
     gx, yt = both(x, w_conv)
     np.testing.assert_allclose(np.asarray(yt), np.asarray(gx), rtol=1e-5, atol=1e-5)
@@ -114,10 +151,23 @@ def test_unbatched_and_bias_by_hand():
 def test_many_phases_path_matches_torch(rng):
     x = rng.standard_normal((1, 2, 3, 2)).astype(np.float32)
     w = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
-    ref = F.conv_transpose2d(torch.tensor(x), torch.tensor(w), stride=(5, 4), padding=(1, 2),
-                             output_padding=(3, 1), dilation=(1, 2))
-    y = cj.conv_transpose(x, w, stride=(5, 4), padding=(1, 2), output_padding=(3, 1),
-                          dilation=(1, 2), layout="channels_first")
+    ref = F.conv_transpose2d(
+        torch.tensor(x),
+        torch.tensor(w),
+        stride=(5, 4),
+        padding=(1, 2),
+        output_padding=(3, 1),
+        dilation=(1, 2),
+    )
+    y = cj.conv_transpose(
+        x,
+        w,
+        stride=(5, 4),
+        padding=(1, 2),
+        output_padding=(3, 1),
+        dilation=(1, 2),
+        layout="channels_first",
+    )
     np.testing.assert_allclose(np.asarray(y), ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -146,8 +196,9 @@ def test_gradient_never_uses_lhs_dilation():
 def test_preferred_element_type_and_precision(rng):
     x = jnp.asarray(rng.standard_normal((1, 3, 3, 2)), jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal((3, 3, 2, 2)), jnp.bfloat16)
-    y = cj.conv_transpose(x, w, stride=2, preferred_element_type=jnp.float32,
-                          precision=jax.lax.Precision.HIGHEST)
+    y = cj.conv_transpose(
+        x, w, stride=2, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST
+    )
     assert y.dtype == jnp.float32 and y.shape == (1, 7, 7, 2)
     ref = cj.conv_transpose(x.astype(jnp.float32), w.astype(jnp.float32), stride=2)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
@@ -166,12 +217,15 @@ def test_check_grads_and_vmap(rng):
     np.testing.assert_allclose(np.asarray(g(xs, w)), np.asarray(f(xs, w)), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kw,order", [
-    (dict(stride=2, padding=1, output_padding=1), 1),   # phase decomposition
-    (dict(stride=(2, 3), dilation=(2, 1), groups=2), 2),
-    (dict(stride=3, padding=((0, 1), (2, 0))), 2),
-    (dict(stride=(5, 4)), 1),                              # > _MAX_PHASES: interior padding
-])
+@pytest.mark.parametrize(
+    "kw,order",
+    [
+        (dict(stride=2, padding=1, output_padding=1), 1),  # phase decomposition
+        (dict(stride=(2, 3), dilation=(2, 1), groups=2), 2),
+        (dict(stride=3, padding=((0, 1), (2, 0))), 2),
+        (dict(stride=(5, 4)), 1),  # > _MAX_PHASES: interior padding
+    ],
+)
 def test_check_grads_float64_default_tolerances(rng, kw, order):
     # Forward and reverse mode at JAX's default tolerances, in float64.
     x = rng.standard_normal((1, 3, 3, 4))
@@ -181,22 +235,34 @@ def test_check_grads_float64_default_tolerances(rng, kw, order):
         return cj.conv_transpose(x_, w_, **kw)
 
     with jax.enable_x64(True):
-        check_grads(jax.jit(f), (jnp.asarray(x), jnp.asarray(w)), order=order,
-                    modes=("fwd", "rev"))
+        check_grads(jax.jit(f), (jnp.asarray(x), jnp.asarray(w)), order=order, modes=("fwd", "rev"))
 
 
 def test_conv_transpose_errors():
     x = jnp.zeros((1, 4, 4, 4))
     w = jnp.zeros((3, 3, 4, 2))
-    with pytest.raises(ValueError, match="conv_transpose: output_padding must be smaller than stride or dilation"):
+    with pytest.raises(
+        ValueError, match="conv_transpose: output_padding must be smaller than stride or dilation"
+    ):
         cj.conv_transpose(x, w, stride=2, output_padding=2)
-    with pytest.raises(ValueError, match="conv_transpose: kernel in-channels must equal the input channels C_in=4, got 3"):
+    with pytest.raises(
+        ValueError,
+        match="conv_transpose: kernel in-channels must equal the input channels C_in=4, got 3",
+    ):
         cj.conv_transpose(x, jnp.zeros((3, 3, 3, 2)))
-    with pytest.raises(ValueError, match="conv_transpose: groups must divide the input channels, got groups=3 for C_in=4"):
+    with pytest.raises(
+        ValueError,
+        match="conv_transpose: groups must divide the input channels, got groups=3 for C_in=4",
+    ):
         cj.conv_transpose(x, w, groups=3)
-    with pytest.raises(ValueError, match="conv_transpose: padding must be an int, a tuple of 2 ints, 2 \\(low, high\\) pairs or one of \\('valid',\\)"):
+    with pytest.raises(
+        ValueError,
+        match="conv_transpose: padding must be an int, a tuple of 2 ints, 2 \\(low, high\\) pairs or one of \\('valid',\\)",
+    ):
         cj.conv_transpose(x, w, padding="same")
-    with pytest.raises(ValueError, match="conv_transpose: padding must leave a positive output size"):
+    with pytest.raises(
+        ValueError, match="conv_transpose: padding must leave a positive output size"
+    ):
         cj.conv_transpose(x, w, padding=4)
     with pytest.raises(ValueError, match="conv_transpose: x must have 4 dims"):
         cj.conv_transpose(jnp.zeros((4, 4)), w)
@@ -216,8 +282,12 @@ def test_conv_transpose_errors():
 
 @pytest.mark.parametrize(
     "x_shape,k,layout",
-    [((2, 3, 5), (2,), "channels_first"), ((2, 3, 4, 5), (2, 3), "channels_last"),
-     ((1, 2, 3, 2, 2), (2, 1, 2), "channels_first"), ((2, 3, 4, 4), (1, 1), "channels_last")],
+    [
+        ((2, 3, 5), (2,), "channels_first"),
+        ((2, 3, 4, 5), (2, 3), "channels_last"),
+        ((1, 2, 3, 2, 2), (2, 1, 2), "channels_first"),
+        ((2, 3, 4, 4), (1, 1), "channels_last"),
+    ],
 )
 def test_kernel_equal_to_stride_is_one_matmul_and_matches_torch(x_shape, k, layout):
     # kernel_size == stride, no padding (U-Net's up-conv) runs as one matmul plus a

@@ -11,10 +11,23 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cnn_jax.train import (Dataset, DatasetError, augment, load_cifar10, load_dataset,
-                           load_digits, load_idx, load_image_folder, make_shapes,
-                           random_crop, random_flip, read_idx)
-from cnn_jax.train import TrainConfig, crop_offsets, flip_draws
+from cnn_jax.train import (
+    Dataset,
+    DatasetError,
+    TrainConfig,
+    augment,
+    crop_offsets,
+    flip_draws,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_idx,
+    load_image_folder,
+    make_shapes,
+    random_crop,
+    random_flip,
+    read_idx,
+)
 
 # ---------------------------------------------------------------- digits
 
@@ -86,8 +99,9 @@ def test_idx_loads_mnist_files(tmp_path, rng, gz):
     arrays = _mnist_dir(tmp_path, rng, gz=gz)
     train, test = load_dataset("mnist", str(tmp_path))
     assert train.images.shape == (6, 28, 28, 1) and test.images.shape == (4, 28, 28, 1)
-    np.testing.assert_allclose(train.images[..., 0],
-                               arrays["train-images-idx3-ubyte"] / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        train.images[..., 0], arrays["train-images-idx3-ubyte"] / 255.0, rtol=1e-6
+    )
     np.testing.assert_array_equal(test.labels, arrays["t10k-labels-idx1-ubyte"])
     fashion, _ = load_dataset("fashion_mnist", str(tmp_path))
     assert fashion.class_names[9] == "Ankle boot" and fashion.name == "fashion_mnist"
@@ -100,24 +114,34 @@ def test_idx_missing_file_is_named(tmp_path, rng):
         load_idx(str(tmp_path))
 
 
-@pytest.mark.parametrize("corrupt, match", [
-    (lambda p: p.write_bytes(b"\x01\x02\x08\x03" + b"\0" * 12), "bad magic number"),
-    (lambda p: p.write_bytes(b"\x00\x00\x0d\x03" + b"\0" * 12), "type byte 0x0d"),
-    (lambda p: p.write_bytes(b"\x00\x00\x08\x01" + b"\0" * 4), r"1 dimension\(s\)"),
-    (lambda p: p.write_bytes(b"\x00\x00\x08\x03\x00"), "header is truncated"),
-    (lambda p: p.write_bytes(p.read_bytes()[:-5]), "holding 4704 bytes"),
-    # 0x0 images: 6 images of no pixels
-    (lambda p: p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 6, 0, 0)),
-     r"dimensions after the first are >= 1, the header says shape \(6, 0, 0\)"),
-    # 2**31 * 2**31 * 4 = 2**64 bytes: numpy's product wraps to 0, the empty data's length
-    (lambda p: p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4)),
-     r"holding 18446744073709551616 bytes for shape \(2147483648, 2147483648, 4\), got 0"),
-    (lambda p: p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", *[2**32 - 1] * 3)
-                             + b"\0" * 10),
-     rf"holding {(2**32 - 1)**3} bytes for shape \(4294967295, 4294967295, 4294967295\), "
-     rf"got 10"),
-    (lambda p: p.write_bytes(b"\x08\x00\x00\x03" + b"\0" * 12), "bad magic number"),
-])
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda p: p.write_bytes(b"\x01\x02\x08\x03" + b"\0" * 12), "bad magic number"),
+        (lambda p: p.write_bytes(b"\x00\x00\x0d\x03" + b"\0" * 12), "type byte 0x0d"),
+        (lambda p: p.write_bytes(b"\x00\x00\x08\x01" + b"\0" * 4), r"1 dimension\(s\)"),
+        (lambda p: p.write_bytes(b"\x00\x00\x08\x03\x00"), "header is truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:-5]), "holding 4704 bytes"),
+        # 0x0 images: 6 images of no pixels
+        (
+            lambda p: p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 6, 0, 0)),
+            r"dimensions after the first are >= 1, the header says shape \(6, 0, 0\)",
+        ),
+        # 2**31 * 2**31 * 4 = 2**64 bytes: numpy's product wraps to 0, the empty data's length
+        (
+            lambda p: p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4)),
+            r"holding 18446744073709551616 bytes for shape \(2147483648, 2147483648, 4\), got 0",
+        ),
+        (
+            lambda p: p.write_bytes(
+                b"\x00\x00\x08\x03" + struct.pack(">3I", *[2**32 - 1] * 3) + b"\0" * 10
+            ),
+            rf"holding {(2**32 - 1) ** 3} bytes for shape \(4294967295, 4294967295, 4294967295\), "
+            rf"got 10",
+        ),
+        (lambda p: p.write_bytes(b"\x08\x00\x00\x03" + b"\0" * 12), "bad magic number"),
+    ],
+)
 def test_idx_malformed_file_is_named(tmp_path, rng, corrupt, match):
     _mnist_dir(tmp_path, rng, gz=False, n_test=6)
     path = tmp_path / "train-images-idx3-ubyte"
@@ -144,8 +168,11 @@ def test_idx_bad_gzip_and_label_errors(tmp_path, rng):
 def test_idx_with_no_test_images_is_refused(tmp_path, rng):
     """An empty split reported test accuracy NaN and exited 0."""
     _mnist_dir(tmp_path, rng, gz=False, n_test=0)
-    with pytest.raises(DatasetError, match=r"^load_dataset: the test split of 'mnist' in .* must "
-                                           r"hold at least one example, got none"):
+    with pytest.raises(
+        DatasetError,
+        match=r"^load_dataset: the test split of 'mnist' in .* must "
+        r"hold at least one example, got none",
+    ):
         load_dataset("mnist", str(tmp_path))
 
 
@@ -156,8 +183,10 @@ def _cifar_dir(root, rng, n=3):
     os.makedirs(root, exist_ok=True)
     batches = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-                 b"labels": list(rng.integers(0, 10, n))}
+        batch = {
+            b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+            b"labels": list(rng.integers(0, 10, n)),
+        }
         with open(os.path.join(root, name), "wb") as f:
             pickle.dump(batch, f)
         batches[name] = batch
@@ -205,12 +234,17 @@ def test_cifar10_errors_name_the_file(tmp_path, rng):
     with pytest.raises(DatasetError, match=r"data_batch_4: expected labels 0..9, got 0..10"):
         load_cifar10(str(tmp_path))
     for batch, match in (
-            ({b"data": np.zeros((2, 3072), np.uint8), b"labels": 5},
-             r"labels of dtype int64 and shape \(\)"),
-            ({b"data": np.full((2, 3072), 0.5), b"labels": [0, 1]}, "data of dtype float64"),
-            ({b"data": np.full((2, 3072), 300, np.int16), b"labels": [0, 1]},
-             r"expected pixel values 0..255, got 300..300"),
-            ({b"data": [[1, 2], [3]], b"labels": [0, 1]}, "inhomogeneous")):
+        (
+            {b"data": np.zeros((2, 3072), np.uint8), b"labels": 5},
+            r"labels of dtype int64 and shape \(\)",
+        ),
+        ({b"data": np.full((2, 3072), 0.5), b"labels": [0, 1]}, "data of dtype float64"),
+        (
+            {b"data": np.full((2, 3072), 300, np.int16), b"labels": [0, 1]},
+            r"expected pixel values 0..255, got 300..300",
+        ),
+        ({b"data": [[1, 2], [3]], b"labels": [0, 1]}, "inhomogeneous"),
+    ):
         with open(tmp_path / "data_batch_4", "wb") as f:
             pickle.dump(batch, f)
         with pytest.raises(DatasetError, match=rf"malformed file .*data_batch_4: .*{match}"):
@@ -247,8 +281,10 @@ def test_image_folder_split_and_train_test(tmp_path, rng):
         for c in ("a", "b"):
             for i in range(n):
                 size = (4, 4) if i == 0 else (8, 8)
-                _png(str(root / split / c / f"{i}.png"), np.full(size, 255 if c == "b" else 0,
-                                                                 np.uint8))
+                _png(
+                    str(root / split / c / f"{i}.png"),
+                    np.full(size, 255 if c == "b" else 0, np.uint8),
+                )
     train, test = load_image_folder(str(root))
     assert train.images.shape == (6, 4, 4, 1) and test.images.shape == (4, 4, 4, 1)
     np.testing.assert_allclose(train.images[train.labels == 1], 1.0)
@@ -284,7 +320,9 @@ def test_image_folder_errors(tmp_path):
 
 
 def test_load_dataset_argument_errors(tmp_path):
-    with pytest.raises(DatasetError, match=r"data_dir must be given for 'mnist' \(--data-dir\), got None"):
+    with pytest.raises(
+        DatasetError, match=r"data_dir must be given for 'mnist' \(--data-dir\), got None"
+    ):
         load_dataset("mnist")
     with pytest.raises(DatasetError, match="data_dir must be an existing folder, got"):
         load_dataset("cifar10", str(tmp_path / "nope"))
@@ -294,8 +332,11 @@ def test_load_dataset_argument_errors(tmp_path):
         Dataset(np.zeros((3, 4)), np.zeros(3), 2, "x")
     with pytest.raises(DatasetError, match="same length, got 3 images and 2 labels"):
         Dataset(np.zeros((3, 2, 2, 1)), np.zeros(2), 2, "x")
-    with pytest.raises(DatasetError, match=r"x: labels of a segment data set must have 3 "
-                                           r"dimension\(s\), got shape \(3,\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"x: labels of a segment data set must have 3 "
+        r"dimension\(s\), got shape \(3,\)",
+    ):
         Dataset(np.zeros((3, 2, 2, 1)), np.zeros(3), 2, "x", task="segment")
     with pytest.raises(DatasetError, match=r"x: task must be 'classify' or 'segment', got 'det'"):
         Dataset(np.zeros((3, 2, 2, 1)), np.zeros(3), 2, "x", task="det")
@@ -330,11 +371,15 @@ def test_random_crop_is_a_shift_of_the_zero_padded_image(rng):
     mp = np.pad(m, ((0, 0), (2, 2), (2, 2)))
     offsets = set()
     for i in range(6):
-        hits = [(a, b) for a in range(5) for b in range(5)
-                if np.array_equal(xp[i, a:a + 5, b:b + 5], out[i])]
+        hits = [
+            (a, b)
+            for a in range(5)
+            for b in range(5)
+            if np.array_equal(xp[i, a : a + 5, b : b + 5], out[i])
+        ]
         assert hits, f"image {i} is not a crop of its padded self"
         a, b = hits[0]
-        np.testing.assert_array_equal(mp[i, a:a + 5, b:b + 5], out_m[i])
+        np.testing.assert_array_equal(mp[i, a : a + 5, b : b + 5], out_m[i])
         offsets.add(hits[0])
     assert len(offsets) > 1  # offsets differ between images
     np.testing.assert_array_equal(random_crop(jax.random.key(0), x, 0), x)
@@ -379,8 +424,10 @@ def test_draws_depend_on_the_example_index_not_the_batch(rng):
     x = rng.normal(size=(8, 5, 5, 3)).astype(np.float32)
     key, index = jax.random.key(1), jnp.arange(100, 108, dtype=jnp.int32)
     whole = np.asarray(augment(key, x, crop_padding=1, flip=True, index=index))
-    halves = [np.asarray(augment(key, x[s], crop_padding=1, flip=True, index=index[s]))
-              for s in (slice(0, 3), slice(3, 8))]
+    halves = [
+        np.asarray(augment(key, x[s], crop_padding=1, flip=True, index=index[s]))
+        for s in (slice(0, 3), slice(3, 8))
+    ]
     np.testing.assert_array_equal(np.concatenate(halves), whole)
     flips = np.asarray(flip_draws(key, 8, index))
     assert flips.any() and not flips.all()
@@ -389,8 +436,8 @@ def test_draws_depend_on_the_example_index_not_the_batch(rng):
 def test_the_train_step_never_flips_grey_images_and_augment_off_is_the_identity(rng):
     # A model that returns its (augmented) input's mean column profile exposes what
     # the step fed it; digits-like grey input must only ever be shifted, not mirrored.
-    from cnn_jax.train._step import Trainer
     from cnn_jax.train._sharding import make_mesh
+    from cnn_jax.train._step import Trainer
 
     seen = []
 
@@ -402,10 +449,14 @@ def test_the_train_step_never_flips_grey_images_and_augment_off_is_the_identity(
             seen.append(x)
             return jnp.zeros((x.shape[0], 2)) + self.w[...][None, :]
 
-    ramp = np.broadcast_to(np.arange(1.0, 9.0, dtype=np.float32)[None, None, :, None],
-                           (4, 8, 8, 1)).copy()
-    batch = {"image": jnp.asarray(ramp), "label": jnp.zeros((4,), jnp.int32),
-             "index": jnp.arange(4, dtype=jnp.int32)}
+    ramp = np.broadcast_to(
+        np.arange(1.0, 9.0, dtype=np.float32)[None, None, :, None], (4, 8, 8, 1)
+    ).copy()
+    batch = {
+        "image": jnp.asarray(ramp),
+        "label": jnp.zeros((4,), jnp.int32),
+        "index": jnp.arange(4, dtype=jnp.int32),
+    }
     # The step's function run eagerly, so the probe sees real values.
     for augment_on in (True, False):
         cfg = TrainConfig(batch_size=4, num_devices=1, augment=augment_on, quiet=True)

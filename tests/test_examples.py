@@ -14,15 +14,17 @@ import numpy as np
 import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-SCRIPTS = sorted(f[:-3] for f in os.listdir(EXAMPLES)
-                 if f.endswith(".py") and not f.startswith("_"))
+SCRIPTS = sorted(
+    f[:-3] for f in os.listdir(EXAMPLES) if f.endswith(".py") and not f.startswith("_")
+)
 
 
 def _run(name, tmp_path):
     if EXAMPLES not in sys.path:
         sys.path.insert(0, EXAMPLES)  # for ``import _shared``
-    spec = importlib.util.spec_from_file_location(f"example_{name}",
-                                                  os.path.join(EXAMPLES, f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", os.path.join(EXAMPLES, f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.__doc__ and len(module.__doc__.strip().splitlines()) > 3, name
@@ -34,13 +36,23 @@ def _run(name, tmp_path):
 
 
 def _check_01(r):
-    assert r == {"hand_equals_numpy": True, "flip_equals_numpy": True,
-                 "plain_equals_correlate": True, "differ": True}
+    assert r == {
+        "hand_equals_numpy": True,
+        "flip_equals_numpy": True,
+        "plain_equals_correlate": True,
+        "differ": True,
+    }
 
 
 def _check_02(r):
-    assert r == {"valid": 26, "same": 28, "full (padding 2)": 30, "full, stride 2": 15,
-                 "padding 1, stride 2": 14, "valid, dilation 2": 24}
+    assert r == {
+        "valid": 26,
+        "same": 28,
+        "full (padding 2)": 30,
+        "full, stride 2": 15,
+        "padding 1, stride 2": 14,
+        "valid, dilation 2": 24,
+    }
 
 
 def _check_03(r):
@@ -105,8 +117,10 @@ def _check_train_digits(r):
     assert r["epochs"] == 1 and 0 <= r["accuracy"] <= 1
 
 
-CHECKS = {name: globals()[f"_check_{name.split('_')[0] if name[0].isdigit() else name}"]
-          for name in SCRIPTS}
+CHECKS = {
+    name: globals()[f"_check_{name.split('_')[0] if name[0].isdigit() else name}"]
+    for name in SCRIPTS
+}
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -14,20 +14,26 @@ import os
 import subprocess
 import sys
 
+import _torchvision_ref as ref
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from _model_helpers import apply, from_torch
 from flax import nnx
 
-import _torchvision_ref as ref
-from _model_helpers import apply, from_torch
 from cnn_jax import models
 from cnn_jax import nn as cj_nn
 from cnn_jax.cli import EXPORT_FORMATS, main
-from cnn_jax.export import (FORMATS, export_onnx, export_run, export_stablehlo, export_torch,
-                            load_stablehlo)
+from cnn_jax.export import (
+    FORMATS,
+    export_onnx,
+    export_run,
+    export_stablehlo,
+    export_torch,
+    load_stablehlo,
+)
 from cnn_jax.models import load_torch_state_dict, save_torch_state_dict
 from cnn_jax.models._digits import DigitsCNN
 from cnn_jax.train import TrainConfig, load_run
@@ -39,20 +45,30 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 # name: (PyTorch reference, cnn_jax twin, (H, W, C)); reduced widths keep them small.
 CASES = {
-    "lenet5": (lambda: ref.LeNet5(10, in_channels=1),
-               lambda: models.LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), (32, 32, 1)),
-    "resnet18": (lambda: ref.ResNet(ref.BasicBlock, (2, 2, 2, 2), num_classes=7, width=8),
-                 lambda: models.ResNet18(7, width=8, rngs=nnx.Rngs(0)), (32, 32, 3)),
-    "mobilenet_v2": (lambda: ref.MobileNetV2(5, width_mult=0.25),
-                     lambda: models.MobileNetV2(5, width_mult=0.25, rngs=nnx.Rngs(0)),
-                     (32, 32, 3)),
-    "unet": (lambda: ref.UNet(3, 2, 4, 2),
-             lambda: models.UNet(3, in_channels=2, base_width=4, depth=2, rngs=nnx.Rngs(0)),
-             (16, 16, 2)),
+    "lenet5": (
+        lambda: ref.LeNet5(10, in_channels=1),
+        lambda: models.LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
+        (32, 32, 1),
+    ),
+    "resnet18": (
+        lambda: ref.ResNet(ref.BasicBlock, (2, 2, 2, 2), num_classes=7, width=8),
+        lambda: models.ResNet18(7, width=8, rngs=nnx.Rngs(0)),
+        (32, 32, 3),
+    ),
+    "mobilenet_v2": (
+        lambda: ref.MobileNetV2(5, width_mult=0.25),
+        lambda: models.MobileNetV2(5, width_mult=0.25, rngs=nnx.Rngs(0)),
+        (32, 32, 3),
+    ),
+    "unet": (
+        lambda: ref.UNet(3, 2, 4, 2),
+        lambda: models.UNet(3, in_channels=2, base_width=4, depth=2, rngs=nnx.Rngs(0)),
+        (16, 16, 2),
+    ),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def case(name):
     """``(torch model, cnn_jax model, input (3, H, W, C), cnn_jax logits)``, built once."""
     make_torch, make_ours, shape = CASES[name]
@@ -97,10 +113,10 @@ def test_stablehlo_runs_in_a_process_without_cnn_jax(tmp_path):
         "import sys, jax, numpy as np\n"
         "exp = jax.export.deserialize(bytearray(open('model.stablehlo', 'rb').read()))\n"
         "np.save('y.npy', np.asarray(exp.call(np.load('x.npy'))))\n"
-        "assert not any(m.startswith('cnn_jax') for m in sys.modules)\n")
+        "assert not any(m.startswith('cnn_jax') for m in sys.modules)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True,
-                   timeout=300)
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, timeout=300)
     assert_close(np.load(tmp_path / "y.npy"), logits)
 
 
@@ -145,20 +161,31 @@ def test_onnx_fixed_batch():
 
 # The rest of the zoo converts too, checked against its PyTorch twin (no XLA compile).
 ZOO = {
-    "resnet50": (lambda: ref.ResNet(ref.Bottleneck, (3, 4, 6, 3), num_classes=5, width=4,
-                                    small_input=True),
-                 lambda: models.ResNet50(5, width=4, small_input=True, rngs=nnx.Rngs(0)),
-                 (16, 16, 3)),
-    "alexnet": (lambda: ref.AlexNet(6, width=8, hidden=32),
-                lambda: models.AlexNet(6, width=8, hidden=32, rngs=nnx.Rngs(0)), (67, 67, 3)),
-    "vgg11_bn": (lambda: ref.VGG("A", batch_norm=True, num_classes=6, width=4, hidden=16),
-                 lambda: models.VGG11BN(6, width=4, hidden=16, rngs=nnx.Rngs(0)), (32, 32, 3)),
-    "efficientnet": (lambda: ref.EfficientNet(6, width_mult=0.25, depth_mult=0.5),
-                     lambda: models.EfficientNet(6, width_mult=0.25, depth_mult=0.5,
-                                                 rngs=nnx.Rngs(0)), (32, 32, 3)),
-    "convnext": (lambda: ref.ConvNeXt((1, 1, 2, 1), (8, 16, 32, 64), num_classes=6),
-                 lambda: models.ConvNeXt(6, depths=(1, 1, 2, 1), dims=(8, 16, 32, 64),
-                                         rngs=nnx.Rngs(0)), (32, 32, 3)),
+    "resnet50": (
+        lambda: ref.ResNet(ref.Bottleneck, (3, 4, 6, 3), num_classes=5, width=4, small_input=True),
+        lambda: models.ResNet50(5, width=4, small_input=True, rngs=nnx.Rngs(0)),
+        (16, 16, 3),
+    ),
+    "alexnet": (
+        lambda: ref.AlexNet(6, width=8, hidden=32),
+        lambda: models.AlexNet(6, width=8, hidden=32, rngs=nnx.Rngs(0)),
+        (67, 67, 3),
+    ),
+    "vgg11_bn": (
+        lambda: ref.VGG("A", batch_norm=True, num_classes=6, width=4, hidden=16),
+        lambda: models.VGG11BN(6, width=4, hidden=16, rngs=nnx.Rngs(0)),
+        (32, 32, 3),
+    ),
+    "efficientnet": (
+        lambda: ref.EfficientNet(6, width_mult=0.25, depth_mult=0.5),
+        lambda: models.EfficientNet(6, width_mult=0.25, depth_mult=0.5, rngs=nnx.Rngs(0)),
+        (32, 32, 3),
+    ),
+    "convnext": (
+        lambda: ref.ConvNeXt((1, 1, 2, 1), (8, 16, 32, 64), num_classes=6),
+        lambda: models.ConvNeXt(6, depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), rngs=nnx.Rngs(0)),
+        (32, 32, 3),
+    ),
 }
 
 
@@ -182,9 +209,10 @@ def test_simple_cnn_exports_to_onnx():  # no PyTorch twin: against cnn_jax itsel
             if path[-1] in ("var", "scale"):
                 low = 0.5
             elif path[-1] == "kernel":
-                low = -(3 / np.prod(shape[:-1])) ** 0.5
-            node.set_value(jnp.asarray(rng.uniform(low, abs(low) + 0.3 * (low > 0), shape),
-                                       jnp.float32))
+                low = -((3 / np.prod(shape[:-1])) ** 0.5)
+            node.set_value(
+                jnp.asarray(rng.uniform(low, abs(low) + 0.3 * (low > 0), shape), jnp.float32)
+            )
     model.eval()
     x = np.random.default_rng(3).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
     assert_close(onnx_run(export_onnx(model, (16, 16, 3)), x), apply(model, jnp.asarray(x)))
@@ -303,8 +331,10 @@ class _Net(nnx.Module):
 
 def test_an_op_onnx_cannot_express_names_the_op_and_the_layer():
     call = _CumMax.__dict__["__call__"]
-    with pytest.raises(NotImplementedError,
-                       match=r"export_onnx: jax op 'cummax' in layer 'mix' cannot be expressed"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"export_onnx: jax op 'cummax' in layer 'mix' cannot be expressed",
+    ):
         export_onnx(_Net(), (8, 8, 1))
     assert _CumMax.__dict__["__call__"] is call  # the tracing scopes are undone
     assert cj_nn.Conv.__call__.__name__ == "__call__"
@@ -312,8 +342,11 @@ def test_an_op_onnx_cannot_express_names_the_op_and_the_layer():
 
 def test_bad_arguments_raise_with_the_rule():
     model = _Net()
-    with pytest.raises(ValueError, match=r"input_shape must be \(H, W, C\), three positive "
-                                         r"ints, got \(8, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"input_shape must be \(H, W, C\), three positive "
+        r"ints, got \(8, 8\)",
+    ):
         export_onnx(model, (8, 8))
     with pytest.raises(ValueError, match="batch must be None .* or a positive int, got 0"):
         export_stablehlo(model, (8, 8, 1), batch=0)
@@ -321,8 +354,11 @@ def test_bad_arguments_raise_with_the_rule():
         export_stablehlo(model, (8, 8, 1), batch=True)
     with pytest.raises(TypeError, match="export_stablehlo: model must be an nnx.Module"):
         export_stablehlo(lambda x: x, (8, 8, 1))
-    with pytest.raises(ValueError, match=r"format must be one of \('stablehlo', 'onnx', "
-                                         r"'torch'\), got 'tflite'"):
+    with pytest.raises(
+        ValueError,
+        match=r"format must be one of \('stablehlo', 'onnx', "
+        r"'torch'\), got 'tflite'",
+    ):
         export_run("runs/x", "tflite")
     with pytest.raises(ValueError, match="batch must be None for format 'torch'"):
         export_run("runs/x", "torch", batch=2)
@@ -335,8 +371,25 @@ def test_bad_arguments_raise_with_the_rule():
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("export") / "run")
-    assert main(["train", "--limit", "64", "--epochs", "1", "--batch-size", "32", "--quiet",
-                 "--devices", "1", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--limit",
+                "64",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "32",
+                "--quiet",
+                "--devices",
+                "1",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -348,9 +401,12 @@ def test_cli_exports_a_run_in_every_format(digits_run, capsys):
         assert main(["export", "--out", digits_run, "--format", fmt]) == 0
     lines = capsys.readouterr().out.splitlines()
     export = os.path.join(digits_run, "export")
-    assert lines == [f"wrote {export}/model.stablehlo (any batch size)",
-                     f"wrote {export}/model.onnx (any batch size)",
-                     f"wrote {export}/model.pt", f"wrote {export}/model.safetensors"]
+    assert lines == [
+        f"wrote {export}/model.stablehlo (any batch size)",
+        f"wrote {export}/model.onnx (any batch size)",
+        f"wrote {export}/model.pt",
+        f"wrote {export}/model.safetensors",
+    ]
     assert_close(load_stablehlo(f"{export}/model.stablehlo").call(x), logits)
     import onnx
 
@@ -358,13 +414,16 @@ def test_cli_exports_a_run_in_every_format(digits_run, capsys):
     assert_close(onnx_run(proto, x), logits)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["cnn_jax.class_names"] == '["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]'
-    other = nnx.eval_shape(lambda: DigitsCNN(10, in_channels=1, input_size=(8, 8),
-                                             rngs=nnx.Rngs(0)))
+    other = nnx.eval_shape(
+        lambda: DigitsCNN(10, in_channels=1, input_size=(8, 8), rngs=nnx.Rngs(0))
+    )
     load_torch_state_dict(other, torch.load(f"{export}/model.pt", weights_only=True))
     assert_close(apply(other, jnp.asarray(x)), logits)
     dest = os.path.join(digits_run, "fixed.onnx")
-    assert main(["export", "--out", digits_run, "--format", "onnx", "--batch", "3",
-                 "--dest", dest]) == 0
+    assert (
+        main(["export", "--out", digits_run, "--format", "onnx", "--batch", "3", "--dest", dest])
+        == 0
+    )
     assert capsys.readouterr().out == f"wrote {dest} (batch 3)\n"
     assert_close(onnx_run(onnx.load(dest), x), logits)
 
@@ -380,13 +439,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "missing file" in err(["export", "--out", str(tmp_path / "none"), "--format", "onnx"])
     empty = tmp_path / "empty"  # a run record, but training never saved a checkpoint
     empty.mkdir()
-    record = {"config": TrainConfig(out=str(empty)).to_dict(), "model": "digits_cnn",
-              "dataset": "digits", "task": "classify", "num_classes": 10,
-              "image_shape": [8, 8, 1], "class_names": [str(i) for i in range(10)]}
+    record = {
+        "config": TrainConfig(out=str(empty)).to_dict(),
+        "model": "digits_cnn",
+        "dataset": "digits",
+        "task": "classify",
+        "num_classes": 10,
+        "image_shape": [8, 8, 1],
+        "class_names": [str(i) for i in range(10)],
+    }
     (empty / "run.json").write_text(json.dumps(record))
     assert "no checkpoint in" in err(["export", "--out", str(empty), "--format", "stablehlo"])
     assert "--batch applies to --format stablehlo and onnx" in err(
-        ["export", "--out", str(empty), "--format", "torch", "--batch", "2"])
+        ["export", "--out", str(empty), "--format", "torch", "--batch", "2"]
+    )
     with pytest.raises(SystemExit, match="2"):  # argparse: a command-line syntax error
         main(["export", "--out", str(empty), "--format", "tflite"])
     assert "invalid choice: 'tflite'" in capsys.readouterr().err

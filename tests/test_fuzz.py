@@ -6,7 +6,6 @@ Each config is one test id, so a failure names its index; replay it with
 """
 
 import pytest
-
 from fuzz import _fmt, make_case, run_case
 
 SEED = 2026

@@ -62,8 +62,17 @@ DEPTHWISE = [
     ((6, 7), 3, 1, (3, 3), (3, 2), (2, 1), "full", "channels_last", False),
     ((9, 5), 2, 1, (2, 3), (2, 2), (1, 1), "valid", "channels_first", True),
     ((5, 6, 4), 2, 1, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, "channels_last", True),
-    ((5, 6, 7), 2, 2, (3, 2, 3), (2, 1, 2), (1, 2, 1), ((1, 0), (0, 1), (1, 1)),
-     "channels_first", False),
+    (
+        (5, 6, 7),
+        2,
+        2,
+        (3, 2, 3),
+        (2, 1, 2),
+        (1, 2, 1),
+        ((1, 0), (0, 1), (1, 1)),
+        "channels_first",
+        False,
+    ),
 ]
 
 
@@ -80,8 +89,9 @@ def _depthwise_case(rng, cfg):
         return cj.depthwise_conv(x, w, b, stride=s, padding=padding, dilation=d, layout=layout)
 
     def raw(x, w, b):
-        y = lax.conv_general_dilated(x, w, s, pads, rhs_dilation=d,
-                                     dimension_numbers=_dn(n, layout), feature_group_count=c)
+        y = lax.conv_general_dilated(
+            x, w, s, pads, rhs_dilation=d, dimension_numbers=_dn(n, layout), feature_group_count=c
+        )
         if b is None:
             return y
         shape = [1] * y.ndim
@@ -93,6 +103,7 @@ def _depthwise_case(rng, cfg):
 
 def _all_modes(f, x, w, b, ct, tx, tw):
     """Values, the VJP on ``ct`` and the JVP along ``(tx, tw)``, in one jit."""
+
     @jax.jit
     def run(x, w, b, ct, tx, tw):
         y, vjp = jax.vjp(lambda x, w: f(x, w, b), x, w)
@@ -102,8 +113,9 @@ def _all_modes(f, x, w, b, ct, tx, tw):
     return run(x, w, b, ct, tx, tw)
 
 
-@pytest.mark.parametrize("cfg", DEPTHWISE, ids=[f"{len(c[0])}d-m{c[2]}-{c[7]}-{i}"
-                                                for i, c in enumerate(DEPTHWISE)])
+@pytest.mark.parametrize(
+    "cfg", DEPTHWISE, ids=[f"{len(c[0])}d-m{c[2]}-{c[7]}-{i}" for i, c in enumerate(DEPTHWISE)]
+)
 def test_depthwise_formulation_equals_raw_lax_values_and_both_ad_modes(rng, cfg):
     with jax.enable_x64(True):
         x, w, b, ours, raw = _depthwise_case(rng, cfg)
@@ -116,8 +128,9 @@ def test_depthwise_formulation_equals_raw_lax_values_and_both_ad_modes(rng, cfg)
         got = _all_modes(ours, x, w, b, ct, tx, tw)
         ref = _all_modes(raw, x, w, b, ct, tx, tw)
     for a, r, what in zip(got, ref, ("y", "dx", "dw", "jvp")):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-12, atol=1e-12,
-                                   err_msg=what)
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(r), rtol=1e-12, atol=1e-12, err_msg=what
+        )
 
 
 def test_depthwise_padding_modes_and_unbatched_input(rng):
@@ -127,18 +140,28 @@ def test_depthwise_padding_modes_and_unbatched_input(rng):
         w = rng.standard_normal((3, 3, 1, 6))
         y = cj.depthwise_conv(x, w, stride=2, padding=1, padding_mode="reflect")
         xp = np.pad(x, ((1, 1), (1, 1), (0, 0)), mode="reflect")
-        ref = lax.conv_general_dilated(xp[None], w, (2, 2), "VALID",
-                                       dimension_numbers=_dn(2, "channels_last"),
-                                       feature_group_count=3)[0]
+        ref = lax.conv_general_dilated(
+            xp[None],
+            w,
+            (2, 2),
+            "VALID",
+            dimension_numbers=_dn(2, "channels_last"),
+            feature_group_count=3,
+        )[0]
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-12, atol=1e-12)
 
 
 def test_low_precision_depthwise_accumulates_in_float32(rng):
     x = rng.standard_normal((2, 8, 8, 4)).astype(np.float32)
     w = rng.standard_normal((3, 3, 1, 4)).astype(np.float32)
-    ref = lax.conv_general_dilated(x, w, (1, 1), ((1, 1),) * 2,
-                                   dimension_numbers=_dn(2, "channels_last"),
-                                   feature_group_count=4)
+    ref = lax.conv_general_dilated(
+        x,
+        w,
+        (1, 1),
+        ((1, 1),) * 2,
+        dimension_numbers=_dn(2, "channels_last"),
+        feature_group_count=4,
+    )
     y = cj.depthwise_conv(jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16), padding=1)
     assert y.dtype == jnp.bfloat16
     # bfloat16 inputs (8 bits of mantissa) and a bfloat16 output: one rounding of the
@@ -158,8 +181,12 @@ def test_other_cpu_formulations_equal_raw_lax(rng, form):
     with jax.enable_x64(True):
         x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
         ours = lambda x, w, b: cj.conv(x, w, b, padding=pads)  # noqa: E731
-        raw = lambda x, w, b: lax.conv_general_dilated(  # noqa: E731
-            x, w, (1, 1), pads, dimension_numbers=_dn(2, "channels_last")) + b.reshape(1, 1, 1, -1)
+        raw = lambda x, w, b: (
+            lax.conv_general_dilated(  # noqa: E731
+                x, w, (1, 1), pads, dimension_numbers=_dn(2, "channels_last")
+            )
+            + b.reshape(1, 1, 1, -1)
+        )
         b = rng.standard_normal(w_shape[-1])
         text = jax.jit(ours).lower(x, w, b).as_text()
         assert "stablehlo.convolution" not in text and "stablehlo.dot_general" in text
@@ -176,27 +203,49 @@ def test_the_rule():
     rule = _lowering.cpu_formulation
     no_pad = ((0, 0), (0, 0))
     # Depthwise, any multiplier, either layout; groups < C is a grouped conv: lax.
-    assert rule((4, 8, 8, 16), (3, 3, 1, 32), (2, 2), no_pad, (1, 1), 16, "channels_last",
-                (3, 3)) == "depthwise"
-    assert rule((4, 16, 8, 8), (16, 1, 5, 5), (1, 1), no_pad, (1, 1), 16, "channels_first",
-                (4, 4)) == "depthwise"
-    assert rule((4, 8, 8, 16), (3, 3, 2, 16), (1, 1), no_pad, (1, 1), 8, "channels_last",
-                (6, 6)) == "lax"
+    assert (
+        rule((4, 8, 8, 16), (3, 3, 1, 32), (2, 2), no_pad, (1, 1), 16, "channels_last", (3, 3))
+        == "depthwise"
+    )
+    assert (
+        rule((4, 16, 8, 8), (16, 1, 5, 5), (1, 1), no_pad, (1, 1), 16, "channels_first", (4, 4))
+        == "depthwise"
+    )
+    assert (
+        rule((4, 8, 8, 16), (3, 3, 2, 16), (1, 1), no_pad, (1, 1), 8, "channels_last", (6, 6))
+        == "lax"
+    )
     # More taps than the bound (a 9x9 depthwise kernel): lax.
-    assert rule((4, 16, 16, 8), (9, 9, 1, 8), (1, 1), no_pad, (1, 1), 8, "channels_last",
-                (8, 8)) == "lax"
+    assert (
+        rule((4, 16, 16, 8), (9, 9, 1, 8), (1, 1), no_pad, (1, 1), 8, "channels_last", (8, 8))
+        == "lax"
+    )
     # 1x1: only stride 1, unpadded, undilated, channels_last.
-    assert rule((4, 8, 8, 16), (1, 1, 16, 32), (1, 1), no_pad, (1, 1), 1, "channels_last",
-                (8, 8)) == "dot"
-    assert rule((4, 8, 8, 16), (1, 1, 16, 32), (2, 2), no_pad, (1, 1), 1, "channels_last",
-                (4, 4)) == "lax"
-    assert rule((4, 16, 8, 8), (32, 16, 1, 1), (1, 1), no_pad, (1, 1), 1, "channels_first",
-                (8, 8)) == "lax"
+    assert (
+        rule((4, 8, 8, 16), (1, 1, 16, 32), (1, 1), no_pad, (1, 1), 1, "channels_last", (8, 8))
+        == "dot"
+    )
+    assert (
+        rule((4, 8, 8, 16), (1, 1, 16, 32), (2, 2), no_pad, (1, 1), 1, "channels_last", (4, 4))
+        == "lax"
+    )
+    assert (
+        rule((4, 16, 8, 8), (32, 16, 1, 1), (1, 1), no_pad, (1, 1), 1, "channels_first", (8, 8))
+        == "lax"
+    )
     # An ordinary 3x3 conv: lax (and then no platform switch at all).
-    assert rule((4, 8, 8, 16), (3, 3, 16, 32), (1, 1), ((1, 1),) * 2, (1, 1), 1,
-                "channels_last", (8, 8)) == "lax"
-    assert "stablehlo.case" not in jax.jit(functools.partial(cj.conv, padding=1)).lower(
-        jnp.ones((4, 8, 8, 16)), jnp.ones((3, 3, 16, 32))).as_text()
+    assert (
+        rule(
+            (4, 8, 8, 16), (3, 3, 16, 32), (1, 1), ((1, 1),) * 2, (1, 1), 1, "channels_last", (8, 8)
+        )
+        == "lax"
+    )
+    assert (
+        "stablehlo.case"
+        not in jax.jit(functools.partial(cj.conv, padding=1))
+        .lower(jnp.ones((4, 8, 8, 16)), jnp.ones((3, 3, 16, 32)))
+        .as_text()
+    )
 
 
 # --------------------------------------------------------------------------- forward mode
@@ -213,30 +262,44 @@ def test_forward_mode_ad_through_conv_depthwise_and_separable(rng):
         dn = _dn(2, "channels_last")
         pads = ((1, 1), (1, 1))
         cases = {
-            "conv": (lambda x, w: cj.conv(x, w, stride=2, padding=1),
-                     lambda x, w: lax.conv_general_dilated(x, w, (2, 2), pads,
-                                                           dimension_numbers=dn), k3),
-            "conv_1x1": (lambda x, w: cj.conv(x, w),
-                         lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "VALID",
-                                                               dimension_numbers=dn),
-                         rng.standard_normal((1, 1, 2, 3))),
-            "depthwise_conv": (lambda x, w: cj.depthwise_conv(x, w, stride=2, padding=1),
-                               lambda x, w: lax.conv_general_dilated(
-                                   x, w, (2, 2), pads, dimension_numbers=dn,
-                                   feature_group_count=2), dw),
-            "separable_conv": (lambda x, w: cj.separable_conv(x, w, pw, padding=1),
-                               lambda x, w: lax.conv_general_dilated(
-                                   lax.conv_general_dilated(x, w, (1, 1), pads,
-                                                            dimension_numbers=dn,
-                                                            feature_group_count=2),
-                                   pw, (1, 1), "VALID", dimension_numbers=dn), dw),
+            "conv": (
+                lambda x, w: cj.conv(x, w, stride=2, padding=1),
+                lambda x, w: lax.conv_general_dilated(x, w, (2, 2), pads, dimension_numbers=dn),
+                k3,
+            ),
+            "conv_1x1": (
+                lambda x, w: cj.conv(x, w),
+                lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=dn),
+                rng.standard_normal((1, 1, 2, 3)),
+            ),
+            "depthwise_conv": (
+                lambda x, w: cj.depthwise_conv(x, w, stride=2, padding=1),
+                lambda x, w: lax.conv_general_dilated(
+                    x, w, (2, 2), pads, dimension_numbers=dn, feature_group_count=2
+                ),
+                dw,
+            ),
+            "separable_conv": (
+                lambda x, w: cj.separable_conv(x, w, pw, padding=1),
+                lambda x, w: lax.conv_general_dilated(
+                    lax.conv_general_dilated(
+                        x, w, (1, 1), pads, dimension_numbers=dn, feature_group_count=2
+                    ),
+                    pw,
+                    (1, 1),
+                    "VALID",
+                    dimension_numbers=dn,
+                ),
+                dw,
+            ),
         }
         for name, (ours, raw, w) in cases.items():
             for argnum in (0, 1):
                 got = jax.jacfwd(ours, argnum)(x, w)
                 ref = jax.jacfwd(raw, argnum)(x, w)
-                np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12,
-                                           err_msg=f"{name} d/d{argnum}")
+                np.testing.assert_allclose(
+                    got, ref, rtol=1e-12, atol=1e-12, err_msg=f"{name} d/d{argnum}"
+                )
             tx, tw = rng.standard_normal(x.shape), rng.standard_normal(w.shape)
             _, tangent = jax.jvp(ours, (x, w), (tx, tw))
             eps = 1e-6
@@ -253,9 +316,13 @@ def test_vmap_of_the_depthwise_gradient(rng):
         return jnp.sum(conv(xi[None], w) ** 2)
 
     ours = functools.partial(cj.depthwise_conv, padding=1, stride=2)
-    raw = functools.partial(lax.conv_general_dilated, window_strides=(2, 2),
-                            padding=((1, 1), (1, 1)), dimension_numbers=_dn(2, "channels_last"),
-                            feature_group_count=2)
+    raw = functools.partial(
+        lax.conv_general_dilated,
+        window_strides=(2, 2),
+        padding=((1, 1), (1, 1)),
+        dimension_numbers=_dn(2, "channels_last"),
+        feature_group_count=2,
+    )
     got = jax.vmap(jax.grad(loss), (None, 0, None))(w, x, ours)
     ref = jax.vmap(jax.grad(loss), (None, 0, None))(w, x, raw)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
@@ -284,10 +351,19 @@ def _program(f, args, platform):
 
 def _raw_everywhere(monkeypatch):
     """Make every op lower as before this layer: ``convolve`` is the raw conv."""
+
     def raw(x, kernel, s, pads, d, groups, layout, precision=None, preferred_element_type=None):
-        return _lowering._raw(x, kernel, s=tuple(s), pads=tuple(pads), d=tuple(d),
-                              groups=groups, layout=layout, precision=precision,
-                              preferred_element_type=preferred_element_type)
+        return _lowering._raw(
+            x,
+            kernel,
+            s=tuple(s),
+            pads=tuple(pads),
+            d=tuple(d),
+            groups=groups,
+            layout=layout,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
 
     monkeypatch.setattr(_lowering, "convolve", raw)
     monkeypatch.setattr(conv_module, "convolve", raw)
@@ -297,15 +373,26 @@ OPS = {
     "conv_3x3_s2": (lambda x, w: cj.conv(x, w, stride=2, padding=1), (8, 8, 4), (3, 3, 4, 6)),
     "conv_1x1": (lambda x, w: cj.conv(x, w), (8, 8, 4), (1, 1, 4, 6)),
     "conv_tiny_output": (lambda x, w: cj.conv(x, w, padding=1), (2, 2, 4), (3, 3, 4, 6)),
-    "depthwise_s2_m2": (lambda x, w: cj.depthwise_conv(x, w, stride=2, padding="same"),
-                        (8, 8, 4), (3, 3, 1, 8)),
-    "depthwise_3d_dilated": (lambda x, w: cj.depthwise_conv(x, w, dilation=2, padding=2),
-                             (5, 6, 6, 3), (3, 3, 3, 1, 3)),
+    "depthwise_s2_m2": (
+        lambda x, w: cj.depthwise_conv(x, w, stride=2, padding="same"),
+        (8, 8, 4),
+        (3, 3, 1, 8),
+    ),
+    "depthwise_3d_dilated": (
+        lambda x, w: cj.depthwise_conv(x, w, dilation=2, padding=2),
+        (5, 6, 6, 3),
+        (3, 3, 3, 1, 3),
+    ),
     "depthwise_channels_first": (
         lambda x, w: cj.depthwise_conv(x, w, stride=(2, 1), padding=1, layout="channels_first"),
-        (4, 7, 7), (4, 1, 3, 3)),
-    "separable": (lambda x, w: cj.separable_conv(x, w, jnp.ones((1, 1, 8, 5)), padding=1),
-                  (8, 8, 4), (3, 3, 1, 8)),
+        (4, 7, 7),
+        (4, 1, 3, 3),
+    ),
+    "separable": (
+        lambda x, w: cj.separable_conv(x, w, jnp.ones((1, 1, 8, 5)), padding=1),
+        (8, 8, 4),
+        (3, 3, 1, 8),
+    ),
 }
 
 
@@ -350,8 +437,10 @@ def _train_step_program(build, shape, platform):
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
 def test_gpu_lowering_of_a_training_step_is_unchanged(monkeypatch, name):
     build, shape = {
-        "mobilenet_v2": (functools.partial(models.MobileNetV2, 10, width_mult=0.35),
-                         (2, 32, 32, 3)),
+        "mobilenet_v2": (
+            functools.partial(models.MobileNetV2, 10, width_mult=0.35),
+            (2, 32, 32, 3),
+        ),
         "resnet18": (functools.partial(models.ResNet18, 10, small_input=True), (2, 16, 16, 3)),
     }[name]
     ours = _train_step_program(build, shape, "cuda")

@@ -15,9 +15,24 @@ import pytest
 from flax import nnx
 
 import cnn_jax as cj
-from cnn_jax.models import (VGG, VGG11, VGG16BN, AlexNet, ConvNeXt, EfficientNet, EfficientNetB0,
-                            LeNet5, MobileNetV2, ResNet, ResNet18, ResNet34, ResNet50,
-                            ResNeXt50_32x4d, SimpleCNN, UNet)
+from cnn_jax.models import (
+    VGG,
+    VGG11,
+    VGG16BN,
+    AlexNet,
+    ConvNeXt,
+    EfficientNet,
+    EfficientNetB0,
+    LeNet5,
+    MobileNetV2,
+    ResNet,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNeXt50_32x4d,
+    SimpleCNN,
+    UNet,
+)
 from cnn_jax.nn import BasicBlock, Bottleneck, StochasticDepth
 
 
@@ -39,24 +54,27 @@ def _out(model, shape, dtype=jnp.float32):
     return nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct(shape, dtype))
 
 
-@pytest.mark.parametrize("constructor, expected", [
-    # torchvision's counts (1000 classes, 3 input channels).
-    (lambda: ResNet18(1000, rngs=nnx.Rngs(0)), 11_689_512),
-    (lambda: ResNet34(1000, rngs=nnx.Rngs(0)), 21_797_672),
-    (lambda: ResNet50(1000, rngs=nnx.Rngs(0)), 25_557_032),
-    (lambda: MobileNetV2(1000, rngs=nnx.Rngs(0)), 3_504_872),
-    # LeNet-5: 156 + 2,416 + 48,120 + 10,164 + 850.
-    (lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), 61_706),
-    ("AlexNet", 61_100_840),
-    ("VGG11", 132_863_336),
-    ("VGG11BN", 132_868_840),
-    ("VGG16", 138_357_544),
-    ("VGG16BN", 138_365_992),
-    ("EfficientNetB0", 5_288_548),
-    ("ConvNeXtTiny", 28_589_128),
-    ("ResNeXt50_32x4d", 25_028_904),
-    ("WideResNet50_2", 68_883_240),
-])
+@pytest.mark.parametrize(
+    "constructor, expected",
+    [
+        # torchvision's counts (1000 classes, 3 input channels).
+        (lambda: ResNet18(1000, rngs=nnx.Rngs(0)), 11_689_512),
+        (lambda: ResNet34(1000, rngs=nnx.Rngs(0)), 21_797_672),
+        (lambda: ResNet50(1000, rngs=nnx.Rngs(0)), 25_557_032),
+        (lambda: MobileNetV2(1000, rngs=nnx.Rngs(0)), 3_504_872),
+        # LeNet-5: 156 + 2,416 + 48,120 + 10,164 + 850.
+        (lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), 61_706),
+        ("AlexNet", 61_100_840),
+        ("VGG11", 132_863_336),
+        ("VGG11BN", 132_868_840),
+        ("VGG16", 138_357_544),
+        ("VGG16BN", 138_365_992),
+        ("EfficientNetB0", 5_288_548),
+        ("ConvNeXtTiny", 28_589_128),
+        ("ResNeXt50_32x4d", 25_028_904),
+        ("WideResNet50_2", 68_883_240),
+    ],
+)
 def test_parameter_counts(constructor, expected):
     model = _zoo(constructor) if isinstance(constructor, str) else _abstract(constructor)
     assert _num_params(model) == expected
@@ -78,30 +96,60 @@ def test_small_parameter_counts_by_hand():
     assert _num_params(model) == 62 + 232 + 34 + 116 + 6
 
 
-@pytest.mark.parametrize("constructor, shapes", [
-    (lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), {(2, 32, 32, 1): (2, 10)}),
-    (lambda: LeNet5(7, input_size=(28, 20), rngs=nnx.Rngs(0)), {(3, 28, 20, 3): (3, 7)}),
-    (lambda: SimpleCNN(10, in_channels=1, width=4, rngs=nnx.Rngs(0)),
-     {(2, 8, 8, 1): (2, 10), (1, 9, 13, 1): (1, 10), (2, 32, 32, 1): (2, 10)}),
-    (lambda: ResNet18(10, rngs=nnx.Rngs(0)), {(2, 32, 32, 3): (2, 10), (1, 65, 48, 3): (1, 10)}),
-    (lambda: ResNet18(10, small_input=True, width=16, rngs=nnx.Rngs(0)),
-     {(2, 32, 32, 3): (2, 10), (2, 8, 8, 3): (2, 10)}),
-    (lambda: ResNet50(5, in_channels=1, width=8, rngs=nnx.Rngs(0)), {(1, 64, 64, 1): (1, 5)}),
-    (lambda: MobileNetV2(10, width_mult=0.5, rngs=nnx.Rngs(0)),
-     {(2, 32, 32, 3): (2, 10), (1, 96, 80, 3): (1, 10)}),
-    (lambda: UNet(4, in_channels=1, rngs=nnx.Rngs(0)),
-     {(2, 16, 16, 1): (2, 16, 16, 4), (1, 8, 24, 1): (1, 8, 24, 4)}),
-    # The smallest inputs each new model accepts (and 32x32 where that is enough).
-    (lambda: AlexNet(10, width=8, hidden=16, rngs=nnx.Rngs(0)),
-     {(2, 63, 63, 3): (2, 10), (1, 224, 200, 3): (1, 10)}),
-    (lambda: VGG16BN(10, in_channels=1, width=8, hidden=16, rngs=nnx.Rngs(0)),
-     {(2, 32, 32, 1): (2, 10), (1, 50, 40, 1): (1, 10)}),
-    (lambda: EfficientNet(10, depth_mult=0.25, rngs=nnx.Rngs(0)),
-     {(2, 32, 32, 3): (2, 10), (1, 8, 8, 3): (1, 10)}),
-    (lambda: ConvNeXt(10, depths=(1, 1, 1, 1), rngs=nnx.Rngs(0)), {(2, 32, 32, 3): (2, 10)}),
-    (lambda: ResNet(10, block=Bottleneck, stage_sizes=(1, 1, 1, 1), groups=32, width_per_group=4,
-                    small_input=True, rngs=nnx.Rngs(0)), {(2, 32, 32, 3): (2, 10)}),
-])
+@pytest.mark.parametrize(
+    "constructor, shapes",
+    [
+        (lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)), {(2, 32, 32, 1): (2, 10)}),
+        (lambda: LeNet5(7, input_size=(28, 20), rngs=nnx.Rngs(0)), {(3, 28, 20, 3): (3, 7)}),
+        (
+            lambda: SimpleCNN(10, in_channels=1, width=4, rngs=nnx.Rngs(0)),
+            {(2, 8, 8, 1): (2, 10), (1, 9, 13, 1): (1, 10), (2, 32, 32, 1): (2, 10)},
+        ),
+        (
+            lambda: ResNet18(10, rngs=nnx.Rngs(0)),
+            {(2, 32, 32, 3): (2, 10), (1, 65, 48, 3): (1, 10)},
+        ),
+        (
+            lambda: ResNet18(10, small_input=True, width=16, rngs=nnx.Rngs(0)),
+            {(2, 32, 32, 3): (2, 10), (2, 8, 8, 3): (2, 10)},
+        ),
+        (lambda: ResNet50(5, in_channels=1, width=8, rngs=nnx.Rngs(0)), {(1, 64, 64, 1): (1, 5)}),
+        (
+            lambda: MobileNetV2(10, width_mult=0.5, rngs=nnx.Rngs(0)),
+            {(2, 32, 32, 3): (2, 10), (1, 96, 80, 3): (1, 10)},
+        ),
+        (
+            lambda: UNet(4, in_channels=1, rngs=nnx.Rngs(0)),
+            {(2, 16, 16, 1): (2, 16, 16, 4), (1, 8, 24, 1): (1, 8, 24, 4)},
+        ),
+        # The smallest inputs each new model accepts (and 32x32 where that is enough).
+        (
+            lambda: AlexNet(10, width=8, hidden=16, rngs=nnx.Rngs(0)),
+            {(2, 63, 63, 3): (2, 10), (1, 224, 200, 3): (1, 10)},
+        ),
+        (
+            lambda: VGG16BN(10, in_channels=1, width=8, hidden=16, rngs=nnx.Rngs(0)),
+            {(2, 32, 32, 1): (2, 10), (1, 50, 40, 1): (1, 10)},
+        ),
+        (
+            lambda: EfficientNet(10, depth_mult=0.25, rngs=nnx.Rngs(0)),
+            {(2, 32, 32, 3): (2, 10), (1, 8, 8, 3): (1, 10)},
+        ),
+        (lambda: ConvNeXt(10, depths=(1, 1, 1, 1), rngs=nnx.Rngs(0)), {(2, 32, 32, 3): (2, 10)}),
+        (
+            lambda: ResNet(
+                10,
+                block=Bottleneck,
+                stage_sizes=(1, 1, 1, 1),
+                groups=32,
+                width_per_group=4,
+                small_input=True,
+                rngs=nnx.Rngs(0),
+            ),
+            {(2, 32, 32, 3): (2, 10)},
+        ),
+    ],
+)
 def test_forward_shapes(constructor, shapes):
     model = _abstract(constructor)
     for shape, expected in shapes.items():
@@ -129,8 +177,24 @@ def test_mobilenet_v2_structure_follows_torchvision():
     assert model.features.layers[18].layers[0].out_features == 1280
     assert model.classifier.layers[0].rate == 0.2
     assert [blk.use_res_connect for blk in model.features.layers[1:18]] == [
-        False, False, True, False, True, True, False, True, True, True, False, True, True,
-        False, True, True, False]
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+        True,
+        True,
+        False,
+    ]
     wide = _abstract(lambda: MobileNetV2(10, width_mult=1.4, rngs=nnx.Rngs(0)))
     assert wide.last_channel == 1792  # 1280 * 1.4, divisible by 8
 
@@ -208,21 +272,32 @@ def test_stochastic_depth_drops_whole_examples_in_training_only():
     np.testing.assert_array_equal(np.asarray(StochasticDepth(0.0)(x)), np.ones(x.shape))
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: StochasticDepth(1.5), r"StochasticDepth: rate must be a number in \[0, 1\], got 1.5"),
-    (lambda: StochasticDepth(0.1, "col"),
-     r"StochasticDepth: mode must be one of \('row', 'batch'\), got 'col'"),
-    (lambda: StochasticDepth(0.1)(jnp.ones((2, 3))), r"StochasticDepth: rngs must be given"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: StochasticDepth(1.5),
+            r"StochasticDepth: rate must be a number in \[0, 1\], got 1.5",
+        ),
+        (
+            lambda: StochasticDepth(0.1, "col"),
+            r"StochasticDepth: mode must be one of \('row', 'batch'\), got 'col'",
+        ),
+        (lambda: StochasticDepth(0.1)(jnp.ones((2, 3))), r"StochasticDepth: rngs must be given"),
+    ],
+)
 def test_stochastic_depth_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
 
 
-@pytest.mark.parametrize("name, count", [
-    ("EfficientNetB0", 16 - 7),  # blocks with a skip: all but each stage's first
-    ("ConvNeXtTiny", 18),
-])
+@pytest.mark.parametrize(
+    "name, count",
+    [
+        ("EfficientNetB0", 16 - 7),  # blocks with a skip: all but each stage's first
+        ("ConvNeXtTiny", 18),
+    ],
+)
 def test_stochastic_depth_rates_and_modes(name, count):
     model = _zoo(name)
     layers = [n for _, n in nnx.iter_graph(model) if isinstance(n, StochasticDepth)]
@@ -235,16 +310,22 @@ def test_stochastic_depth_rates_and_modes(name, count):
     model.train()
     assert not any(n.deterministic for n in layers)
     if isinstance(model, EfficientNet):
-        skips = [b for _, b in nnx.iter_graph(model)
-                 if isinstance(b, cj.models._efficientnet.MBConv) and b.use_res_connect]
+        skips = [
+            b
+            for _, b in nnx.iter_graph(model)
+            if isinstance(b, cj.models._efficientnet.MBConv) and b.use_res_connect
+        ]
         assert len(skips) == count
 
 
 def _model_constructors():
     import cnn_jax.models as models
 
-    return [name for name in models.__all__
-            if name[0].isupper() and name not in ("Summary", "SummaryRow")]
+    return [
+        name
+        for name in models.__all__
+        if name[0].isupper() and name not in ("Summary", "SummaryRow")
+    ]
 
 
 @pytest.mark.parametrize("name", _model_constructors())
@@ -252,8 +333,10 @@ def test_constructors_have_real_signatures(name):
     constructor = getattr(cj.models, name)
     params = inspect.signature(constructor).parameters
     assert list(params)[0] == "num_classes", name
-    assert params["in_channels"].default == 3 and params["in_channels"].kind is \
-        inspect.Parameter.KEYWORD_ONLY
+    assert (
+        params["in_channels"].default == 3
+        and params["in_channels"].kind is inspect.Parameter.KEYWORD_ONLY
+    )
     assert params["rngs"].kind is inspect.Parameter.KEYWORD_ONLY
     assert "args" not in params and "kwargs" not in params
     assert "num_classes" in inspect.getdoc(constructor) or constructor.__doc__
@@ -270,10 +353,12 @@ def test_variants_hide_their_fixed_arguments():
 
 
 def test_mixed_precision_bf16_compute_f32_params():
-    model = _abstract(lambda: ResNet18(10, small_input=True, width=8, dtype=jnp.bfloat16,
-                                       rngs=nnx.Rngs(0)))
+    model = _abstract(
+        lambda: ResNet18(10, small_input=True, width=8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    )
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {
-        jnp.dtype(jnp.float32)}
+        jnp.dtype(jnp.float32)
+    }
     assert _out(model, (2, 16, 16, 3)).dtype == jnp.bfloat16
 
 
@@ -282,11 +367,13 @@ def test_train_and_eval_switch_every_batchnorm_and_dropout():
     nodes = [n for _, n in nnx.iter_graph(model) if isinstance(n, (nnx.BatchNorm, nnx.Dropout))]
     assert sum(isinstance(n, nnx.Dropout) for n in nodes) == 1 and len(nodes) > 40
     model.eval()
-    assert all(n.use_running_average if isinstance(n, nnx.BatchNorm) else n.deterministic
-               for n in nodes)
+    assert all(
+        n.use_running_average if isinstance(n, nnx.BatchNorm) else n.deterministic for n in nodes
+    )
     model.train()
-    assert not any(n.use_running_average if isinstance(n, nnx.BatchNorm) else n.deterministic
-                   for n in nodes)
+    assert not any(
+        n.use_running_average if isinstance(n, nnx.BatchNorm) else n.deterministic for n in nodes
+    )
 
 
 @pytest.fixture(scope="module")
@@ -318,8 +405,7 @@ def test_train_step_lowers_the_loss(tiny_cnn):
     assert losses[-1] < 0.5 * losses[0], losses
     # Training moved the parameters and the BatchNorm statistics of the clone only.
     assert not np.allclose(np.asarray(model.fc.kernel[...]), np.asarray(tiny_cnn.fc.kernel[...]))
-    np.testing.assert_array_equal(np.asarray(tiny_cnn.layers[0].layers[1].mean[...]),
-                                  np.zeros(2))
+    np.testing.assert_array_equal(np.asarray(tiny_cnn.layers[0].layers[1].mean[...]), np.zeros(2))
 
 
 def test_eval_mode_is_deterministic_and_per_example(tiny_cnn):
@@ -334,53 +420,114 @@ def test_eval_mode_is_deterministic_and_per_example(tiny_cnn):
     model.eval()
     a = fwd(model, x)
     b = fwd(model, jnp.concatenate([x[2:], x[:2]]))
-    np.testing.assert_allclose(np.asarray(a), np.asarray(jnp.concatenate([b[2:], b[:2]])),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(model.layers[0].layers[1].mean[...]),
-                                  mean_after_train)
+    np.testing.assert_allclose(
+        np.asarray(a), np.asarray(jnp.concatenate([b[2:], b[:2]])), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(np.asarray(model.layers[0].layers[1].mean[...]), mean_after_train)
     assert not np.allclose(np.asarray(train_out), np.asarray(a), atol=1e-3)
 
 
 # Each row: a model, its constructor arguments (num_classes=10 unless given), the error.
-@pytest.mark.parametrize("model, kwargs, exc, match", [
-    (LeNet5, dict(num_classes=0), ValueError, r"LeNet5: num_classes must be >= 1, got 0"),
-    (LeNet5, dict(input_size=15), ValueError, r"LeNet5: input_size must be at least 16x16"),
-    (LeNet5, dict(activation="gelu"), ValueError,
-     r"LeNet5: activation must be one of \('relu', 'tanh'\), got 'gelu'"),
-    (LeNet5, dict(pooling="min"), ValueError,
-     r"LeNet5: pooling must be one of \('max', 'avg'\), got 'min'"),
-    (SimpleCNN, dict(num_classes=10.0), TypeError, r"SimpleCNN: num_classes must be an int"),
-    (SimpleCNN, dict(width=0), ValueError, r"SimpleCNN: width must be >= 1"),
-    (ResNet, dict(block=nnx.Linear), ValueError, r"ResNet: block must be BasicBlock or Bottleneck"),
-    (ResNet, dict(stage_sizes=(2, 2, 2)), ValueError,
-     r"ResNet: stage_sizes must be 4 ints, got \(2, 2, 2\)"),
-    (ResNet, dict(stage_sizes=(2, 0, 2, 2)), ValueError,
-     r"ResNet: stage_sizes must be >= 1, got 0"),
-    (ResNet18, dict(small_input=1), TypeError, r"ResNet: small_input must be a bool, got 1"),
-    (ResNet50, dict(in_channels=0), ValueError, r"ResNet: in_channels must be >= 1, got 0"),
-    (MobileNetV2, dict(width_mult=0), ValueError,
-     r"MobileNetV2: width_mult must be a positive number, got 0"),
-    (MobileNetV2, dict(dropout=1.0), ValueError,
-     r"MobileNetV2: dropout must be in \[0, 1\), got 1.0"),
-    (UNet, dict(num_classes=2, depth=0), ValueError, r"UNet: depth must be >= 1, got 0"),
-    (UNet, dict(num_classes=2, base_width="8"), TypeError, r"UNet: base_width must be an int"),
-    (ResNet, dict(groups=32), ValueError,
-     r"ResNet: groups and width_per_group must be 1 and 64 with BasicBlock, got 32 and 64"),
-    (ResNet50, dict(width_per_group=0), ValueError, r"ResNet: width_per_group must be >= 1, got 0"),
-    (AlexNet, dict(dropout=1), ValueError, r"AlexNet: dropout must be in \[0, 1\), got 1"),
-    (AlexNet, dict(hidden=0), ValueError, r"AlexNet: hidden must be >= 1, got 0"),
-    (VGG, dict(config=(64, "X")), ValueError,
-     r"VGG: config must be a sequence of positive ints and 'M', got \(64, 'X'\)"),
-    (VGG, dict(batch_norm=1), TypeError, r"VGG: batch_norm must be a bool, got 1"),
-    (EfficientNet, dict(width_mult=0), ValueError,
-     r"EfficientNet: width_mult must be a positive number, got 0"),
-    (EfficientNetB0, dict(stochastic_depth_prob=1.0), ValueError,
-     r"EfficientNet: stochastic_depth_prob must be in \[0, 1\), got 1.0"),
-    (ConvNeXt, dict(depths=(1, 1), dims=(8,)), ValueError,
-     r"ConvNeXt: depths and dims must have the same length, got \(1, 1\) and \(8,\)"),
-    (ConvNeXt, dict(dims=()), ValueError,
-     r"ConvNeXt: dims must be a non-empty sequence of ints, got \(\)"),
-])
+@pytest.mark.parametrize(
+    "model, kwargs, exc, match",
+    [
+        (LeNet5, dict(num_classes=0), ValueError, r"LeNet5: num_classes must be >= 1, got 0"),
+        (LeNet5, dict(input_size=15), ValueError, r"LeNet5: input_size must be at least 16x16"),
+        (
+            LeNet5,
+            dict(activation="gelu"),
+            ValueError,
+            r"LeNet5: activation must be one of \('relu', 'tanh'\), got 'gelu'",
+        ),
+        (
+            LeNet5,
+            dict(pooling="min"),
+            ValueError,
+            r"LeNet5: pooling must be one of \('max', 'avg'\), got 'min'",
+        ),
+        (SimpleCNN, dict(num_classes=10.0), TypeError, r"SimpleCNN: num_classes must be an int"),
+        (SimpleCNN, dict(width=0), ValueError, r"SimpleCNN: width must be >= 1"),
+        (
+            ResNet,
+            dict(block=nnx.Linear),
+            ValueError,
+            r"ResNet: block must be BasicBlock or Bottleneck",
+        ),
+        (
+            ResNet,
+            dict(stage_sizes=(2, 2, 2)),
+            ValueError,
+            r"ResNet: stage_sizes must be 4 ints, got \(2, 2, 2\)",
+        ),
+        (
+            ResNet,
+            dict(stage_sizes=(2, 0, 2, 2)),
+            ValueError,
+            r"ResNet: stage_sizes must be >= 1, got 0",
+        ),
+        (ResNet18, dict(small_input=1), TypeError, r"ResNet: small_input must be a bool, got 1"),
+        (ResNet50, dict(in_channels=0), ValueError, r"ResNet: in_channels must be >= 1, got 0"),
+        (
+            MobileNetV2,
+            dict(width_mult=0),
+            ValueError,
+            r"MobileNetV2: width_mult must be a positive number, got 0",
+        ),
+        (
+            MobileNetV2,
+            dict(dropout=1.0),
+            ValueError,
+            r"MobileNetV2: dropout must be in \[0, 1\), got 1.0",
+        ),
+        (UNet, dict(num_classes=2, depth=0), ValueError, r"UNet: depth must be >= 1, got 0"),
+        (UNet, dict(num_classes=2, base_width="8"), TypeError, r"UNet: base_width must be an int"),
+        (
+            ResNet,
+            dict(groups=32),
+            ValueError,
+            r"ResNet: groups and width_per_group must be 1 and 64 with BasicBlock, got 32 and 64",
+        ),
+        (
+            ResNet50,
+            dict(width_per_group=0),
+            ValueError,
+            r"ResNet: width_per_group must be >= 1, got 0",
+        ),
+        (AlexNet, dict(dropout=1), ValueError, r"AlexNet: dropout must be in \[0, 1\), got 1"),
+        (AlexNet, dict(hidden=0), ValueError, r"AlexNet: hidden must be >= 1, got 0"),
+        (
+            VGG,
+            dict(config=(64, "X")),
+            ValueError,
+            r"VGG: config must be a sequence of positive ints and 'M', got \(64, 'X'\)",
+        ),
+        (VGG, dict(batch_norm=1), TypeError, r"VGG: batch_norm must be a bool, got 1"),
+        (
+            EfficientNet,
+            dict(width_mult=0),
+            ValueError,
+            r"EfficientNet: width_mult must be a positive number, got 0",
+        ),
+        (
+            EfficientNetB0,
+            dict(stochastic_depth_prob=1.0),
+            ValueError,
+            r"EfficientNet: stochastic_depth_prob must be in \[0, 1\), got 1.0",
+        ),
+        (
+            ConvNeXt,
+            dict(depths=(1, 1), dims=(8,)),
+            ValueError,
+            r"ConvNeXt: depths and dims must have the same length, got \(1, 1\) and \(8,\)",
+        ),
+        (
+            ConvNeXt,
+            dict(dims=()),
+            ValueError,
+            r"ConvNeXt: dims must be a non-empty sequence of ints, got \(\)",
+        ),
+    ],
+)
 def test_constructor_errors(model, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         model(**{"num_classes": 10, **kwargs}, rngs=nnx.Rngs(0))
@@ -388,27 +535,48 @@ def test_constructor_errors(model, kwargs, exc, match):
 
 def test_input_errors():
     unet = _abstract(lambda: UNet(2, in_channels=1, depth=2, base_width=2, rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match=r"UNet: x must be \(N, H, W, C\) with H and W divisible "
-                                         r"by 2\*\*depth=4, got x.shape=\(1, 10, 8, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"UNet: x must be \(N, H, W, C\) with H and W divisible "
+        r"by 2\*\*depth=4, got x.shape=\(1, 10, 8, 1\)",
+    ):
         _out(unet, (1, 10, 8, 1))
     lenet = _abstract(lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match=r"LeNet5: x must be \(N, H, W, C\) with \(H, W\) = "
-                                         r"input_size=\(32, 32\), got x.shape=\(1, 28, 28, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"LeNet5: x must be \(N, H, W, C\) with \(H, W\) = "
+        r"input_size=\(32, 32\), got x.shape=\(1, 28, 28, 1\)",
+    ):
         _out(lenet, (1, 28, 28, 1))
     cnn = _abstract(lambda: SimpleCNN(10, in_channels=1, width=2, rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match=r"SimpleCNN: x must be \(N, H, W, C\) with H, W >= 8 "
-                                         r"\(three 2x2 pools\), got x.shape=\(1, 4, 8, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"SimpleCNN: x must be \(N, H, W, C\) with H, W >= 8 "
+        r"\(three 2x2 pools\), got x.shape=\(1, 4, 8, 1\)",
+    ):
         _out(cnn, (1, 4, 8, 1))
 
 
-@pytest.mark.parametrize("constructor, shape, match", [
-    (lambda: AlexNet(10, width=8, hidden=8, rngs=nnx.Rngs(0)), (1, 62, 64, 3),
-     r"AlexNet: x must be \(N, H, W, C\) with H, W >= 63, got x.shape=\(1, 62, 64, 3\)"),
-    (lambda: VGG11(10, width=8, hidden=8, rngs=nnx.Rngs(0)), (1, 16, 32, 3),
-     r"VGG: x must be \(N, H, W, C\) with H, W >= 32, got x.shape=\(1, 16, 32, 3\)"),
-    (lambda: ConvNeXt(10, depths=(1, 1), dims=(8, 16), rngs=nnx.Rngs(0)), (1, 4, 8, 3),
-     r"ConvNeXt: x must be \(N, H, W, C\) with H, W >= 8, got x.shape=\(1, 4, 8, 3\)"),
-])
+@pytest.mark.parametrize(
+    "constructor, shape, match",
+    [
+        (
+            lambda: AlexNet(10, width=8, hidden=8, rngs=nnx.Rngs(0)),
+            (1, 62, 64, 3),
+            r"AlexNet: x must be \(N, H, W, C\) with H, W >= 63, got x.shape=\(1, 62, 64, 3\)",
+        ),
+        (
+            lambda: VGG11(10, width=8, hidden=8, rngs=nnx.Rngs(0)),
+            (1, 16, 32, 3),
+            r"VGG: x must be \(N, H, W, C\) with H, W >= 32, got x.shape=\(1, 16, 32, 3\)",
+        ),
+        (
+            lambda: ConvNeXt(10, depths=(1, 1), dims=(8, 16), rngs=nnx.Rngs(0)),
+            (1, 4, 8, 3),
+            r"ConvNeXt: x must be \(N, H, W, C\) with H, W >= 8, got x.shape=\(1, 4, 8, 3\)",
+        ),
+    ],
+)
 def test_new_model_input_errors(constructor, shape, match):
     with pytest.raises(ValueError, match=match):
         _out(_abstract(constructor), shape)
@@ -417,10 +585,25 @@ def test_new_model_input_errors(constructor, shape, match):
 def test_public_names():
     import cnn_jax.models as models
 
-    assert set(models.__all__) >= {"LeNet5", "SimpleCNN", "ResNet18", "ResNet34", "ResNet50",
-                                   "MobileNetV2", "UNet", "load_torch_state_dict", "summary",
-                                   "AlexNet", "VGG11", "VGG11BN", "VGG16", "VGG16BN",
-                                   "EfficientNetB0", "ConvNeXtTiny", "ResNeXt50_32x4d",
-                                   "WideResNet50_2"}
+    assert set(models.__all__) >= {
+        "LeNet5",
+        "SimpleCNN",
+        "ResNet18",
+        "ResNet34",
+        "ResNet50",
+        "MobileNetV2",
+        "UNet",
+        "load_torch_state_dict",
+        "summary",
+        "AlexNet",
+        "VGG11",
+        "VGG11BN",
+        "VGG16",
+        "VGG16BN",
+        "EfficientNetB0",
+        "ConvNeXtTiny",
+        "ResNeXt50_32x4d",
+        "WideResNet50_2",
+    }
     assert all(hasattr(models, name) for name in models.__all__)
     assert BasicBlock.expansion == 1

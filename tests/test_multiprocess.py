@@ -11,9 +11,8 @@ process reading only its rows of every batch) gives the same run as well.
 
 import os
 
-import pytest
-
 import _run_helpers as h
+import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -55,16 +54,21 @@ def assert_no_overlap(procs):
     step's all-reduce in a different order on each device or process: a deadlock."""
     for i, p in enumerate(procs):
         overlaps = [line for line in p.stderr.splitlines() if line.startswith("@@ overlap")]
-        assert not overlaps, (f"process {i}: a train step ran during a collective "
-                              f"checkpoint write: {overlaps}")
+        assert not overlaps, (
+            f"process {i}: a train step ran during a collective checkpoint write: {overlaps}"
+        )
 
 
 def check_job(procs):
     """Every process exited 0 without a traceback (else show them all)."""
     if any(p.p.returncode != 0 or "Traceback" in p.stderr for p in procs):
-        raise AssertionError("\n".join(
-            f"=== process {i}: exit {p.p.returncode}: {' '.join(p.args)}\n--- stdout\n"
-            f"{p.stdout}--- stderr\n{p.stderr}" for i, p in enumerate(procs)))
+        raise AssertionError(
+            "\n".join(
+                f"=== process {i}: exit {p.p.returncode}: {' '.join(p.args)}\n--- stdout\n"
+                f"{p.stdout}--- stderr\n{p.stderr}"
+                for i, p in enumerate(procs)
+            )
+        )
     return procs
 
 
@@ -72,12 +76,17 @@ def check_job(procs):
 def test_two_processes_match_one(tmp_path, tmp_path_factory, cache, devices):
     """2 processes x 1 device without augmentation; 2 x 2 with it (the default)."""
     extra = NO_AUGMENT if devices == 1 else ()
-    ref = h.reference(tmp_path_factory, "reference-no-augment" if extra else "reference",
-                      extra)
+    ref = h.reference(tmp_path_factory, "reference-no-augment" if extra else "reference", extra)
     out = str(tmp_path / "run")
-    procs = check_job(h.run_processes(2, ["train", *h.TINY, *extra, "--out", out],
-                                      h.base_env(cache, devices, hooks="overlap"),
-                                      timeout=TIMEOUT, hooks=True))
+    procs = check_job(
+        h.run_processes(
+            2,
+            ["train", *h.TINY, *extra, "--out", out],
+            h.base_env(cache, devices, hooks="overlap"),
+            timeout=TIMEOUT,
+            hooks=True,
+        )
+    )
     assert_same_run(out, ref, processes=2, devices=2 * devices)
     assert h.checkpoint_steps(out) == ["4", "8"]  # written once, collectively
     with open(os.path.join(out, "metrics.jsonl")) as f:
@@ -86,18 +95,28 @@ def test_two_processes_match_one(tmp_path, tmp_path_factory, cache, devices):
     assert_no_overlap(procs)
 
 
-def test_resume_in_one_process_from_a_two_process_checkpoint(tmp_path, tmp_path_factory,
-                                                             cache):
+def test_resume_in_one_process_from_a_two_process_checkpoint(tmp_path, tmp_path_factory, cache):
     flags = (*NO_AUGMENT, *CONSTANT_LR)
     ref = h.reference(tmp_path_factory, "reference-constant-lr", flags)
     out = str(tmp_path / "run")
-    check_job(h.run_processes(2, ["train", *h.TINY, *flags, "--epochs", "1", "--out", out],
-                              h.base_env(cache, 1), timeout=TIMEOUT))
+    check_job(
+        h.run_processes(
+            2,
+            ["train", *h.TINY, *flags, "--epochs", "1", "--out", out],
+            h.base_env(cache, 1),
+            timeout=TIMEOUT,
+        )
+    )
     assert h.checkpoint_steps(out) == ["4"]
     assert h.summary(out)["processes"] == 2
 
-    proc = h.check(h.run(h.command("train", "--out", out, "--resume", "--epochs", "2",
-                                   "--quiet"), h.base_env(cache, 1), timeout=150))
+    proc = h.check(
+        h.run(
+            h.command("train", "--out", out, "--resume", "--epochs", "2", "--quiet"),
+            h.base_env(cache, 1),
+            timeout=150,
+        )
+    )
     assert "Traceback" not in proc.stderr
     assert h.checkpoint_steps(out) == ["4", "8"]
     assert_same_run(out, ref, processes=1, devices=1)
@@ -113,12 +132,28 @@ def _image_folder(root):
         os.makedirs(os.path.join(root, c), exist_ok=True)
         for i in range(12):
             Image.fromarray(rng.integers(0, 256, (12, 10, 3)).astype(np.uint8)).save(
-                os.path.join(root, c, f"{i}.png"))
+                os.path.join(root, c, f"{i}.png")
+            )
     return root
 
 
-STREAM = ("--dataset", "folder", "--model", "digits_cnn", "--width", "4", "--batch-size", "8",
-          "--eval-batch-size", "8", "--epochs", "2", "--quiet", "--checkpoint-every", "0")
+STREAM = (
+    "--dataset",
+    "folder",
+    "--model",
+    "digits_cnn",
+    "--width",
+    "4",
+    "--batch-size",
+    "8",
+    "--eval-batch-size",
+    "8",
+    "--epochs",
+    "2",
+    "--quiet",
+    "--checkpoint-every",
+    "0",
+)
 
 
 def test_two_processes_stream_an_image_folder_like_one(tmp_path, tmp_path_factory, cache):
@@ -127,14 +162,24 @@ def test_two_processes_stream_an_image_folder_like_one(tmp_path, tmp_path_factor
     folder = _image_folder(str(tmp_path / "images"))
 
     def make(out):
-        h.check(h.run(h.command("train", *STREAM, "--data-dir", folder, "--workers", "0",
-                                "--out", out), h.base_env(cache), timeout=240))
+        h.check(
+            h.run(
+                h.command("train", *STREAM, "--data-dir", folder, "--workers", "0", "--out", out),
+                h.base_env(cache),
+                timeout=240,
+            )
+        )
 
     ref = h.shared_run(tmp_path_factory, "reference-stream", make)
     out = str(tmp_path / "run")
-    procs = check_job(h.run_processes(2, ["train", *STREAM, "--data-dir", folder,
-                                          "--workers", "1", "--out", out],
-                                      h.base_env(cache, 1), timeout=TIMEOUT + 60))
+    procs = check_job(
+        h.run_processes(
+            2,
+            ["train", *STREAM, "--data-dir", folder, "--workers", "1", "--out", out],
+            h.base_env(cache, 1),
+            timeout=TIMEOUT + 60,
+        )
+    )
     # (+60 s: each process first starts a worker, which imports Grain and jax)
     assert_same_run(out, ref, processes=2, devices=2)
     assert h.checkpoint_steps(out) == ["3", "6"]

@@ -12,21 +12,27 @@ import shutil
 import signal
 import time
 
-import pytest
-
 import _run_helpers as h
+import pytest
 from test_multiprocess import _image_folder
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
 
 NO_AUGMENT = ("--no-augment",)
 TIMEOUT = 150
 HEARTBEAT = 5  # --heartbeat-timeout of the killed-peer runs (the default is 10)
 # The runtime's own noise that must never reach a user: a traceback, an absl fatal
 # log and its stack, faulthandler's report of an abort.
-NOISE = ("Traceback", "Check failure", "Fatal Python error", "terminate called",
-         "coordination_service")
+NOISE = (
+    "Traceback",
+    "Check failure",
+    "Fatal Python error",
+    "terminate called",
+    "coordination_service",
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +44,39 @@ def launch_job(args, per_process, cache, hooks=None):
     """Process i runs ``args + per_process[i]``; ``hooks[i]`` its hook spec."""
     port = h.free_port()
     hooks = hooks or [None] * len(per_process)
-    return [h.launch(h.command(*args, *extra, "--coordinator", f"localhost:{port}",
-                               "--num-processes", str(len(per_process)), "--process-id",
-                               str(i), hooks=True), h.base_env(cache, 1, hooks=hooks[i]),
-                     TIMEOUT)
-            for i, extra in enumerate(per_process)]
+    return [
+        h.launch(
+            h.command(
+                *args,
+                *extra,
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                str(len(per_process)),
+                "--process-id",
+                str(i),
+                hooks=True,
+            ),
+            h.base_env(cache, 1, hooks=hooks[i]),
+            TIMEOUT,
+        )
+        for i, extra in enumerate(per_process)
+    ]
 
 
 def message_lines(proc) -> list[str]:
     """stderr without the test markers and Gloo's connection notes."""
-    return [line.rstrip("\n") for line in proc.stderr.splitlines(True)
-            if line.strip() and not line.startswith(("@@ ", "[Gloo]"))]
+    return [
+        line.rstrip("\n")
+        for line in proc.stderr.splitlines(True)
+        if line.strip() and not line.startswith(("@@ ", "[Gloo]"))
+    ]
 
 
 def report(procs, codes) -> str:
-    return "\n".join(f"=== process {i}: exit {c}\n{p.stderr}"
-                     for i, (p, c) in enumerate(zip(procs, codes)))
+    return "\n".join(
+        f"=== process {i}: exit {c}\n{p.stderr}" for i, (p, c) in enumerate(zip(procs, codes))
+    )
 
 
 def finish(procs) -> list[int]:
@@ -66,13 +89,17 @@ def finish(procs) -> list[int]:
 
 # ------------------------------------------------------------------ agree or refuse
 
+
 def test_processes_started_with_different_flags_all_refuse(tmp_path, cache):
     out = str(tmp_path / "run")
-    procs = launch_job(["train", *h.TINY, "--out", out], [(), ("--lr", "0.5", "--seed", "3")],
-                       cache)
+    procs = launch_job(
+        ["train", *h.TINY, "--out", out], [(), ("--lr", "0.5", "--seed", "3")], cache
+    )
     codes = finish(procs)
-    want = ("cnn-jax train: error: process 1 was started with lr=0.5, process 0 with "
-            "lr=0.003: every process of a job must be started with the same flags")
+    want = (
+        "cnn-jax train: error: process 1 was started with lr=0.5, process 0 with "
+        "lr=0.003: every process of a job must be started with the same flags"
+    )
     assert codes == [1, 1], report(procs, codes)
     for p in procs:
         assert message_lines(p) == [want], report(procs, codes)
@@ -86,8 +113,24 @@ def test_processes_reading_different_data_all_refuse(tmp_path, cache):
     shutil.copytree(a, b)
     os.remove(os.path.join(b, "c", "11.png"))
     out = str(tmp_path / "run")
-    args = ["train", "--dataset", "folder", "--model", "digits_cnn", "--width", "4",
-            "--batch-size", "8", "--epochs", "1", "--workers", "0", "--quiet", "--out", out]
+    args = [
+        "train",
+        "--dataset",
+        "folder",
+        "--model",
+        "digits_cnn",
+        "--width",
+        "4",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--quiet",
+        "--out",
+        out,
+    ]
     procs = launch_job(args, [("--data-dir", a), ("--data-dir", b)], cache)
     codes = finish(procs)
     assert codes == [1, 1], report(procs, codes)
@@ -96,17 +139,20 @@ def test_processes_reading_different_data_all_refuse(tmp_path, cache):
         assert len(lines) == 1, report(procs, codes)
         # the folder splits 35 and 36 files into train and test examples alike; the
         # counts or the SHA-1s of the file lists differ
-        assert lines[0].startswith("cnn-jax train: error: process 1 read a different data "
-                                   "set from process 0's ("), lines
+        assert lines[0].startswith(
+            "cnn-jax train: error: process 1 read a different data set from process 0's ("
+        ), lines
         assert lines[0].endswith("every process of a job must read the same data"), lines
     assert not os.path.exists(out)
 
 
 # ------------------------------------------------------------------ a dead peer
 
+
 @pytest.mark.parametrize("victim", [0, 1], ids=["coordinator-killed", "worker-killed"])
 def test_killed_peer_ends_the_job_in_one_line_and_the_checkpoint_resumes(
-        tmp_path, tmp_path_factory, cache, victim):
+    tmp_path, tmp_path_factory, cache, victim
+):
     """One process is killed (SIGKILL) while the other waits before step 6 (epoch 2's
     2nd batch); the survivor's next collective fails. It must exit 1 within the
     heartbeat timeout (plus this loaded machine's slack) with one line naming the
@@ -117,8 +163,12 @@ def test_killed_peer_ends_the_job_in_one_line_and_the_checkpoint_resumes(
     survivor = 1 - victim
     hooks = [None, None]
     hooks[survivor] = "step=6:2s"
-    procs = launch_job(["train", *h.TINY, *NO_AUGMENT, "--out", out, "--heartbeat-timeout",
-                        str(HEARTBEAT)], [(), ()], cache, hooks)
+    procs = launch_job(
+        ["train", *h.TINY, *NO_AUGMENT, "--out", out, "--heartbeat-timeout", str(HEARTBEAT)],
+        [(), ()],
+        cache,
+        hooks,
+    )
     procs[survivor].wait_for("@@ step 6")
     procs[victim].p.kill()
     killed = time.monotonic()
@@ -127,9 +177,11 @@ def test_killed_peer_ends_the_job_in_one_line_and_the_checkpoint_resumes(
     assert codes[victim] == -signal.SIGKILL
     assert codes[survivor] == 1, report(procs, codes)
     ckpt = os.path.join(out, "checkpoints", str(h.STEPS_PER_EPOCH))
-    want = (f"cnn-jax train: error: process {victim} stopped responding (nothing heard from "
-            f"it for {HEARTBEAT} s, --heartbeat-timeout); the last complete checkpoint is "
-            f"{ckpt}: start every process again with --resume to continue from it")
+    want = (
+        f"cnn-jax train: error: process {victim} stopped responding (nothing heard from "
+        f"it for {HEARTBEAT} s, --heartbeat-timeout); the last complete checkpoint is "
+        f"{ckpt}: start every process again with --resume to continue from it"
+    )
     assert message_lines(procs[survivor]) == [want], report(procs, codes)
     for word in NOISE:
         assert word not in procs[survivor].stderr, report(procs, codes)
@@ -139,13 +191,15 @@ def test_killed_peer_ends_the_job_in_one_line_and_the_checkpoint_resumes(
     assert h.checkpoint_steps(out)[0] == str(h.STEPS_PER_EPOCH)
     # (its arrays' SHA-1s are checked by the resume's restore)
 
-    procs = h.run_processes(2, ["train", "--out", out, "--resume", "--quiet"],
-                            h.base_env(cache, 1), timeout=TIMEOUT)
+    procs = h.run_processes(
+        2, ["train", "--out", out, "--resume", "--quiet"], h.base_env(cache, 1), timeout=TIMEOUT
+    )
     codes = [p.p.returncode for p in procs]
     assert codes == [0, 0], report(procs, codes)
     got, want_rows = h.metrics(out), h.metrics(reference)
-    assert [(r["epoch"], r["step"], r["test_accuracy"]) for r in got] == \
-           [(r["epoch"], r["step"], r["test_accuracy"]) for r in want_rows]
+    assert [(r["epoch"], r["step"], r["test_accuracy"]) for r in got] == [
+        (r["epoch"], r["step"], r["test_accuracy"]) for r in want_rows
+    ]
     for g, w in zip(got, want_rows):
         assert g["train_loss"] == pytest.approx(w["train_loss"], abs=1e-4)
         assert g["test_loss"] == pytest.approx(w["test_loss"], abs=1e-4)
@@ -154,14 +208,29 @@ def test_killed_peer_ends_the_job_in_one_line_and_the_checkpoint_resumes(
 
 # ------------------------------------------------------------------ connecting
 
+
 @pytest.mark.parametrize("process_id", [0, 1], ids=["no-peer", "no-coordinator"])
 def test_a_job_that_never_assembles_times_out(tmp_path, cache, process_id):
     """Alone: process 1 finds no coordinator, process 0 (the coordinator) no peer."""
     port = h.free_port()
-    proc = h.run(h.command("train", *h.TINY, "--out", str(tmp_path / "run"), "--coordinator",
-                           f"localhost:{port}", "--num-processes", "2", "--process-id",
-                           str(process_id), "--connect-timeout", "3"),
-                 h.base_env(cache), timeout=60)  # far below the runtime's 300 s
+    proc = h.run(
+        h.command(
+            "train",
+            *h.TINY,
+            "--out",
+            str(tmp_path / "run"),
+            "--coordinator",
+            f"localhost:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            str(process_id),
+            "--connect-timeout",
+            "3",
+        ),
+        h.base_env(cache),
+        timeout=60,
+    )  # far below the runtime's 300 s
     assert proc.p.returncode == 1, proc.stderr
     lines = message_lines(proc)
     assert len(lines) == 1, proc.stderr
@@ -171,13 +240,25 @@ def test_a_job_that_never_assembles_times_out(tmp_path, cache, process_id):
 
 
 @pytest.mark.parametrize("process_id", [0, 1], ids=["coordinator", "worker"])
-def test_sigterm_while_waiting_for_the_job_ends_the_process_at_once(tmp_path, cache,
-                                                                     process_id):
+def test_sigterm_while_waiting_for_the_job_ends_the_process_at_once(tmp_path, cache, process_id):
     port = h.free_port()
-    proc = h.launch(h.command("train", *h.TINY, "--out", str(tmp_path / "run"),
-                              "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                              "--process-id", str(process_id), hooks=True),
-                    h.base_env(cache, hooks="connect"), timeout=60)
+    proc = h.launch(
+        h.command(
+            "train",
+            *h.TINY,
+            "--out",
+            str(tmp_path / "run"),
+            "--coordinator",
+            f"localhost:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            str(process_id),
+            hooks=True,
+        ),
+        h.base_env(cache, hooks="connect"),
+        timeout=60,
+    )
     try:
         proc.wait_for("@@ connect")
         time.sleep(1)  # inside the wait (the default --connect-timeout is 120 s)

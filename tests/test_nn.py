@@ -10,14 +10,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _layout import to_cf, to_cl
 from flax import nnx
 
 import cnn_jax as cj
-from _layout import to_cf, to_cl
 from cnn_jax import nn as cnn
 
 TORCH_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
-TORCH_CONVT = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}
+TORCH_CONVT = {
+    1: torch.nn.ConvTranspose1d,
+    2: torch.nn.ConvTranspose2d,
+    3: torch.nn.ConvTranspose3d,
+}
 
 
 # --- layout helpers (the oracle side is always PyTorch's NC* / OI* layout) ---------
@@ -72,12 +76,29 @@ def call_op(fn, *arrays, **static):
     """The functional op, jitted the same way, with its static arguments bound."""
     return jax.jit(functools.partial(fn, **static))(*arrays)
 
+
 # (n, x shape (N, C, *sp), C_out, kwargs accepted by both the layer and torch.nn.Conv*d)
 CONV_CONFIGS = [
-    (1, (2, 4, 9), 6, dict(kernel_size=(3,), stride=2, padding=1, groups=2, padding_mode="reflect")),
+    (
+        1,
+        (2, 4, 9),
+        6,
+        dict(kernel_size=(3,), stride=2, padding=1, groups=2, padding_mode="reflect"),
+    ),
     (1, (2, 3, 8), 2, dict(kernel_size=(2,), dilation=2, padding="same")),
-    (2, (2, 4, 7, 6), 6, dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2),
-                              groups=2, padding_mode="circular")),
+    (
+        2,
+        (2, 4, 7, 6),
+        6,
+        dict(
+            kernel_size=(3, 2),
+            stride=(2, 1),
+            padding=(1, 0),
+            dilation=(1, 2),
+            groups=2,
+            padding_mode="circular",
+        ),
+    ),
     (2, (1, 3, 6, 6), 4, dict(kernel_size=3, padding=1, padding_mode="replicate", bias=False)),
     (3, (1, 2, 5, 4, 6), 3, dict(kernel_size=(2, 2, 2), padding=1, stride=(1, 2, 1))),
 ]
@@ -86,8 +107,16 @@ CONV_CONFIGS = [
 def _conv_layer(n, c_in, c_out, kw, layout, seed=0, **extra):
     kw = dict(kw)
     use_bias = kw.pop("bias", True)
-    return cnn.Conv(c_in, c_out, kw.pop("kernel_size"), use_bias=use_bias, layout=layout,
-                    rngs=nnx.Rngs(seed), **kw, **extra)
+    return cnn.Conv(
+        c_in,
+        c_out,
+        kw.pop("kernel_size"),
+        use_bias=use_bias,
+        layout=layout,
+        rngs=nnx.Rngs(seed),
+        **kw,
+        **extra,
+    )
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -99,9 +128,18 @@ def test_conv_layer_equals_op_and_torch(cfg, layout, rng):
     y = apply(layer, jnp.asarray(x))
     # The op called with the layer's own parameters and config.
     bias = None if layer.bias is None else layer.bias[...]
-    y_op = call_op(cj.conv, x, layer.kernel[...], bias, stride=layer.stride,
-                   padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                   padding_mode=layer.padding_mode, layout=layout)
+    y_op = call_op(
+        cj.conv,
+        x,
+        layer.kernel[...],
+        bias,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        padding_mode=layer.padding_mode,
+        layout=layout,
+    )
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y_op))
     # PyTorch's module given the same weights.
     tkw = dict(kw)
@@ -137,15 +175,23 @@ def test_conv_same_padding_with_stride_hand_derived(rng):
     layer = cnn.Conv(2, 3, 3, stride=2, padding="same", layout="channels_first", rngs=nnx.Rngs(0))
     x = rng.standard_normal((1, 2, 6, 7)).astype(np.float32)
     y = apply(layer, jnp.asarray(x))
-    expected = F.conv2d(F.pad(t(x), (1, 1, 0, 1)), t(layer.kernel[...]), t(layer.bias[...]), stride=2)
+    expected = F.conv2d(
+        F.pad(t(x), (1, 1, 0, 1)), t(layer.kernel[...]), t(layer.bias[...]), stride=2
+    )
     assert y.shape == (1, 3, 3, 4)
     np.testing.assert_allclose(np.asarray(y), expected.numpy(), atol=1e-5, rtol=1e-5)
 
 
 def test_conv_ones_kernel_hand_value():
     # Flax's check: a ones kernel on ones gives kernel_size * in_features (+ bias 0).
-    layer = cnn.Conv(3, 4, 3, kernel_init=nnx.initializers.ones, bias_init=nnx.initializers.zeros,
-                     rngs=nnx.Rngs(0))
+    layer = cnn.Conv(
+        3,
+        4,
+        3,
+        kernel_init=nnx.initializers.ones,
+        bias_init=nnx.initializers.zeros,
+        rngs=nnx.Rngs(0),
+    )
     y = apply(layer, jnp.ones((1, 5, 5, 3)))
     assert y.shape == (1, 3, 3, 4)
     np.testing.assert_array_equal(np.asarray(y), np.full((1, 3, 3, 4), 27.0, np.float32))
@@ -165,14 +211,24 @@ def test_conv_transpose_layer_equals_op_and_torch(cfg, layout, rng):
     kw = dict(kw)
     use_bias = kw.pop("bias", True)
     k = kw.pop("kernel_size")
-    layer = cnn.ConvTranspose(shape[1], c_out, k, use_bias=use_bias, layout=layout,
-                              rngs=nnx.Rngs(0), **kw)
+    layer = cnn.ConvTranspose(
+        shape[1], c_out, k, use_bias=use_bias, layout=layout, rngs=nnx.Rngs(0), **kw
+    )
     x, x_cf = layer_input(rng, shape, layout)
     y = apply(layer, jnp.asarray(x))
     bias = None if layer.bias is None else layer.bias[...]
-    y_op = call_op(cj.conv_transpose, x, layer.kernel[...], bias, stride=layer.stride,
-                   padding=layer.padding, output_padding=layer.output_padding,
-                   dilation=layer.dilation, groups=layer.groups, layout=layout)
+    y_op = call_op(
+        cj.conv_transpose,
+        x,
+        layer.kernel[...],
+        bias,
+        stride=layer.stride,
+        padding=layer.padding,
+        output_padding=layer.output_padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        layout=layout,
+    )
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y_op))
     tm = TORCH_CONVT[n](shape[1], c_out, k, bias=use_bias, **kw)
     w = convt_weight_to_torch(layer.kernel[...], layout)
@@ -188,11 +244,27 @@ def test_conv_transpose_layer_equals_op_and_torch(cfg, layout, rng):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_depthwise_and_separable_equal_op_and_torch(layout, rng):
     x, x_cf = layer_input(rng, (2, 3, 7, 6), layout)
-    dw = cnn.DepthwiseConv(3, (3, 3), depth_multiplier=2, stride=2, padding=1,
-                           padding_mode="reflect", layout=layout, rngs=nnx.Rngs(0))
+    dw = cnn.DepthwiseConv(
+        3,
+        (3, 3),
+        depth_multiplier=2,
+        stride=2,
+        padding=1,
+        padding_mode="reflect",
+        layout=layout,
+        rngs=nnx.Rngs(0),
+    )
     y = apply(dw, jnp.asarray(x))
-    y_op = call_op(cj.depthwise_conv, x, dw.kernel[...], dw.bias[...], stride=2, padding=1,
-                   padding_mode="reflect", layout=layout)
+    y_op = call_op(
+        cj.depthwise_conv,
+        x,
+        dw.kernel[...],
+        dw.bias[...],
+        stride=2,
+        padding=1,
+        padding_mode="reflect",
+        layout=layout,
+    )
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y_op))
     tm = torch.nn.Conv2d(3, 6, 3, stride=2, padding=1, groups=3, padding_mode="reflect")
     w = conv_weight_to_torch(dw.kernel[...], layout)
@@ -202,11 +274,19 @@ def test_depthwise_and_separable_equal_op_and_torch(layout, rng):
         tm.bias.copy_(t(dw.bias[...]))
         close(y, tm(t(x_cf)).numpy(), layout)
 
-    sep = cnn.SeparableConv(3, 5, 3, depth_multiplier=2, padding="same", layout=layout,
-                            rngs=nnx.Rngs(1))
+    sep = cnn.SeparableConv(
+        3, 5, 3, depth_multiplier=2, padding="same", layout=layout, rngs=nnx.Rngs(1)
+    )
     y = apply(sep, jnp.asarray(x))
-    y_op = call_op(cj.separable_conv, x, sep.depthwise_kernel[...], sep.pointwise_kernel[...],
-                   sep.bias[...], padding="same", layout=layout)
+    y_op = call_op(
+        cj.separable_conv,
+        x,
+        sep.depthwise_kernel[...],
+        sep.pointwise_kernel[...],
+        sep.bias[...],
+        padding="same",
+        layout=layout,
+    )
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y_op))
     t_dw = torch.nn.Conv2d(3, 6, 3, padding="same", groups=3, bias=False)
     t_pw = torch.nn.Conv2d(6, 5, 1)
@@ -240,18 +320,30 @@ def _check_uniform(values, bound, check_std=True):
 
 INIT_CASES = [
     # (our layer factory, torch layer of the same config, kernel attribute)
-    (lambda L: cnn.Conv(64, 128, 3, layout=L, rngs=nnx.Rngs(0)),
-     lambda: torch.nn.Conv2d(64, 128, 3)),
-    (lambda L: cnn.Conv(64, 96, (5,), groups=4, layout=L, rngs=nnx.Rngs(1)),
-     lambda: torch.nn.Conv1d(64, 96, 5, groups=4)),
-    (lambda L: cnn.Conv(16, 32, (3, 3, 3), layout=L, rngs=nnx.Rngs(2)),
-     lambda: torch.nn.Conv3d(16, 32, 3)),
-    (lambda L: cnn.ConvTranspose(32, 128, 3, groups=2, layout=L, rngs=nnx.Rngs(3)),
-     lambda: torch.nn.ConvTranspose2d(32, 128, 3, groups=2)),
-    (lambda L: cnn.ConvTranspose(256, 64, (2, 2), layout=L, rngs=nnx.Rngs(4)),
-     lambda: torch.nn.ConvTranspose2d(256, 64, 2)),
-    (lambda L: cnn.DepthwiseConv(512, 5, depth_multiplier=2, layout=L, rngs=nnx.Rngs(5)),
-     lambda: torch.nn.Conv2d(512, 1024, 5, groups=512)),
+    (
+        lambda L: cnn.Conv(64, 128, 3, layout=L, rngs=nnx.Rngs(0)),
+        lambda: torch.nn.Conv2d(64, 128, 3),
+    ),
+    (
+        lambda L: cnn.Conv(64, 96, (5,), groups=4, layout=L, rngs=nnx.Rngs(1)),
+        lambda: torch.nn.Conv1d(64, 96, 5, groups=4),
+    ),
+    (
+        lambda L: cnn.Conv(16, 32, (3, 3, 3), layout=L, rngs=nnx.Rngs(2)),
+        lambda: torch.nn.Conv3d(16, 32, 3),
+    ),
+    (
+        lambda L: cnn.ConvTranspose(32, 128, 3, groups=2, layout=L, rngs=nnx.Rngs(3)),
+        lambda: torch.nn.ConvTranspose2d(32, 128, 3, groups=2),
+    ),
+    (
+        lambda L: cnn.ConvTranspose(256, 64, (2, 2), layout=L, rngs=nnx.Rngs(4)),
+        lambda: torch.nn.ConvTranspose2d(256, 64, 2),
+    ),
+    (
+        lambda L: cnn.DepthwiseConv(512, 5, depth_multiplier=2, layout=L, rngs=nnx.Rngs(5)),
+        lambda: torch.nn.Conv2d(512, 1024, 5, groups=512),
+    ),
 ]
 
 
@@ -262,7 +354,9 @@ def test_init_matches_torch_bounds_and_shapes(case, layout):
     layer, tm = make(layout), make_torch()
     bound = _torch_bound(tm)
     w = np.asarray(layer.kernel[...])
-    to_torch = convt_weight_to_torch if isinstance(layer, cnn.ConvTranspose) else conv_weight_to_torch
+    to_torch = (
+        convt_weight_to_torch if isinstance(layer, cnn.ConvTranspose) else conv_weight_to_torch
+    )
     # Same parameter shapes as PyTorch's after the layout conversion.
     assert to_torch(w, layout).shape == tuple(tm.weight.shape)
     assert layer.bias[...].shape == tuple(tm.bias.shape)
@@ -281,8 +375,12 @@ def test_separable_init_matches_torch_pair():
     _check_uniform(sep.depthwise_kernel[...], _torch_bound(t_dw))
     _check_uniform(sep.pointwise_kernel[...], _torch_bound(t_pw))
     _check_uniform(sep.bias[...], _torch_bound(t_pw), check_std=False)
-    assert conv_weight_to_torch(sep.depthwise_kernel[...], "channels_last").shape == tuple(t_dw.weight.shape)
-    assert conv_weight_to_torch(sep.pointwise_kernel[...], "channels_last").shape == tuple(t_pw.weight.shape)
+    assert conv_weight_to_torch(sep.depthwise_kernel[...], "channels_last").shape == tuple(
+        t_dw.weight.shape
+    )
+    assert conv_weight_to_torch(sep.pointwise_kernel[...], "channels_last").shape == tuple(
+        t_pw.weight.shape
+    )
 
 
 @pytest.mark.parametrize("a", [0.0, math.sqrt(5.0), 1.0])
@@ -302,8 +400,14 @@ def test_init_is_reproducible_and_custom_init_used():
     a = cnn.Conv(3, 4, 3, rngs=nnx.Rngs(7))
     b = cnn.Conv(3, 4, 3, rngs=nnx.Rngs(7))
     np.testing.assert_array_equal(np.asarray(a.kernel[...]), np.asarray(b.kernel[...]))
-    c = cnn.Conv(3, 4, 3, kernel_init=nnx.initializers.zeros, bias_init=nnx.initializers.ones,
-                 rngs=nnx.Rngs(0))
+    c = cnn.Conv(
+        3,
+        4,
+        3,
+        kernel_init=nnx.initializers.zeros,
+        bias_init=nnx.initializers.ones,
+        rngs=nnx.Rngs(0),
+    )
     assert not np.asarray(c.kernel[...]).any() and (np.asarray(c.bias[...]) == 1).all()
     assert cnn.Conv(3, 4, 3, use_bias=False, rngs=nnx.Rngs(0)).bias is None
 
@@ -317,33 +421,51 @@ def test_pool_layers_equal_op_and_torch(layout, rng):
     xt = t(x_cf)
     xj = jnp.asarray(x)
     cases = [
-        (cnn.MaxPool(3, 2, padding=1, layout=layout),
-         lambda x: cj.max_pool(x, 3, 2, padding=1, layout=layout),
-         F.max_pool2d(xt, 3, 2, padding=1)),
-        (cnn.MaxPool((2, 3), dilation=(2, 1), ceil_mode=True, layout=layout),
-         lambda x: cj.max_pool(x, (2, 3), dilation=(2, 1), ceil_mode=True, layout=layout),
-         F.max_pool2d(xt, (2, 3), dilation=(2, 1), ceil_mode=True)),
-        (cnn.MinPool(2, layout=layout),
-         lambda x: cj.min_pool(x, 2, layout=layout),
-         -F.max_pool2d(-xt, 2)),
-        (cnn.AvgPool(3, 2, padding=1, count_include_pad=False, layout=layout),
-         lambda x: cj.avg_pool(x, 3, 2, padding=1, count_include_pad=False, layout=layout),
-         F.avg_pool2d(xt, 3, 2, padding=1, count_include_pad=False)),
-        (cnn.AvgPool(2, divisor_override=3, ceil_mode=True, layout=layout),
-         lambda x: cj.avg_pool(x, 2, divisor_override=3, ceil_mode=True, layout=layout),
-         F.avg_pool2d(xt, 2, divisor_override=3, ceil_mode=True)),
-        (cnn.LpPool(2.0, (2, 2), layout=layout),
-         lambda x: cj.lp_pool(x, 2.0, (2, 2), layout=layout),
-         F.lp_pool2d(xt, 2.0, 2)),
-        (cnn.AdaptiveAvgPool((3, 4), layout=layout),
-         lambda x: cj.adaptive_avg_pool(x, (3, 4), layout=layout),
-         F.adaptive_avg_pool2d(xt, (3, 4))),
-        (cnn.AdaptiveMaxPool((None, 4), layout=layout),
-         lambda x: cj.adaptive_max_pool(x, (None, 4), layout=layout),
-         F.adaptive_max_pool2d(xt, (None, 4))),
-        (cnn.GlobalAvgPool(keepdims=True, layout=layout),
-         lambda x: cj.global_avg_pool(x, keepdims=True, layout=layout),
-         xt.mean(dim=(2, 3), keepdim=True)),
+        (
+            cnn.MaxPool(3, 2, padding=1, layout=layout),
+            lambda x: cj.max_pool(x, 3, 2, padding=1, layout=layout),
+            F.max_pool2d(xt, 3, 2, padding=1),
+        ),
+        (
+            cnn.MaxPool((2, 3), dilation=(2, 1), ceil_mode=True, layout=layout),
+            lambda x: cj.max_pool(x, (2, 3), dilation=(2, 1), ceil_mode=True, layout=layout),
+            F.max_pool2d(xt, (2, 3), dilation=(2, 1), ceil_mode=True),
+        ),
+        (
+            cnn.MinPool(2, layout=layout),
+            lambda x: cj.min_pool(x, 2, layout=layout),
+            -F.max_pool2d(-xt, 2),
+        ),
+        (
+            cnn.AvgPool(3, 2, padding=1, count_include_pad=False, layout=layout),
+            lambda x: cj.avg_pool(x, 3, 2, padding=1, count_include_pad=False, layout=layout),
+            F.avg_pool2d(xt, 3, 2, padding=1, count_include_pad=False),
+        ),
+        (
+            cnn.AvgPool(2, divisor_override=3, ceil_mode=True, layout=layout),
+            lambda x: cj.avg_pool(x, 2, divisor_override=3, ceil_mode=True, layout=layout),
+            F.avg_pool2d(xt, 2, divisor_override=3, ceil_mode=True),
+        ),
+        (
+            cnn.LpPool(2.0, (2, 2), layout=layout),
+            lambda x: cj.lp_pool(x, 2.0, (2, 2), layout=layout),
+            F.lp_pool2d(xt, 2.0, 2),
+        ),
+        (
+            cnn.AdaptiveAvgPool((3, 4), layout=layout),
+            lambda x: cj.adaptive_avg_pool(x, (3, 4), layout=layout),
+            F.adaptive_avg_pool2d(xt, (3, 4)),
+        ),
+        (
+            cnn.AdaptiveMaxPool((None, 4), layout=layout),
+            lambda x: cj.adaptive_max_pool(x, (None, 4), layout=layout),
+            F.adaptive_max_pool2d(xt, (None, 4)),
+        ),
+        (
+            cnn.GlobalAvgPool(keepdims=True, layout=layout),
+            lambda x: cj.global_avg_pool(x, keepdims=True, layout=layout),
+            xt.mean(dim=(2, 3), keepdim=True),
+        ),
     ]
     for layer, op_call, expected in cases:
         y = apply(layer, xj)
@@ -359,18 +481,28 @@ def test_resample_layers_equal_op_and_torch(layout, rng):
     x, x_cf = layer_input(rng, (1, 8, 3, 4), layout)
     xt, xj = t(x_cf), jnp.asarray(x)
     cases = [
-        (cnn.Upsample(2, layout=layout),
-         lambda x: cj.upsample(x, 2, layout=layout),
-         F.interpolate(xt, scale_factor=2, mode="nearest")),
-        (cnn.Upsample(size=(5, 7), method="linear", align_corners=True, layout=layout),
-         lambda x: cj.upsample(x, size=(5, 7), method="linear", align_corners=True, layout=layout),
-         F.interpolate(xt, size=(5, 7), mode="bilinear", align_corners=True)),
-        (cnn.Upsample(1.5, method="linear", layout=layout),
-         lambda x: cj.upsample(x, 1.5, method="linear", layout=layout),
-         F.interpolate(xt, scale_factor=1.5, mode="bilinear", align_corners=False)),
-        (cnn.PixelShuffle(2, layout=layout),
-         lambda x: cj.pixel_shuffle(x, 2, layout=layout),
-         F.pixel_shuffle(xt, 2)),
+        (
+            cnn.Upsample(2, layout=layout),
+            lambda x: cj.upsample(x, 2, layout=layout),
+            F.interpolate(xt, scale_factor=2, mode="nearest"),
+        ),
+        (
+            cnn.Upsample(size=(5, 7), method="linear", align_corners=True, layout=layout),
+            lambda x: cj.upsample(
+                x, size=(5, 7), method="linear", align_corners=True, layout=layout
+            ),
+            F.interpolate(xt, size=(5, 7), mode="bilinear", align_corners=True),
+        ),
+        (
+            cnn.Upsample(1.5, method="linear", layout=layout),
+            lambda x: cj.upsample(x, 1.5, method="linear", layout=layout),
+            F.interpolate(xt, scale_factor=1.5, mode="bilinear", align_corners=False),
+        ),
+        (
+            cnn.PixelShuffle(2, layout=layout),
+            lambda x: cj.pixel_shuffle(x, 2, layout=layout),
+            F.pixel_shuffle(xt, 2),
+        ),
     ]
     for layer, op_call, expected in cases:
         y = apply(layer, xj)
@@ -379,7 +511,9 @@ def test_resample_layers_equal_op_and_torch(layout, rng):
     x2, x2_cf = layer_input(rng, (1, 2, 4, 6), layout)
     y = apply(cnn.PixelUnshuffle(2, layout=layout), jnp.asarray(x2))
     np.testing.assert_array_equal(
-        np.asarray(y), np.asarray(call_op(cj.pixel_unshuffle, x2, downscale_factor=2, layout=layout)))
+        np.asarray(y),
+        np.asarray(call_op(cj.pixel_unshuffle, x2, downscale_factor=2, layout=layout)),
+    )
     close(y, F.pixel_unshuffle(t(x2_cf), 2).numpy(), layout)
 
 
@@ -456,12 +590,21 @@ def test_nnx_jit_and_grad_match_torch_autograd(rng):
     t_loss = (t_up(F.max_pool2d(torch.relu(t_conv(t(x_cf))), 2)) ** 2).mean()
     t_loss.backward()
     np.testing.assert_allclose(float(loss), t_loss.item(), rtol=1e-5)
-    np.testing.assert_allclose(conv_weight_to_torch(grads.conv.kernel[...], "channels_last"),
-                               t_conv.weight.grad.numpy(), atol=1e-5, rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(grads.conv.bias[...]), t_conv.bias.grad.numpy(),
-                               atol=1e-5, rtol=1e-4)
-    np.testing.assert_allclose(convt_weight_to_torch(grads.up.kernel[...], "channels_last"),
-                               t_up.weight.grad.numpy(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        conv_weight_to_torch(grads.conv.kernel[...], "channels_last"),
+        t_conv.weight.grad.numpy(),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    np.testing.assert_allclose(
+        np.asarray(grads.conv.bias[...]), t_conv.bias.grad.numpy(), atol=1e-5, rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        convt_weight_to_torch(grads.up.kernel[...], "channels_last"),
+        t_up.weight.grad.numpy(),
+        atol=1e-5,
+        rtol=1e-4,
+    )
 
     # One SGD step through nnx.jit lowers the loss.
     @nnx.jit
@@ -526,117 +669,325 @@ ERRORS = [
     (lambda: cnn.Conv(2, 4, (), rngs=R), ValueError, r"Conv: kernel_size must have at least one"),
     (lambda: cnn.Conv(2, 4, "3", rngs=R), TypeError, r"Conv: kernel_size must be an int"),
     (lambda: cnn.Conv(2, 4, 3.0, rngs=R), TypeError, r"Conv: kernel_size must be an int"),
-    (lambda: cnn.Conv(2, 4, (3, 3), stride=(1, 1, 1), rngs=R), ValueError,
-     r"Conv: stride must be an int or a tuple of 2 ints"),
+    (
+        lambda: cnn.Conv(2, 4, (3, 3), stride=(1, 1, 1), rngs=R),
+        ValueError,
+        r"Conv: stride must be an int or a tuple of 2 ints",
+    ),
     (lambda: cnn.Conv(2, 4, 3, stride=0, rngs=R), ValueError, r"Conv: stride must be >= 1"),
     (lambda: cnn.Conv(2, 4, 3, dilation=0, rngs=R), ValueError, r"Conv: dilation must be >= 1"),
-    (lambda: cnn.Conv(3, 4, 3, groups=2, rngs=R), ValueError,
-     r"Conv: in_features \(=3\) must be divisible by groups \(=2\)"),
-    (lambda: cnn.Conv(4, 3, 3, groups=2, rngs=R), ValueError,
-     r"Conv: out_features \(=3\) must be divisible by groups \(=2\)"),
+    (
+        lambda: cnn.Conv(3, 4, 3, groups=2, rngs=R),
+        ValueError,
+        r"Conv: in_features \(=3\) must be divisible by groups \(=2\)",
+    ),
+    (
+        lambda: cnn.Conv(4, 3, 3, groups=2, rngs=R),
+        ValueError,
+        r"Conv: out_features \(=3\) must be divisible by groups \(=2\)",
+    ),
     (lambda: cnn.Conv(4, 4, 3, groups=0, rngs=R), ValueError, r"Conv: groups must be >= 1"),
-    (lambda: cnn.Conv(2, 4, 3, padding="half", rngs=R), ValueError,
-     r"Conv: padding must be .* or one of \('valid', 'same', 'full', 'causal'\), got 'half'"),
-    (lambda: cnn.Conv(2, 4, 3, padding=-1, rngs=R), ValueError, r"Conv: padding must be non-negative"),
-    (lambda: cnn.Conv(2, 4, 3, padding=((1, 1),), rngs=R), ValueError,
-     r"Conv: padding as \(low, high\) pairs must have one pair per spatial dim"),
+    (
+        lambda: cnn.Conv(2, 4, 3, padding="half", rngs=R),
+        ValueError,
+        r"Conv: padding must be .* or one of \('valid', 'same', 'full', 'causal'\), got 'half'",
+    ),
+    (
+        lambda: cnn.Conv(2, 4, 3, padding=-1, rngs=R),
+        ValueError,
+        r"Conv: padding must be non-negative",
+    ),
+    (
+        lambda: cnn.Conv(2, 4, 3, padding=((1, 1),), rngs=R),
+        ValueError,
+        r"Conv: padding as \(low, high\) pairs must have one pair per spatial dim",
+    ),
     (lambda: cnn.Conv(2, 4, 3, padding=1.5, rngs=R), TypeError, r"Conv: padding must be an int"),
-    (lambda: cnn.Conv(2, 4, 3, padding="causal", rngs=R), ValueError,
-     r"Conv: padding='causal' is only defined for 1-D"),
-    (lambda: cnn.Conv(2, 4, 3, padding_mode="zero", rngs=R), ValueError,
-     r"Conv: padding_mode must be one of \('zeros', 'reflect', 'replicate', 'circular'\), got 'zero'"),
+    (
+        lambda: cnn.Conv(2, 4, 3, padding="causal", rngs=R),
+        ValueError,
+        r"Conv: padding='causal' is only defined for 1-D",
+    ),
+    (
+        lambda: cnn.Conv(2, 4, 3, padding_mode="zero", rngs=R),
+        ValueError,
+        r"Conv: padding_mode must be one of \('zeros', 'reflect', 'replicate', 'circular'\), got 'zero'",
+    ),
     (lambda: cnn.Conv(2, 4, 3, layout="NHWC", rngs=R), ValueError, r"Conv: layout must be one of"),
-    (lambda: cnn.Conv(2, 4, 3, use_bias=1, rngs=R), TypeError, r"Conv: use_bias must be a bool, got 1"),
+    (
+        lambda: cnn.Conv(2, 4, 3, use_bias=1, rngs=R),
+        TypeError,
+        r"Conv: use_bias must be a bool, got 1",
+    ),
     (lambda: cnn.Conv(2, 4, 3, flip="yes", rngs=R), TypeError, r"Conv: flip must be a bool"),
-    (lambda: cnn.Conv(2, 4, 3, dtype="float99", rngs=R), TypeError, r"Conv: dtype must be a dtype or None"),
-    (lambda: cnn.Conv(2, 4, 3, param_dtype=None, rngs=R), TypeError, r"Conv: param_dtype must be a dtype"),
-    (lambda: cnn.Conv(2, 4, 3, kernel_init=0.1, rngs=R), TypeError, r"Conv: kernel_init must be an initializer"),
-    (lambda: cnn.Conv(2, 4, 3, bias_init="zeros", rngs=R), TypeError, r"Conv: bias_init must be an initializer"),
+    (
+        lambda: cnn.Conv(2, 4, 3, dtype="float99", rngs=R),
+        TypeError,
+        r"Conv: dtype must be a dtype or None",
+    ),
+    (
+        lambda: cnn.Conv(2, 4, 3, param_dtype=None, rngs=R),
+        TypeError,
+        r"Conv: param_dtype must be a dtype",
+    ),
+    (
+        lambda: cnn.Conv(2, 4, 3, kernel_init=0.1, rngs=R),
+        TypeError,
+        r"Conv: kernel_init must be an initializer",
+    ),
+    (
+        lambda: cnn.Conv(2, 4, 3, bias_init="zeros", rngs=R),
+        TypeError,
+        r"Conv: bias_init must be an initializer",
+    ),
     # ConvTranspose
-    (lambda: cnn.ConvTranspose(2, 4, 3, stride=2, output_padding=2, rngs=R), ValueError,
-     r"ConvTranspose: output_padding must be smaller than stride or dilation"),
-    (lambda: cnn.ConvTranspose(2, 4, 3, output_padding=-1, rngs=R), ValueError,
-     r"ConvTranspose: output_padding must be >= 0"),
-    (lambda: cnn.ConvTranspose(2, 4, 3, padding="same", rngs=R), ValueError,
-     r"ConvTranspose: padding must be .* or one of \('valid',\), got 'same'"),
-    (lambda: cnn.ConvTranspose(2, 3, 3, groups=2, rngs=R), ValueError,
-     r"ConvTranspose: out_features \(=3\) must be divisible by groups \(=2\)"),
-    (lambda: cnn.ConvTranspose(3, 4, 3, groups=2, rngs=R), ValueError,
-     r"ConvTranspose: in_features \(=3\) must be divisible by groups"),
-    (lambda: cnn.ConvTranspose(0, 4, 3, rngs=R), ValueError, r"ConvTranspose: in_features must be >= 1"),
-    (lambda: cnn.ConvTranspose(2, 4, (2, 2), stride=(1,), rngs=R), ValueError,
-     r"ConvTranspose: stride must be an int or a tuple of 2 ints"),
-    (lambda: cnn.ConvTranspose(2, 4, 3, layout="nchw", rngs=R), ValueError, r"ConvTranspose: layout must be one of"),
-    (lambda: cnn.ConvTranspose(2, 4, 3, use_bias=None, rngs=R), TypeError, r"ConvTranspose: use_bias must be a bool"),
-    (lambda: cnn.ConvTranspose(2, 4, 3, dtype="x", rngs=R), TypeError, r"ConvTranspose: dtype must be a dtype"),
-    (lambda: cnn.ConvTranspose(2, 4, 3, param_dtype="x", rngs=R), TypeError,
-     r"ConvTranspose: param_dtype must be a dtype"),
-    (lambda: cnn.ConvTranspose(2, 4, 3, kernel_init=1, rngs=R), TypeError, r"ConvTranspose: kernel_init must be"),
-    (lambda: cnn.ConvTranspose(2, 4, 3, bias_init=1, rngs=R), TypeError, r"ConvTranspose: bias_init must be"),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, stride=2, output_padding=2, rngs=R),
+        ValueError,
+        r"ConvTranspose: output_padding must be smaller than stride or dilation",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, output_padding=-1, rngs=R),
+        ValueError,
+        r"ConvTranspose: output_padding must be >= 0",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, padding="same", rngs=R),
+        ValueError,
+        r"ConvTranspose: padding must be .* or one of \('valid',\), got 'same'",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 3, 3, groups=2, rngs=R),
+        ValueError,
+        r"ConvTranspose: out_features \(=3\) must be divisible by groups \(=2\)",
+    ),
+    (
+        lambda: cnn.ConvTranspose(3, 4, 3, groups=2, rngs=R),
+        ValueError,
+        r"ConvTranspose: in_features \(=3\) must be divisible by groups",
+    ),
+    (
+        lambda: cnn.ConvTranspose(0, 4, 3, rngs=R),
+        ValueError,
+        r"ConvTranspose: in_features must be >= 1",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, (2, 2), stride=(1,), rngs=R),
+        ValueError,
+        r"ConvTranspose: stride must be an int or a tuple of 2 ints",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, layout="nchw", rngs=R),
+        ValueError,
+        r"ConvTranspose: layout must be one of",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, use_bias=None, rngs=R),
+        TypeError,
+        r"ConvTranspose: use_bias must be a bool",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, dtype="x", rngs=R),
+        TypeError,
+        r"ConvTranspose: dtype must be a dtype",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, param_dtype="x", rngs=R),
+        TypeError,
+        r"ConvTranspose: param_dtype must be a dtype",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, kernel_init=1, rngs=R),
+        TypeError,
+        r"ConvTranspose: kernel_init must be",
+    ),
+    (
+        lambda: cnn.ConvTranspose(2, 4, 3, bias_init=1, rngs=R),
+        TypeError,
+        r"ConvTranspose: bias_init must be",
+    ),
     # DepthwiseConv / SeparableConv
-    (lambda: cnn.DepthwiseConv(4, 3, depth_multiplier=0, rngs=R), ValueError,
-     r"DepthwiseConv: depth_multiplier must be >= 1, got 0"),
-    (lambda: cnn.DepthwiseConv(0, 3, rngs=R), ValueError, r"DepthwiseConv: in_features must be >= 1"),
-    (lambda: cnn.DepthwiseConv(4, 3, padding_mode="wrap", rngs=R), ValueError, r"DepthwiseConv: padding_mode must be"),
-    (lambda: cnn.SeparableConv(4, 8, 3, depth_multiplier=1.5, rngs=R), TypeError,
-     r"SeparableConv: depth_multiplier must be an int"),
-    (lambda: cnn.SeparableConv(4, 0, 3, rngs=R), ValueError, r"SeparableConv: out_features must be >= 1"),
-    (lambda: cnn.SeparableConv(4, 8, 3, padding="nope", rngs=R), ValueError, r"SeparableConv: padding must be"),
+    (
+        lambda: cnn.DepthwiseConv(4, 3, depth_multiplier=0, rngs=R),
+        ValueError,
+        r"DepthwiseConv: depth_multiplier must be >= 1, got 0",
+    ),
+    (
+        lambda: cnn.DepthwiseConv(0, 3, rngs=R),
+        ValueError,
+        r"DepthwiseConv: in_features must be >= 1",
+    ),
+    (
+        lambda: cnn.DepthwiseConv(4, 3, padding_mode="wrap", rngs=R),
+        ValueError,
+        r"DepthwiseConv: padding_mode must be",
+    ),
+    (
+        lambda: cnn.SeparableConv(4, 8, 3, depth_multiplier=1.5, rngs=R),
+        TypeError,
+        r"SeparableConv: depth_multiplier must be an int",
+    ),
+    (
+        lambda: cnn.SeparableConv(4, 0, 3, rngs=R),
+        ValueError,
+        r"SeparableConv: out_features must be >= 1",
+    ),
+    (
+        lambda: cnn.SeparableConv(4, 8, 3, padding="nope", rngs=R),
+        ValueError,
+        r"SeparableConv: padding must be",
+    ),
     # Pools
     (lambda: cnn.MaxPool(0), ValueError, r"MaxPool: window must be >= 1"),
     (lambda: cnn.MaxPool(2.0), TypeError, r"MaxPool: window must be an int"),
     (lambda: cnn.MaxPool(2, 0), ValueError, r"MaxPool: stride must be >= 1"),
-    (lambda: cnn.MaxPool((2, 2), (1, 1, 1)), ValueError, r"MaxPool: stride must be an int or a tuple of 2 ints"),
-    (lambda: cnn.MaxPool(3, padding=2), ValueError, r"MaxPool: padding must be at most half the window \(window // 2 = \(1,\)\) in every dim"),
-    (lambda: cnn.MaxPool(3, padding="causal"), ValueError,
-     r"MaxPool: padding must be .* or one of \('valid', 'same', 'full'\), got 'causal'"),
-    (lambda: cnn.MaxPool(3, padding=((1, -1),)), ValueError, r"MaxPool: padding must be non-negative"),
+    (
+        lambda: cnn.MaxPool((2, 2), (1, 1, 1)),
+        ValueError,
+        r"MaxPool: stride must be an int or a tuple of 2 ints",
+    ),
+    (
+        lambda: cnn.MaxPool(3, padding=2),
+        ValueError,
+        r"MaxPool: padding must be at most half the window \(window // 2 = \(1,\)\) in every dim",
+    ),
+    (
+        lambda: cnn.MaxPool(3, padding="causal"),
+        ValueError,
+        r"MaxPool: padding must be .* or one of \('valid', 'same', 'full'\), got 'causal'",
+    ),
+    (
+        lambda: cnn.MaxPool(3, padding=((1, -1),)),
+        ValueError,
+        r"MaxPool: padding must be non-negative",
+    ),
     (lambda: cnn.MaxPool(3, dilation=0), ValueError, r"MaxPool: dilation must be >= 1"),
     (lambda: cnn.MaxPool(3, ceil_mode="yes"), TypeError, r"MaxPool: ceil_mode must be a bool"),
-    (lambda: cnn.MaxPool(3, ceil_mode="no"), TypeError, r"MaxPool: ceil_mode must be a bool, got 'no'"),
+    (
+        lambda: cnn.MaxPool(3, ceil_mode="no"),
+        TypeError,
+        r"MaxPool: ceil_mode must be a bool, got 'no'",
+    ),
     (lambda: cnn.MinPool(3, ceil_mode=1), TypeError, r"MinPool: ceil_mode must be a bool, got 1"),
-    (lambda: cnn.AvgPool(2, ceil_mode=None), TypeError, r"AvgPool: ceil_mode must be a bool, got None"),
-    (lambda: cnn.LpPool(2, 2, ceil_mode="False"), TypeError,
-     r"LpPool: ceil_mode must be a bool, got 'False'"),
+    (
+        lambda: cnn.AvgPool(2, ceil_mode=None),
+        TypeError,
+        r"AvgPool: ceil_mode must be a bool, got None",
+    ),
+    (
+        lambda: cnn.LpPool(2, 2, ceil_mode="False"),
+        TypeError,
+        r"LpPool: ceil_mode must be a bool, got 'False'",
+    ),
     (lambda: cnn.MaxPool(3, layout="cl"), ValueError, r"MaxPool: layout must be one of"),
-    (lambda: cnn.MinPool((2, 4), padding=(1, 3)), ValueError, r"MinPool: padding must be at most half the window"),
-    (lambda: cnn.AvgPool(2, padding=2), ValueError, r"AvgPool: padding must be at most half the window"),
-    (lambda: cnn.AvgPool(2, count_include_pad=0), TypeError, r"AvgPool: count_include_pad must be a bool"),
-    (lambda: cnn.AvgPool(2, divisor_override=0), ValueError, r"AvgPool: divisor_override must be >= 1"),
-    (lambda: cnn.AvgPool(2, divisor_override=1.5), TypeError, r"AvgPool: divisor_override must be an int"),
+    (
+        lambda: cnn.MinPool((2, 4), padding=(1, 3)),
+        ValueError,
+        r"MinPool: padding must be at most half the window",
+    ),
+    (
+        lambda: cnn.AvgPool(2, padding=2),
+        ValueError,
+        r"AvgPool: padding must be at most half the window",
+    ),
+    (
+        lambda: cnn.AvgPool(2, count_include_pad=0),
+        TypeError,
+        r"AvgPool: count_include_pad must be a bool",
+    ),
+    (
+        lambda: cnn.AvgPool(2, divisor_override=0),
+        ValueError,
+        r"AvgPool: divisor_override must be >= 1",
+    ),
+    (
+        lambda: cnn.AvgPool(2, divisor_override=1.5),
+        TypeError,
+        r"AvgPool: divisor_override must be an int",
+    ),
     (lambda: cnn.LpPool(0, 2), ValueError, r"LpPool: p must be > 0, got 0"),
     (lambda: cnn.LpPool("2", 2), TypeError, r"LpPool: p must be a number, got '2'"),
     (lambda: cnn.LpPool(2, (2, 0)), ValueError, r"LpPool: window must be >= 1"),
-    (lambda: cnn.AdaptiveAvgPool(0), ValueError, r"AdaptiveAvgPool: output_size must be >= 1, got 0"),
+    (
+        lambda: cnn.AdaptiveAvgPool(0),
+        ValueError,
+        r"AdaptiveAvgPool: output_size must be >= 1, got 0",
+    ),
     (lambda: cnn.AdaptiveAvgPool((2, 0)), ValueError, r"AdaptiveAvgPool: output_size must be >= 1"),
-    (lambda: cnn.AdaptiveMaxPool(()), ValueError, r"AdaptiveMaxPool: output_size must have at least one entry"),
+    (
+        lambda: cnn.AdaptiveMaxPool(()),
+        ValueError,
+        r"AdaptiveMaxPool: output_size must have at least one entry",
+    ),
     (lambda: cnn.AdaptiveMaxPool(2.5), TypeError, r"AdaptiveMaxPool: output_size must be an int"),
-    (lambda: cnn.AdaptiveMaxPool(2, layout="x"), ValueError, r"AdaptiveMaxPool: layout must be one of"),
-    (lambda: cnn.AdaptiveAvgPool(2, layout="x"), ValueError, r"AdaptiveAvgPool: layout must be one of"),
+    (
+        lambda: cnn.AdaptiveMaxPool(2, layout="x"),
+        ValueError,
+        r"AdaptiveMaxPool: layout must be one of",
+    ),
+    (
+        lambda: cnn.AdaptiveAvgPool(2, layout="x"),
+        ValueError,
+        r"AdaptiveAvgPool: layout must be one of",
+    ),
     (lambda: cnn.GlobalAvgPool(keepdims=1), TypeError, r"GlobalAvgPool: keepdims must be a bool"),
     (lambda: cnn.GlobalMaxPool(layout="x"), ValueError, r"GlobalMaxPool: layout must be one of"),
-    (lambda: cnn.GlobalMaxPool(keepdims="no"), TypeError, r"GlobalMaxPool: keepdims must be a bool"),
+    (
+        lambda: cnn.GlobalMaxPool(keepdims="no"),
+        TypeError,
+        r"GlobalMaxPool: keepdims must be a bool",
+    ),
     (lambda: cnn.GlobalAvgPool(layout=None), ValueError, r"GlobalAvgPool: layout must be one of"),
     # Resampling
-    (lambda: cnn.Upsample(), ValueError, r"Upsample: exactly one of scale_factor and size must be given"),
-    (lambda: cnn.Upsample(2, size=4), ValueError, r"Upsample: exactly one of scale_factor and size"),
-    (lambda: cnn.Upsample(0), ValueError, r"Upsample: scale_factor must be > 0 in every dim, got 0"),
-    (lambda: cnn.Upsample((2, -1.0)), ValueError, r"Upsample: scale_factor must be > 0 in every dim"),
+    (
+        lambda: cnn.Upsample(),
+        ValueError,
+        r"Upsample: exactly one of scale_factor and size must be given",
+    ),
+    (
+        lambda: cnn.Upsample(2, size=4),
+        ValueError,
+        r"Upsample: exactly one of scale_factor and size",
+    ),
+    (
+        lambda: cnn.Upsample(0),
+        ValueError,
+        r"Upsample: scale_factor must be > 0 in every dim, got 0",
+    ),
+    (
+        lambda: cnn.Upsample((2, -1.0)),
+        ValueError,
+        r"Upsample: scale_factor must be > 0 in every dim",
+    ),
     (lambda: cnn.Upsample(()), ValueError, r"Upsample: scale_factor must have at least one entry"),
     (lambda: cnn.Upsample("2"), TypeError, r"Upsample: scale_factor must be a number"),
     (lambda: cnn.Upsample(size=0), ValueError, r"Upsample: size must be >= 1, got 0"),
     (lambda: cnn.Upsample(size=(4, 0)), ValueError, r"Upsample: size must be >= 1"),
-    (lambda: cnn.Upsample(2, method="cubic"), ValueError,
-     r"Upsample: method must be one of \('nearest', 'linear'\), got 'cubic'"),
-    (lambda: cnn.Upsample(2, align_corners=True), ValueError,
-     r"Upsample: align_corners must be False for method='nearest'"),
-    (lambda: cnn.Upsample(2, method="linear", align_corners=1), TypeError, r"Upsample: align_corners must be a bool"),
+    (
+        lambda: cnn.Upsample(2, method="cubic"),
+        ValueError,
+        r"Upsample: method must be one of \('nearest', 'linear'\), got 'cubic'",
+    ),
+    (
+        lambda: cnn.Upsample(2, align_corners=True),
+        ValueError,
+        r"Upsample: align_corners must be False for method='nearest'",
+    ),
+    (
+        lambda: cnn.Upsample(2, method="linear", align_corners=1),
+        TypeError,
+        r"Upsample: align_corners must be a bool",
+    ),
     (lambda: cnn.Upsample(2, layout="x"), ValueError, r"Upsample: layout must be one of"),
     (lambda: cnn.PixelShuffle(0), ValueError, r"PixelShuffle: upscale_factor must be >= 1, got 0"),
     (lambda: cnn.PixelShuffle(2.0), TypeError, r"PixelShuffle: upscale_factor must be an int"),
     (lambda: cnn.PixelShuffle(2, layout="x"), ValueError, r"PixelShuffle: layout must be one of"),
     (lambda: cnn.PixelUnshuffle(-2), ValueError, r"PixelUnshuffle: downscale_factor must be >= 1"),
-    (lambda: cnn.PixelUnshuffle(2, layout="x"), ValueError, r"PixelUnshuffle: layout must be one of"),
+    (
+        lambda: cnn.PixelUnshuffle(2, layout="x"),
+        ValueError,
+        r"PixelUnshuffle: layout must be one of",
+    ),
 ]
 
 
@@ -663,13 +1014,29 @@ def test_layer_flags_take_numpy_bools_and_store_python_bools():
         assert type(value) is bool, (type(layer).__name__, flag)
     x = jnp.ones((1, 5, 5, 2))
     assert cnn.MaxPool(2, ceil_mode=np.True_)(x).shape == cj.max_pool(x, 2, ceil_mode=True).shape
-    with pytest.raises(TypeError, match=r"StochasticDepth: deterministic must be a bool, got 'yes'"):
+    with pytest.raises(
+        TypeError, match=r"StochasticDepth: deterministic must be a bool, got 'yes'"
+    ):
         cnn.StochasticDepth(0.5, deterministic="yes")
 
 
 def test_public_names_are_reexported():
-    expected = {"Conv", "ConvTranspose", "DepthwiseConv", "SeparableConv", "MaxPool", "MinPool",
-                "AvgPool", "LpPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "GlobalAvgPool",
-                "GlobalMaxPool", "Upsample", "PixelShuffle", "PixelUnshuffle"}
+    expected = {
+        "Conv",
+        "ConvTranspose",
+        "DepthwiseConv",
+        "SeparableConv",
+        "MaxPool",
+        "MinPool",
+        "AvgPool",
+        "LpPool",
+        "AdaptiveAvgPool",
+        "AdaptiveMaxPool",
+        "GlobalAvgPool",
+        "GlobalMaxPool",
+        "Upsample",
+        "PixelShuffle",
+        "PixelUnshuffle",
+    }
     assert expected <= set(cnn.__all__)
     assert all(getattr(cnn, name).__module__.startswith("cnn_jax.nn._") for name in cnn.__all__)

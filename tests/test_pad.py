@@ -51,16 +51,16 @@ def test_pad_matches_torch_values_and_grads(rng, layout):
 
         @jax.jit
         def f(x_, ct_):
-            y_, vjp = jax.vjp(lambda a: cj.pad(a, pads, mode=mode, value=value, layout=layout),
-                              x_)
+            y_, vjp = jax.vjp(lambda a: cj.pad(a, pads, mode=mode, value=value, layout=layout), x_)
             return y_, vjp(ct_)[0]
 
         y, gx = f(xin, ct_in)
         if layout == "channels_last":
             y, gx = np.moveaxis(np.asarray(y), -1, 1), np.moveaxis(np.asarray(gx), -1, 1)
         np.testing.assert_allclose(y, ref.numpy(), rtol=0, atol=0, err_msg=f"{mode} {pads}")
-        np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-6, atol=1e-6,
-                                   err_msg=f"{mode} {pads}")
+        np.testing.assert_allclose(
+            gx, xt.grad.numpy(), rtol=1e-6, atol=1e-6, err_msg=f"{mode} {pads}"
+        )
 
 
 def test_pad_zeros_is_constant_zero_and_int_tuple_forms(rng):
@@ -71,22 +71,28 @@ def test_pad_zeros_is_constant_zero_and_int_tuple_forms(rng):
     expected = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     for y in (by_int, by_tuple, by_pairs):
         np.testing.assert_array_equal(np.asarray(y), expected)
-    np.testing.assert_array_equal(np.asarray(cj.pad(x, (2, 0), mode="zeros")),
-                                  np.pad(x, ((0, 0), (2, 2), (0, 0), (0, 0))))
+    np.testing.assert_array_equal(
+        np.asarray(cj.pad(x, (2, 0), mode="zeros")), np.pad(x, ((0, 0), (2, 2), (0, 0), (0, 0)))
+    )
     # mode strings are case-insensitive
-    np.testing.assert_array_equal(np.asarray(cj.pad(x, 1, mode="Reflect")),
-                                  np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"))
+    np.testing.assert_array_equal(
+        np.asarray(cj.pad(x, 1, mode="Reflect")),
+        np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"),
+    )
 
 
 def test_reflect_by_hand():
     # [1 2 3] reflected by 2 on each side: 3 2 | 1 2 3 | 2 1
     x = jnp.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
-    np.testing.assert_array_equal(np.asarray(cj.pad(x, 2, mode="reflect"))[0, :, 0],
-                                  [3, 2, 1, 2, 3, 2, 1])
-    np.testing.assert_array_equal(np.asarray(cj.pad(x, 2, mode="replicate"))[0, :, 0],
-                                  [1, 1, 1, 2, 3, 3, 3])
-    np.testing.assert_array_equal(np.asarray(cj.pad(x, ((3, 1),), mode="circular"))[0, :, 0],
-                                  [1, 2, 3, 1, 2, 3, 1])
+    np.testing.assert_array_equal(
+        np.asarray(cj.pad(x, 2, mode="reflect"))[0, :, 0], [3, 2, 1, 2, 3, 2, 1]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(cj.pad(x, 2, mode="replicate"))[0, :, 0], [1, 1, 1, 2, 3, 3, 3]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(cj.pad(x, ((3, 1),), mode="circular"))[0, :, 0], [1, 2, 3, 1, 2, 3, 1]
+    )
 
 
 def test_pad_composes_with_jit_and_vmap(rng):
@@ -100,9 +106,13 @@ def test_pad_errors():
     x = jnp.zeros((1, 3, 3, 1))
     with pytest.raises(ValueError, match="pad: padding must be non-negative"):
         cj.pad(x, ((-1, 0), (0, 0)))
-    with pytest.raises(ValueError, match="pad: padding must be smaller than the input size.*mode='reflect'"):
+    with pytest.raises(
+        ValueError, match="pad: padding must be smaller than the input size.*mode='reflect'"
+    ):
         cj.pad(x, 3, mode="reflect")
-    with pytest.raises(ValueError, match="pad: padding must be at most the input size.*mode='circular'"):
+    with pytest.raises(
+        ValueError, match="pad: padding must be at most the input size.*mode='circular'"
+    ):
         cj.pad(x, ((4, 0), (0, 0)), mode="circular")
     with pytest.raises(ValueError, match="pad: mode must be one of"):
         cj.pad(x, 1, mode="mirror")
@@ -110,7 +120,9 @@ def test_pad_errors():
         cj.pad(x, 1, layout="NHWC")
     with pytest.raises(ValueError, match="pad: x must have at least 3 dims"):
         cj.pad(jnp.zeros((3, 3)), 1)
-    with pytest.raises(ValueError, match=r"pad: padding as \(low, high\) pairs must have one pair per spatial dim"):
+    with pytest.raises(
+        ValueError, match=r"pad: padding as \(low, high\) pairs must have one pair per spatial dim"
+    ):
         cj.pad(x, ((1, 1),))
     with pytest.raises(ValueError, match="pad: padding must be an int or a tuple of 2 ints"):
         cj.pad(x, (1, 1, 1))
@@ -118,19 +130,25 @@ def test_pad_errors():
         cj.pad(x, 1.5)
     with pytest.raises(ValueError, match="pad: padding must be an int, a tuple of 2 ints"):
         cj.pad(x, "same")
-    with pytest.raises(ValueError, match="pad: x must have non-empty spatial dims for mode='replicate'"):
+    with pytest.raises(
+        ValueError, match="pad: x must have non-empty spatial dims for mode='replicate'"
+    ):
         cj.pad(jnp.zeros((1, 0, 3, 1)), 1, mode="replicate")
 
 
 @pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
-@pytest.mark.parametrize("value", [float("nan"), 1.5, -2, None, np.float32(3.0)],
-                         ids=["nan", "1.5", "-2", "None", "np3"])
+@pytest.mark.parametrize(
+    "value", [float("nan"), 1.5, -2, None, np.float32(3.0)], ids=["nan", "1.5", "-2", "None", "np3"]
+)
 def test_pad_refuses_a_value_its_mode_ignores(mode, value):
     # Only "constant" fills with value; every other mode used to drop it silently.
     # PyTorch's F.pad refuses a value for its non-constant modes too.
     x = np.ones((1, 2, 4, 4), np.float32)
-    with pytest.raises(ValueError, match=rf"pad: value is only used with mode='constant' and "
-                                         rf"must be left at 0.0 for mode='{mode}', got value="):
+    with pytest.raises(
+        ValueError,
+        match=rf"pad: value is only used with mode='constant' and "
+        rf"must be left at 0.0 for mode='{mode}', got value=",
+    ):
         cj.pad(jnp.asarray(x), 1, mode=mode, value=value, layout="channels_first")
     if mode != "zeros" and value is not None:
         with pytest.raises(RuntimeError, match="doesn't take in value argument"):
@@ -142,8 +160,7 @@ def test_pad_takes_the_default_value_with_any_mode(rng, mode):
     x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
     ref = _torch_pad(x, ((1, 2), (2, 1)), "constant" if mode == "zeros" else mode).numpy()
     for zero in (0.0, 0, -0.0, np.float32(0), False):
-        y = cj.pad(jnp.asarray(x), ((1, 2), (2, 1)), mode=mode, value=zero,
-                   layout="channels_first")
+        y = cj.pad(jnp.asarray(x), ((1, 2), (2, 1)), mode=mode, value=zero, layout="channels_first")
         np.testing.assert_array_equal(np.asarray(y), ref)
 
 

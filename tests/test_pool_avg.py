@@ -11,13 +11,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _pool_oracle import (
+    HALF_DTYPES,
+    TORCH_HALF,
+    TORCH_POOLS,
+    against_reduce_window,
+    grouped_vjps,
+    half_vs_torch,
+    input_shape,
+    random_window,
+    torch_value_and_grad,
+    ulp,
+)
 from jax import lax
 from jax.test_util import check_grads
 
 import cnn_jax as cj
-from _pool_oracle import (HALF_DTYPES, TORCH_HALF, TORCH_POOLS, against_reduce_window,
-                          grouped_vjps, half_vs_torch, input_shape, random_window,
-                          torch_value_and_grad, ulp)
 
 
 def _configs(count_per_rank=6, seed=99):
@@ -28,8 +37,18 @@ def _configs(count_per_rank=6, seed=99):
     for n, i in itertools.product((1, 2, 3), range(count_per_rank)):
         k, s, _, p, ceil_mode = random_window(rng, n, dilate=False)
         divisor = 5 if i % 3 == 2 else None
-        out.append((n, k, s, p, ceil_mode, bool(i % 3), divisor,
-                    ("channels_last", "channels_first")[i % 2]))
+        out.append(
+            (
+                n,
+                k,
+                s,
+                p,
+                ceil_mode,
+                bool(i % 3),
+                divisor,
+                ("channels_last", "channels_first")[i % 2],
+            )
+        )
     return out
 
 
@@ -43,8 +62,9 @@ def _torch_avg(n):
         return TORCH_POOLS["avg"][n - 1]
 
     def avg1d(t, k, s, p, ceil_mode, include, divisor):
-        return TORCH_POOLS["avg"][1](t.unsqueeze(-2), (1, *k), (1, *s), (0, *p), ceil_mode,
-                                     include, divisor).squeeze(-2)
+        return TORCH_POOLS["avg"][1](
+            t.unsqueeze(-2), (1, *k), (1, *s), (0, *p), ceil_mode, include, divisor
+        ).squeeze(-2)
 
     return avg1d
 
@@ -57,8 +77,10 @@ def _input(rng, n, layout, batched=True, positive=False):
 def _run_grouped(rng, cases, batched=True):
     """cases: (name, ours, torch_fn, layout, x). One jit for all values and VJPs."""
     xs = [c[4] for c in cases]
-    gs = [rng.standard_normal(jax.eval_shape(c[1], x).shape).astype(np.float32)
-          for c, x in zip(cases, xs)]
+    gs = [
+        rng.standard_normal(jax.eval_shape(c[1], x).shape).astype(np.float32)
+        for c, x in zip(cases, xs)
+    ]
     results = grouped_vjps([c[1] for c in cases], xs, gs)
     for (name, _, torch_fn, layout, x), g, (y, dx) in zip(cases, gs, results):
         y_t, dx_t = torch_value_and_grad(torch_fn, x, g, layout, batched)
@@ -75,20 +97,38 @@ def test_avg_and_sum_pool_match_torch(rng, n):
     for _, k, s, p, cm, inc, div, layout in (c for c in CONFIGS if c[0] == n):
         name = f"{k=} {s=} {p=} ceil_mode={cm} count_include_pad={inc} divisor={div} {layout}"
         torch_avg = _torch_avg(n)
-        cases.append((
-            "avg " + name,
-            lambda a, k=k, s=s, p=p, cm=cm, inc=inc, div=div, layout=layout: cj.avg_pool(
-                a, k, s, padding=p, ceil_mode=cm, count_include_pad=inc,
-                divisor_override=div, layout=layout),
-            lambda t, k=k, s=s, p=p, cm=cm, inc=inc, div=div: torch_avg(t, k, s, p, cm, inc, div),
-            layout, _input(rng, n, layout)))
+        cases.append(
+            (
+                "avg " + name,
+                lambda a, k=k, s=s, p=p, cm=cm, inc=inc, div=div, layout=layout: cj.avg_pool(
+                    a,
+                    k,
+                    s,
+                    padding=p,
+                    ceil_mode=cm,
+                    count_include_pad=inc,
+                    divisor_override=div,
+                    layout=layout,
+                ),
+                lambda t, k=k, s=s, p=p, cm=cm, inc=inc, div=div: torch_avg(
+                    t, k, s, p, cm, inc, div
+                ),
+                layout,
+                _input(rng, n, layout),
+            )
+        )
         if div is None and inc:
-            cases.append((
-                "sum " + name,
-                lambda a, k=k, s=s, p=p, cm=cm, layout=layout: cj.sum_pool(
-                    a, k, s, padding=p, ceil_mode=cm, layout=layout),
-                lambda t, k=k, s=s, p=p, cm=cm: torch_avg(t, k, s, p, cm, True, 1),
-                layout, _input(rng, n, layout)))
+            cases.append(
+                (
+                    "sum " + name,
+                    lambda a, k=k, s=s, p=p, cm=cm, layout=layout: cj.sum_pool(
+                        a, k, s, padding=p, ceil_mode=cm, layout=layout
+                    ),
+                    lambda t, k=k, s=s, p=p, cm=cm: torch_avg(t, k, s, p, cm, True, 1),
+                    layout,
+                    _input(rng, n, layout),
+                )
+            )
     _run_grouped(rng, cases)
 
 
@@ -101,13 +141,19 @@ def test_lp_pool_matches_torch(rng, n):
         k = (3,) * n if i % 2 else (2,) * n
         s = None if i < 2 else (2,) * n
         torch_lp = TORCH_POOLS["lp"][n - 1]
-        cases.append((
-            f"lp {p=} {k=} {s=} {ceil_mode=} {layout}",
-            lambda a, p=p, k=k, s=s, c=ceil_mode, layout=layout: cj.lp_pool(
-                a, p, k, s, ceil_mode=c, layout=layout),
-            lambda t, p=p, k=k, s=s, c=ceil_mode: torch_lp(  # lp_pool1d wants ints
-                t, p, k[0] if n == 1 else k, s[0] if n == 1 and s else s, c),
-            layout, _input(rng, n, layout, positive=True)))
+        cases.append(
+            (
+                f"lp {p=} {k=} {s=} {ceil_mode=} {layout}",
+                lambda a, p=p, k=k, s=s, c=ceil_mode, layout=layout: cj.lp_pool(
+                    a, p, k, s, ceil_mode=c, layout=layout
+                ),
+                lambda t, p=p, k=k, s=s, c=ceil_mode: torch_lp(  # lp_pool1d wants ints
+                    t, p, k[0] if n == 1 else k, s[0] if n == 1 and s else s, c
+                ),
+                layout,
+                _input(rng, n, layout, positive=True),
+            )
+        )
     _run_grouped(rng, cases)
 
 
@@ -128,12 +174,17 @@ def test_avg_pool_unbatched_matches_torch(rng):
     for n, layout in itertools.product((1, 2, 3), ("channels_last", "channels_first")):
         k, s, p = (3,) * n, (2,) * n, (1,) * n
         torch_avg = TORCH_POOLS["avg"][n - 1]
-        cases.append((f"{n=} {layout}",
-                      lambda a, k=k, s=s, p=p, layout=layout: cj.avg_pool(
-                          a, k, s, padding=p, ceil_mode=True, count_include_pad=False,
-                          layout=layout),
-                      lambda t, k=k, s=s, p=p, f=torch_avg: f(t, k, s, p, True, False),
-                      layout, _input(rng, n, layout, batched=False)))
+        cases.append(
+            (
+                f"{n=} {layout}",
+                lambda a, k=k, s=s, p=p, layout=layout: cj.avg_pool(
+                    a, k, s, padding=p, ceil_mode=True, count_include_pad=False, layout=layout
+                ),
+                lambda t, k=k, s=s, p=p, f=torch_avg: f(t, k, s, p, True, False),
+                layout,
+                _input(rng, n, layout, batched=False),
+            )
+        )
     _run_grouped(rng, cases, batched=False)
 
 
@@ -143,23 +194,27 @@ def test_avg_pool_pairs_padding_matches_torch_on_explicit_padding(rng, count_inc
     # of padded (True) or real (False) elements, both computed by PyTorch.
     x = rng.standard_normal((2, 7, 9, 3)).astype(np.float32)
     pads, k, s = ((2, 0), (1, 2)), (3, 4), (2, 3)
-    ours = np.asarray(cj.avg_pool(jnp.asarray(x), k, s, padding=pads,
-                                  count_include_pad=count_include_pad))
+    ours = np.asarray(
+        cj.avg_pool(jnp.asarray(x), k, s, padding=pads, count_include_pad=count_include_pad)
+    )
     xt = torch.tensor(np.moveaxis(x, -1, 1).copy())
     flat = tuple(itertools.chain(*reversed(pads)))
-    total = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(xt, flat), k, s,
-                                           divisor_override=1)
+    total = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(xt, flat), k, s, divisor_override=1
+    )
     mask = torch.nn.functional.pad(torch.ones_like(xt), flat, value=float(count_include_pad))
     count = torch.nn.functional.avg_pool2d(mask, k, s, divisor_override=1)
-    np.testing.assert_allclose(ours, np.moveaxis((total / count).numpy(), 1, -1),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ours, np.moveaxis((total / count).numpy(), 1, -1), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_sum_pool_custom_vjp_equals_xla_gradient(rng):
     x = jnp.asarray(rng.standard_normal((2, 8, 9, 3)).astype(np.float32))
     windows = [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0), (4, 3, 2)]
-    for y, y_slow, dx, dx_slow in against_reduce_window(x, cj.sum_pool, 0.0, lax.add, windows,
-                                                        jnp.sin):
+    for y, y_slow, dx, dx_slow in against_reduce_window(
+        x, cj.sum_pool, 0.0, lax.add, windows, jnp.sin
+    ):
         np.testing.assert_allclose(y, y_slow, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(dx, dx_slow, rtol=1e-6, atol=1e-6)
 
@@ -170,15 +225,16 @@ def test_avg_pool_hand_derived_values():
     x = jnp.ones((1, 2, 2, 1))
     np.testing.assert_allclose(cj.avg_pool(x, 3, 2, padding=1)[0, 0, 0, 0], 4 / 9, rtol=1e-6)
     np.testing.assert_allclose(
-        cj.avg_pool(x, 3, 2, padding=1, count_include_pad=False)[0, 0, 0, 0], 1.0)
-    np.testing.assert_allclose(cj.avg_pool(x, 2, divisor_override=3)[0, 0, 0, 0], 4 / 3,
-                               rtol=1e-6)
+        cj.avg_pool(x, 3, 2, padding=1, count_include_pad=False)[0, 0, 0, 0], 1.0
+    )
+    np.testing.assert_allclose(cj.avg_pool(x, 2, divisor_override=3)[0, 0, 0, 0], 4 / 3, rtol=1e-6)
     # Gradient of sum(avg_pool) over non-overlapping windows: 1 / window size each.
     dx = jax.grad(lambda a: jnp.sum(cj.avg_pool(a, 2)))(jnp.ones((1, 4, 4, 1)))
     np.testing.assert_allclose(dx, np.full((1, 4, 4, 1), 0.25))
     # Sum pool of ones with "full" padding counts the overlap: 1, 2, 1 along 1-D.
-    np.testing.assert_allclose(cj.sum_pool(jnp.ones((1, 2, 1)), 2, 1, padding="full")[0, :, 0],
-                               [1.0, 2.0, 1.0])
+    np.testing.assert_allclose(
+        cj.sum_pool(jnp.ones((1, 2, 1)), 2, 1, padding="full")[0, :, 0], [1.0, 2.0, 1.0]
+    )
 
 
 def test_avg_pool_check_grads_and_vmap(rng):
@@ -192,30 +248,57 @@ def test_avg_pool_check_grads_and_vmap(rng):
 def test_large_window_avg_pool_falls_back_to_reduce_window_and_matches_torch(rng):
     x = rng.standard_normal((1, 2, 19, 19)).astype(np.float32)
     g = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
-    y, vjp = jax.vjp(lambda a: cj.avg_pool(a, 9, 5, padding=4, count_include_pad=False,
-                                           layout="channels_first"), jnp.asarray(x))
+    y, vjp = jax.vjp(
+        lambda a: cj.avg_pool(a, 9, 5, padding=4, count_include_pad=False, layout="channels_first"),
+        jnp.asarray(x),
+    )
     (dx,) = vjp(jnp.asarray(g))
     y_t, dx_t = torch_value_and_grad(
-        lambda t: torch.nn.functional.avg_pool2d(t, 9, 5, 4, False, False), x, g,
-        "channels_first", True)
+        lambda t: torch.nn.functional.avg_pool2d(t, 9, 5, 4, False, False),
+        x,
+        g,
+        "channels_first",
+        True,
+    )
     np.testing.assert_allclose(y, y_t, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dx, dx_t, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,ours,theirs", [
-    ("avg_pool", lambda a: cj.avg_pool(a, 3, 2, padding=1, layout="channels_first"),
-     lambda t: F.avg_pool2d(t, 3, 2, 1)),
-    ("min_pool", lambda a: cj.min_pool(a, 3, 2, padding=1, layout="channels_first"),
-     lambda t: -F.max_pool2d(-t, 3, 2, 1)),
-    ("adaptive_avg_pool", lambda a: cj.adaptive_avg_pool(a, 4, layout="channels_first"),
-     lambda t: F.adaptive_avg_pool2d(t, 4)),
-    ("adaptive_max_pool", lambda a: cj.adaptive_max_pool(a, 4, layout="channels_first"),
-     lambda t: F.adaptive_max_pool2d(t, 4)),
-    ("global_avg_pool", lambda a: cj.global_avg_pool(a, keepdims=True, layout="channels_first"),
-     lambda t: F.adaptive_avg_pool2d(t, 1)),
-    ("global_max_pool", lambda a: cj.global_max_pool(a, keepdims=True, layout="channels_first"),
-     lambda t: F.adaptive_max_pool2d(t, 1)),
-])
+@pytest.mark.parametrize(
+    "name,ours,theirs",
+    [
+        (
+            "avg_pool",
+            lambda a: cj.avg_pool(a, 3, 2, padding=1, layout="channels_first"),
+            lambda t: F.avg_pool2d(t, 3, 2, 1),
+        ),
+        (
+            "min_pool",
+            lambda a: cj.min_pool(a, 3, 2, padding=1, layout="channels_first"),
+            lambda t: -F.max_pool2d(-t, 3, 2, 1),
+        ),
+        (
+            "adaptive_avg_pool",
+            lambda a: cj.adaptive_avg_pool(a, 4, layout="channels_first"),
+            lambda t: F.adaptive_avg_pool2d(t, 4),
+        ),
+        (
+            "adaptive_max_pool",
+            lambda a: cj.adaptive_max_pool(a, 4, layout="channels_first"),
+            lambda t: F.adaptive_max_pool2d(t, 4),
+        ),
+        (
+            "global_avg_pool",
+            lambda a: cj.global_avg_pool(a, keepdims=True, layout="channels_first"),
+            lambda t: F.adaptive_avg_pool2d(t, 1),
+        ),
+        (
+            "global_max_pool",
+            lambda a: cj.global_max_pool(a, keepdims=True, layout="channels_first"),
+            lambda t: F.adaptive_max_pool2d(t, 1),
+        ),
+    ],
+)
 def test_nan_and_inf_propagate_like_torch(name, ours, theirs, rng):
     x = rng.standard_normal((1, 3, 6, 7)).astype(np.float32)
     x[0, 0, 1, 1] = np.nan
@@ -239,31 +322,76 @@ def test_nan_and_inf_propagate_like_torch(name, ours, theirs, rng):
 
 _CF = dict(layout="channels_first")
 HALF_POOLS = [
-    ("avg2d_k3s2p1", lambda a: cj.avg_pool(a, 3, 2, padding=1, **_CF),
-     lambda t: F.avg_pool2d(t, 3, 2, 1), (2, 3, 9, 11), False),
-    ("avg2d_ceil_exclude_pad", lambda a: cj.avg_pool(
-        a, 3, 1, padding=1, ceil_mode=True, count_include_pad=False, **_CF),
-     lambda t: F.avg_pool2d(t, 3, 1, 1, True, False), (2, 3, 9, 11), False),
-    ("avg2d_divisor", lambda a: cj.avg_pool(a, (2, 3), 2, divisor_override=5, **_CF),
-     lambda t: F.avg_pool2d(t, (2, 3), 2, divisor_override=5), (2, 3, 9, 11), False),
-    ("avg1d_k4s2", lambda a: cj.avg_pool(a, 4, 2, **_CF),
-     lambda t: F.avg_pool1d(t, 4, 2), (2, 3, 17), False),
-    ("avg2d_large_window", lambda a: cj.avg_pool(a, 9, 5, padding=4, **_CF),  # reduce_window
-     lambda t: F.avg_pool2d(t, 9, 5, 4), (1, 2, 19, 19), False),
-    ("sum2d_k3s2", lambda a: cj.sum_pool(a, 3, 2, **_CF),
-     lambda t: F.avg_pool2d(t, 3, 2, divisor_override=1), (2, 3, 9, 11), False),
-    ("lp2_2d", lambda a: cj.lp_pool(a, 2, 3, 2, **_CF),
-     lambda t: F.lp_pool2d(t, 2, 3, 2), (2, 3, 9, 11), True),
-    ("lp1.5_2d", lambda a: cj.lp_pool(a, 1.5, 2, **_CF),
-     lambda t: F.lp_pool2d(t, 1.5, 2), (2, 3, 9, 11), True),
-    ("lp3_1d_ceil", lambda a: cj.lp_pool(a, 3, (3,), 2, ceil_mode=True, **_CF),
-     lambda t: F.lp_pool1d(t, 3, 3, 2, ceil_mode=True), (2, 3, 16), True),
+    (
+        "avg2d_k3s2p1",
+        lambda a: cj.avg_pool(a, 3, 2, padding=1, **_CF),
+        lambda t: F.avg_pool2d(t, 3, 2, 1),
+        (2, 3, 9, 11),
+        False,
+    ),
+    (
+        "avg2d_ceil_exclude_pad",
+        lambda a: cj.avg_pool(a, 3, 1, padding=1, ceil_mode=True, count_include_pad=False, **_CF),
+        lambda t: F.avg_pool2d(t, 3, 1, 1, True, False),
+        (2, 3, 9, 11),
+        False,
+    ),
+    (
+        "avg2d_divisor",
+        lambda a: cj.avg_pool(a, (2, 3), 2, divisor_override=5, **_CF),
+        lambda t: F.avg_pool2d(t, (2, 3), 2, divisor_override=5),
+        (2, 3, 9, 11),
+        False,
+    ),
+    (
+        "avg1d_k4s2",
+        lambda a: cj.avg_pool(a, 4, 2, **_CF),
+        lambda t: F.avg_pool1d(t, 4, 2),
+        (2, 3, 17),
+        False,
+    ),
+    (
+        "avg2d_large_window",
+        lambda a: cj.avg_pool(a, 9, 5, padding=4, **_CF),  # reduce_window
+        lambda t: F.avg_pool2d(t, 9, 5, 4),
+        (1, 2, 19, 19),
+        False,
+    ),
+    (
+        "sum2d_k3s2",
+        lambda a: cj.sum_pool(a, 3, 2, **_CF),
+        lambda t: F.avg_pool2d(t, 3, 2, divisor_override=1),
+        (2, 3, 9, 11),
+        False,
+    ),
+    (
+        "lp2_2d",
+        lambda a: cj.lp_pool(a, 2, 3, 2, **_CF),
+        lambda t: F.lp_pool2d(t, 2, 3, 2),
+        (2, 3, 9, 11),
+        True,
+    ),
+    (
+        "lp1.5_2d",
+        lambda a: cj.lp_pool(a, 1.5, 2, **_CF),
+        lambda t: F.lp_pool2d(t, 1.5, 2),
+        (2, 3, 9, 11),
+        True,
+    ),
+    (
+        "lp3_1d_ceil",
+        lambda a: cj.lp_pool(a, 3, (3,), 2, ceil_mode=True, **_CF),
+        lambda t: F.lp_pool1d(t, 3, 3, 2, ceil_mode=True),
+        (2, 3, 16),
+        True,
+    ),
 ]
 
 
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=lambda d: jnp.dtype(d).name)
-@pytest.mark.parametrize("name,ours,theirs,shape,positive", HALF_POOLS,
-                         ids=[c[0] for c in HALF_POOLS])
+@pytest.mark.parametrize(
+    "name,ours,theirs,shape,positive", HALF_POOLS, ids=[c[0] for c in HALF_POOLS]
+)
 def test_half_precision_pools_match_torch(rng, dtype, name, ours, theirs, shape, positive):
     half_vs_torch(rng, dtype, ours, theirs, shape, positive)
 
@@ -292,7 +420,7 @@ def test_bf16_large_window_mean_is_not_stuck_at_256_elements(rng):
     # The gradient of the mean: 1 / 65536 everywhere, exact in bf16.
     dx = jax.grad(lambda a: cj.avg_pool(a, 256).astype(jnp.float32).sum())(jnp.asarray(x))
     assert dx.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(dx, np.float64), np.full(x.shape, 2.0 ** -16))
+    np.testing.assert_array_equal(np.asarray(dx, np.float64), np.full(x.shape, 2.0**-16))
 
 
 def test_fp16_sums_past_65504_do_not_overflow_before_the_division():
@@ -318,5 +446,6 @@ def test_fp16_lp_pool_powers_do_not_overflow_before_the_root():
     x = jnp.full((1, 2, 2, 1), 200, jnp.float16)
     y = cj.lp_pool(x, 2, 2)
     assert y.dtype == jnp.float16 and float(y[0, 0, 0, 0]) == 400.0
-    assert np.isinf(float(F.lp_pool2d(torch.full((1, 1, 2, 2), 200, dtype=torch.float16),
-                                      2, 2)[0, 0, 0, 0]))
+    assert np.isinf(
+        float(F.lp_pool2d(torch.full((1, 1, 2, 2), 200, dtype=torch.float16), 2, 2)[0, 0, 0, 0])
+    )

@@ -9,12 +9,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _pool_oracle import (
+    TORCH_POOLS,
+    against_reduce_window,
+    grouped_vjps,
+    input_shape,
+    jax_value_and_grad,
+    random_window,
+    torch_value_and_grad,
+)
 from jax import lax
 from jax.test_util import check_grads
 
 import cnn_jax as cj
-from _pool_oracle import (TORCH_POOLS, against_reduce_window, grouped_vjps, input_shape,
-                          jax_value_and_grad, random_window, torch_value_and_grad)
 
 
 def _max_configs(count_per_rank=8, seed=1234):
@@ -25,8 +32,9 @@ def _max_configs(count_per_rank=8, seed=1234):
     for n in (1, 2, 3):
         for i in range(count_per_rank):
             k, s, d, p, ceil_mode = random_window(rng, n, dilate=True)
-            out.append((n, k, s, p, d, ceil_mode, ("channels_last", "channels_first")[i % 2],
-                        i % 4 < 2))
+            out.append(
+                (n, k, s, p, d, ceil_mode, ("channels_last", "channels_first")[i % 2], i % 4 < 2)
+            )
     return out
 
 
@@ -49,14 +57,28 @@ def test_max_and_min_pool_match_torch(rng, n):
     for i, (_, k, s, p, d, ceil_mode, layout, ties) in enumerate(c for c in CONFIGS if c[0] == n):
         kw = dict(padding=p, dilation=d, ceil_mode=ceil_mode, layout=layout)
         max_t = lambda t, k=k, s=s, p=p, d=d, c=ceil_mode: TORCH_POOLS["max"][n - 1](
-            t, k, s, p, d, c)
-        cases.append((f"max {k=} {s=} {p=} {d=} {ceil_mode=} {layout}",
-                      lambda a, k=k, s=s, kw=kw: cj.max_pool(a, k, s, **kw), max_t, layout, ties))
+            t, k, s, p, d, c
+        )
+        cases.append(
+            (
+                f"max {k=} {s=} {p=} {d=} {ceil_mode=} {layout}",
+                lambda a, k=k, s=s, kw=kw: cj.max_pool(a, k, s, **kw),
+                max_t,
+                layout,
+                ties,
+            )
+        )
         if i % 2 == 0:
             min_t = lambda t, f=max_t: -f(-t)
-            cases.append((f"min {k=} {s=} {p=} {d=} {ceil_mode=} {layout}",
-                          lambda a, k=k, s=s, kw=kw: cj.min_pool(a, k, s, **kw), min_t, layout,
-                          ties))
+            cases.append(
+                (
+                    f"min {k=} {s=} {p=} {d=} {ceil_mode=} {layout}",
+                    lambda a, k=k, s=s, kw=kw: cj.min_pool(a, k, s, **kw),
+                    min_t,
+                    layout,
+                    ties,
+                )
+            )
     xs = [_input(rng, n, layout, ties) for _, _, _, layout, _ in cases]
     ys_shape = [jax.eval_shape(f, x).shape for (_, f, _, _, _), x in zip(cases, xs)]
     gs = [rng.standard_normal(shape).astype(np.float32) for shape in ys_shape]
@@ -71,12 +93,21 @@ def test_max_pool_unbatched_matches_torch(rng):
     cases = []
     for n, layout in [(1, "channels_first"), (2, "channels_last"), (3, "channels_first")]:
         k, s, p = (3,) * n, (2,) * n, (1,) * n
-        cases.append((n, layout, lambda a, k=k, s=s, p=p, layout=layout: cj.max_pool(
-            a, k, s, padding=p, layout=layout),
-            lambda t, n=n, k=k, s=s, p=p: TORCH_POOLS["max"][n - 1](t, k, s, p)))
+        cases.append(
+            (
+                n,
+                layout,
+                lambda a, k=k, s=s, p=p, layout=layout: cj.max_pool(
+                    a, k, s, padding=p, layout=layout
+                ),
+                lambda t, n=n, k=k, s=s, p=p: TORCH_POOLS["max"][n - 1](t, k, s, p),
+            )
+        )
     xs = [_input(rng, n, layout, ties=True, batched=False) for n, layout, _, _ in cases]
-    gs = [rng.standard_normal(jax.eval_shape(c[2], x).shape).astype(np.float32)
-          for c, x in zip(cases, xs)]
+    gs = [
+        rng.standard_normal(jax.eval_shape(c[2], x).shape).astype(np.float32)
+        for c, x in zip(cases, xs)
+    ]
     results = grouped_vjps([c[2] for c in cases], xs, gs)
     for (n, layout, _, torch_fn), x, g, (y, dx) in zip(cases, xs, gs, results):
         y_t, dx_t = torch_value_and_grad(torch_fn, x, g, layout, False)
@@ -146,8 +177,9 @@ def test_max_pool_custom_vjp_equals_xla_gradient(rng):
     # Distinct values (no ties), so XLA's select_and_scatter has one answer too.
     x = jnp.asarray(rng.permutation(2 * 8 * 9 * 3).reshape(2, 8, 9, 3).astype(np.float32))
     windows = [(3, 2, 1), (2, 2, 0), (3, 1, 1), (2, 3, 0)]
-    for y, y_slow, dx, dx_slow in against_reduce_window(x, cj.max_pool, -jnp.inf, lax.max,
-                                                        windows, jnp.cos):
+    for y, y_slow, dx, dx_slow in against_reduce_window(
+        x, cj.max_pool, -jnp.inf, lax.max, windows, jnp.cos
+    ):
         np.testing.assert_array_equal(y, y_slow)
         np.testing.assert_allclose(dx, dx_slow, rtol=1e-6, atol=1e-6)
 
@@ -156,8 +188,9 @@ def test_dilated_max_pool_has_a_gradient_where_xla_has_none(rng):
     x = jnp.asarray(rng.standard_normal((1, 9, 9, 2)).astype(np.float32))
 
     def plain(a):
-        return lax.reduce_window(a, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 1, 1, 1),
-                                 "VALID", window_dilation=(1, 2, 2, 1))
+        return lax.reduce_window(
+            a, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 1, 1, 1), "VALID", window_dilation=(1, 2, 2, 1)
+        )
 
     with pytest.raises(NotImplementedError):
         jax.grad(lambda a: jnp.sum(plain(a)))(x)
@@ -173,9 +206,10 @@ def test_max_pool_gradient_sums_to_number_of_outputs(rng):
     configs = [(3, 2, 1, 1, False), (3, 1, 0, 2, False), (3, 3, 1, 1, True)]
 
     def grads(x):
-        return [jax.grad(lambda a: jnp.sum(cj.max_pool(a, k, s, padding=p, dilation=d,
-                                                       ceil_mode=c)))(x)
-                for k, s, p, d, c in configs]
+        return [
+            jax.grad(lambda a: jnp.sum(cj.max_pool(a, k, s, padding=p, dilation=d, ceil_mode=c)))(x)
+            for k, s, p, d, c in configs
+        ]
 
     for (k, s, p, d, c), dx in zip(configs, jax.jit(grads)(x)):
         size = cj.max_pool(x, k, s, padding=p, dilation=d, ceil_mode=c).size
@@ -190,7 +224,8 @@ def test_max_pool_integer_input_matches_numpy():
     assert y.dtype == jnp.int32
     np.testing.assert_array_equal(y, expected)
     np.testing.assert_array_equal(
-        cj.min_pool(jnp.asarray(x), 2), x[:, :4, :6].reshape(2, 2, 2, 3, 2, 1).min(axis=(2, 4)))
+        cj.min_pool(jnp.asarray(x), 2), x[:, :4, :6].reshape(2, 2, 2, 3, 2, 1).min(axis=(2, 4))
+    )
 
 
 def test_max_pool_jit_vmap_grad_compose(rng):
@@ -200,8 +235,9 @@ def test_max_pool_jit_vmap_grad_compose(rng):
     looped = jnp.stack([jax.grad(f)(a) for a in x])
     np.testing.assert_allclose(per_item, looped, rtol=1e-6)
     # Unbatched input with a tuple window equals the batched call.
-    np.testing.assert_array_equal(cj.max_pool(x[0, 0], (3, 3), 2, padding=1),
-                                  cj.max_pool(x[0], 3, 2, padding=1)[0])
+    np.testing.assert_array_equal(
+        cj.max_pool(x[0, 0], (3, 3), 2, padding=1), cj.max_pool(x[0], 3, 2, padding=1)[0]
+    )
 
 
 def test_max_pool_bfloat16_keeps_dtype_and_differentiates():
@@ -226,7 +262,8 @@ def test_max_pool_pairs_and_strings_match_explicitly_padded_torch(rng, padding):
     def torch_fn(t):  # pad with -inf by hand (F.pad takes the last dim first)
         flat = tuple(itertools.chain(*reversed(pads)))
         return torch.nn.functional.max_pool2d(
-            torch.nn.functional.pad(t, flat, value=-float("inf")), k, s)
+            torch.nn.functional.pad(t, flat, value=-float("inf")), k, s
+        )
 
     y_t, dx_t = torch_value_and_grad(torch_fn, x, g.astype(np.float32), "channels_last", True)
     np.testing.assert_array_equal(y, y_t)
@@ -235,8 +272,13 @@ def test_max_pool_pairs_and_strings_match_explicitly_padded_torch(rng, padding):
 
 def test_max_pool_check_grads_rev(rng):
     x = jnp.asarray(rng.permutation(2 * 6 * 6 * 2).reshape(2, 6, 6, 2).astype(np.float32))
-    check_grads(lambda a: cj.max_pool(a, 3, 2, padding=1, dilation=1),
-                              (x,), order=1, modes=["rev"], eps=1e-2)
+    check_grads(
+        lambda a: cj.max_pool(a, 3, 2, padding=1, dilation=1),
+        (x,),
+        order=1,
+        modes=["rev"],
+        eps=1e-2,
+    )
 
 
 def test_large_windows_fall_back_to_reduce_window_and_match_torch(rng):
@@ -247,8 +289,8 @@ def test_large_windows_fall_back_to_reduce_window_and_match_torch(rng):
         ours = jax.jit(lambda a: cj.max_pool(a, 9, layout="channels_first", **kw))
         y, dx, g = jax_value_and_grad(ours, x, lambda shape: rng.standard_normal(shape))
         torch_fn = lambda t: TORCH_POOLS["max"][1](
-            t, 9, kw["stride"], kw.get("padding", 0), kw.get("dilation", 1))
-        y_t, dx_t = torch_value_and_grad(torch_fn, x, g.astype(np.float32), "channels_first",
-                                         True)
+            t, 9, kw["stride"], kw.get("padding", 0), kw.get("dilation", 1)
+        )
+        y_t, dx_t = torch_value_and_grad(torch_fn, x, g.astype(np.float32), "channels_first", True)
         np.testing.assert_array_equal(y, y_t, err_msg=str(kw))
         np.testing.assert_allclose(dx, dx_t, rtol=1e-6, atol=1e-6, err_msg=str(kw))

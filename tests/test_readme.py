@@ -49,16 +49,20 @@ def _make_data(root, rng):
     cifar = root / "data" / "cifar-10-batches-py"
     cifar.mkdir(parents=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (16, 3072)).astype(np.uint8),
-                 b"labels": list(rng.integers(0, 10, 16))}
+        batch = {
+            b"data": rng.integers(0, 256, (16, 3072)).astype(np.uint8),
+            b"labels": list(rng.integers(0, 10, 16)),
+        }
         with open(cifar / name, "wb") as f:
             pickle.dump(batch, f)
     mnist = root / "data" / "mnist"
     mnist.mkdir(parents=True)
-    for name, shape in (("train-images-idx3-ubyte", (64, 28, 28)),
-                        ("train-labels-idx1-ubyte", (64,)),
-                        ("t10k-images-idx3-ubyte", (16, 28, 28)),
-                        ("t10k-labels-idx1-ubyte", (16,))):
+    for name, shape in (
+        ("train-images-idx3-ubyte", (64, 28, 28)),
+        ("train-labels-idx1-ubyte", (64,)),
+        ("t10k-images-idx3-ubyte", (16, 28, 28)),
+        ("t10k-labels-idx1-ubyte", (16,)),
+    ):
         high = 10 if len(shape) == 1 else 256
         array = rng.integers(0, high, shape).astype(np.uint8)
         header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *shape)
@@ -68,7 +72,8 @@ def _make_data(root, rng):
         (root / "data" / "photos" / c).mkdir(parents=True)
         for i in range(24):
             Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)).save(
-                root / "data" / "photos" / c / f"{i}.png")
+                root / "data" / "photos" / c / f"{i}.png"
+            )
     for name in ("cat.png", "dog.png"):
         Image.fromarray(rng.integers(0, 256, (40, 30, 3)).astype(np.uint8)).save(root / name)
 
@@ -90,8 +95,14 @@ def test_python_blocks_run(index, tmp_path):
         compile(body, first[2:], "exec")
         return
     env = dict(os.environ, CNN_JAX_COMPILATION_CACHE="off", PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", body],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"README block {index}:\n{body}\n{result.stderr[-3000:]}"
 
 

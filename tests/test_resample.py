@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _layout import to_cf, to_cl, torch_value_and_grad
 
 import cnn_jax as cj
-from _layout import to_cf, to_cl, torch_value_and_grad
 
 LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -82,7 +82,8 @@ def test_upsample_matches_torch(n):
             lambda t: F.interpolate(
                 t, mode=mode, align_corners=align if method == "linear" else None, **case
             ),
-            x, i,
+            x,
+            i,
         )
         configs.append((case.get("scale_factor"), case.get("size"), method, align))
         expected.append((ty, tg))
@@ -90,8 +91,12 @@ def test_upsample_matches_torch(n):
 
     # 2-D runs every config in both layouts; 1-D and 3-D alternate the layout per
     # config (the layout code is rank-generic) to keep compiles few.
-    layouts = [("channels_first", "channels_last") if n == 2 else
-               (("channels_first",) if i % 2 else ("channels_last",)) for i in range(len(configs))]
+    layouts = [
+        ("channels_first", "channels_last")
+        if n == 2
+        else (("channels_first",) if i % 2 else ("channels_last",))
+        for i in range(len(configs))
+    ]
 
     @jax.jit
     def run(a, cts):
@@ -102,8 +107,12 @@ def test_upsample_matches_torch(n):
                 cl = layout == "channels_last"
                 xin = jnp.moveaxis(a, 1, -1) if cl else a
                 c = jnp.moveaxis(ct, 1, -1) if cl else ct
-                y, vjp = jax.vjp(lambda b: cj.upsample(
-                    b, scale, size=size, method=method, align_corners=align, layout=layout), xin)
+                y, vjp = jax.vjp(
+                    lambda b: cj.upsample(
+                        b, scale, size=size, method=method, align_corners=align, layout=layout
+                    ),
+                    xin,
+                )
                 out.append((y, vjp(c)[0]))
         return out
 
@@ -167,11 +176,15 @@ def test_upsample_linear_bfloat16_rounds_once_like_torch(rng):
 
 def test_upsample_errors():
     x = jnp.ones((1, 4, 4, 2))
-    with pytest.raises(ValueError, match="upsample: exactly one of scale_factor and size must be given"):
+    with pytest.raises(
+        ValueError, match="upsample: exactly one of scale_factor and size must be given"
+    ):
         cj.upsample(x)
     with pytest.raises(ValueError, match="exactly one of scale_factor and size.*size=8"):
         cj.upsample(x, 2, size=8)
-    with pytest.raises(ValueError, match="method must be one of \\('nearest', 'linear'\\), got 'cubic'"):
+    with pytest.raises(
+        ValueError, match="method must be one of \\('nearest', 'linear'\\), got 'cubic'"
+    ):
         cj.upsample(x, 2, method="cubic")
     with pytest.raises(ValueError, match="align_corners must be False for method='nearest'"):
         cj.upsample(x, 2, align_corners=True)
@@ -183,7 +196,9 @@ def test_upsample_errors():
         cj.upsample(x, -2)
     with pytest.raises(ValueError, match="scale_factor must be > 0 and finite"):
         cj.upsample(x, float("inf"))
-    with pytest.raises(TypeError, match="scale_factor must be a number or a tuple of numbers, got '2'"):
+    with pytest.raises(
+        TypeError, match="scale_factor must be a number or a tuple of numbers, got '2'"
+    ):
         cj.upsample(x, "2")
     with pytest.raises(ValueError, match="scale_factor must be a number or a tuple of 2 numbers"):
         cj.upsample(x, (2, 2, 2))
@@ -251,12 +266,17 @@ def test_pixel_shuffle_nd_matches_loop_reference(n, rng):
     np.testing.assert_array_equal(np.asarray(cj.pixel_shuffle(x, r, layout="channels_first")), ref)
     y_cl = cj.pixel_shuffle(to_cl(x), r)
     np.testing.assert_array_equal(to_cf(np.asarray(y_cl)), ref)
-    np.testing.assert_array_equal(np.asarray(cj.pixel_unshuffle(ref, r, layout="channels_first")), x)
+    np.testing.assert_array_equal(
+        np.asarray(cj.pixel_unshuffle(ref, r, layout="channels_first")), x
+    )
     np.testing.assert_array_equal(np.asarray(cj.pixel_unshuffle(y_cl, r)), to_cl(x))
 
 
 def test_pixel_shuffle_errors():
-    with pytest.raises(ValueError, match="pixel_shuffle: the channel count must be divisible by upscale_factor\\*\\*2 = 4, got 6"):
+    with pytest.raises(
+        ValueError,
+        match="pixel_shuffle: the channel count must be divisible by upscale_factor\\*\\*2 = 4, got 6",
+    ):
         cj.pixel_shuffle(jnp.ones((1, 3, 3, 6)), 2)
     with pytest.raises(ValueError, match="divisible by upscale_factor\\*\\*2 = 9, got 4"):
         cj.pixel_shuffle(jnp.ones((1, 4, 3, 3)), 3, layout="channels_first")
@@ -268,7 +288,10 @@ def test_pixel_shuffle_errors():
         cj.pixel_shuffle(jnp.ones((4, 4)), 2)
     with pytest.raises(ValueError, match="pixel_shuffle: layout must be one of"):
         cj.pixel_shuffle(jnp.ones((1, 3, 3, 4)), 2, layout="nhwc")
-    with pytest.raises(ValueError, match="pixel_unshuffle: every spatial size must be divisible by downscale_factor=2, got spatial shape \\(3, 4\\)"):
+    with pytest.raises(
+        ValueError,
+        match="pixel_unshuffle: every spatial size must be divisible by downscale_factor=2, got spatial shape \\(3, 4\\)",
+    ):
         cj.pixel_unshuffle(jnp.ones((1, 3, 4, 1)), 2)
     with pytest.raises(ValueError, match="downscale_factor must be >= 1, got -1"):
         cj.pixel_unshuffle(jnp.ones((1, 4, 4, 1)), -1)
@@ -330,23 +353,32 @@ def value_and_vjp(fn, x, g):
 def test_unfold_and_fold_match_torch_2d(rng):
     x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
     for i, kw in enumerate(UNFOLD_2D):
-        args = dict(stride=kw.get("stride", 1), padding=kw.get("padding", 0), dilation=kw.get("dilation", 1))
+        args = dict(
+            stride=kw.get("stride", 1), padding=kw.get("padding", 0), dilation=kw.get("dilation", 1)
+        )
         k = kw["kernel_size"]
         kk = math.prod(k) if isinstance(k, tuple) else k * k
         tp, tg, g = torch_value_and_grad(lambda t: F.unfold(t, **kw), x, i)
         y_cf, dx_cf, y_cl, dx_cl = both_layouts(
-            lambda layout: lambda a: cj.unfold(a, k, layout=layout, **args), x, g,
-            cl_out=lambda a: cf_patches_to_cl(a, kk), cf_out=lambda a: cl_patches_to_cf(a, kk),
+            lambda layout: lambda a: cj.unfold(a, k, layout=layout, **args),
+            x,
+            g,
+            cl_out=lambda a: cf_patches_to_cl(a, kk),
+            cf_out=lambda a: cl_patches_to_cf(a, kk),
         )
         for y, dx in ((y_cf, dx_cf), (y_cl, dx_cl)):
             np.testing.assert_array_equal(y, tp)
             assert_close(dx, tg, kw)
         # fold of torch's patches: values and the gradient with respect to the patches.
         ty, tg, g = torch_value_and_grad(lambda t: F.fold(t, (7, 6), **kw), tp, i + 100)
-        y, dp = value_and_vjp(lambda p: cj.fold(p, (7, 6), k, layout="channels_first", **args), tp, g)
+        y, dp = value_and_vjp(
+            lambda p: cj.fold(p, (7, 6), k, layout="channels_first", **args), tp, g
+        )
         assert_close(y, ty, kw)
         np.testing.assert_array_equal(dp, tg)
-        y, dp = value_and_vjp(lambda p: cj.fold(p, (7, 6), k, **args), cf_patches_to_cl(tp, kk), to_cl(g))
+        y, dp = value_and_vjp(
+            lambda p: cj.fold(p, (7, 6), k, **args), cf_patches_to_cl(tp, kk), to_cl(g)
+        )
         assert_close(to_cf(y), ty, kw)
         np.testing.assert_array_equal(cl_patches_to_cf(dp, kk), tg)
 
@@ -372,10 +404,17 @@ def test_unfold_fold_random_configs_match_torch():
     def run(inputs):
         out = []
         for (k, d, s, p, hw), (x, g) in zip(configs, inputs):
-            y, vjp = jax.vjp(lambda a: cj.unfold(
-                a, k, stride=s, padding=p, dilation=d, layout="channels_first"), x)
-            out.append((y, vjp(g)[0], cj.fold(y, hw, k, stride=s, padding=p, dilation=d,
-                                              layout="channels_first")))
+            y, vjp = jax.vjp(
+                lambda a: cj.unfold(a, k, stride=s, padding=p, dilation=d, layout="channels_first"),
+                x,
+            )
+            out.append(
+                (
+                    y,
+                    vjp(g)[0],
+                    cj.fold(y, hw, k, stride=s, padding=p, dilation=d, layout="channels_first"),
+                )
+            )
         return out
 
     for config, got, want in zip(configs, run(inputs), expected):
@@ -432,10 +471,18 @@ def test_unfold_padding_strings_and_pairs(rng):
 
     same, full, pairs, valid = (np.asarray(v) for v in run(x))
     # "same" with stride 2: ceil(5 / 2) x ceil(4 / 2) = 3 x 2 blocks; total pad 2 and 1.
-    np.testing.assert_array_equal(same, unfold_reference(x, (3, 3), (2, 2), [(1, 1), (0, 1)], (1, 1)))
-    np.testing.assert_array_equal(full, unfold_reference(x, (2, 3), (1, 1), [(1, 1), (2, 2)], (1, 1)))
-    np.testing.assert_array_equal(pairs, unfold_reference(x, (2, 2), (1, 1), [(0, 1), (2, 0)], (1, 1)))
-    np.testing.assert_array_equal(valid, unfold_reference(x, (2, 2), (1, 1), [(0, 0), (0, 0)], (1, 1)))
+    np.testing.assert_array_equal(
+        same, unfold_reference(x, (3, 3), (2, 2), [(1, 1), (0, 1)], (1, 1))
+    )
+    np.testing.assert_array_equal(
+        full, unfold_reference(x, (2, 3), (1, 1), [(1, 1), (2, 2)], (1, 1))
+    )
+    np.testing.assert_array_equal(
+        pairs, unfold_reference(x, (2, 2), (1, 1), [(0, 1), (2, 0)], (1, 1))
+    )
+    np.testing.assert_array_equal(
+        valid, unfold_reference(x, (2, 2), (1, 1), [(0, 0), (0, 0)], (1, 1))
+    )
 
 
 def test_unfold_fold_unbatched_match_torch(rng):
@@ -446,8 +493,12 @@ def test_unfold_fold_unbatched_match_torch(rng):
     @jax.jit
     def run(x, p):
         y_cl = cj.unfold(jnp.moveaxis(x, 0, -1), (2, 2))
-        return (cj.unfold(x, (2, 2), layout="channels_first"), y_cl,
-                cj.fold(p, (5, 4), 2, layout="channels_first"), cj.fold(y_cl, (5, 4), 2))
+        return (
+            cj.unfold(x, (2, 2), layout="channels_first"),
+            y_cl,
+            cj.fold(p, (5, 4), 2, layout="channels_first"),
+            cj.fold(y_cl, (5, 4), 2),
+        )
 
     y, y_cl, f_cf, f_cl = (np.asarray(v) for v in run(x, tp.numpy()))
     np.testing.assert_array_equal(y, tp.numpy())
@@ -465,7 +516,10 @@ def test_fold_of_ones_counts_overlaps():
 
 def test_unfold_fold_errors():
     x = jnp.ones((1, 4, 4, 2))
-    with pytest.raises(ValueError, match="unfold: window \\(5, 5\\) \\(dilation \\(1, 1\\)\\) must fit in the padded input \\(4, 4\\)"):
+    with pytest.raises(
+        ValueError,
+        match="unfold: window \\(5, 5\\) \\(dilation \\(1, 1\\)\\) must fit in the padded input \\(4, 4\\)",
+    ):
         cj.unfold(x, 5)
     with pytest.raises(ValueError, match="unfold: window must be >= 1 in every dim, got 0"):
         cj.unfold(x, 0)
@@ -477,7 +531,10 @@ def test_unfold_fold_errors():
         cj.unfold(x, 2, padding=-1)
     with pytest.raises(ValueError, match="unfold: padding must be an int.*got 'causal'"):
         cj.unfold(x, 2, padding="causal")
-    with pytest.raises(ValueError, match="unfold: x must have 5 dims \\(batched\\) or 4 \\(unbatched\\) for a 3-D window"):
+    with pytest.raises(
+        ValueError,
+        match="unfold: x must have 5 dims \\(batched\\) or 4 \\(unbatched\\) for a 3-D window",
+    ):
         cj.unfold(jnp.ones((4, 4)), (2, 2, 2))
     with pytest.raises(ValueError, match="unfold: window must have one entry per spatial dim"):
         cj.unfold(x, ())
@@ -485,19 +542,34 @@ def test_unfold_fold_errors():
         cj.unfold(jnp.ones((4, 4)), 2)
     with pytest.raises(ValueError, match="unfold: layout must be one of"):
         cj.unfold(x, 2, layout="NCHW")
-    with pytest.raises(TypeError, match="unfold: window must be an int or a tuple of ints, got 2.0"):
+    with pytest.raises(
+        TypeError, match="unfold: window must be an int or a tuple of ints, got 2.0"
+    ):
         cj.unfold(x, 2.0)
     p = jnp.ones((1, 8, 9))  # C=2, K=4, L=9: a 3x3 grid of 2x2 blocks on a 4x4 image
     assert cj.fold(p, (4, 4), 2, layout="channels_first").shape == (1, 2, 4, 4)
-    with pytest.raises(ValueError, match="fold: patches.shape\\[2\\] must equal the number of blocks 16 = prod\\(\\(4, 4\\)\\)"):
+    with pytest.raises(
+        ValueError,
+        match="fold: patches.shape\\[2\\] must equal the number of blocks 16 = prod\\(\\(4, 4\\)\\)",
+    ):
         cj.fold(p, (5, 5), 2, layout="channels_first")
-    with pytest.raises(ValueError, match="fold: patches.shape\\[1\\] must equal the number of blocks 9"):
+    with pytest.raises(
+        ValueError, match="fold: patches.shape\\[1\\] must equal the number of blocks 9"
+    ):
         cj.fold(jnp.ones((1, 8, 8)), (4, 4), 2)
-    with pytest.raises(ValueError, match="fold: patches.shape\\[1\\] must be divisible by prod\\(window\\) = 4, got patches.shape=\\(1, 6, 9\\)"):
+    with pytest.raises(
+        ValueError,
+        match="fold: patches.shape\\[1\\] must be divisible by prod\\(window\\) = 4, got patches.shape=\\(1, 6, 9\\)",
+    ):
         cj.fold(jnp.ones((1, 6, 9)), (4, 4), 2, layout="channels_first")
-    with pytest.raises(ValueError, match="fold: patches.shape\\[0\\] must be divisible by prod\\(window\\) = 4, got patches.shape=\\(6, 9\\)"):
+    with pytest.raises(
+        ValueError,
+        match="fold: patches.shape\\[0\\] must be divisible by prod\\(window\\) = 4, got patches.shape=\\(6, 9\\)",
+    ):
         cj.fold(jnp.ones((6, 9)), (4, 4), 2, layout="channels_first")
-    with pytest.raises(ValueError, match="fold: patches must have 3 dims \\(batched\\) or 2 \\(unbatched\\)"):
+    with pytest.raises(
+        ValueError, match="fold: patches must have 3 dims \\(batched\\) or 2 \\(unbatched\\)"
+    ):
         cj.fold(jnp.ones((1, 1, 8, 9)), (4, 4), 2)
     with pytest.raises(TypeError, match="fold: patches must be an array"):
         cj.fold([[1.0]], (4, 4), 2)
@@ -515,8 +587,11 @@ def test_unfold_fold_errors():
 
 def test_unfold_rejects_empty_spatial_dims_like_torch():
     # Found by the fuzz sweep (seed 7, config 4087): padding alone made patches.
-    with pytest.raises(ValueError, match=r"unfold: x must have non-empty spatial dims, got "
-                                         r"x.shape=\(1, 1, 0, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unfold: x must have non-empty spatial dims, got "
+        r"x.shape=\(1, 1, 0, 4\)",
+    ):
         cj.unfold(jnp.ones((1, 0, 4)), (2, 2), padding=1, layout="channels_first")
     with pytest.raises(RuntimeError, match="non-zero dimensions"):
         torch.nn.functional.unfold(torch.ones(1, 0, 4), (2, 2), padding=1)
@@ -527,4 +602,5 @@ def test_upsample_align_corners_takes_numpy_bools(rng):
     for value in (True, False):
         np.testing.assert_array_equal(
             np.asarray(cj.upsample(x, size=(7, 9), method="linear", align_corners=np.bool_(value))),
-            np.asarray(cj.upsample(x, size=(7, 9), method="linear", align_corners=value)))
+            np.asarray(cj.upsample(x, size=(7, 9), method="linear", align_corners=value)),
+        )

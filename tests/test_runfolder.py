@@ -28,13 +28,13 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import _run_helpers as h
+import pytest
 
 UNRAISABLE = pytest.mark.filterwarnings(
     # orbax's tensorstore callbacks may reach a closed asyncio loop at garbage collection
-    "ignore::pytest.PytestUnraisableExceptionWarning")
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 pytestmark = UNRAISABLE
 
 
@@ -77,25 +77,33 @@ def one_error(proc, *parts) -> str:
 
 
 def train(out, cache, *extra, hooks=None, timeout=150):
-    return h.run(h.command("train", *h.TINY, *extra, "--out", str(out), hooks=bool(hooks)),
-                 h.base_env(cache, hooks=hooks), timeout=timeout)
+    return h.run(
+        h.command("train", *h.TINY, *extra, "--out", str(out), hooks=bool(hooks)),
+        h.base_env(cache, hooks=hooks),
+        timeout=timeout,
+    )
 
 
 def resume(out, cache, *extra):
-    return h.run(h.command("train", "--out", str(out), "--resume", "--quiet", *extra),
-                 h.base_env(cache), timeout=150)
+    return h.run(
+        h.command("train", "--out", str(out), "--resume", "--quiet", *extra),
+        h.base_env(cache),
+        timeout=150,
+    )
 
 
 @pytest.mark.slow
-def test_a_refused_train_changes_nothing_and_resume_keeps_the_run(tmp_path, cache,
-                                                                   reference_dir):
+def test_a_refused_train_changes_nothing_and_resume_keeps_the_run(tmp_path, cache, reference_dir):
     out = tmp_path / "run"
     shutil.copytree(reference_dir, out)
     before = files(out)
     # A new run over an existing one (the lr and seed of another experiment): refused
     # before anything is written, so the record still says how the run was started.
-    one_error(train(out, cache, "--lr", "0.5", "--seed", "7"),
-              "out must not hold checkpoints unless resuming", "--resume")
+    one_error(
+        train(out, cache, "--lr", "0.5", "--seed", "7"),
+        "out must not hold checkpoints unless resuming",
+        "--resume",
+    )
     assert files(out) == before
     with open(out / "run.json") as f:
         assert json.load(f)["config"]["lr"] == 0.003
@@ -110,8 +118,11 @@ def test_a_refused_train_changes_nothing_and_resume_keeps_the_run(tmp_path, cach
 
 def pause(out, cache, step: int, seconds: int):
     """A run of TINY into ``out`` that waits ``seconds`` before feeding ``step``."""
-    proc = h.launch(h.command("train", *h.TINY, "--out", str(out), hooks=True),
-                    h.base_env(cache, hooks=f"step={step}:{seconds}s"), timeout=180)
+    proc = h.launch(
+        h.command("train", *h.TINY, "--out", str(out), hooks=True),
+        h.base_env(cache, hooks=f"step={step}:{seconds}s"),
+        timeout=180,
+    )
     proc.wait_for(f"@@ step {step}")
     return proc
 
@@ -134,8 +145,9 @@ def test_two_fresh_trains_on_one_out_the_second_is_refused(tmp_path, cache, refe
 
 
 @pytest.mark.slow
-def test_a_resume_beside_a_running_train_is_refused_and_readers_work(tmp_path, cache,
-                                                                     reference_dir):
+def test_a_resume_beside_a_running_train_is_refused_and_readers_work(
+    tmp_path, cache, reference_dir
+):
     out = tmp_path / "run"
     a = pause(out, cache, 6, 20)
     try:
@@ -146,8 +158,9 @@ def test_a_resume_beside_a_running_train_is_refused_and_readers_work(tmp_path, c
         before = files(out)
         one_error(resume(out, cache), "is in use", f"pid {a.p.pid}")
         assert files(out) == before
-        reader = h.check(h.run(h.command("evaluate", "--out", str(out)), h.base_env(cache),
-                               timeout=120))
+        reader = h.check(
+            h.run(h.command("evaluate", "--out", str(out)), h.base_env(cache), timeout=120)
+        )
         assert json.loads(reader.stdout)["step"] in (4, 8)
         a.finish()
         h.check(a, 0)
@@ -157,8 +170,7 @@ def test_a_resume_beside_a_running_train_is_refused_and_readers_work(tmp_path, c
 
 
 @pytest.mark.slow
-def test_a_lost_metrics_line_retrains_nothing_and_is_repaired(tmp_path, cache,
-                                                               reference_dir):
+def test_a_lost_metrics_line_retrains_nothing_and_is_repaired(tmp_path, cache, reference_dir):
     out = tmp_path / "run"
     shutil.copytree(reference_dir, out)
     with open(out / "summary.json", "rb") as f:
@@ -166,7 +178,7 @@ def test_a_lost_metrics_line_retrains_nothing_and_is_repaired(tmp_path, cache,
     with open(out / "metrics.jsonl") as f:
         text = f.read()
     with open(out / "metrics.jsonl", "w") as f:  # a crash in the middle of a line
-        f.write(text[:len(text) - 40])
+        f.write(text[: len(text) - 40])
     proc = resume(out, cache)
     h.check(proc)
     assert "already complete (2 epochs)" in proc.stdout
@@ -185,11 +197,16 @@ def test_a_lost_metrics_line_retrains_nothing_and_is_repaired(tmp_path, cache,
 def mounted_tmpfs(path, *options):
     """A tmpfs at ``path`` (skips the test where mounting is not permitted)."""
     os.makedirs(path)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs",
-                           str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): "
-                    f"the full-disk cases need one")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): "
+            f"the full-disk cases need one"
+        )
     try:
         yield path
     finally:
@@ -200,12 +217,27 @@ def mounted_tmpfs(path, *options):
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last(tmp_path, cache):
     with mounted_tmpfs(tmp_path / "disk", "size=2m") as disk:
         out = disk / "run"
-        proc = h.run(h.command("train", "--limit", "256", "--batch-size", "64", "--epochs",
-                               "12", "--quiet", "--checkpoint-every", "0",
-                               "--keep-checkpoints", "20", "--out", str(out)),
-                     h.base_env(cache), timeout=200)
-        line = one_error(proc, "could not write checkpoint", "the disk is full",
-                         "is intact")
+        proc = h.run(
+            h.command(
+                "train",
+                "--limit",
+                "256",
+                "--batch-size",
+                "64",
+                "--epochs",
+                "12",
+                "--quiet",
+                "--checkpoint-every",
+                "0",
+                "--keep-checkpoints",
+                "20",
+                "--out",
+                str(out),
+            ),
+            h.base_env(cache),
+            timeout=200,
+        )
+        line = one_error(proc, "could not write checkpoint", "the disk is full", "is intact")
         steps = [int(n) for n in os.listdir(out / "checkpoints") if n.isdigit()]
         assert steps and len(steps) == len(os.listdir(out / "checkpoints"))  # no debris
         assert f"{os.sep}{max(steps)}, is intact" in line
@@ -235,8 +267,7 @@ def fault_trials() -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume_ends_on_the_reference(tmp_path, cache,
-                                                                    reference_dir):
+def test_kill_9_at_random_moments_then_resume_ends_on_the_reference(tmp_path, cache, reference_dir):
     """kill -9 one run at a random moment (from start-up to its last write), then do as
     a user would: ``--resume`` (or the same command again when nothing was recorded
     yet) until it succeeds. The result is always the uninterrupted run's, and the
@@ -246,8 +277,9 @@ def test_kill_9_at_random_moments_then_resume_ends_on_the_reference(tmp_path, ca
     for trial in range(fault_trials()):
         out = tmp_path / f"run{trial}"
         delay = rng.uniform(0.5, 9.0)
-        proc = h.launch(h.command("train", *h.TINY, "--out", str(out)), h.base_env(cache),
-                        timeout=150)
+        proc = h.launch(
+            h.command("train", *h.TINY, "--out", str(out)), h.base_env(cache), timeout=150
+        )
         time.sleep(delay)
         killed = proc.p.poll() is None
         if killed:
@@ -356,11 +388,23 @@ def test_the_lock_is_exclusive_reentrant_and_released(tmp_path):
         with run_lock(out):  # fit inside train_and_evaluate
             pass
         holder = subprocess.run(
-            [sys.executable, "-c", "import sys; from cnn_jax.train._runfolder import run_lock\n"
-             "try:\n with run_lock(sys.argv[1]): pass\nexcept ValueError as e:\n"
-             " print(e); sys.exit(3)", out], capture_output=True, text=True,
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                [h.ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])))
+            [
+                sys.executable,
+                "-c",
+                "import sys; from cnn_jax.train._runfolder import run_lock\n"
+                "try:\n with run_lock(sys.argv[1]): pass\nexcept ValueError as e:\n"
+                " print(e); sys.exit(3)",
+                out,
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(
+                os.environ,
+                PYTHONPATH=os.pathsep.join(
+                    [h.ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+                ),
+            ),
+        )
         assert holder.returncode == 3, holder.stderr
         assert f"pid {os.getpid()}" in holder.stdout and "is in use" in holder.stdout
     with run_lock(out):  # released

@@ -24,11 +24,13 @@ def test_numpy_convolve_vs_pytorch_cross_correlation():
     expected_np[9:12] = [1, -2, 1]
     np.testing.assert_array_equal(np.convolve(F_SIGNAL, G_KERNEL), expected_np)
     # cj.conv with flip=True and full padding is np.convolve ...
-    np.testing.assert_array_equal(conv1d(F_SIGNAL, G_KERNEL, padding="full", flip=True),
-                                  expected_np)
+    np.testing.assert_array_equal(
+        conv1d(F_SIGNAL, G_KERNEL, padding="full", flip=True), expected_np
+    )
     # ... and without flip it is PyTorch's cross-correlation.
-    torch_out = torch.nn.functional.conv1d(torch.tensor(F_SIGNAL)[None, None],
-                                           torch.tensor(G_KERNEL)[None, None])[0, 0].numpy()
+    torch_out = torch.nn.functional.conv1d(
+        torch.tensor(F_SIGNAL)[None, None], torch.tensor(G_KERNEL)[None, None]
+    )[0, 0].numpy()
     expected_torch = [0, 0, 0, 0, 0, 0, -1, 2, -1]
     np.testing.assert_array_equal(torch_out, expected_torch)
     np.testing.assert_array_equal(conv1d(F_SIGNAL, G_KERNEL), expected_torch)
@@ -115,8 +117,9 @@ def test_transposed_conv_example():
     up = cj.conv_transpose(down[None], G_KERNEL[None, None], stride=2, layout="channels_first")[0]
     assert up.shape == F_SIGNAL.shape
     np.testing.assert_array_equal(np.asarray(up), [0, 0, 0, 0, 0, 0, 0, -1, 1, -1, 1, 0])
-    ref = torch.nn.functional.conv_transpose1d(torch.tensor(down)[None, None],
-                                               torch.tensor(G_KERNEL)[None, None], stride=2)
+    ref = torch.nn.functional.conv_transpose1d(
+        torch.tensor(down)[None, None], torch.tensor(G_KERNEL)[None, None], stride=2
+    )
     np.testing.assert_array_equal(np.asarray(up), ref[0, 0].numpy())
 
 
@@ -132,12 +135,15 @@ def test_backprop_formulas_kernel_grad_is_correlation_input_grad_is_full_convolu
         if padding:
             dx_ref = dx_ref[padding:-padding, padding:-padding]
         dk = cj.conv_kernel_grad(x[..., None], dy[..., None], (3, 2, 1, 1), padding=padding)
-        dx = cj.conv_input_grad(dy[..., None], k[..., None, None], x[..., None].shape,
-                                padding=padding)
+        dx = cj.conv_input_grad(
+            dy[..., None], k[..., None, None], x[..., None].shape, padding=padding
+        )
         np.testing.assert_allclose(np.asarray(dk)[..., 0, 0], dk_ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(np.asarray(dx)[..., 0], dx_ref, rtol=1e-5, atol=1e-5)
         # the bias gradient is the sum of dy over the output positions
-        b_grad = jax.grad(lambda b: jnp.sum(
-            cj.conv(x[..., None], k[..., None, None], b, padding=padding) * dy[..., None]))(
-            jnp.zeros(1))
+        b_grad = jax.grad(
+            lambda b: jnp.sum(
+                cj.conv(x[..., None], k[..., None, None], b, padding=padding) * dy[..., None]
+            )
+        )(jnp.zeros(1))
         np.testing.assert_allclose(np.asarray(b_grad), [dy.sum()], rtol=1e-5)

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 import cnn_jax as cj
 from cnn_jax._checks import ntuple, resolve_padding
 
-
 # --- conv_output_shape -----------------------------------------------------------
 
 
@@ -26,7 +25,11 @@ def test_seed_output_sizes_26_30_15():
 
 @pytest.mark.parametrize(
     "size,k,s,p,d",
-    [c for c in itertools.product((5, 8), (1, 3), (1, 2, 3), (0, 1), (1, 2)) if c[4] * (c[1] - 1) < c[0] + 2 * c[3]],
+    [
+        c
+        for c in itertools.product((5, 8), (1, 3), (1, 2, 3), (0, 1), (1, 2))
+        if c[4] * (c[1] - 1) < c[0] + 2 * c[3]
+    ],
 )
 def test_conv_output_shape_matches_torch_conv1d(size, k, s, p, d):
     y = F.conv1d(torch.zeros(1, 1, size), torch.zeros(1, 1, k), stride=s, padding=p, dilation=d)
@@ -34,11 +37,14 @@ def test_conv_output_shape_matches_torch_conv1d(size, k, s, p, d):
 
 
 @pytest.mark.parametrize(
-    "size,k,s,p", [c for c in itertools.product((4, 5, 7), (2, 3), (1, 2, 3), (0, 1)) if c[3] <= c[1] // 2]
+    "size,k,s,p",
+    [c for c in itertools.product((4, 5, 7), (2, 3), (1, 2, 3), (0, 1)) if c[3] <= c[1] // 2],
 )
 def test_ceil_mode_matches_torch_max_pool(size, k, s, p):
     y = F.max_pool1d(torch.zeros(1, 1, size), k, stride=s, padding=p, ceil_mode=True)
-    assert cj.conv_output_shape((size,), k, stride=s, padding=p, ceil_mode=True) == tuple(y.shape[2:])
+    assert cj.conv_output_shape((size,), k, stride=s, padding=p, ceil_mode=True) == tuple(
+        y.shape[2:]
+    )
 
 
 def test_string_paddings_by_hand():
@@ -47,7 +53,9 @@ def test_string_paddings_by_hand():
     assert cj.conv_output_shape((5,), 3, padding="SAME", stride=2) == (3,)
     assert cj.conv_output_shape((6, 7), 4, padding="same", stride=3) == (2, 3)
     # "full": every overlap, as np.convolve.
-    assert cj.conv_output_shape((12,), 4, padding="full") == (len(np.convolve(np.ones(12), np.ones(4))),)
+    assert cj.conv_output_shape((12,), 4, padding="full") == (
+        len(np.convolve(np.ones(12), np.ones(4))),
+    )
     # "causal": same length at stride 1 whatever the dilation.
     assert cj.conv_output_shape((10,), 3, padding="causal", dilation=4) == (10,)
     assert cj.conv_output_shape((10,), 3, padding="valid") == (8,)
@@ -76,8 +84,9 @@ def test_conv_output_shape_ceil_mode_takes_only_bools():
     assert F.max_pool1d(t, 2, 2, ceil_mode=True).shape[-1] == 4
     assert cj.conv_output_shape((7,), 2, stride=2, ceil_mode=np.bool_(False)) == (3,)
     for bad in ("no", 1, None):
-        with pytest.raises(TypeError,
-                           match=f"conv_output_shape: ceil_mode must be a bool, got {bad!r}"):
+        with pytest.raises(
+            TypeError, match=f"conv_output_shape: ceil_mode must be a bool, got {bad!r}"
+        ):
             cj.conv_output_shape((7,), 2, stride=2, ceil_mode=bad)
 
 
@@ -86,13 +95,26 @@ def test_conv_output_shape_ceil_mode_takes_only_bools():
 
 @pytest.mark.parametrize(
     "size,k,s,p,op,d",
-    [(5, 4, 2, 0, 0, 1), (5, 3, 2, 1, 1, 1), (4, 3, 3, 1, 2, 1), (6, 2, 1, 0, 0, 2), (3, 5, 2, 2, 1, 3)],
+    [
+        (5, 4, 2, 0, 0, 1),
+        (5, 3, 2, 1, 1, 1),
+        (4, 3, 3, 1, 2, 1),
+        (6, 2, 1, 0, 0, 2),
+        (3, 5, 2, 2, 1, 3),
+    ],
 )
 def test_conv_transpose_output_shape_matches_torch(size, k, s, p, op, d):
     y = F.conv_transpose1d(
-        torch.zeros(1, 1, size), torch.zeros(1, 1, k), stride=s, padding=p, output_padding=op, dilation=d
+        torch.zeros(1, 1, size),
+        torch.zeros(1, 1, k),
+        stride=s,
+        padding=p,
+        output_padding=op,
+        dilation=d,
     )
-    got = cj.conv_transpose_output_shape((size,), k, stride=s, padding=p, output_padding=op, dilation=d)
+    got = cj.conv_transpose_output_shape(
+        (size,), k, stride=s, padding=p, output_padding=op, dilation=d
+    )
     assert got == tuple(y.shape[2:])
 
 
@@ -109,8 +131,11 @@ def test_conv_transpose_output_shape_pairs_and_errors():
 @pytest.mark.parametrize("padding", [2, ((3, 2),), ((0, 6),)])
 def test_conv_transpose_output_shape_rejects_non_positive_output(padding):
     # (2 - 1) * 1 - lo - hi + (3 - 1) + 1 = 4 - lo - hi <= 0.
-    with pytest.raises(ValueError, match=r"conv_transpose_output_shape: padding .* must leave "
-                                         r"a positive output size, got \((0|-1|-2),\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"conv_transpose_output_shape: padding .* must leave "
+        r"a positive output size, got \((0|-1|-2),\)",
+    ):
         cj.conv_transpose_output_shape((2,), 3, padding=padding)
 
 
@@ -188,36 +213,80 @@ _BOUND = r"must keep the {} within 2\*\*31 - 1 elements per spatial dim"
 _X = np.ones((1, 2, 3, 3), np.float32)  # channels_first
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: cj.conv(_X, np.ones((3, 2, 3, 3), np.float32), padding=10**6,
-                     layout="channels_first"), "conv: padding " + _BOUND.format("padded input")),
-    (lambda: cj.conv(_X, np.ones((3, 2, 1, 1), np.float32), stride=2**40,
-                     layout="channels_first"), r"conv: stride must be <= 2\*\*31 - 1"),
-    (lambda: cj.conv(_X, np.ones((3, 2, 1, 1), np.float32), dilation=(1, 2**31),
-                     layout="channels_first"), r"conv: dilation must be <= 2\*\*31 - 1"),
-    (lambda: cj.conv(_X, np.ones((3, 2, 1, 1), np.float32), groups=2**31,
-                     layout="channels_first"), r"conv: groups must be <= 2\*\*31 - 1"),
-    (lambda: cj.conv_transpose(_X, np.ones((2, 3, 1, 1), np.float32), stride=10**5,
-                               layout="channels_first"),
-     "conv_transpose: stride, dilation and output_padding " + _BOUND.format("output")),
-    (lambda: cj.conv_input_grad(np.ones((1, 3, 3, 1)), np.ones((1, 1, 1, 1)), (10**5, 10**5)),
-     "conv_input_grad: input_shape " + _BOUND.format("output")),
-    (lambda: cj.max_pool(_X, 3, padding=((10**5, 10**5), (2**31, 0)), layout="channels_first"),
-     r"max_pool: padding must be <= 2\*\*31 - 1"),
-    (lambda: cj.avg_pool(np.ones((1, 1, 1, 1)), (1, 1), padding=((2**16, 2**16),) * 2),
-     "avg_pool: padding " + _BOUND.format("padded input")),
-    (lambda: cj.adaptive_avg_pool(_X, 10**5), "adaptive_avg_pool: output_size " + _BOUND.format("output")),
-    (lambda: cj.adaptive_max_pool(_X, (2**31, 1), layout="channels_first"),
-     "adaptive_max_pool: output_size " + _BOUND.format("output")),
-    (lambda: cj.upsample(_X, 1e6), "upsample: scale_factor " + _BOUND.format("output")),
-    (lambda: cj.upsample(_X, size=(2**31 - 1, 2)), "upsample: size " + _BOUND.format("output")),
-    (lambda: cj.pad(_X, 10**5), "pad: padding " + _BOUND.format("output")),
-    (lambda: cj.unfold(_X, 1, padding=10**5), "unfold: padding " + _BOUND.format("padded input")),
-    (lambda: cj.unfold(np.ones((1, 1, 1)), (50001,), padding=((50000, 50000),)),
-     "unfold: window " + _BOUND.format("patches")),
-    (lambda: cj.fold(np.ones((1, 1, 1)), (10**5, 10**5), 1),
-     "fold: output_size " + _BOUND.format("output")),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (
+            lambda: cj.conv(
+                _X, np.ones((3, 2, 3, 3), np.float32), padding=10**6, layout="channels_first"
+            ),
+            "conv: padding " + _BOUND.format("padded input"),
+        ),
+        (
+            lambda: cj.conv(
+                _X, np.ones((3, 2, 1, 1), np.float32), stride=2**40, layout="channels_first"
+            ),
+            r"conv: stride must be <= 2\*\*31 - 1",
+        ),
+        (
+            lambda: cj.conv(
+                _X, np.ones((3, 2, 1, 1), np.float32), dilation=(1, 2**31), layout="channels_first"
+            ),
+            r"conv: dilation must be <= 2\*\*31 - 1",
+        ),
+        (
+            lambda: cj.conv(
+                _X, np.ones((3, 2, 1, 1), np.float32), groups=2**31, layout="channels_first"
+            ),
+            r"conv: groups must be <= 2\*\*31 - 1",
+        ),
+        (
+            lambda: cj.conv_transpose(
+                _X, np.ones((2, 3, 1, 1), np.float32), stride=10**5, layout="channels_first"
+            ),
+            "conv_transpose: stride, dilation and output_padding " + _BOUND.format("output"),
+        ),
+        (
+            lambda: cj.conv_input_grad(
+                np.ones((1, 3, 3, 1)), np.ones((1, 1, 1, 1)), (10**5, 10**5)
+            ),
+            "conv_input_grad: input_shape " + _BOUND.format("output"),
+        ),
+        (
+            lambda: cj.max_pool(
+                _X, 3, padding=((10**5, 10**5), (2**31, 0)), layout="channels_first"
+            ),
+            r"max_pool: padding must be <= 2\*\*31 - 1",
+        ),
+        (
+            lambda: cj.avg_pool(np.ones((1, 1, 1, 1)), (1, 1), padding=((2**16, 2**16),) * 2),
+            "avg_pool: padding " + _BOUND.format("padded input"),
+        ),
+        (
+            lambda: cj.adaptive_avg_pool(_X, 10**5),
+            "adaptive_avg_pool: output_size " + _BOUND.format("output"),
+        ),
+        (
+            lambda: cj.adaptive_max_pool(_X, (2**31, 1), layout="channels_first"),
+            "adaptive_max_pool: output_size " + _BOUND.format("output"),
+        ),
+        (lambda: cj.upsample(_X, 1e6), "upsample: scale_factor " + _BOUND.format("output")),
+        (lambda: cj.upsample(_X, size=(2**31 - 1, 2)), "upsample: size " + _BOUND.format("output")),
+        (lambda: cj.pad(_X, 10**5), "pad: padding " + _BOUND.format("output")),
+        (
+            lambda: cj.unfold(_X, 1, padding=10**5),
+            "unfold: padding " + _BOUND.format("padded input"),
+        ),
+        (
+            lambda: cj.unfold(np.ones((1, 1, 1)), (50001,), padding=((50000, 50000),)),
+            "unfold: window " + _BOUND.format("patches"),
+        ),
+        (
+            lambda: cj.fold(np.ones((1, 1, 1)), (10**5, 10**5), 1),
+            "fold: output_size " + _BOUND.format("output"),
+        ),
+    ],
+)
 def test_sizes_beyond_int32_raise_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -234,10 +303,11 @@ def test_padding_2_to_31_raises_instead_of_aborting():
         "except ValueError as e:\n"
         "    print('ValueError:', e)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ValueError: conv: padding must be <= 2**31 - 1 in every dim, got 2147483648" in proc.stdout
+    assert (
+        "ValueError: conv: padding must be <= 2**31 - 1 in every dim, got 2147483648" in proc.stdout
+    )
 
 
 # --- one dtype rule for every op (DTYPE_RULES) ---------------------------------------
@@ -247,10 +317,16 @@ _XI = np.arange(2 * 4 * 4 * 3).reshape(2, 4, 4, 3) % 7 - 3  # small ints, channe
 # (name, call, rule): "float" refuses integers, "number" refuses bool, "any" takes both.
 _DTYPE_CASES = [
     ("conv", lambda x: cj.conv(x, np.ones((2, 2, 3, 2), x.dtype)), "number"),
-    ("conv_transpose", lambda x: cj.conv_transpose(x, np.ones((2, 2, 3, 2), x.dtype), stride=2),
-     "number"),
-    ("conv_input_grad", lambda x: cj.conv_input_grad(x, np.ones((1, 1, 2, 3), x.dtype), (4, 4)),
-     "number"),
+    (
+        "conv_transpose",
+        lambda x: cj.conv_transpose(x, np.ones((2, 2, 3, 2), x.dtype), stride=2),
+        "number",
+    ),
+    (
+        "conv_input_grad",
+        lambda x: cj.conv_input_grad(x, np.ones((1, 1, 2, 3), x.dtype), (4, 4)),
+        "number",
+    ),
     ("conv_kernel_grad", lambda x: cj.conv_kernel_grad(x, x, (1, 1, 3, 3)), "number"),
     ("sum_pool", lambda x: cj.sum_pool(x, 2, 1, padding=1), "number"),
     ("fold", lambda x: cj.fold(x.reshape(2, 4, 12), (3, 3), 2), "number"),
@@ -271,8 +347,9 @@ _DTYPE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,call,rule", _DTYPE_CASES, ids=[
-    f"{c[0]}-{i}" for i, c in enumerate(_DTYPE_CASES)])
+@pytest.mark.parametrize(
+    "name,call,rule", _DTYPE_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(_DTYPE_CASES)]
+)
 @pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.bool_])
 def test_integer_and_bool_inputs_follow_one_rule(name, call, rule, dtype):
     x = (_XI > 0) if dtype is np.bool_ else (_XI % 4 if dtype is np.uint8 else _XI)
@@ -280,21 +357,29 @@ def test_integer_and_bool_inputs_follow_one_rule(name, call, rule, dtype):
     refused = rule == "float" or (rule == "number" and dtype is np.bool_)
     if refused:
         kind = "floating-point array" if rule == "float" else "floating-point or integer array"
-        with pytest.raises(TypeError, match=rf"{name}: (x|patches|dy) must be a {kind} .*got "
-                                            rf"dtype {np.dtype(dtype).name}"):
+        with pytest.raises(
+            TypeError,
+            match=rf"{name}: (x|patches|dy) must be a {kind} .*got "
+            rf"dtype {np.dtype(dtype).name}",
+        ):
             call(x)
         return
     y = call(x)
     assert y.dtype == x.dtype
     # Exact: the same numbers as the float computation (small ints, no rounding).
     ref = np.asarray(call(x.astype(jnp.float32)))
-    np.testing.assert_array_equal(np.asarray(y).astype(np.float32), ref.astype(dtype).astype(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(y).astype(np.float32), ref.astype(dtype).astype(np.float32)
+    )
 
 
 def test_pad_value_must_fit_an_integer_dtype():
     x = jnp.zeros((1, 2, 2, 1), jnp.int32)
-    with pytest.raises(ValueError, match=r"pad: value must be exactly representable in x's "
-                                         r"dtype int32, got 0.5"):
+    with pytest.raises(
+        ValueError,
+        match=r"pad: value must be exactly representable in x's "
+        r"dtype int32, got 0.5",
+    ):
         cj.pad(x, 1, mode="constant", value=0.5)
     with pytest.raises(ValueError, match=r"dtype uint8, got 300"):
         cj.pad(x.astype(jnp.uint8), 1, mode="constant", value=300)

@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cnn_jax.train import (Dataset, TrainConfig, data_sharded, fit, initialize_distributed,
-                           local_rows, make_mesh, replicated, shard_batch)
+from cnn_jax.train import (
+    Dataset,
+    TrainConfig,
+    data_sharded,
+    fit,
+    initialize_distributed,
+    local_rows,
+    make_mesh,
+    replicated,
+    shard_batch,
+)
 from cnn_jax.train._loop import _evaluate
 from cnn_jax.train._step import Trainer
 
@@ -25,15 +34,21 @@ class Tiny(nnx.Module):
 
 def _steps(num_devices, images, labels, n_steps=3):
     model = Tiny(nnx.Rngs(0))
-    cfg = TrainConfig(batch_size=16, num_devices=num_devices, lr=1e-2, warmup=0.0,
-                      augment=True, quiet=True)
+    cfg = TrainConfig(
+        batch_size=16, num_devices=num_devices, lr=1e-2, warmup=0.0, augment=True, quiet=True
+    )
     trainer = Trainer(model, cfg, n_steps, make_mesh(num_devices))
     carry = trainer.initial_state()
     for i in range(n_steps):
         rows = slice(16 * i, 16 * (i + 1))
-        batch = shard_batch({"image": images[rows], "label": labels[rows],
-                             "index": np.arange(16 * i, 16 * (i + 1), dtype=np.int32)},
-                            trainer.mesh)
+        batch = shard_batch(
+            {
+                "image": images[rows],
+                "label": labels[rows],
+                "index": np.arange(16 * i, 16 * (i + 1), dtype=np.int32),
+            },
+            trainer.mesh,
+        )
         carry = trainer.train_step(carry, batch)
     return trainer, carry, batch
 
@@ -72,8 +87,17 @@ def test_same_seed_same_run_on_1_and_8_devices_with_augmentation(rng):
     test = Dataset(images[48:], labels[48:], 3, "fake")
     runs = []
     for n in (1, 8):
-        cfg = TrainConfig(epochs=2, batch_size=16, eval_batch_size=16, num_devices=n, lr=1e-2,
-                          warmup=0.0, augment=True, seed=3, quiet=True)
+        cfg = TrainConfig(
+            epochs=2,
+            batch_size=16,
+            eval_batch_size=16,
+            num_devices=n,
+            lr=1e-2,
+            warmup=0.0,
+            augment=True,
+            seed=3,
+            quiet=True,
+        )
         runs.append(fit(Tiny(nnx.Rngs(0), in_channels=3), train, test, cfg).epochs)
     for r1, r8 in zip(*runs):
         for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
@@ -97,52 +121,92 @@ def test_mesh_and_batch_helpers():
 
 
 def test_sharding_errors():
-    with pytest.raises(ValueError, match=r"make_mesh: num_devices must be an int in \[1, 8\], "
-                                         r"got 9"):
+    with pytest.raises(
+        ValueError,
+        match=r"make_mesh: num_devices must be an int in \[1, 8\], "
+        r"got 9",
+    ):
         make_mesh(9)
-    with pytest.raises(ValueError, match=r"shard_batch: batch size must be divisible by the "
-                                         r"number of devices \(8\), got 6"):
+    with pytest.raises(
+        ValueError,
+        match=r"shard_batch: batch size must be divisible by the "
+        r"number of devices \(8\), got 6",
+    ):
         shard_batch(np.zeros((6, 2)), make_mesh())
-    with pytest.raises(ValueError, match=r"initialize_distributed: coordinator, num_processes "
-                                         r"and process_id must be given together"):
+    with pytest.raises(
+        ValueError,
+        match=r"initialize_distributed: coordinator, num_processes "
+        r"and process_id must be given together",
+    ):
         initialize_distributed("localhost:1234")
-    with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes\), got "
-                                         r"process_id=2, num_processes=2"):
+    with pytest.raises(
+        ValueError,
+        match=r"process_id must be in \[0, num_processes\), got "
+        r"process_id=2, num_processes=2",
+    ):
         initialize_distributed("localhost:1234", 2, 2)
 
 
 # ----------------------------------------------------------------- multi-process flags
 
-CLUSTER_ENV = ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST",
-               "TPU_SKIP_MDS_QUERY", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES")
+CLUSTER_ENV = (
+    "SLURM_JOB_ID",
+    "OMPI_MCA_orte_hnp_uri",
+    "KUBERNETES_SERVICE_HOST",
+    "TPU_SKIP_MDS_QUERY",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--coordinator", "localhost:1234"],
-     "initialize_distributed: coordinator, num_processes and process_id must be given "
-     "together (missing --num-processes, --process-id), got coordinator='localhost:1234', "
-     "num_processes=None, process_id=None"),
-    (["--process-id", "1"],
-     "initialize_distributed: coordinator, num_processes and process_id must be given "
-     "together (missing --coordinator, --num-processes), got coordinator=None, "
-     "num_processes=None, process_id=1"),
-    (["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "5"],
-     "initialize_distributed: process_id must be in [0, num_processes), got process_id=5, "
-     "num_processes=2"),
-    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
-     "initialize_distributed: coordinator must be HOST:PORT, got 'localhost'"),
-    (["--distributed"],
-     "--distributed: no cluster environment found (supported: SLURM, seen from "
-     "SLURM_JOB_ID; Open MPI's mpirun, OMPI_MCA_orte_hnp_uri; Kubernetes indexed Jobs with "
-     "the kubernetes package; Cloud TPU VMs); elsewhere pass --coordinator HOST:PORT "
-     "--num-processes N --process-id I to every process"),
-    (["--distributed", "--process-id", "0"],
-     "initialize_distributed: --distributed finds the coordinator, the process count and "
-     "the process id in the cluster's environment; do not also pass --coordinator, "
-     "--num-processes or --process-id (got coordinator=None, num_processes=None, "
-     "process_id=0)"),
-], ids=["coordinator-only", "process-id-only", "id-out-of-range", "no-port",
-        "distributed-outside-a-cluster", "distributed-and-flags"])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--coordinator", "localhost:1234"],
+            "initialize_distributed: coordinator, num_processes and process_id must be given "
+            "together (missing --num-processes, --process-id), got coordinator='localhost:1234', "
+            "num_processes=None, process_id=None",
+        ),
+        (
+            ["--process-id", "1"],
+            "initialize_distributed: coordinator, num_processes and process_id must be given "
+            "together (missing --coordinator, --num-processes), got coordinator=None, "
+            "num_processes=None, process_id=1",
+        ),
+        (
+            ["--coordinator", "localhost:1234", "--num-processes", "2", "--process-id", "5"],
+            "initialize_distributed: process_id must be in [0, num_processes), got process_id=5, "
+            "num_processes=2",
+        ),
+        (
+            ["--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
+            "initialize_distributed: coordinator must be HOST:PORT, got 'localhost'",
+        ),
+        (
+            ["--distributed"],
+            "--distributed: no cluster environment found (supported: SLURM, seen from "
+            "SLURM_JOB_ID; Open MPI's mpirun, OMPI_MCA_orte_hnp_uri; Kubernetes indexed Jobs with "
+            "the kubernetes package; Cloud TPU VMs); elsewhere pass --coordinator HOST:PORT "
+            "--num-processes N --process-id I to every process",
+        ),
+        (
+            ["--distributed", "--process-id", "0"],
+            "initialize_distributed: --distributed finds the coordinator, the process count and "
+            "the process id in the cluster's environment; do not also pass --coordinator, "
+            "--num-processes or --process-id (got coordinator=None, num_processes=None, "
+            "process_id=0)",
+        ),
+    ],
+    ids=[
+        "coordinator-only",
+        "process-id-only",
+        "id-out-of-range",
+        "no-port",
+        "distributed-outside-a-cluster",
+        "distributed-and-flags",
+    ],
+)
 def test_multi_process_flag_errors_are_one_line(tmp_path, capsys, monkeypatch, flags, message):
     from cnn_jax.cli import main
 
@@ -165,12 +229,16 @@ def test_timeouts_must_be_positive(flag, capsys):
 
 
 def test_initialize_distributed_timeouts_are_checked():
-    with pytest.raises(ValueError, match=r"initialize_distributed: heartbeat_timeout must be "
-                                         r"a number of seconds in \(0, 1e6\), got nan"):
+    with pytest.raises(
+        ValueError,
+        match=r"initialize_distributed: heartbeat_timeout must be "
+        r"a number of seconds in \(0, 1e6\), got nan",
+    ):
         initialize_distributed("localhost:1", 2, 0, heartbeat_timeout=float("nan"))
 
 
 # ----------------------------------------------------------------- config agreement
+
 
 class _Store:
     """The runtime client's key-value store, in memory."""
@@ -201,9 +269,11 @@ def _agree_as_two_processes(monkeypatch, config0, config1, data0, data1):
     store = _Store()
     errors = []
     for pid, config, data, ended in ((1, config1, data1, {0}), (0, config0, data0, set())):
-        monkeypatch.setattr(_agree, "_JOB", _agree._Job(client=store, process_id=pid,
-                                                        num_processes=2,
-                                                        watch=_Ended(ended)))
+        monkeypatch.setattr(
+            _agree,
+            "_JOB",
+            _agree._Job(client=store, process_id=pid, num_processes=2, watch=_Ended(ended)),
+        )
         try:
             _agree.agree_across_processes(config, *data)
             errors.append(None)
@@ -219,32 +289,43 @@ def _digits(n, value=0.5):
 
 def test_processes_started_differently_are_refused_naming_the_first_field(monkeypatch):
     data = (_digits(8), _digits(4))
-    errors = _agree_as_two_processes(monkeypatch, TrainConfig(out="r"),
-                                     TrainConfig(out="r", lr=0.5, seed=3), data, data)
+    errors = _agree_as_two_processes(
+        monkeypatch, TrainConfig(out="r"), TrainConfig(out="r", lr=0.5, seed=3), data, data
+    )
     assert errors == [
-        "process 0 ended before comparing its flags with the other processes' (see its "
-        "error)",
+        "process 0 ended before comparing its flags with the other processes' (see its error)",
         "process 1 was started with lr=0.5, process 0 with lr=0.003: every process of a job "
-        "must be started with the same flags"]
-    errors = _agree_as_two_processes(monkeypatch, TrainConfig(out="a"), TrainConfig(out="b"),
-                                     data, data)
-    assert errors[1] == ("process 1 was started with out='b', process 0 with out='a': every "
-                         "process of a job must be started with the same flags")
+        "must be started with the same flags",
+    ]
+    errors = _agree_as_two_processes(
+        monkeypatch, TrainConfig(out="a"), TrainConfig(out="b"), data, data
+    )
+    assert errors[1] == (
+        "process 1 was started with out='b', process 0 with out='a': every "
+        "process of a job must be started with the same flags"
+    )
 
 
 def test_exempt_fields_may_differ_but_the_data_may_not(monkeypatch):
     data = (_digits(8), _digits(4))
     errors = _agree_as_two_processes(
-        monkeypatch, TrainConfig(out="r"),
-        TrainConfig(out="r", quiet=True, workers=3, data_dir="/elsewhere"), data, data)
+        monkeypatch,
+        TrainConfig(out="r"),
+        TrainConfig(out="r", quiet=True, workers=3, data_dir="/elsewhere"),
+        data,
+        data,
+    )
     assert errors[1] is None
     # one pixel value of one training image differs
     other = _digits(8)
     other.images[5, 2, 3, 0] = 0.25
-    errors = _agree_as_two_processes(monkeypatch, TrainConfig(), TrainConfig(), data,
-                                     (other, data[1]))
-    assert errors[1].startswith("process 1 read a different data set from process 0's (8 "
-                                "examples of shape (8, 8, 1), SHA-1 ")
+    errors = _agree_as_two_processes(
+        monkeypatch, TrainConfig(), TrainConfig(), data, (other, data[1])
+    )
+    assert errors[1].startswith(
+        "process 1 read a different data set from process 0's (8 "
+        "examples of shape (8, 8, 1), SHA-1 "
+    )
     assert errors[1].endswith(": every process of a job must read the same data")
 
 

@@ -16,13 +16,13 @@ import os
 import signal
 import time
 
-import pytest
-
 import _run_helpers as h
+import pytest
 
 pytestmark = pytest.mark.filterwarnings(
     # orbax's tensorstore callbacks may reach a closed asyncio loop at garbage collection
-    "ignore::pytest.PytestUnraisableExceptionWarning")
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)
 
 INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
@@ -41,8 +41,11 @@ def reference(tmp_path_factory):
 def interrupt(out, cache, hooks, signals, expected_exit):
     """Run TINY into ``out`` with ``hooks``; for each ``(marker, signum)`` wait for
     the marker on stderr and send the signal. Checks the exit status."""
-    proc = h.launch(h.command("train", *h.TINY, "--out", str(out), hooks=True),
-                    h.base_env(cache, hooks=hooks), timeout=150)
+    proc = h.launch(
+        h.command("train", *h.TINY, "--out", str(out), hooks=True),
+        h.base_env(cache, hooks=hooks),
+        timeout=150,
+    )
     try:
         for marker, signum in signals:
             proc.wait_for(marker)
@@ -54,8 +57,13 @@ def interrupt(out, cache, hooks, signals, expected_exit):
 
 
 def resume(out, cache):
-    return h.check(h.run(h.command("train", "--out", str(out), "--resume", "--quiet"),
-                         h.base_env(cache), timeout=150))
+    return h.check(
+        h.run(
+            h.command("train", "--out", str(out), "--resume", "--quiet"),
+            h.base_env(cache),
+            timeout=150,
+        )
+    )
 
 
 def assert_no_traceback(proc):
@@ -73,14 +81,14 @@ def stop_line(proc, name, step):
     lines = [line for line in proc.stderr.splitlines() if f"{name}: stopped at step" in line]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"{name}: stopped at step {step}; saved ")
-    assert lines[0].rstrip().endswith(
-        f"{os.sep}checkpoints{os.sep}{step} (continue with --resume)"), lines[0]
+    assert (
+        lines[0].rstrip().endswith(f"{os.sep}checkpoints{os.sep}{step} (continue with --resume)")
+    ), lines[0]
     assert "--resume" in proc.stdout
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
-def test_sigint_mid_epoch_saves_that_step_and_resumes_exactly(tmp_path, cache, reference,
-                                                              signum):
+def test_sigint_mid_epoch_saves_that_step_and_resumes_exactly(tmp_path, cache, reference, signum):
     """SIGHUP (a closed terminal, many schedulers) stops a run as SIGINT does: 129."""
     out = tmp_path / "run"
     # Step 6 is the second step of epoch 2: the signal arrives while it is fed, it
@@ -118,12 +126,14 @@ def test_sigint_while_a_checkpoint_is_committed(tmp_path, cache, reference):
     out = tmp_path / "run"
     # The epoch-1 checkpoint is written (in orbax's temporary folder, not yet renamed
     # into place) when SIGINT arrives; training meanwhile waits at step 6.
-    proc = interrupt(out, cache, "step=6:1,commit=4:1", [("@@ commit 4", signal.SIGINT)],
-                     130)
+    proc = interrupt(out, cache, "step=6:1,commit=4:1", [("@@ commit 4", signal.SIGINT)], 130)
     stop_line(proc, "SIGINT", 6)
     assert_no_traceback(proc)
-    assert not [line for line in proc.stderr.lower().splitlines()
-                if "orbax" in line and not line.startswith("@@")], proc.stderr
+    assert not [
+        line
+        for line in proc.stderr.lower().splitlines()
+        if "orbax" in line and not line.startswith("@@")
+    ], proc.stderr
     assert_clean_checkpoints(out, [4, 6])
     h.verify_checkpoint(str(out), 4)  # the write that the signal met is whole
 
@@ -134,8 +144,13 @@ def test_sigint_while_a_checkpoint_is_committed(tmp_path, cache, reference):
 
 def test_second_sigint_during_the_interrupt_save(tmp_path, cache, reference):
     out = tmp_path / "run"
-    proc = interrupt(out, cache, "step=6:1,commit=6:2",
-                     [("@@ step 6", signal.SIGINT), ("@@ commit 6", signal.SIGINT)], 130)
+    proc = interrupt(
+        out,
+        cache,
+        "step=6:1,commit=6:2",
+        [("@@ step 6", signal.SIGINT), ("@@ commit 6", signal.SIGINT)],
+        130,
+    )
     assert "SIGINT: writing the checkpoint; it finishes first" in proc.stderr
     stop_line(proc, "SIGINT", 6)
     assert_no_traceback(proc)
@@ -150,8 +165,7 @@ def test_signal_while_the_final_checkpoint_is_committed(tmp_path, cache, referen
     orbax's commit) when the signal arrives. The write must finish, the run exit
     128 + signal and the folder be complete."""
     out = tmp_path / "run"
-    proc = interrupt(out, cache, "commit=8:2s", [("@@ commit 8", signum)],
-                     INTERRUPTED[signum])
+    proc = interrupt(out, cache, "commit=8:2s", [("@@ commit 8", signum)], INTERRUPTED[signum])
     assert_no_traceback(proc)
     assert_clean_checkpoints(out, [4, 8])
     assert h.metric_rows(out) == reference
@@ -162,8 +176,7 @@ def test_sigint_before_the_training_loop(tmp_path, cache):
     out = tmp_path / "run"
     # Data loaded, model built, run.json written, no step taken yet (outside the
     # loop's signal handlers: a KeyboardInterrupt).
-    proc = interrupt(out, cache, "initial_state=1", [("@@ initial_state", signal.SIGINT)],
-                     130)
+    proc = interrupt(out, cache, "initial_state=1", [("@@ initial_state", signal.SIGINT)], 130)
     assert "interrupted" in proc.stderr
     assert_no_traceback(proc)
     assert h.checkpoint_steps(out) == []  # nothing half-written
@@ -174,8 +187,11 @@ def test_sigint_while_jax_is_imported(tmp_path, cache):
     """Ctrl-C in the first seconds of ``cnn-jax train`` (importing jax): exit 130
     with the one-line message, like any other moment outside the training loop."""
     out = tmp_path / "run"
-    proc = h.launch(h.command("train", *h.TINY, "--out", str(out), hooks=True),
-                    h.base_env(cache, hooks="preimport"), timeout=150)
+    proc = h.launch(
+        h.command("train", *h.TINY, "--out", str(out), hooks=True),
+        h.base_env(cache, hooks="preimport"),
+        timeout=150,
+    )
     try:
         proc.wait_for("@@ preimport")
         time.sleep(0.5)  # inside `import jax` (over a second, more on a loaded machine)

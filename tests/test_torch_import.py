@@ -4,16 +4,16 @@ The PyTorch references (tests/_torchvision_ref.py) keep torchvision's module nam
 are the oracle; weights and BatchNorm statistics are random so no layer is trivial.
 """
 
+import _torchvision_ref as ref
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from _model_helpers import apply, from_torch
 from flax import nnx
 
 import cnn_jax as cj
-import _torchvision_ref as ref
-from _model_helpers import apply, from_torch
 from cnn_jax.models import LeNet5, MobileNetV2, ResNet, load_torch_state_dict
 from cnn_jax.nn import BasicBlock, Bottleneck
 
@@ -36,19 +36,32 @@ def _assert_close(ours, theirs, rtol=1e-4):
     np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * scale)
 
 
-@pytest.mark.parametrize("block, tblock, small_input, size, groups", [
-    (BasicBlock, ref.BasicBlock, True, 16, {}),
-    (Bottleneck, ref.Bottleneck, False, 32, {}),
-    # ResNeXt (grouped 3x3 convs) and Wide ResNet (twice the inner width), reduced.
-    (Bottleneck, ref.Bottleneck, True, 8, dict(groups=4, width_per_group=16)),
-    (Bottleneck, ref.Bottleneck, True, 8, dict(width_per_group=128)),
-])
+@pytest.mark.parametrize(
+    "block, tblock, small_input, size, groups",
+    [
+        (BasicBlock, ref.BasicBlock, True, 16, {}),
+        (Bottleneck, ref.Bottleneck, False, 32, {}),
+        # ResNeXt (grouped 3x3 convs) and Wide ResNet (twice the inner width), reduced.
+        (Bottleneck, ref.Bottleneck, True, 8, dict(groups=4, width_per_group=16)),
+        (Bottleneck, ref.Bottleneck, True, 8, dict(width_per_group=128)),
+    ],
+)
 def test_resnet_logits_match_torch(rng, block, tblock, small_input, size, groups):
-    torch_model = ref.randomize_(ref.ResNet(tblock, (1, 1, 1, 1), num_classes=7, width=8,
-                                            small_input=small_input, **groups))
-    model = from_torch(lambda: ResNet(7, block=block, stage_sizes=(1, 1, 1, 1), width=8,
-                                      small_input=small_input, rngs=nnx.Rngs(0), **groups),
-                       torch_model)
+    torch_model = ref.randomize_(
+        ref.ResNet(tblock, (1, 1, 1, 1), num_classes=7, width=8, small_input=small_input, **groups)
+    )
+    model = from_torch(
+        lambda: ResNet(
+            7,
+            block=block,
+            stage_sizes=(1, 1, 1, 1),
+            width=8,
+            small_input=small_input,
+            rngs=nnx.Rngs(0),
+            **groups,
+        ),
+        torch_model,
+    )
     model.eval()
     x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
     _assert_close(apply(model, _to_cl(x)), _torch_logits(torch_model, x))
@@ -57,14 +70,17 @@ def test_resnet_logits_match_torch(rng, block, tblock, small_input, size, groups
 def test_resnet_state_dict_keys_are_torchvisions():
     torch_model = ref.ResNet(ref.BasicBlock, (2, 2, 2, 2), num_classes=10, width=4)
     # Strict loading succeeds only if every key on both sides is matched.
-    model = from_torch(lambda: ResNet(10, block=BasicBlock, stage_sizes=(2, 2, 2, 2), width=4,
-                                      rngs=nnx.Rngs(0)), torch_model)
+    model = from_torch(
+        lambda: ResNet(10, block=BasicBlock, stage_sizes=(2, 2, 2, 2), width=4, rngs=nnx.Rngs(0)),
+        torch_model,
+    )
     np.testing.assert_array_equal(
         np.asarray(model.layer2[0].downsample.layers[0].kernel[...]),
         np.transpose(torch_model.layer2[0].downsample[0].weight.detach().numpy(), (2, 3, 1, 0)),
     )
-    np.testing.assert_array_equal(np.asarray(model.fc.kernel[...]),
-                                  torch_model.fc.weight.detach().numpy().T)
+    np.testing.assert_array_equal(
+        np.asarray(model.fc.kernel[...]), torch_model.fc.weight.detach().numpy().T
+    )
 
 
 def test_mobilenet_v2_logits_match_torch(rng):
@@ -84,20 +100,44 @@ def test_mobilenet_v2_logits_match_torch(rng):
     assert abs((a == 0).mean() - 0.2) < 0.03 and not np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("name, torch_ctor, ours, size", [
-    # Reduced widths keep these fast; the layer structure and names are torchvision's.
-    ("alexnet", lambda: ref.AlexNet(6, width=8, hidden=32),
-     lambda: cj.models.AlexNet(6, width=8, hidden=32, rngs=nnx.Rngs(0)), 67),
-    ("vgg11", lambda: ref.VGG("A", num_classes=6, width=4, hidden=16),
-     lambda: cj.models.VGG11(6, width=4, hidden=16, rngs=nnx.Rngs(0)), 32),
-    ("vgg16_bn", lambda: ref.VGG("D", batch_norm=True, num_classes=6, width=4, hidden=16),
-     lambda: cj.models.VGG16BN(6, width=4, hidden=16, rngs=nnx.Rngs(0)), 32),
-    ("efficientnet", lambda: ref.EfficientNet(6, width_mult=0.25, depth_mult=0.5),
-     lambda: cj.models.EfficientNet(6, width_mult=0.25, depth_mult=0.5, rngs=nnx.Rngs(0)), 32),
-    ("convnext", lambda: ref.ConvNeXt((1, 1, 2, 1), (8, 16, 32, 64), num_classes=6),
-     lambda: cj.models.ConvNeXt(6, depths=(1, 1, 2, 1), dims=(8, 16, 32, 64),
-                                rngs=nnx.Rngs(0)), 32),
-])
+@pytest.mark.parametrize(
+    "name, torch_ctor, ours, size",
+    [
+        # Reduced widths keep these fast; the layer structure and names are torchvision's.
+        (
+            "alexnet",
+            lambda: ref.AlexNet(6, width=8, hidden=32),
+            lambda: cj.models.AlexNet(6, width=8, hidden=32, rngs=nnx.Rngs(0)),
+            67,
+        ),
+        (
+            "vgg11",
+            lambda: ref.VGG("A", num_classes=6, width=4, hidden=16),
+            lambda: cj.models.VGG11(6, width=4, hidden=16, rngs=nnx.Rngs(0)),
+            32,
+        ),
+        (
+            "vgg16_bn",
+            lambda: ref.VGG("D", batch_norm=True, num_classes=6, width=4, hidden=16),
+            lambda: cj.models.VGG16BN(6, width=4, hidden=16, rngs=nnx.Rngs(0)),
+            32,
+        ),
+        (
+            "efficientnet",
+            lambda: ref.EfficientNet(6, width_mult=0.25, depth_mult=0.5),
+            lambda: cj.models.EfficientNet(6, width_mult=0.25, depth_mult=0.5, rngs=nnx.Rngs(0)),
+            32,
+        ),
+        (
+            "convnext",
+            lambda: ref.ConvNeXt((1, 1, 2, 1), (8, 16, 32, 64), num_classes=6),
+            lambda: cj.models.ConvNeXt(
+                6, depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), rngs=nnx.Rngs(0)
+            ),
+            32,
+        ),
+    ],
+)
 def test_zoo_logits_match_torch(rng, name, torch_ctor, ours, size):
     torch_model = ref.randomize_(torch_ctor(), seed=11)
     model = from_torch(ours, torch_model)  # strict: every key on both sides matched
@@ -106,8 +146,11 @@ def test_zoo_logits_match_torch(rng, name, torch_ctor, ours, size):
     _assert_close(apply(model, _to_cl(x)), _torch_logits(torch_model, x))
     # And back: save_torch_state_dict gives the torch model's own state_dict.
     saved = cj.models.save_torch_state_dict(model)
-    theirs = {k: v.numpy() for k, v in torch_model.state_dict().items()
-              if not k.endswith("num_batches_tracked")}
+    theirs = {
+        k: v.numpy()
+        for k, v in torch_model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     assert set(theirs) <= set(saved)
     for key, value in theirs.items():
         np.testing.assert_array_equal(saved[key], value, err_msg=key)
@@ -124,8 +167,9 @@ class _Decoder(nnx.Module):
     """Generic layers under PyTorch-style names: a grouped ConvTranspose, a channels_first conv."""
 
     def __init__(self, rngs):
-        self.up = cj.nn.ConvTranspose(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2,
-                                      rngs=rngs)
+        self.up = cj.nn.ConvTranspose(
+            4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, rngs=rngs
+        )
         self.proj = cj.nn.Conv(6, 3, (3, 3), padding=1, layout="channels_first", rngs=rngs)
 
     def __call__(self, x):
@@ -136,8 +180,7 @@ class _Decoder(nnx.Module):
 class _TorchDecoder(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.up = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1,
-                                           groups=2)
+        self.up = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
         self.proj = torch.nn.Conv2d(6, 3, 3, padding=1)
 
     def forward(self, x):
@@ -155,8 +198,9 @@ def test_loaded_weights_do_not_alias_torch_memory():
     # PyTorch updates tensors in place (BatchNorm statistics, optimiser steps); a loaded
     # model must keep the values it was given, even while a jitted call still reads them.
     torch_model = ref.randomize_(ref.ResNet(ref.BasicBlock, (1, 1, 1, 1), 3, width=4), seed=9)
-    model = from_torch(lambda: ResNet(3, stage_sizes=(1, 1, 1, 1), width=4, rngs=nnx.Rngs(0)),
-                       torch_model)
+    model = from_torch(
+        lambda: ResNet(3, stage_sizes=(1, 1, 1, 1), width=4, rngs=nnx.Rngs(0)), torch_model
+    )
     before = torch_model.bn1.running_mean.clone().numpy()
     with torch.no_grad():
         torch_model.bn1.running_mean.add_(1.0)
@@ -171,16 +215,20 @@ def test_numpy_arrays_and_dtype_cast():
     model = _abstract_lenet()
     load_torch_state_dict(model, state)
     assert model.conv1.kernel[...].dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(model.conv1.kernel[...]),
-                               np.transpose(state["conv1.weight"], (2, 3, 1, 0)), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.conv1.kernel[...]),
+        np.transpose(state["conv1.weight"], (2, 3, 1, 0)),
+        rtol=1e-6,
+    )
 
 
 def test_num_batches_tracked_is_ignored_and_bn_stats_load():
     torch_model = ref.randomize_(ref.ResNet(ref.BasicBlock, (1, 1, 1, 1), 3, width=4), seed=4)
     state = torch_model.state_dict()
     assert "bn1.num_batches_tracked" in state
-    model = from_torch(lambda: ResNet(3, stage_sizes=(1, 1, 1, 1), width=4, rngs=nnx.Rngs(0)),
-                       torch_model)
+    model = from_torch(
+        lambda: ResNet(3, stage_sizes=(1, 1, 1, 1), width=4, rngs=nnx.Rngs(0)), torch_model
+    )
     np.testing.assert_array_equal(np.asarray(model.bn1.var[...]), state["bn1.running_var"].numpy())
     np.testing.assert_array_equal(np.asarray(model.bn1.scale[...]), state["bn1.weight"].numpy())
 
@@ -195,8 +243,10 @@ def _abstract_lenet():
 
 
 def test_missing_key_raises_and_leaves_model_unchanged():
-    model = from_torch(lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
-                       ref.randomize_(ref.LeNet5(10, in_channels=1), seed=6))
+    model = from_torch(
+        lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
+        ref.randomize_(ref.LeNet5(10, in_channels=1), seed=6),
+    )
     before = np.asarray(model.conv1.kernel[...]).copy()
     state = _lenet_state()
     del state["fc2.bias"]
@@ -215,8 +265,11 @@ def test_unexpected_key_raises():
 def test_shape_mismatch_names_the_key():
     state = _lenet_state()
     state["conv2.weight"] = torch.zeros(16, 6, 3, 3)
-    with pytest.raises(ValueError, match=r"state_dict\['conv2.weight'\] must have shape "
-                                         r"\(5, 5, 6, 16\).*got \(3, 3, 6, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"state_dict\['conv2.weight'\] must have shape "
+        r"\(5, 5, 6, 16\).*got \(3, 3, 6, 16\)",
+    ):
         load_torch_state_dict(_abstract_lenet(), state)
 
 
@@ -224,8 +277,10 @@ def test_non_strict_loads_the_matching_part():
     torch_model = ref.randomize_(ref.LeNet5(10, in_channels=1), seed=5)
     state = {k: v for k, v in torch_model.state_dict().items() if k.startswith("conv1")}
     state["extra.weight"] = torch.zeros(2)
-    model = from_torch(lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
-                       ref.randomize_(ref.LeNet5(10, in_channels=1), seed=6))
+    model = from_torch(
+        lambda: LeNet5(10, in_channels=1, rngs=nnx.Rngs(0)),
+        ref.randomize_(ref.LeNet5(10, in_channels=1), seed=6),
+    )
     fc1_before = np.asarray(model.fc1.kernel[...]).copy()
     load_torch_state_dict(model, state, strict=False)
     np.testing.assert_array_equal(np.asarray(model.conv1.bias[...]), state["conv1.bias"].numpy())
@@ -246,8 +301,11 @@ def test_bad_argument_types():
 
 def _torch_double_conv(cin, cout):
     def cba(i, o):
-        return torch.nn.Sequential(torch.nn.Conv2d(i, o, 3, padding=1, bias=False),
-                                   torch.nn.BatchNorm2d(o), torch.nn.ReLU())
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(i, o, 3, padding=1, bias=False),
+            torch.nn.BatchNorm2d(o),
+            torch.nn.ReLU(),
+        )
 
     return torch.nn.Sequential(cba(cin, cout), cba(cout, cout))
 
@@ -259,11 +317,14 @@ class _TorchUNet(torch.nn.Module):
         super().__init__()
         widths = [base_width * 2**i for i in range(depth + 1)]
         self.down = torch.nn.ModuleList(
-            _torch_double_conv(i, o) for i, o in zip([in_channels] + widths[:-1], widths))
+            _torch_double_conv(i, o) for i, o in zip([in_channels] + widths[:-1], widths)
+        )
         self.up = torch.nn.ModuleList(
-            torch.nn.ConvTranspose2d(2 * w, w, 2, stride=2) for w in reversed(widths[:-1]))
+            torch.nn.ConvTranspose2d(2 * w, w, 2, stride=2) for w in reversed(widths[:-1])
+        )
         self.up_conv = torch.nn.ModuleList(
-            _torch_double_conv(2 * w, w) for w in reversed(widths[:-1]))
+            _torch_double_conv(2 * w, w) for w in reversed(widths[:-1])
+        )
         self.head = torch.nn.Conv2d(base_width, num_classes, 1)
 
     def forward(self, x):
@@ -282,8 +343,9 @@ def test_unet_logits_match_torch(rng):
     from cnn_jax.models import UNet
 
     torch_model = ref.randomize_(_TorchUNet(3, 2, 4, 2), seed=7)
-    model = from_torch(lambda: UNet(3, in_channels=2, base_width=4, depth=2, rngs=nnx.Rngs(0)),
-                       torch_model)
+    model = from_torch(
+        lambda: UNet(3, in_channels=2, base_width=4, depth=2, rngs=nnx.Rngs(0)), torch_model
+    )
     model.eval()
     x = rng.standard_normal((2, 2, 8, 12)).astype(np.float32)
     ours = apply(model, _to_cl(x))
@@ -340,20 +402,30 @@ class _WithUnknownLayer(nnx.Module):
 
 def test_layers_without_a_mapping_are_refused_when_strict():
     model = nnx.eval_shape(lambda: _WithUnknownLayer(nnx.Rngs(0)))
-    state = {"conv.weight": np.zeros((2, 1, 3, 3), np.float32),
-             "conv.bias": np.zeros(2, np.float32)}
-    with pytest.raises(ValueError, match=r"every weight of the model must have a PyTorch "
-                                         r"counterpart, but \['embed.embedding'\]"):
+    state = {
+        "conv.weight": np.zeros((2, 1, 3, 3), np.float32),
+        "conv.bias": np.zeros(2, np.float32),
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"every weight of the model must have a PyTorch "
+        r"counterpart, but \['embed.embedding'\]",
+    ):
         load_torch_state_dict(model, state)
     load_torch_state_dict(model, state, strict=False)
     np.testing.assert_array_equal(np.asarray(model.conv.bias[...]), np.zeros(2))
 
 
-@pytest.mark.parametrize("torch_ctor, ours", [
-    (lambda: ref.ResNet(ref.Bottleneck, (3, 4, 6, 3)),
-     lambda: cj.models.ResNet50(1000, rngs=nnx.Rngs(0))),
-    (lambda: ref.MobileNetV2(), lambda: MobileNetV2(1000, rngs=nnx.Rngs(0))),
-])
+@pytest.mark.parametrize(
+    "torch_ctor, ours",
+    [
+        (
+            lambda: ref.ResNet(ref.Bottleneck, (3, 4, 6, 3)),
+            lambda: cj.models.ResNet50(1000, rngs=nnx.Rngs(0)),
+        ),
+        (lambda: ref.MobileNetV2(), lambda: MobileNetV2(1000, rngs=nnx.Rngs(0))),
+    ],
+)
 def test_full_size_torchvision_state_dicts_load(torch_ctor, ours):
     torch.manual_seed(0)
     torch_model = torch_ctor()

@@ -11,10 +11,17 @@ import optax
 import pytest
 from flax import nnx
 
-from cnn_jax.train import ConfigError, Dataset, TrainConfig, fit, make_optimizer, make_schedule
-from cnn_jax.train import _hooks, _step
+from cnn_jax.train import (
+    ConfigError,
+    Dataset,
+    TrainConfig,
+    _hooks,
+    _step,
+    fit,
+    make_optimizer,
+    make_schedule,
+)
 from cnn_jax.train._sharding import make_mesh
-
 
 SEEN_DTYPES = []
 
@@ -45,15 +52,21 @@ class Tiny(nnx.Module):
 
 def _data(rng, n=48, size=6):
     x = rng.normal(size=(n, size, size, 1)).astype(np.float32)
-    y = ((x[:, : size // 2].mean((1, 2, 3)) > 0).astype(np.int32)
-         + (x[:, size // 2:].mean((1, 2, 3)) > 0))
-    return (Dataset(x, y.astype(np.int32), 3, "fake"),
-            Dataset(x[:16].copy(), y[:16].astype(np.int32), 3, "fake"))
+    y = (x[:, : size // 2].mean((1, 2, 3)) > 0).astype(np.int32) + (
+        x[:, size // 2 :].mean((1, 2, 3)) > 0
+    )
+    return (
+        Dataset(x, y.astype(np.int32), 3, "fake"),
+        Dataset(x[:16].copy(), y[:16].astype(np.int32), 3, "fake"),
+    )
 
 
 def _leaves(tree):
-    return [np.asarray(x) for x in jax.tree.leaves(tree)
-            if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+    return [
+        np.asarray(x)
+        for x in jax.tree.leaves(tree)
+        if not jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+    ]
 
 
 def test_one_step_smoke_on_fake_data(rng):
@@ -72,8 +85,9 @@ def test_one_step_smoke_on_fake_data(rng):
 
 def test_train_step_traced_once_for_all_batches_and_epochs(rng):
     train, test = _data(rng)
-    cfg = TrainConfig(epochs=3, batch_size=8, eval_batch_size=12, num_devices=1, quiet=True,
-                      lr=7e-3)  # a recipe no other test uses: nothing cached
+    cfg = TrainConfig(
+        epochs=3, batch_size=8, eval_batch_size=12, num_devices=1, quiet=True, lr=7e-3
+    )  # a recipe no other test uses: nothing cached
     before = dict(_step.TRACE_COUNTS)
     history = fit(Tiny(nnx.Rngs(0)), train, test, cfg)
     assert history.step == 18  # 6 batches x 3 epochs
@@ -85,8 +99,9 @@ def test_train_step_traced_once_for_all_batches_and_epochs(rng):
 def test_training_learns_and_batchnorm_statistics_move(rng):
     train, test = _data(rng, n=96)
     model = Tiny(nnx.Rngs(0), width=8)
-    cfg = TrainConfig(epochs=4, batch_size=16, eval_batch_size=16, num_devices=1, quiet=True,
-                      lr=3e-2, warmup=0.0)
+    cfg = TrainConfig(
+        epochs=4, batch_size=16, eval_batch_size=16, num_devices=1, quiet=True, lr=3e-2, warmup=0.0
+    )
     history = fit(model, train, test, cfg)
     losses = [r["train_loss"] for r in history.epochs]
     assert losses[-1] < losses[0]
@@ -101,8 +116,9 @@ def test_training_learns_and_batchnorm_statistics_move(rng):
 def test_adamw_schedule_and_decay_match_hand_derivation():
     # Constant gradients make every Adam step exactly -lr_t * sign(g) (bias-corrected
     # m / sqrt(v) = 1), plus decoupled decay -lr_t * wd * p on matrices only.
-    cfg = TrainConfig(epochs=2, lr=0.1, warmup=0.5, schedule="cosine", weight_decay=0.5,
-                      optimizer="adamw")
+    cfg = TrainConfig(
+        epochs=2, lr=0.1, warmup=0.5, schedule="cosine", weight_decay=0.5, optimizer="adamw"
+    )
     steps_per_epoch = 4  # total 8 steps, warm-up 2
     tx = make_optimizer(cfg, steps_per_epoch)
     params = {"w": jnp.full((2, 2), 2.0), "b": jnp.full((2,), 2.0)}
@@ -126,8 +142,9 @@ def test_adamw_schedule_and_decay_match_hand_derivation():
 
 def test_sgd_constant_schedule_matches_hand_derivation():
     # Nesterov momentum 0.9: trace_t = g + 0.9 trace_{t-1}; update = -lr (g + 0.9 trace_t).
-    cfg = TrainConfig(epochs=1, lr=0.1, warmup=0.0, schedule="constant", weight_decay=0.0,
-                      optimizer="sgd")
+    cfg = TrainConfig(
+        epochs=1, lr=0.1, warmup=0.0, schedule="constant", weight_decay=0.0, optimizer="sgd"
+    )
     tx = make_optimizer(cfg, 3)
     params = {"w": jnp.zeros((2, 2))}
     state = tx.init(params)
@@ -145,8 +162,11 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(rng):
     model = Tiny(nnx.Rngs(0), dtype=jnp.bfloat16)
     SEEN_DTYPES.clear()
     cfg = TrainConfig.quick(batch_size=8, num_devices=1, dtype="bfloat16")
-    batch = {"image": jnp.asarray(train.images[:8]), "label": jnp.asarray(train.labels[:8]),
-             "index": jnp.arange(8)}
+    batch = {
+        "image": jnp.asarray(train.images[:8]),
+        "label": jnp.asarray(train.labels[:8]),
+        "index": jnp.arange(8),
+    }
     trainer = _step.Trainer(model, cfg, 2, make_mesh(1))
     carry = trainer.train_step(trainer.initial_state(), batch)
     assert SEEN_DTYPES == [jnp.bfloat16] * 3  # input, features and logits all bf16
@@ -164,14 +184,24 @@ def test_bfloat16_compute_keeps_float32_params_and_optimizer_state(rng):
 
 def test_outputs_metrics_summary_and_plots(tmp_path, rng):
     train, test = _data(rng)
-    cfg = TrainConfig(epochs=2, batch_size=8, num_devices=1, quiet=True, out=str(tmp_path),
-                      eval_batch_size=16)
+    cfg = TrainConfig(
+        epochs=2, batch_size=8, num_devices=1, quiet=True, out=str(tmp_path), eval_batch_size=16
+    )
     history = fit(Tiny(nnx.Rngs(0)), train, test, cfg, run_info={"model": "tiny"})
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["epoch"] for r in lines] == [1, 2] and lines == history.epochs
     summary = json.load(open(tmp_path / "summary.json"))
-    for key in ("test_accuracy", "test_loss", "epochs", "train_time_s", "images_per_s",
-                "model", "dataset", "num_params", "devices"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "epochs",
+        "train_time_s",
+        "images_per_s",
+        "model",
+        "dataset",
+        "num_params",
+        "devices",
+    ):
         assert key in summary
     assert summary["model"] == "tiny" and summary["dataset"] == "fake"
     assert summary["epochs"] == 2 and summary["devices"] == 1
@@ -180,8 +210,9 @@ def test_outputs_metrics_summary_and_plots(tmp_path, rng):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("quiet, tty, enabled", [(True, True, False), (False, False, False),
-                                                 (False, True, True)])
+@pytest.mark.parametrize(
+    "quiet, tty, enabled", [(True, True, False), (False, False, False), (False, True, True)]
+)
 def test_progress_bar_only_on_a_terminal_and_not_quiet(monkeypatch, quiet, tty, enabled):
     # Both cases are forced, so the test holds under `pytest -s` in a terminal too.
     monkeypatch.setattr(_hooks.sys.stderr, "isatty", lambda: tty, raising=False)
@@ -193,55 +224,91 @@ def test_load_run_without_a_checkpoint_says_so(tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    (out / "run.json").write_text(json.dumps({
-        "config": TrainConfig().to_dict(), "model": "digits_cnn", "dataset": "digits",
-        "task": "classify", "num_classes": 10, "image_shape": [8, 8, 1],
-        "class_names": [str(i) for i in range(10)]}))
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "config": TrainConfig().to_dict(),
+                "model": "digits_cnn",
+                "dataset": "digits",
+                "task": "classify",
+                "num_classes": 10,
+                "image_shape": [8, 8, 1],
+                "class_names": [str(i) for i in range(10)],
+            }
+        )
+    )
     with pytest.raises(CheckpointError, match=r"load_run: no checkpoint in .*checkpoints"):
         load_run(str(out))
-    with pytest.raises(ValueError, match=r"load_run: which must be 'best' or 'latest', got "
-                                         r"'first'"):
+    with pytest.raises(
+        ValueError,
+        match=r"load_run: which must be 'best' or 'latest', got "
+        r"'first'",
+    ):
         load_run(str(out), which="first")
 
 
 def test_fit_errors(rng):
     train, test = _data(rng, n=8)
-    with pytest.raises(ValueError, match=r"fit: batch_size must be divisible by the number of "
-                                         r"devices \(8\), got 12"):
+    with pytest.raises(
+        ValueError,
+        match=r"fit: batch_size must be divisible by the number of "
+        r"devices \(8\), got 12",
+    ):
         fit(Tiny(nnx.Rngs(0)), train, test, TrainConfig(batch_size=12, quiet=True))
-    with pytest.raises(ValueError, match=r"fit: batch_size must be <= the number of training "
-                                         r"examples of 'fake' \(8\), got 16; pass a smaller "
-                                         r"--batch-size"):
+    with pytest.raises(
+        ValueError,
+        match=r"fit: batch_size must be <= the number of training "
+        r"examples of 'fake' \(8\), got 16; pass a smaller "
+        r"--batch-size",
+    ):
         fit(Tiny(nnx.Rngs(0)), train, test, TrainConfig(batch_size=16, num_devices=1))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"model": "vgg"}, r"TrainConfig: model must be one of .*, got 'vgg'"),
-    ({"dataset": "imagenet21k"}, r"TrainConfig: dataset must be one of .*, got 'imagenet21k'"),
-    ({"optimizer": "lion"}, r"TrainConfig: optimizer must be one of .*, got 'lion'"),
-    ({"schedule": "step"}, r"TrainConfig: schedule must be one of .*, got 'step'"),
-    ({"dtype": "float16"}, r"TrainConfig: dtype must be one of .*, got 'float16'"),
-    ({"epochs": 0}, r"TrainConfig: epochs \(--epochs\) must be a positive int, got 0"),
-    ({"batch_size": 2.5},
-     r"TrainConfig: batch_size \(--batch-size\) must be a positive int, got 2.5"),
-    ({"num_devices": 0},
-     r"TrainConfig: num_devices \(--devices\) must be None or a positive int, got 0"),
-    ({"lr": 0.0}, r"TrainConfig: lr \(--lr\) must be > 0 and finite, got 0.0"),
-    ({"warmup": -1.0},
-     r"TrainConfig: warmup \(--warmup\) must be >= 0 epochs and finite, got -1.0"),
-    ({"weight_decay": -0.1},
-     r"TrainConfig: weight_decay \(--weight-decay\) must be >= 0 and finite, got -0.1"),
-    ({"resume": True}, r"TrainConfig: resume must come with an out folder, got out=None"),
-    ({"seed": -1}, r"TrainConfig: seed \(--seed\) must be an int >= 0, got -1"),
-    ({"lr": float("nan")}, r"TrainConfig: lr \(--lr\) must be > 0 and finite, got nan"),
-    ({"checkpoint_every": -1.0},
-     r"TrainConfig: checkpoint_every \(--checkpoint-every\) must be >= 0 seconds"),
-    ({"dataset": "shapes", "model": "lenet5"},
-     r"TrainConfig: model must suit the 'shapes' data set's task \(segment\), got 'lenet5' "
-     r"\(task classify\); e.g. --model unet"),
-    ({"model": "unet"}, r"model must suit the 'digits' data set's task \(classify\), got "
-                        r"'unet'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"model": "vgg"}, r"TrainConfig: model must be one of .*, got 'vgg'"),
+        ({"dataset": "imagenet21k"}, r"TrainConfig: dataset must be one of .*, got 'imagenet21k'"),
+        ({"optimizer": "lion"}, r"TrainConfig: optimizer must be one of .*, got 'lion'"),
+        ({"schedule": "step"}, r"TrainConfig: schedule must be one of .*, got 'step'"),
+        ({"dtype": "float16"}, r"TrainConfig: dtype must be one of .*, got 'float16'"),
+        ({"epochs": 0}, r"TrainConfig: epochs \(--epochs\) must be a positive int, got 0"),
+        (
+            {"batch_size": 2.5},
+            r"TrainConfig: batch_size \(--batch-size\) must be a positive int, got 2.5",
+        ),
+        (
+            {"num_devices": 0},
+            r"TrainConfig: num_devices \(--devices\) must be None or a positive int, got 0",
+        ),
+        ({"lr": 0.0}, r"TrainConfig: lr \(--lr\) must be > 0 and finite, got 0.0"),
+        (
+            {"warmup": -1.0},
+            r"TrainConfig: warmup \(--warmup\) must be >= 0 epochs and finite, got -1.0",
+        ),
+        (
+            {"weight_decay": -0.1},
+            r"TrainConfig: weight_decay \(--weight-decay\) must be >= 0 and finite, got -0.1",
+        ),
+        ({"resume": True}, r"TrainConfig: resume must come with an out folder, got out=None"),
+        ({"seed": -1}, r"TrainConfig: seed \(--seed\) must be an int >= 0, got -1"),
+        ({"lr": float("nan")}, r"TrainConfig: lr \(--lr\) must be > 0 and finite, got nan"),
+        (
+            {"checkpoint_every": -1.0},
+            r"TrainConfig: checkpoint_every \(--checkpoint-every\) must be >= 0 seconds",
+        ),
+        (
+            {"dataset": "shapes", "model": "lenet5"},
+            r"TrainConfig: model must suit the 'shapes' data set's task \(segment\), got 'lenet5' "
+            r"\(task classify\); e.g. --model unet",
+        ),
+        (
+            {"model": "unet"},
+            r"model must suit the 'digits' data set's task \(classify\), got "
+            r"'unet'",
+        ),
+    ],
+)
 def test_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kwargs)
@@ -254,8 +321,11 @@ def test_config_defaults_and_quick_variant():
     assert TrainConfig(dataset="shapes").task == "segment"
     config = TrainConfig(epochs=3, out="x")
     assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match=r"TrainConfig: fields must be among .*, got unknown "
-                                         r"\['colour'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"TrainConfig: fields must be among .*, got unknown "
+        r"\['colour'\]",
+    ):
         TrainConfig.from_dict(dict(config.to_dict(), colour="red"))
     quick = TrainConfig.quick(lr=0.5)
     assert quick.epochs == 1 and quick.quiet and quick.lr == 0.5 and quick.limit == 256

@@ -23,5 +23,12 @@ from cnn_jax.export._stablehlo import load_stablehlo as load_stablehlo
 from cnn_jax.export._torch import export_torch as export_torch
 from cnn_jax.models._torch import save_torch_state_dict as save_torch_state_dict
 
-__all__ = ["FORMATS", "export_onnx", "export_run", "export_stablehlo", "export_torch",
-           "load_stablehlo", "save_torch_state_dict"]
+__all__ = [
+    "FORMATS",
+    "export_onnx",
+    "export_run",
+    "export_stablehlo",
+    "export_torch",
+    "load_stablehlo",
+    "save_torch_state_dict",
+]

@@ -21,17 +21,31 @@ import jax
 import numpy as np
 from jax.extend import core
 
-from cnn_jax.export._trace import (BATCH, check_batch, check_input_shape, inference_function,
-                                   input_spec, layer_of, layer_paths)
+from cnn_jax.export._trace import (
+    BATCH,
+    check_batch,
+    check_input_shape,
+    inference_function,
+    input_spec,
+    layer_of,
+    layer_paths,
+)
 
 OPSET = 17
 _IR_VERSION = 8  # the IR version of opset 17: what runtimes of 2022 on accept
 _INT64_MAX = np.iinfo(np.int64).max
 # Calls whose body is inlined: (primitive, parameter holding the body).
-_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
-          "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
-          "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
-          "remat": "jaxpr", "checkpoint": "jaxpr"}
+_CALLS = {
+    "jit": "jaxpr",
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "remat": "jaxpr",
+    "checkpoint": "jaxpr",
+}
 
 
 class _Unsupported(Exception):
@@ -42,13 +56,21 @@ def _onnx():
     try:
         import onnx
     except ImportError as e:
-        raise ImportError("export_onnx: needs the onnx package; pip install 'cnn-jax[export]' "
-                          "(or pip install onnx)") from e
+        raise ImportError(
+            "export_onnx: needs the onnx package; pip install 'cnn-jax[export]' "
+            "(or pip install onnx)"
+        ) from e
     return onnx
 
 
-def export_onnx(model, input_shape, *, batch: int | None = None, path: str | None = None,
-                metadata: dict | None = None):
+def export_onnx(
+    model,
+    input_shape,
+    *,
+    batch: int | None = None,
+    path: str | None = None,
+    metadata: dict | None = None,
+):
     """Convert ``model`` (inference: eval mode) to an ONNX model.
 
     Args:
@@ -87,8 +109,11 @@ def export_onnx(model, input_shape, *, batch: int | None = None, path: str | Non
     outputs = graph.run(closed.jaxpr, closed.consts, [x], "")
     for i, (y, var) in enumerate(zip(outputs, closed.jaxpr.outvars)):
         graph.add_output("logits" if len(outputs) == 1 else f"output_{i}", y, var.aval)
-    props = {"cnn_jax.input_layout": "NHWC", "cnn_jax.model": type(model).__name__,
-             **(metadata or {})}
+    props = {
+        "cnn_jax.input_layout": "NHWC",
+        "cnn_jax.model": type(model).__name__,
+        **(metadata or {}),
+    }
     proto = graph.model(props)
     onnx.checker.check_model(proto)
     if path is not None:
@@ -144,8 +169,9 @@ class _Graph:
         inputs = [self.name(v) for v in inputs]
         names = [self.fresh(op_type.lower()) for _ in range(outputs)]
         label = layer_of(self.scope, self.layers) or self.root
-        self.nodes.append(self.helper.make_node(op_type, inputs, names,
-                                                name=f"{label}/{names[0]}", **attrs))
+        self.nodes.append(
+            self.helper.make_node(op_type, inputs, names, name=f"{label}/{names[0]}", **attrs)
+        )
         return names[0] if outputs == 1 else names
 
     def dtype(self, dtype) -> int:
@@ -196,27 +222,32 @@ class _Graph:
 
     def add_input(self, name: str, spec) -> str:
         dims = [d if _static(d) else BATCH for d in spec.shape]
-        self.inputs.append(self.helper.make_tensor_value_info(name, self.dtype(spec.dtype),
-                                                              dims))
+        self.inputs.append(self.helper.make_tensor_value_info(name, self.dtype(spec.dtype), dims))
         self.input_name = name
         return name
 
     def add_output(self, name: str, value, aval):
         self.scope = ""
-        self.nodes.append(self.helper.make_node("Identity", [self.name(value)], [name],
-                                                name=f"{self.root}/output"))
+        self.nodes.append(
+            self.helper.make_node(
+                "Identity", [self.name(value)], [name], name=f"{self.root}/output"
+            )
+        )
         dims = [int(d) if _static(d) else str(d) for d in aval.shape]
-        self.outputs.append(self.helper.make_tensor_value_info(name, self.dtype(aval.dtype),
-                                                               dims))
+        self.outputs.append(self.helper.make_tensor_value_info(name, self.dtype(aval.dtype), dims))
 
     def model(self, metadata: dict):
         from cnn_jax import __version__
 
-        graph = self.helper.make_graph(self.nodes, self.root, self.inputs, self.outputs,
-                                       initializer=self.initializers)
+        graph = self.helper.make_graph(
+            self.nodes, self.root, self.inputs, self.outputs, initializer=self.initializers
+        )
         proto = self.helper.make_model(
-            graph, opset_imports=[self.helper.make_opsetid("", OPSET)],
-            producer_name="cnn_jax", producer_version=__version__)
+            graph,
+            opset_imports=[self.helper.make_opsetid("", OPSET)],
+            producer_name="cnn_jax",
+            producer_version=__version__,
+        )
         proto.ir_version = _IR_VERSION
         self.helper.set_model_props(proto, {str(k): str(v) for k, v in metadata.items()})
         return proto
@@ -260,7 +291,8 @@ class _Graph:
             branch = branches[int(np.clip(inputs[0], 0, len(branches) - 1))]
             return self.run(branch.jaxpr, branch.consts, inputs[1:], stack)
         if all(not isinstance(v, str) for v in inputs) and all(
-                _static(d) for v in eqn.outvars for d in v.aval.shape):
+            _static(d) for v in eqn.outvars for d in v.aval.shape
+        ):
             return _fold(eqn, inputs)
         rule = _RULES.get(name)
         try:
@@ -272,11 +304,13 @@ class _Graph:
             where = f"layer {layer!r}" if layer else f"model {self.root}"
             raise NotImplementedError(
                 f"export_onnx: jax op {name!r} in {where} cannot be expressed in ONNX opset "
-                f"{OPSET}: {e}") from None
+                f"{OPSET}: {e}"
+            ) from None
         return out if isinstance(out, list) else [out]
 
 
 # ---------------------------------------------------------------- export-time evaluation
+
 
 def _broadcast(x, shape, broadcast_dimensions, **_):
     expanded = [1] * len(shape)
@@ -288,10 +322,21 @@ def _broadcast(x, shape, broadcast_dimensions, **_):
 # Equations on known arrays that BatchNorm and the layers' reshapes produce, in numpy:
 # through jax, each distinct shape would compile a program (seconds per model).
 _NUMPY = {
-    **{name: (lambda f: lambda *xs, **_: f(*xs))(f) for name, f in {
-        "add": np.add, "sub": np.subtract, "mul": np.multiply, "max": np.maximum,
-        "min": np.minimum, "neg": np.negative, "sqrt": np.sqrt, "exp": np.exp,
-        "square": np.square, "rsqrt": lambda x: 1 / np.sqrt(x)}.items()},
+    **{
+        name: (lambda f: lambda *xs, **_: f(*xs))(f)
+        for name, f in {
+            "add": np.add,
+            "sub": np.subtract,
+            "mul": np.multiply,
+            "max": np.maximum,
+            "min": np.minimum,
+            "neg": np.negative,
+            "sqrt": np.sqrt,
+            "exp": np.exp,
+            "square": np.square,
+            "rsqrt": lambda x: 1 / np.sqrt(x),
+        }.items()
+    },
     "reshape": lambda x, new_sizes, **_: np.reshape(x, new_sizes),
     "transpose": lambda x, permutation, **_: np.transpose(x, permutation),
     "squeeze": lambda x, dimensions, **_: np.squeeze(x, tuple(dimensions)),
@@ -305,8 +350,11 @@ def _fold(eqn, inputs) -> list:
     ``rsqrt(var + eps) * scale``, index tables. No node is emitted for it."""
     fn = _NUMPY.get(eqn.primitive.name)
     floating = all(np.issubdtype(v.aval.dtype, np.floating) for v in eqn.outvars)
-    if fn is not None and floating and (eqn.params.get("dimensions") is None
-                                        or eqn.primitive.name == "squeeze"):
+    if (
+        fn is not None
+        and floating
+        and (eqn.params.get("dimensions") is None or eqn.primitive.name == "squeeze")
+    ):
         out = [fn(*inputs, **eqn.params)]
     else:
         out = eqn.primitive.bind(*inputs, **eqn.params)
@@ -333,11 +381,32 @@ def _simple(onnx_op: str):
 
 
 for _jax_op, _onnx_op in {
-        "neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid",
-        "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "floor": "Floor", "ceil": "Ceil",
-        "erf": "Erf", "sin": "Sin", "cos": "Cos", "add": "Add", "sub": "Sub", "mul": "Mul",
-        "div": "Div", "max": "Max", "min": "Min", "pow": "Pow", "eq": "Equal", "lt": "Less",
-        "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}.items():
+    "neg": "Neg",
+    "exp": "Exp",
+    "log": "Log",
+    "tanh": "Tanh",
+    "logistic": "Sigmoid",
+    "sqrt": "Sqrt",
+    "abs": "Abs",
+    "sign": "Sign",
+    "floor": "Floor",
+    "ceil": "Ceil",
+    "erf": "Erf",
+    "sin": "Sin",
+    "cos": "Cos",
+    "add": "Add",
+    "sub": "Sub",
+    "mul": "Mul",
+    "div": "Div",
+    "max": "Max",
+    "min": "Min",
+    "pow": "Pow",
+    "eq": "Equal",
+    "lt": "Less",
+    "le": "LessOrEqual",
+    "gt": "Greater",
+    "ge": "GreaterOrEqual",
+}.items():
     _RULES[_jax_op] = _simple(_onnx_op)
 
 
@@ -419,8 +488,12 @@ def _select_n(g, eqn, which, *cases):
 @_rule("reduce_sum", "reduce_max", "reduce_min", "reduce_prod")
 def _reduce(g, eqn, x):
     axes = [int(a) for a in eqn.params["axes"]]
-    op = {"reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin",
-          "reduce_prod": "ReduceProd"}[eqn.primitive.name]
+    op = {
+        "reduce_sum": "ReduceSum",
+        "reduce_max": "ReduceMax",
+        "reduce_min": "ReduceMin",
+        "reduce_prod": "ReduceProd",
+    }[eqn.primitive.name]
     if op == "ReduceSum":  # axes an input from opset 13, an attribute for the others until 18
         return g.node(op, [x, np.array(axes, np.int64)], keepdims=0)
     return g.node(op, [x], axes=axes, keepdims=0)
@@ -429,15 +502,17 @@ def _reduce(g, eqn, x):
 @_rule("argmax", "argmin")
 def _argmax(g, eqn, x):
     (axis,) = eqn.params["axes"]
-    out = g.node("ArgMax" if eqn.primitive.name == "argmax" else "ArgMin", [x],
-                 axis=int(axis), keepdims=0)
+    out = g.node(
+        "ArgMax" if eqn.primitive.name == "argmax" else "ArgMin", [x], axis=int(axis), keepdims=0
+    )
     return g.node("Cast", [out], to=g.dtype(eqn.params["index_dtype"]))
 
 
 @_rule("cumsum")
 def _cumsum(g, eqn, x):
-    return g.node("CumSum", [x, np.array(eqn.params["axis"], np.int64)],
-                  reverse=int(eqn.params["reverse"]))
+    return g.node(
+        "CumSum", [x, np.array(eqn.params["axis"], np.int64)], reverse=int(eqn.params["reverse"])
+    )
 
 
 @_rule("reshape")
@@ -474,8 +549,10 @@ def _broadcast_in_dim(g, eqn, x, *dynamic):
     if all(a == b for a, b in zip(expanded, shape)):
         return x
     # Expand broadcasts both ways: a dimension the operand already has stays as it is.
-    target = [1 if (i in dims and (not _static(d) or d == expanded[i])) else d
-              for i, d in enumerate(shape)]
+    target = [
+        1 if (i in dims and (not _static(d) or d == expanded[i])) else d
+        for i, d in enumerate(shape)
+    ]
     return g.node("Expand", [x, g.shape(target)])
 
 
@@ -492,8 +569,9 @@ def _concatenate(g, eqn, *xs):
 @_rule("stack")
 def _stack(g, eqn, *xs):
     axis = np.array([eqn.params["axis"]], np.int64)
-    return g.node("Concat", [g.node("Unsqueeze", [x, axis]) for x in xs],
-                  axis=int(eqn.params["axis"]))
+    return g.node(
+        "Concat", [g.node("Unsqueeze", [x, axis]) for x in xs], axis=int(eqn.params["axis"])
+    )
 
 
 @_rule("split")
@@ -517,16 +595,23 @@ def _slice(g, x, in_shape, starts, limits, strides):
         step.append(int(k))
     if not axes:
         return x
-    return g.node("Slice", [x, np.array(begin, np.int64), np.array(end, np.int64),
-                            np.array(axes, np.int64), np.array(step, np.int64)])
+    return g.node(
+        "Slice",
+        [
+            x,
+            np.array(begin, np.int64),
+            np.array(end, np.int64),
+            np.array(axes, np.int64),
+            np.array(step, np.int64),
+        ],
+    )
 
 
 @_rule("slice")
 def _slice_rule(g, eqn, x):
     shape = eqn.invars[0].aval.shape
     strides = eqn.params["strides"] or (1,) * len(shape)
-    return _slice(g, x, shape, eqn.params["start_indices"], eqn.params["limit_indices"],
-                  strides)
+    return _slice(g, x, shape, eqn.params["start_indices"], eqn.params["limit_indices"], strides)
 
 
 @_rule("dynamic_slice")
@@ -542,9 +627,16 @@ def _dynamic_slice(g, eqn, x, *starts):
 def _rev(g, eqn, x):
     axes = [int(a) for a in eqn.params["dimensions"]]
     n = len(axes)
-    return g.node("Slice", [x, np.full(n, -1, np.int64), np.full(n, np.iinfo(np.int64).min,
-                                                                   np.int64),
-                            np.array(axes, np.int64), np.full(n, -1, np.int64)])
+    return g.node(
+        "Slice",
+        [
+            x,
+            np.full(n, -1, np.int64),
+            np.full(n, np.iinfo(np.int64).min, np.int64),
+            np.array(axes, np.int64),
+            np.full(n, -1, np.int64),
+        ],
+    )
 
 
 @_rule("pad")
@@ -569,16 +661,24 @@ def _gather(g, eqn, x, indices):
     """``jnp.take(x, indices, axis)`` with indices known at export time: ONNX Gather."""
     dn = eqn.params["dimension_numbers"]
     shape, rank = eqn.invars[0].aval.shape, eqn.invars[0].aval.ndim
-    if isinstance(indices, str) or len(dn.start_index_map) != 1 or tuple(
-            dn.collapsed_slice_dims) != tuple(dn.start_index_map) or dn.operand_batching_dims:
+    if (
+        isinstance(indices, str)
+        or len(dn.start_index_map) != 1
+        or tuple(dn.collapsed_slice_dims) != tuple(dn.start_index_map)
+        or dn.operand_batching_dims
+    ):
         raise _Unsupported("only take-along-one-axis gathers with known indices")
     (axis,) = dn.start_index_map
     batch = indices.shape[:-1]
     sizes = eqn.params["slice_sizes"]
     expect_offsets = tuple(range(axis)) + tuple(range(axis + len(batch), rank - 1 + len(batch)))
-    if (indices.shape[-1] != 1 or tuple(dn.offset_dims) != expect_offsets or sizes[axis] != 1
-            or any(s != d for i, (s, d) in enumerate(zip(sizes, shape)) if i != axis)
-            or not _static(shape[axis])):
+    if (
+        indices.shape[-1] != 1
+        or tuple(dn.offset_dims) != expect_offsets
+        or sizes[axis] != 1
+        or any(s != d for i, (s, d) in enumerate(zip(sizes, shape)) if i != axis)
+        or not _static(shape[axis])
+    ):
         raise _Unsupported("only take-along-one-axis gathers with known indices")
     index = indices[..., 0].astype(np.int64)
     if np.any((index < 0) | (index >= shape[axis])):
@@ -608,9 +708,11 @@ def _dot_general(g, eqn, lhs, rhs):
     for i, j in zip(list(lc) + list(lb), list(rc) + list(rb)):
         rhs_sub[j] = lhs_sub[i]
     rhs_sub = [s or next(letters) for s in rhs_sub]
-    out = ([lhs_sub[i] for i in lb]
-           + [s for i, s in enumerate(lhs_sub) if i not in lc and i not in lb]
-           + [s for j, s in enumerate(rhs_sub) if j not in rc and j not in rb])
+    out = (
+        [lhs_sub[i] for i in lb]
+        + [s for i, s in enumerate(lhs_sub) if i not in lc and i not in lb]
+        + [s for j, s in enumerate(rhs_sub) if j not in rc and j not in rb]
+    )
     equation = f"{''.join(lhs_sub)},{''.join(rhs_sub)}->{''.join(out)}"
     return g.node("Einsum", [lhs, rhs], equation=equation)
 
@@ -621,8 +723,10 @@ def _conv(g, eqn, x, kernel):
     lhs_spec, rhs_spec, out_spec = p["dimension_numbers"]
     n = len(lhs_spec) - 2
     if any(d != 1 for d in p["lhs_dilation"]) or p["batch_group_count"] != 1:
-        raise _Unsupported("input dilation (a transposed conv as lhs_dilation) and "
-                           "batch_group_count are not supported")
+        raise _Unsupported(
+            "input dilation (a transposed conv as lhs_dilation) and "
+            "batch_group_count are not supported"
+        )
     out_dtype = eqn.outvars[0].aval.dtype
     if eqn.invars[0].aval.dtype != out_dtype:
         x = g.node("Cast", [x], to=g.dtype(out_dtype))
@@ -634,16 +738,21 @@ def _conv(g, eqn, x, kernel):
     if any(lo < 0 or hi < 0 for lo, hi in padding):
         shape = [eqn.invars[0].aval.shape[i] for i in lhs_spec]
         starts = [0, 0] + [max(-lo, 0) for lo, _ in padding]
-        limits = list(shape[:2]) + [d if hi >= 0 else d + hi
-                                    for d, (_, hi) in zip(shape[2:], padding)]
+        limits = list(shape[:2]) + [
+            d if hi >= 0 else d + hi for d, (_, hi) in zip(shape[2:], padding)
+        ]
         x = _slice(g, x, shape, starts, limits, [1] * (n + 2))
         padding = [(max(lo, 0), max(hi, 0)) for lo, hi in padding]
     k = [int(d) for d in eqn.invars[1].aval.shape]
-    y = g.node("Conv", [x, kernel], kernel_shape=[k[i] for i in rhs_spec[2:]],
-               strides=[int(s) for s in p["window_strides"]],
-               dilations=[int(d) for d in p["rhs_dilation"]],
-               pads=[lo for lo, _ in padding] + [hi for _, hi in padding],
-               group=int(p["feature_group_count"]))
+    y = g.node(
+        "Conv",
+        [x, kernel],
+        kernel_shape=[k[i] for i in rhs_spec[2:]],
+        strides=[int(s) for s in p["window_strides"]],
+        dilations=[int(d) for d in p["rhs_dilation"]],
+        pads=[lo for lo, _ in padding] + [hi for _, hi in padding],
+        group=int(p["feature_group_count"]),
+    )
     return g.transpose(y, np.argsort(out_spec))
 
 
@@ -655,8 +764,11 @@ def _reduce_window(g, eqn, x):
     padding, dilation = p["padding"], p["window_dilation"]
     if any(d != 1 for d in p["base_dilation"]):
         raise _Unsupported("base dilation is not supported")
-    plain = [i for i in range(len(shape)) if window[i] == 1 and strides[i] == 1
-             and tuple(padding[i]) == (0, 0) and dilation[i] == 1]
+    plain = [
+        i
+        for i in range(len(shape))
+        if window[i] == 1 and strides[i] == 1 and tuple(padding[i]) == (0, 0) and dilation[i] == 1
+    ]
     spatial = [i for i in range(len(shape)) if i not in plain]
     if not spatial:
         return x
@@ -668,13 +780,21 @@ def _reduce_window(g, eqn, x):
     # (plain axes merged, 1, *spatial): ONNX pooling is (N, C, *spatial).
     perm = plain + spatial
     y = g.transpose(x, perm)
-    y = g.reshape(y, [-1 if not all(_static(shape[i]) for i in plain) else
-                      int(np.prod([shape[i] for i in plain], dtype=np.int64)), 1]
-                  + [shape[i] for i in spatial])
-    attrs = dict(kernel_shape=[int(window[i]) for i in spatial],
-                 strides=[int(strides[i]) for i in spatial],
-                 pads=[int(padding[i][0]) for i in spatial] + [int(padding[i][1])
-                                                               for i in spatial])
+    y = g.reshape(
+        y,
+        [
+            -1
+            if not all(_static(shape[i]) for i in plain)
+            else int(np.prod([shape[i] for i in plain], dtype=np.int64)),
+            1,
+        ]
+        + [shape[i] for i in spatial],
+    )
+    attrs = dict(
+        kernel_shape=[int(window[i]) for i in spatial],
+        strides=[int(strides[i]) for i in spatial],
+        pads=[int(padding[i][0]) for i in spatial] + [int(padding[i][1]) for i in spatial],
+    )
     if is_max:
         y = g.node("MaxPool", [y], dilations=[int(dilation[i]) for i in spatial], **attrs)
     else:

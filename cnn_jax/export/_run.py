@@ -18,8 +18,9 @@ _FILE = {"stablehlo": "model.stablehlo", "onnx": "model.onnx", "torch": "model.p
 _NEEDS = {"stablehlo": (), "onnx": ("onnx",), "torch": ("safetensors", "torch")}
 
 
-def export_run(out: str, format: str, *, batch: int | None = None, dest: str | None = None,
-               which: str = "best") -> list[str]:
+def export_run(
+    out: str, format: str, *, batch: int | None = None, dest: str | None = None, which: str = "best"
+) -> list[str]:
     """Export the model of a run folder in one format; returns the files written.
 
     Args:
@@ -48,13 +49,16 @@ def export_run(out: str, format: str, *, batch: int | None = None, dest: str | N
         raise ValueError(f"{op}: format must be one of {FORMATS}, got {format!r}")
     batch = check_batch(batch, op)
     if format == "torch" and batch is not None:
-        raise ValueError(f"{op}: batch must be None for format 'torch' (weights have no "
-                         f"batch size), got {batch!r}")
+        raise ValueError(
+            f"{op}: batch must be None for format 'torch' (weights have no "
+            f"batch size), got {batch!r}"
+        )
     for package in _NEEDS[format]:  # before loading the run: fail fast
         if importlib.util.find_spec(package) is None:
-            raise ImportError(f"{op}: format {format!r} needs the {package} package; pip "
-                              f"install 'cnn-jax[export]'" + (" torch" if package == "torch"
-                                                               else ""))
+            raise ImportError(
+                f"{op}: format {format!r} needs the {package} package; pip "
+                f"install 'cnn-jax[export]'" + (" torch" if package == "torch" else "")
+            )
     from cnn_jax.train import create_model, load_run
 
     model, run = load_run(out, which=which)
@@ -62,8 +66,9 @@ def export_run(out: str, format: str, *, batch: int | None = None, dest: str | N
     if config.dtype != "float32":
         # A bfloat16 run computes in bf16 on float32 parameters; the export computes in
         # float32 (ONNX's Conv has no bfloat16, and deployment wants the accuracy).
-        exported = create_model(config.model_name, run["num_classes"], shape,
-                                width=config.width, seed=config.seed)
+        exported = create_model(
+            config.model_name, run["num_classes"], shape, width=config.width, seed=config.seed
+        )
         nnx.update(exported, nnx.state(model))
         model = exported
     dest = dest or os.path.join(out, "export", _FILE[format])
@@ -72,9 +77,13 @@ def export_run(out: str, format: str, *, batch: int | None = None, dest: str | N
         export_stablehlo(model, shape, batch=batch, path=dest)
         return [dest]
     if format == "onnx":
-        meta = {"cnn_jax.run_model": run["model"], "cnn_jax.dataset": run["dataset"],
-                "cnn_jax.task": run["config"].task, "cnn_jax.input_range": "[0, 1]",
-                "cnn_jax.class_names": json.dumps(run["class_names"])}
+        meta = {
+            "cnn_jax.run_model": run["model"],
+            "cnn_jax.dataset": run["dataset"],
+            "cnn_jax.task": run["config"].task,
+            "cnn_jax.input_range": "[0, 1]",
+            "cnn_jax.class_names": json.dumps(run["class_names"]),
+        }
         export_onnx(model, shape, batch=batch, path=dest, metadata=meta)
         return [dest]
     return list(export_torch(model, dest))

@@ -13,9 +13,14 @@ import jax
 from cnn_jax.export._trace import check_batch, check_input_shape, inference_function, input_spec
 
 
-def export_stablehlo(model, input_shape, *, batch: int | None = None,
-                     platforms: tuple[str, ...] | None = None,
-                     path: str | None = None) -> jax.export.Exported:
+def export_stablehlo(
+    model,
+    input_shape,
+    *,
+    batch: int | None = None,
+    platforms: tuple[str, ...] | None = None,
+    path: str | None = None,
+) -> jax.export.Exported:
     """Lower ``model`` (inference: eval mode) to StableHLO with ``jax.export``.
 
     Args:
@@ -39,8 +44,7 @@ def export_stablehlo(model, input_shape, *, batch: int | None = None,
     shape = check_input_shape(input_shape, op)
     batch = check_batch(batch, op)
     forward = inference_function(model, op)
-    exported = jax.export.export(jax.jit(forward), platforms=platforms)(
-        input_spec(shape, batch))
+    exported = jax.export.export(jax.jit(forward), platforms=platforms)(input_spec(shape, batch))
     if path is not None:
         with open(path, "wb") as f:
             f.write(exported.serialize())

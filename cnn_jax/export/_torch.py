@@ -42,8 +42,9 @@ def export_torch(model, path: str) -> tuple[str, str]:
         import safetensors.numpy
         import torch
     except ImportError as e:
-        raise ImportError(f"export_torch: needs {e.name}; pip install 'cnn-jax[export]' "
-                          f"torch") from e
+        raise ImportError(
+            f"export_torch: needs {e.name}; pip install 'cnn-jax[export]' torch"
+        ) from e
     stem = _stem(path)
     pt, st = stem + ".pt", stem + ".safetensors"
     safetensors.numpy.save_file(state, st)

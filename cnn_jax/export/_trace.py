@@ -31,8 +31,9 @@ def check_input_shape(input_shape, op: str) -> tuple[int, int, int]:
     except TypeError:
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"{op}: input_shape must be (H, W, C), three positive ints, got "
-                         f"{input_shape!r}")
+        raise ValueError(
+            f"{op}: input_shape must be (H, W, C), three positive ints, got {input_shape!r}"
+        )
     return shape
 
 
@@ -45,8 +46,9 @@ def check_batch(batch, op: str) -> int | None:
     except TypeError:
         value = 0
     if isinstance(batch, bool) or value < 1:
-        raise ValueError(f"{op}: batch must be None (any batch size) or a positive int, got "
-                         f"{batch!r}")
+        raise ValueError(
+            f"{op}: batch must be None (any batch size) or a positive int, got {batch!r}"
+        )
     return value
 
 

@@ -16,6 +16,12 @@ from cnn_jax.interpret._capture import layer_names as layer_names
 from cnn_jax.interpret._receptive import effective_receptive_field as effective_receptive_field
 
 __all__ = [
-    "effective_receptive_field", "features", "grad_cam", "grad_cam_plus_plus",
-    "integrated_gradients", "layer_names", "saliency", "smooth_grad",
+    "effective_receptive_field",
+    "features",
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "integrated_gradients",
+    "layer_names",
+    "saliency",
+    "smooth_grad",
 ]

@@ -65,22 +65,23 @@ def smooth_grad(model, x, target, *, key, num_samples: int = 16, noise_level: fl
     _check_model(model, op)
     num_samples = _check_count(num_samples, "num_samples", op)
     target, target_fn = split_target(target, op)
-    return _smooth_grad(*nnx.split(model), x, target, target_fn, key, num_samples,
-                        noise_level)
+    return _smooth_grad(*nnx.split(model), x, target, target_fn, key, num_samples, noise_level)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 6))
 def _smooth_grad(graphdef, state, x, target, target_fn, key, num_samples, noise_level):
     axes = tuple(range(1, x.ndim))
-    sigma = noise_level * (jnp.max(x, axis=axes, keepdims=True)
-                           - jnp.min(x, axis=axes, keepdims=True))
+    sigma = noise_level * (
+        jnp.max(x, axis=axes, keepdims=True) - jnp.min(x, axis=axes, keepdims=True)
+    )
     grad = input_gradient(graphdef, state, target, target_fn, "smooth_grad")
     noise = jax.random.normal(key, (num_samples, *x.shape), x.dtype)
     return jnp.mean(jax.vmap(lambda n: grad(x + sigma * n))(noise), axis=0)
 
 
-def integrated_gradients(model, x, target, *, baseline=None, steps: int = 64,
-                         batch_size: int | None = 16):
+def integrated_gradients(
+    model, x, target, *, baseline=None, steps: int = 64, batch_size: int | None = 16
+):
     """Integrated gradients: ``(x - x') * integral_0^1 grad(x' + a (x - x')) da``.
 
     The integral is the trapezoidal rule on ``steps`` intervals, so attributions sum
@@ -104,15 +105,17 @@ def integrated_gradients(model, x, target, *, baseline=None, steps: int = 64,
         batch_size = _check_count(batch_size, "batch_size", op)
     target, target_fn = split_target(target, op)
     baseline = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(baseline, x.shape)
-    return _integrated_gradients(*nnx.split(model), x, target, target_fn, baseline, steps,
-                                 batch_size)
+    return _integrated_gradients(
+        *nnx.split(model), x, target, target_fn, baseline, steps, batch_size
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 6, 7))
 def _integrated_gradients(graphdef, state, x, target, target_fn, baseline, steps, batch_size):
     grad = input_gradient(graphdef, state, target, target_fn, "integrated_gradients")
     alphas = jnp.linspace(0.0, 1.0, steps + 1, dtype=x.dtype)
-    grads = jax.lax.map(lambda a: grad(baseline + a * (x - baseline)), alphas,
-                        batch_size=batch_size)
+    grads = jax.lax.map(
+        lambda a: grad(baseline + a * (x - baseline)), alphas, batch_size=batch_size
+    )
     weights = jnp.ones(steps + 1, x.dtype).at[jnp.array([0, steps])].set(0.5) / steps
     return (x - baseline) * jnp.tensordot(weights, grads, axes=1)

@@ -17,8 +17,9 @@ def _activations_and_gradients(graphdef, state, x, target, target_fn, name: str,
     """The layer's output ``A`` and ``d score / d A``, both ``(N, h, w, K)``."""
     shape = jax.eval_shape(lambda x: run(graphdef, state, x, (name,))[1][name], x)
     if len(shape.shape) != 4:
-        raise ValueError(f"{op}: layer {name!r} must output (N, h, w, C) feature maps, got "
-                         f"shape {shape.shape}")
+        raise ValueError(
+            f"{op}: layer {name!r} must output (N, h, w, C) feature maps, got shape {shape.shape}"
+        )
 
     def total(delta):
         out, acts = run(graphdef, state, x, (name,), {name: delta})

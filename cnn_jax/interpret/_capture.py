@@ -42,16 +42,16 @@ def check_layers(model, layers, op: str) -> tuple[str, ...]:
     if not isinstance(model, nnx.Module):
         raise TypeError(f"{op}: model must be an nnx.Module, got {type(model).__name__}")
     names = (layers,) if isinstance(layers, str) else layers
-    if not isinstance(names, Sequence) or not names or \
-            not all(isinstance(n, str) for n in names):
-        raise TypeError(f"{op}: layer must be a layer name or a sequence of names, got "
-                        f"{layers!r}")
+    if not isinstance(names, Sequence) or not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{op}: layer must be a layer name or a sequence of names, got {layers!r}")
     known = call_paths(model)
     for name in names:
         if name not in known:
             sample = ", ".join(repr(n) for n in list(known)[:8])
-            raise ValueError(f"{op}: layer must name a sub-module of the model (one of "
-                             f"{sample}, ...; see cnn_jax.interpret.layer_names), got {name!r}")
+            raise ValueError(
+                f"{op}: layer must name a sub-module of the model (one of "
+                f"{sample}, ...; see cnn_jax.interpret.layer_names), got {name!r}"
+            )
     return tuple(names)
 
 
@@ -80,8 +80,9 @@ def run(graphdef, state, x, layers: tuple[str, ...] = (), deltas: dict | None = 
     out = copy(x)
     missing = [name for name in layers if name not in record]
     if missing:
-        raise ValueError(f"layer {missing[0]!r} was not called in the forward pass, so it has "
-                         f"no activation")
+        raise ValueError(
+            f"layer {missing[0]!r} was not called in the forward pass, so it has no activation"
+        )
     return out, record
 
 
@@ -116,8 +117,10 @@ def split_target(target, op: str):
     if callable(target):
         return None, target
     if isinstance(target, bool) or not (isinstance(target, int) or hasattr(target, "shape")):
-        raise TypeError(f"{op}: target must be a class index, an (N,) array of them or a "
-                        f"callable, got {target!r}")
+        raise TypeError(
+            f"{op}: target must be a class index, an (N,) array of them or a "
+            f"callable, got {target!r}"
+        )
     return jnp.asarray(target), None
 
 
@@ -126,17 +129,26 @@ def scores(out, target, target_fn, op: str):
     if target_fn is not None:
         s = target_fn(out)
         if not hasattr(s, "shape") or s.shape != out.shape[:1]:
-            raise ValueError(f"{op}: target(output) must return one score per example, shape "
-                             f"{out.shape[:1]}, got {getattr(s, 'shape', s)}")
+            raise ValueError(
+                f"{op}: target(output) must return one score per example, shape "
+                f"{out.shape[:1]}, got {getattr(s, 'shape', s)}"
+            )
         return s
     if out.ndim != 2:
-        raise ValueError(f"{op}: target must be a callable (output -> (N,) scores) for a "
-                         f"model whose output is not (N, classes), got output shape "
-                         f"{tuple(out.shape)}")
-    if not jnp.issubdtype(target.dtype, jnp.integer) or target.ndim not in (0, 1) or \
-            (target.ndim == 1 and target.shape[0] != out.shape[0]):
-        raise ValueError(f"{op}: target must be an int or an int array of shape "
-                         f"({out.shape[0]},), got {target.dtype} array of shape {target.shape}")
+        raise ValueError(
+            f"{op}: target must be a callable (output -> (N,) scores) for a "
+            f"model whose output is not (N, classes), got output shape "
+            f"{tuple(out.shape)}"
+        )
+    if (
+        not jnp.issubdtype(target.dtype, jnp.integer)
+        or target.ndim not in (0, 1)
+        or (target.ndim == 1 and target.shape[0] != out.shape[0])
+    ):
+        raise ValueError(
+            f"{op}: target must be an int or an int array of shape "
+            f"({out.shape[0]},), got {target.dtype} array of shape {target.shape}"
+        )
     target = jnp.broadcast_to(target, out.shape[:1])
     return jnp.take_along_axis(out, target[:, None], axis=1)[:, 0]
 

@@ -3,9 +3,8 @@ centre unit of a feature map, beside the theoretical field of cnn_jax.receptive_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +13,15 @@ from flax import nnx
 from cnn_jax.interpret._capture import check_layers, run
 
 
-def effective_receptive_field(model, input_shape: Sequence[int], *, layer: str | None = None,
-                              num_samples: int = 8, key=None, inputs=None):
+def effective_receptive_field(
+    model,
+    input_shape: Sequence[int],
+    *,
+    layer: str | None = None,
+    num_samples: int = 8,
+    key=None,
+    inputs=None,
+):
     """``|d (centre unit) / d x|`` averaged over random inputs: Luo et al.'s ERF.
 
     The centre unit is position ``(h // 2, w // 2)`` of the output ``(N, h, w, K)`` of
@@ -44,10 +50,15 @@ def effective_receptive_field(model, input_shape: Sequence[int], *, layer: str |
     op = "effective_receptive_field"
     if not isinstance(model, nnx.Module):
         raise TypeError(f"{op}: model must be an nnx.Module, got {type(model).__name__}")
-    if isinstance(input_shape, (int, str)) or not isinstance(input_shape, Sequence) or \
-            len(input_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in input_shape):
-        raise ValueError(f"{op}: input_shape must be (H, W, C) of positive ints, got "
-                         f"{input_shape!r}")
+    if (
+        isinstance(input_shape, (int, str))
+        or not isinstance(input_shape, Sequence)
+        or len(input_shape) != 3
+        or not all(isinstance(d, int) and d > 0 for d in input_shape)
+    ):
+        raise ValueError(
+            f"{op}: input_shape must be (H, W, C) of positive ints, got {input_shape!r}"
+        )
     names = () if layer is None else check_layers(model, layer, op)
     if inputs is None:
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -55,8 +66,10 @@ def effective_receptive_field(model, input_shape: Sequence[int], *, layer: str |
         key = jax.random.key(0) if key is None else key
         inputs = jax.random.normal(key, (num_samples, *input_shape))
     elif tuple(inputs.shape[1:]) != tuple(input_shape):
-        raise ValueError(f"{op}: inputs must have shape (num_samples, *input_shape), got "
-                         f"{tuple(inputs.shape)} for input_shape {tuple(input_shape)}")
+        raise ValueError(
+            f"{op}: inputs must have shape (num_samples, *input_shape), got "
+            f"{tuple(inputs.shape)} for input_shape {tuple(input_shape)}"
+        )
 
     return _erf(*nnx.split(model), inputs, names)
 
@@ -72,8 +85,10 @@ def _erf(graphdef, state, inputs, names):
     shape = jax.eval_shape(feature_map, inputs[:1]).shape
     if len(shape) != 4:
         where = f"layer {names[0]!r}" if names else "the model's output"
-        raise ValueError(f"{op}: {where} must be a (N, h, w, C) feature map (pass layer= "
-                         f"for a classifier), got shape {shape}")
+        raise ValueError(
+            f"{op}: {where} must be a (N, h, w, C) feature map (pass layer= "
+            f"for a classifier), got shape {shape}"
+        )
     ci, cj = shape[1] // 2, shape[2] // 2
 
     def centre(x):

@@ -7,12 +7,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_image, check_model_ints, check_probability,
-                                    public_signature, torch_flatten, torch_linear)
+from cnn_jax.models._common import (
+    check_image,
+    check_model_ints,
+    check_probability,
+    public_signature,
+    torch_flatten,
+    torch_linear,
+)
 
 # (output channels at width 64, kernel, stride, padding, max pool after)
-ALEXNET_CONVS = ((64, 11, 4, 2, True), (192, 5, 1, 2, True), (384, 3, 1, 1, False),
-                 (256, 3, 1, 1, False), (256, 3, 1, 1, True))
+ALEXNET_CONVS = (
+    (64, 11, 4, 2, True),
+    (192, 5, 1, 2, True),
+    (384, 3, 1, 1, False),
+    (256, 3, 1, 1, False),
+    (256, 3, 1, 1, True),
+)
 MIN_SIZE = 63  # the smallest input that survives the stride-4 conv and three 3x3/2 pools
 
 
@@ -44,12 +55,22 @@ class AlexNet(nnx.Module):
     (1, 10)
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, width: int = 64,
-                 hidden: int = 4096, dropout: float = 0.5, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        width: int = 64,
+        hidden: int = 4096,
+        dropout: float = 0.5,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "AlexNet"
         num_classes, in_channels, width, hidden = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels, width=width, hidden=hidden)
+            op, num_classes=num_classes, in_channels=in_channels, width=width, hidden=hidden
+        )
         dropout = check_probability(dropout, "dropout", op)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         layers, features = [], in_channels
@@ -62,9 +83,12 @@ class AlexNet(nnx.Module):
         self.features = nnx.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool((6, 6))
         self.classifier = nnx.Sequential(
-            nnx.Dropout(dropout, rngs=rngs), torch_linear(features * 36, hidden, **kw),
+            nnx.Dropout(dropout, rngs=rngs),
+            torch_linear(features * 36, hidden, **kw),
             jax.nn.relu,
-            nnx.Dropout(dropout, rngs=rngs), torch_linear(hidden, hidden, **kw), jax.nn.relu,
+            nnx.Dropout(dropout, rngs=rngs),
+            torch_linear(hidden, hidden, **kw),
+            jax.nn.relu,
             torch_linear(hidden, num_classes, **kw),
         )
 

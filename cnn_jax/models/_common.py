@@ -26,8 +26,9 @@ def check_image(x, min_size: int, op: str) -> None:
     """``x`` must be ``(N, H, W, C)`` with ``H, W >= min_size`` (what the model's
     strides and pools need)."""
     if x.ndim != 4 or min(x.shape[1:3]) < min_size:
-        raise ValueError(f"{op}: x must be (N, H, W, C) with H, W >= {min_size}, got "
-                         f"x.shape={tuple(x.shape)}")
+        raise ValueError(
+            f"{op}: x must be (N, H, W, C) with H, W >= {min_size}, got x.shape={tuple(x.shape)}"
+        )
 
 
 def check_probability(value, name: str, op: str) -> float:
@@ -42,8 +43,9 @@ def public_signature(cls):
     arguments (nnx's metaclass defines ``__call__``, which otherwise hides them behind
     ``(*args, **kwargs)``)."""
     sig = inspect.signature(cls.__init__)
-    cls.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:],
-                                    return_annotation=inspect.Signature.empty)
+    cls.__signature__ = sig.replace(
+        parameters=list(sig.parameters.values())[1:], return_annotation=inspect.Signature.empty
+    )
     return cls
 
 
@@ -60,8 +62,10 @@ def variant(cls, name: str, doc: str, **fixed):
     def factory(num_classes, **kwargs):
         clash = sorted(set(kwargs) & set(fixed))
         if clash:
-            raise TypeError(f"{name}: {clash[0]} is fixed by this variant ({fixed[clash[0]]!r});"
-                            f" use {cls.__name__} to choose it")
+            raise TypeError(
+                f"{name}: {clash[0]} is fixed by this variant ({fixed[clash[0]]!r});"
+                f" use {cls.__name__} to choose it"
+            )
         return cls(num_classes, **fixed, **kwargs)
 
     factory.__name__ = factory.__qualname__ = name
@@ -95,10 +99,24 @@ def normal_init(std: float):
     return init
 
 
-def torch_linear(in_features: int, out_features: int, *, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs, kernel_init=None, bias_init=None) -> nnx.Linear:
+def torch_linear(
+    in_features: int,
+    out_features: int,
+    *,
+    dtype=None,
+    param_dtype=jnp.float32,
+    rngs: nnx.Rngs,
+    kernel_init=None,
+    bias_init=None,
+) -> nnx.Linear:
     """``nnx.Linear`` with ``torch.nn.Linear``'s default init (``U(+-1/sqrt(in))`` both)."""
     bound = 1.0 / math.sqrt(in_features)
-    return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=param_dtype,
-                      kernel_init=kernel_init or uniform_init(bound),
-                      bias_init=bias_init or uniform_init(bound), rngs=rngs)
+    return nnx.Linear(
+        in_features,
+        out_features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=kernel_init or uniform_init(bound),
+        bias_init=bias_init or uniform_init(bound),
+        rngs=rngs,
+    )

@@ -15,8 +15,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_image, check_model_int, check_model_ints,
-                                    check_probability, public_signature, variant)
+from cnn_jax.models._common import (
+    check_image,
+    check_model_int,
+    check_model_ints,
+    check_probability,
+    public_signature,
+    variant,
+)
 
 LN_EPSILON = 1e-6
 _trunc_normal = nnx.initializers.truncated_normal(stddev=0.02)
@@ -29,8 +35,14 @@ def _identity(x):
 
 
 def _layer_norm(features, *, dtype, param_dtype, rngs):
-    return nnx.LayerNorm(features, epsilon=LN_EPSILON, use_fast_variance=False, dtype=dtype,
-                         param_dtype=param_dtype, rngs=rngs)
+    return nnx.LayerNorm(
+        features,
+        epsilon=LN_EPSILON,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
+    )
 
 
 class CNBlock(nnx.Module):
@@ -46,9 +58,16 @@ class CNBlock(nnx.Module):
       dtype, param_dtype, rngs: as the other blocks.
     """
 
-    def __init__(self, features: int, *, layer_scale: float = 1e-6,
-                 stochastic_depth_prob: float = 0.0, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        features: int,
+        *,
+        layer_scale: float = 1e-6,
+        stochastic_depth_prob: float = 0.0,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = dict(kernel_init=_trunc_normal, bias_init=nnx.initializers.zeros)
         self.block = nnx.Sequential(
@@ -65,8 +84,9 @@ class CNBlock(nnx.Module):
 
     def torch_weights(self) -> list:
         """PyTorch's ``layer_scale`` is ``(C, 1, 1)``; ours is ``(C,)`` (to, from PyTorch)."""
-        return [("layer_scale", "layer_scale", lambda w: w.reshape(-1),
-                 lambda w: w.reshape(-1, 1, 1))]
+        return [
+            ("layer_scale", "layer_scale", lambda w: w.reshape(-1), lambda w: w.reshape(-1, 1, 1))
+        ]
 
     def main_path(self) -> list:
         return [self.block.layers[0]]
@@ -106,47 +126,67 @@ class ConvNeXt(nnx.Module):
     (1, 10)
     """
 
-    def __init__(self, num_classes: int, *, depths: Sequence[int] = (3, 3, 9, 3),
-                 dims: Sequence[int] = (96, 192, 384, 768), in_channels: int = 3,
-                 stochastic_depth_prob: float = 0.1, layer_scale: float = 1e-6, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        depths: Sequence[int] = (3, 3, 9, 3),
+        dims: Sequence[int] = (96, 192, 384, 768),
+        in_channels: int = 3,
+        stochastic_depth_prob: float = 0.1,
+        layer_scale: float = 1e-6,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "ConvNeXt"
         num_classes, in_channels = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels)
+            op, num_classes=num_classes, in_channels=in_channels
+        )
         for name, value in (("depths", depths), ("dims", dims)):
             if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-                raise ValueError(f"{op}: {name} must be a non-empty sequence of ints, got "
-                                 f"{value!r}")
+                raise ValueError(
+                    f"{op}: {name} must be a non-empty sequence of ints, got {value!r}"
+                )
         if len(depths) != len(dims):
-            raise ValueError(f"{op}: depths and dims must have the same length, got {depths!r} "
-                             f"and {dims!r}")
+            raise ValueError(
+                f"{op}: depths and dims must have the same length, got {depths!r} and {dims!r}"
+            )
         depths = tuple(check_model_int(d, "depths", op) for d in depths)
         dims = tuple(check_model_int(d, "dims", op) for d in dims)
-        stochastic_depth_prob = check_probability(stochastic_depth_prob,
-                                                  "stochastic_depth_prob", op)
+        stochastic_depth_prob = check_probability(
+            stochastic_depth_prob, "stochastic_depth_prob", op
+        )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = dict(kernel_init=_trunc_normal, bias_init=nnx.initializers.zeros)
-        layers = [nnx.Sequential(nn.Conv(in_channels, dims[0], 4, stride=4, **init, **kw),
-                                 _layer_norm(dims[0], **kw))]
+        layers = [
+            nnx.Sequential(
+                nn.Conv(in_channels, dims[0], 4, stride=4, **init, **kw), _layer_norm(dims[0], **kw)
+            )
+        ]
         total, block_id = sum(depths), 0
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             blocks = []
             for _ in range(depth):
                 # torchvision: rate = prob * block_id / (total - 1), 0 to prob inclusive.
                 rate = stochastic_depth_prob * block_id / max(total - 1, 1)
-                blocks.append(CNBlock(dim, layer_scale=layer_scale, stochastic_depth_prob=rate,
-                                      **kw))
+                blocks.append(
+                    CNBlock(dim, layer_scale=layer_scale, stochastic_depth_prob=rate, **kw)
+                )
                 block_id += 1
             layers.append(nnx.Sequential(*blocks))
             if i + 1 < len(dims):
-                layers.append(nnx.Sequential(_layer_norm(dim, **kw),
-                                             nn.Conv(dim, dims[i + 1], 2, stride=2, **init,
-                                                     **kw)))
+                layers.append(
+                    nnx.Sequential(
+                        _layer_norm(dim, **kw), nn.Conv(dim, dims[i + 1], 2, stride=2, **init, **kw)
+                    )
+                )
         self.features = nnx.Sequential(*layers)
         self.min_size = 4 * 2 ** (len(dims) - 1)
         self.avgpool = nn.GlobalAvgPool()
         self.classifier = nnx.Sequential(
-            _layer_norm(dims[-1], **kw), _identity,
+            _layer_norm(dims[-1], **kw),
+            _identity,
             nnx.Linear(dims[-1], num_classes, **init, **kw),
         )
 
@@ -160,7 +200,10 @@ class ConvNeXt(nnx.Module):
 
 
 ConvNeXtTiny = variant(
-    ConvNeXt, "ConvNeXtTiny",
+    ConvNeXt,
+    "ConvNeXtTiny",
     """ConvNeXt-T: :class:`ConvNeXt` with depths ``(3, 3, 9, 3)`` and dims ``(96, 192,
     384, 768)`` (28,589,128 params), torchvision's ``convnext_tiny``.""",
-    depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+    depths=(3, 3, 9, 3),
+    dims=(96, 192, 384, 768),
+)

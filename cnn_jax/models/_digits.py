@@ -31,15 +31,26 @@ class DigitsCNN(nnx.Module):
     (2, 10)
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, input_size=8,
-                 width: int = 32, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        input_size=8,
+        width: int = 32,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "DigitsCNN"
         num_classes, in_channels, width = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels, width=width)
+            op, num_classes=num_classes, in_channels=in_channels, width=width
+        )
         h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if h < 2 or w < 2 or h % 2 or w % 2:
-            raise ValueError(f"{op}: input_size must be even and >= 2 (one 2x2 pool), "
-                             f"got {input_size!r}")
+            raise ValueError(
+                f"{op}: input_size must be even and >= 2 (one 2x2 pool), got {input_size!r}"
+            )
         self.input_size = (h, w)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = nn.Conv(in_channels, width, 3, padding=1, **kw)
@@ -53,8 +64,10 @@ class DigitsCNN(nnx.Module):
 
     def __call__(self, x):
         if x.ndim != 4 or tuple(x.shape[1:3]) != self.input_size:
-            raise ValueError(f"DigitsCNN: x must be (N, H, W, C) with (H, W) = input_size="
-                             f"{self.input_size}, got x.shape={tuple(x.shape)}")
+            raise ValueError(
+                f"DigitsCNN: x must be (N, H, W, C) with (H, W) = input_size="
+                f"{self.input_size}, got x.shape={tuple(x.shape)}"
+            )
         x = jax.nn.relu(self.conv1(x))
         x = jax.nn.relu(self.conv2(x))
         x = self.pool(x)

@@ -13,8 +13,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_ints, check_probability, public_signature,
-                                    torch_linear, uniform_init, variant)
+from cnn_jax.models._common import (
+    check_model_ints,
+    check_probability,
+    public_signature,
+    torch_linear,
+    uniform_init,
+    variant,
+)
 from cnn_jax.models._mobilenet import make_divisible
 
 # B0's stages: (expand ratio, kernel, first stride, input channels, output channels, blocks).
@@ -47,18 +53,38 @@ class MBConv(nnx.Module):
       rngs: ``nnx.Rngs`` with ``params`` (and ``dropout``) streams.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, kernel_size: int = 3,
-                 stride: int = 1, expand_ratio: float = 6, stochastic_depth_prob: float = 0.0,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        kernel_size: int = 3,
+        stride: int = 1,
+        expand_ratio: float = 6,
+        stochastic_depth_prob: float = 0.0,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         hidden = make_divisible(in_features * expand_ratio, 8)
         layers = []
         if hidden != in_features:
             layers.append(nn.conv_bn_act(in_features, hidden, 1, activation=jax.nn.silu, **kw))
-        layers.append(nn.conv_bn_act(hidden, hidden, kernel_size, stride=stride, groups=hidden,
-                                  activation=jax.nn.silu, **kw))
-        layers.append(nn.SqueezeExcitation(hidden, max(1, in_features // 4),
-                                           activation=jax.nn.silu, **kw))
+        layers.append(
+            nn.conv_bn_act(
+                hidden,
+                hidden,
+                kernel_size,
+                stride=stride,
+                groups=hidden,
+                activation=jax.nn.silu,
+                **kw,
+            )
+        )
+        layers.append(
+            nn.SqueezeExcitation(hidden, max(1, in_features // 4), activation=jax.nn.silu, **kw)
+        )
         layers.append(nn.conv_bn_act(hidden, out_features, 1, activation=None, **kw))
         self.block = nnx.Sequential(*layers)
         self.stochastic_depth = nn.StochasticDepth(stochastic_depth_prob, "row", rngs=rngs)
@@ -104,50 +130,78 @@ class EfficientNet(nnx.Module):
     (1, 10)
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, width_mult: float = 1.0,
-                 depth_mult: float = 1.0, dropout: float = 0.2,
-                 stochastic_depth_prob: float = 0.2, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
+        depth_mult: float = 1.0,
+        dropout: float = 0.2,
+        stochastic_depth_prob: float = 0.2,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "EfficientNet"
         num_classes, in_channels = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels)
+            op, num_classes=num_classes, in_channels=in_channels
+        )
         for name, value in (("width_mult", width_mult), ("depth_mult", depth_mult)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{op}: {name} must be a positive number, got {value!r}")
         dropout = check_probability(dropout, "dropout", op)
-        stochastic_depth_prob = check_probability(stochastic_depth_prob,
-                                                  "stochastic_depth_prob", op)
+        stochastic_depth_prob = check_probability(
+            stochastic_depth_prob, "stochastic_depth_prob", op
+        )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
         def channels(c):
             return make_divisible(c * width_mult, 8)
 
-        stages = [(t, k, s, channels(cin), channels(cout), int(math.ceil(n * depth_mult)))
-                  for t, k, s, cin, cout, n in EFFICIENTNET_B0_STAGES]
+        stages = [
+            (t, k, s, channels(cin), channels(cout), int(math.ceil(n * depth_mult)))
+            for t, k, s, cin, cout, n in EFFICIENTNET_B0_STAGES
+        ]
         total = sum(n for *_, n in stages)
-        layers = [nn.conv_bn_act(in_channels, stages[0][3], 3, stride=2, activation=jax.nn.silu,
-                              **kw)]
+        layers = [
+            nn.conv_bn_act(in_channels, stages[0][3], 3, stride=2, activation=jax.nn.silu, **kw)
+        ]
         block_id = 0
         for t, k, s, cin, cout, n in stages:
             blocks = []
             for i in range(n):
                 # torchvision: rate = prob * block_id / total, the first block at 0.
                 rate = stochastic_depth_prob * block_id / total
-                blocks.append(MBConv(cin if i == 0 else cout, cout, kernel_size=k,
-                                     stride=s if i == 0 else 1, expand_ratio=t,
-                                     stochastic_depth_prob=rate, **kw))
+                blocks.append(
+                    MBConv(
+                        cin if i == 0 else cout,
+                        cout,
+                        kernel_size=k,
+                        stride=s if i == 0 else 1,
+                        expand_ratio=t,
+                        stochastic_depth_prob=rate,
+                        **kw,
+                    )
+                )
                 block_id += 1
             layers.append(nnx.Sequential(*blocks))
         self.last_channel = 4 * stages[-1][4]
-        layers.append(nn.conv_bn_act(stages[-1][4], self.last_channel, 1, activation=jax.nn.silu,
-                                  **kw))
+        layers.append(
+            nn.conv_bn_act(stages[-1][4], self.last_channel, 1, activation=jax.nn.silu, **kw)
+        )
         self.features = nnx.Sequential(*layers)
         self.avgpool = nn.GlobalAvgPool()
         init = uniform_init(1.0 / math.sqrt(num_classes))  # torchvision: U(+-1/sqrt(out))
         self.classifier = nnx.Sequential(
             nnx.Dropout(dropout, rngs=rngs),
-            torch_linear(self.last_channel, num_classes, kernel_init=init,
-                         bias_init=nnx.initializers.zeros, **kw),
+            torch_linear(
+                self.last_channel,
+                num_classes,
+                kernel_init=init,
+                bias_init=nnx.initializers.zeros,
+                **kw,
+            ),
         )
 
     def main_path(self) -> list:
@@ -159,7 +213,10 @@ class EfficientNet(nnx.Module):
 
 
 EfficientNetB0 = variant(
-    EfficientNet, "EfficientNetB0",
+    EfficientNet,
+    "EfficientNetB0",
     """EfficientNet-B0: :class:`EfficientNet` with ``width_mult = depth_mult = 1``
     (5,288,548 params), torchvision's ``efficientnet_b0``.""",
-    width_mult=1.0, depth_mult=1.0)
+    width_mult=1.0,
+    depth_mult=1.0,
+)

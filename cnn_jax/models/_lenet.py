@@ -38,12 +38,22 @@ class LeNet5(nnx.Module):
     (2, 10)
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, input_size=32,
-                 activation: str = "relu", pooling: str = "max", dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        input_size=32,
+        activation: str = "relu",
+        pooling: str = "max",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "LeNet5"
         num_classes, in_channels = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels)
+            op, num_classes=num_classes, in_channels=in_channels
+        )
         self.input_size = ntuple(input_size, 2, "input_size", op)
         self.activation = check_choice(activation, tuple(ACTIVATIONS), "activation", op)
         self.pooling = check_choice(pooling, ("max", "avg"), "pooling", op)

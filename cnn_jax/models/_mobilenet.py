@@ -56,36 +56,62 @@ class MobileNetV2(nnx.Module):
     (1, 10)
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, width_mult: float = 1.0,
-                 dropout: float = 0.2, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
+        dropout: float = 0.2,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "MobileNetV2"
         num_classes, in_channels = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels)
-        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) \
-                or width_mult <= 0:
+            op, num_classes=num_classes, in_channels=in_channels
+        )
+        if (
+            isinstance(width_mult, bool)
+            or not isinstance(width_mult, (int, float))
+            or width_mult <= 0
+        ):
             raise ValueError(f"{op}: width_mult must be a positive number, got {width_mult!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not 0 <= dropout < 1:
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0 <= dropout < 1
+        ):
             raise ValueError(f"{op}: dropout must be in [0, 1), got {dropout!r}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         features_in = make_divisible(32 * width_mult)
         self.last_channel = make_divisible(1280 * max(1.0, width_mult))
-        layers = [nn.conv_bn_act(in_channels, features_in, 3, stride=2, activation=jax.nn.relu6,
-                              **kw)]
+        layers = [
+            nn.conv_bn_act(in_channels, features_in, 3, stride=2, activation=jax.nn.relu6, **kw)
+        ]
         for t, c, n, s in INVERTED_RESIDUAL_SETTING:
             out = make_divisible(c * width_mult)
             for i in range(n):
-                layers.append(nn.InvertedResidual(features_in, out, stride=s if i == 0 else 1,
-                                               expand_ratio=t, **kw))
+                layers.append(
+                    nn.InvertedResidual(
+                        features_in, out, stride=s if i == 0 else 1, expand_ratio=t, **kw
+                    )
+                )
                 features_in = out
-        layers.append(nn.conv_bn_act(features_in, self.last_channel, 1, activation=jax.nn.relu6,
-                                  **kw))
+        layers.append(
+            nn.conv_bn_act(features_in, self.last_channel, 1, activation=jax.nn.relu6, **kw)
+        )
         self.features = nnx.Sequential(*layers)
         self.avgpool = nn.GlobalAvgPool()
         self.classifier = nnx.Sequential(
             nnx.Dropout(dropout, rngs=rngs),
-            torch_linear(self.last_channel, num_classes, kernel_init=normal_init(0.01),
-                         bias_init=nnx.initializers.zeros, **kw),
+            torch_linear(
+                self.last_channel,
+                num_classes,
+                kernel_init=normal_init(0.01),
+                bias_init=nnx.initializers.zeros,
+                **kw,
+            ),
         )
 
     def main_path(self) -> list:

@@ -16,8 +16,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_model_int, check_model_ints, public_signature,
-                                    torch_linear, variant)
+from cnn_jax.models._common import (
+    check_model_int,
+    check_model_ints,
+    public_signature,
+    torch_linear,
+    variant,
+)
 from cnn_jax.nn import BasicBlock, Bottleneck
 
 
@@ -58,24 +63,44 @@ class ResNet(nnx.Module):
     (2, 10)
     """
 
-    def __init__(self, num_classes: int, *, block: type = BasicBlock,
-                 stage_sizes: Sequence[int] = (2, 2, 2, 2), in_channels: int = 3,
-                 small_input: bool = False, width: int = 64, groups: int = 1,
-                 width_per_group: int = 64, zero_init_residual: bool = False,
-                 dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        block: type = BasicBlock,
+        stage_sizes: Sequence[int] = (2, 2, 2, 2),
+        in_channels: int = 3,
+        small_input: bool = False,
+        width: int = 64,
+        groups: int = 1,
+        width_per_group: int = 64,
+        zero_init_residual: bool = False,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "ResNet"
         num_classes, in_channels, width, groups, width_per_group = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels, width=width, groups=groups,
-            width_per_group=width_per_group)
+            op,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            width=width,
+            groups=groups,
+            width_per_group=width_per_group,
+        )
         if block not in (BasicBlock, Bottleneck):
             raise ValueError(f"{op}: block must be BasicBlock or Bottleneck, got {block!r}")
         if block is BasicBlock and (groups, width_per_group) != (1, 64):
-            raise ValueError(f"{op}: groups and width_per_group must be 1 and 64 with "
-                             f"BasicBlock, got {groups} and {width_per_group}")
-        block_kw = {} if block is BasicBlock else dict(groups=groups,
-                                                       base_width=width_per_group)
-        if (isinstance(stage_sizes, str) or not isinstance(stage_sizes, Sequence)
-                or len(stage_sizes) != 4):
+            raise ValueError(
+                f"{op}: groups and width_per_group must be 1 and 64 with "
+                f"BasicBlock, got {groups} and {width_per_group}"
+            )
+        block_kw = {} if block is BasicBlock else dict(groups=groups, base_width=width_per_group)
+        if (
+            isinstance(stage_sizes, str)
+            or not isinstance(stage_sizes, Sequence)
+            or len(stage_sizes) != 4
+        ):
             raise ValueError(f"{op}: stage_sizes must be 4 ints, got {stage_sizes!r}")
         stage_sizes = tuple(check_model_int(s, "stage_sizes", op) for s in stage_sizes)
         if not isinstance(small_input, bool):
@@ -84,12 +109,27 @@ class ResNet(nnx.Module):
         self.stage_sizes = stage_sizes
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if small_input:
-            self.conv1 = nn.Conv(in_channels, width, 3, padding=1, use_bias=False,
-                                 kernel_init=nn.kaiming_normal_fan_out, **kw)
+            self.conv1 = nn.Conv(
+                in_channels,
+                width,
+                3,
+                padding=1,
+                use_bias=False,
+                kernel_init=nn.kaiming_normal_fan_out,
+                **kw,
+            )
             self.maxpool = None
         else:
-            self.conv1 = nn.Conv(in_channels, width, 7, stride=2, padding=3, use_bias=False,
-                                 kernel_init=nn.kaiming_normal_fan_out, **kw)
+            self.conv1 = nn.Conv(
+                in_channels,
+                width,
+                7,
+                stride=2,
+                padding=3,
+                use_bias=False,
+                kernel_init=nn.kaiming_normal_fan_out,
+                **kw,
+            )
             self.maxpool = nn.MaxPool(3, 2, padding=1)
         self.bn1 = nn.batch_norm(width, **kw)
         features = width
@@ -98,8 +138,16 @@ class ResNet(nnx.Module):
             blocks = []
             for j in range(size):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(block(features, planes, stride=stride,
-                                    zero_init_residual=zero_init_residual, **block_kw, **kw))
+                blocks.append(
+                    block(
+                        features,
+                        planes,
+                        stride=stride,
+                        zero_init_residual=zero_init_residual,
+                        **block_kw,
+                        **kw,
+                    )
+                )
                 features = planes * block.expansion
             setattr(self, f"layer{i + 1}", nnx.List(blocks))
         self.avgpool = nn.GlobalAvgPool()
@@ -112,8 +160,7 @@ class ResNet(nnx.Module):
 
     def main_path(self) -> list:
         """Stem conv (and max pool), then every block's residual-branch convs, in order."""
-        return [self.conv1, *([self.maxpool] if self.maxpool is not None else []),
-                *self.stages]
+        return [self.conv1, *([self.maxpool] if self.maxpool is not None else []), *self.stages]
 
     def __call__(self, x):
         x = jax.nn.relu(self.bn1(self.conv1(x)))
@@ -126,31 +173,50 @@ class ResNet(nnx.Module):
 
 
 ResNet18 = variant(
-    ResNet, "ResNet18",
+    ResNet,
+    "ResNet18",
     """ResNet-18: :class:`ResNet` with BasicBlocks ``(2, 2, 2, 2)`` (11,689,512 params).
 
     >>> ResNet18(10, small_input=True, rngs=nnx.Rngs(0))(jnp.ones((1, 32, 32, 3))).shape
     (1, 10)
-    """, block=BasicBlock, stage_sizes=(2, 2, 2, 2))
+    """,
+    block=BasicBlock,
+    stage_sizes=(2, 2, 2, 2),
+)
 
 ResNet34 = variant(
-    ResNet, "ResNet34",
+    ResNet,
+    "ResNet34",
     """ResNet-34: :class:`ResNet` with BasicBlocks ``(3, 4, 6, 3)`` (21,797,672 params).""",
-    block=BasicBlock, stage_sizes=(3, 4, 6, 3))
+    block=BasicBlock,
+    stage_sizes=(3, 4, 6, 3),
+)
 
 ResNet50 = variant(
-    ResNet, "ResNet50",
+    ResNet,
+    "ResNet50",
     """ResNet-50: :class:`ResNet` with Bottlenecks ``(3, 4, 6, 3)`` (25,557,032 params).""",
-    block=Bottleneck, stage_sizes=(3, 4, 6, 3))
+    block=Bottleneck,
+    stage_sizes=(3, 4, 6, 3),
+)
 
 ResNeXt50_32x4d = variant(
-    ResNet, "ResNeXt50_32x4d",
+    ResNet,
+    "ResNeXt50_32x4d",
     """ResNeXt-50 32x4d (Xie et al. 2017): ResNet-50 whose 3x3 convs have 32 groups of 4
     channels per ``planes=64`` (25,028,904 params), torchvision's ``resnext50_32x4d``.""",
-    block=Bottleneck, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4)
+    block=Bottleneck,
+    stage_sizes=(3, 4, 6, 3),
+    groups=32,
+    width_per_group=4,
+)
 
 WideResNet50_2 = variant(
-    ResNet, "WideResNet50_2",
+    ResNet,
+    "WideResNet50_2",
     """Wide ResNet-50-2 (Zagoruyko & Komodakis 2016): ResNet-50 with twice the inner
     width of every Bottleneck (68,883,240 params), torchvision's ``wide_resnet50_2``.""",
-    block=Bottleneck, stage_sizes=(3, 4, 6, 3), width_per_group=128)
+    block=Bottleneck,
+    stage_sizes=(3, 4, 6, 3),
+    width_per_group=128,
+)

@@ -35,11 +35,20 @@ class SimpleCNN(nnx.Module):
     (2, 10)
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, width: int = 32, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        width: int = 32,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "SimpleCNN"
         num_classes, in_channels, width = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels, width=width)
+            op, num_classes=num_classes, in_channels=in_channels, width=width
+        )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         layers, features = [], in_channels
         for i in range(1, 11):

@@ -78,31 +78,43 @@ class Summary:
         header = ("Layer (type)", "Output shape", "Params", "FLOPs", "RF size, jump")
         lines = []
         for row in self.rows:
-            rf = "-" if row.receptive_field is None else (
-                f"{_compact(row.receptive_field[0])}, {_compact(row.receptive_field[1])}"
+            rf = (
+                "-"
+                if row.receptive_field is None
+                else (f"{_compact(row.receptive_field[0])}, {_compact(row.receptive_field[1])}")
             )
-            lines.append((
-                "  " * row.depth + f"{row.name} ({row.type})",
-                str(row.output_shape),
-                f"{row.params:,}",
-                _human(row.flops),
-                rf,
-            ))
-        widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
-                  for i, h in enumerate(header)]
+            lines.append(
+                (
+                    "  " * row.depth + f"{row.name} ({row.type})",
+                    str(row.output_shape),
+                    f"{row.params:,}",
+                    _human(row.flops),
+                    rf,
+                )
+            )
+        widths = [
+            max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+            for i, h in enumerate(header)
+        ]
 
         def fmt(cols):
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(cols, widths)))
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths))
+            )
 
         rule = "=" * len(fmt(header))
-        out = [rule, fmt(header), rule, *map(fmt, lines), rule,
-               f"Input shape: {self.input_shape}   Output shape (per example): "
-               f"{self.output_shape}",
-               f"Total params: {self.total_params:,}",
-               f"Total FLOPs (per example, 2 x multiply-adds): {self.total_flops:,} "
-               f"({_human(self.total_flops)})",
-               rule]
+        out = [
+            rule,
+            fmt(header),
+            rule,
+            *map(fmt, lines),
+            rule,
+            f"Input shape: {self.input_shape}   Output shape (per example): {self.output_shape}",
+            f"Total params: {self.total_params:,}",
+            f"Total FLOPs (per example, 2 x multiply-adds): {self.total_flops:,} "
+            f"({_human(self.total_flops)})",
+            rule,
+        ]
         return "\n".join(out)
 
 
@@ -208,8 +220,9 @@ def summary(model: nnx.Module, input_shape: Sequence[int], *, dtype=jnp.float32)
     out = jax.eval_shape(trace, state, jax.ShapeDtypeStruct(full_shape, dtype))
     total_flops = sum(r["flops"] for r in rows if r["depth"] == 0)
     return Summary(
-        rows=tuple(SummaryRow(**{f.name: r[f.name] for f in dataclasses.fields(SummaryRow)})
-                   for r in rows),
+        rows=tuple(
+            SummaryRow(**{f.name: r[f.name] for f in dataclasses.fields(SummaryRow)}) for r in rows
+        ),
         input_shape=full_shape,
         total_params=_param_count(model),
         total_flops=total_flops,
@@ -239,9 +252,16 @@ class _Recorder:
         return call
 
     def record(self, name, module, args, kwargs):
-        row = dict(name=name, type=type(module).__name__, depth=len(self.stack),
-                   params=self.params[id(module)], flops=0, off_main=False, main_seen=False,
-                   children=0)
+        row = dict(
+            name=name,
+            type=type(module).__name__,
+            depth=len(self.stack),
+            params=self.params[id(module)],
+            flops=0,
+            off_main=False,
+            main_seen=False,
+            children=0,
+        )
         if self.stack:
             self.stack[-1]["children"] += 1
         self.rows.append(row)
@@ -271,10 +291,16 @@ class _Recorder:
         """``(size, jump)`` of the main path so far, or None (see the class docstring)."""
         spatial = hasattr(out, "ndim") and out.ndim > 2
         side = not row["main_seen"] and any(
-            r["off_main"] and not r["main_seen"] for r in (*self.stack, row))
+            r["off_main"] and not r["main_seen"] for r in (*self.stack, row)
+        )
         x = args[0] if args else None
-        resizes = (spec is None and not row["children"] and hasattr(x, "shape")
-                   and spatial and tuple(x.shape[1:-1]) != tuple(out.shape[1:-1]))
+        resizes = (
+            spec is None
+            and not row["children"]
+            and hasattr(x, "shape")
+            and spatial
+            and tuple(x.shape[1:-1]) != tuple(out.shape[1:-1])
+        )
         if not spatial or side or resizes:
             return None
         if self.path_specs:

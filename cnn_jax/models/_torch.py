@@ -66,8 +66,10 @@ def _targets(module) -> list[tuple[str, str, object]]:
     if isinstance(module, SeparableConv):
         n, layout = len(module.kernel_size), module.layout
         # A PyTorch separable conv is two convs; it has no single standard name.
-        out = [("depthwise.weight", "depthwise_kernel", _conv_weight(layout, n)),
-               ("pointwise.weight", "pointwise_kernel", _conv_weight(layout, n))]
+        out = [
+            ("depthwise.weight", "depthwise_kernel", _conv_weight(layout, n)),
+            ("pointwise.weight", "pointwise_kernel", _conv_weight(layout, n)),
+        ]
         if module.bias is not None:
             out.append(("pointwise.bias", "bias", _identity))
         return out
@@ -160,11 +162,13 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping, *, strict: boo
                 )
             # A copy: jnp.asarray may alias the tensor's CPU memory, and PyTorch updates
             # tensors in place (optimiser steps, BatchNorm statistics).
-            updates.append((variable, jnp.array(value, dtype=variable.get_value().dtype,
-                                                copy=True)))
+            updates.append(
+                (variable, jnp.array(value, dtype=variable.get_value().dtype, copy=True))
+            )
     if strict:
         unmapped = [
-            ".".join(map(str, path)) for path, node in nnx.iter_graph(model)
+            ".".join(map(str, path))
+            for path, node in nnx.iter_graph(model)
             if isinstance(node, (nnx.Param, nnx.BatchStat)) and id(node) not in covered
         ]
         if unmapped:
@@ -180,8 +184,7 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping, *, strict: boo
                 f"{missing[:10]}{' ...' if len(missing) > 10 else ''}"
             )
         unexpected = sorted(
-            k for k in state_dict
-            if k not in expected and k.rsplit(".", 1)[-1] not in _IGNORED
+            k for k in state_dict if k not in expected and k.rsplit(".", 1)[-1] not in _IGNORED
         )
         if unexpected:
             raise ValueError(
@@ -208,12 +211,13 @@ def _to_torch(convert):
     """
 
     def inverse(value):
-        shape = _PROBE_SIZES[:value.ndim]
+        shape = _PROBE_SIZES[: value.ndim]
         probe = np.arange(int(np.prod(shape))).reshape(shape)
         out = np.asarray(convert(probe))
         perm = tuple(shape.index(s) if s in shape else -1 for s in out.shape)
         if sorted(perm) != list(range(len(shape))) or not np.array_equal(
-                out, np.transpose(probe, perm)):
+            out, np.transpose(probe, perm)
+        ):
             return None
         return np.transpose(value, tuple(np.argsort(perm)))
 
@@ -250,8 +254,9 @@ def save_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
         raise TypeError(f"{op}: model must be an nnx.Module, got {type(model).__name__}")
     out, covered = {}, set()
     for prefix, module in named_modules(model):
-        entries = (module.torch_weights() if hasattr(type(module), "torch_weights")
-                   else _targets(module))
+        entries = (
+            module.torch_weights() if hasattr(type(module), "torch_weights") else _targets(module)
+        )
         for entry in entries:
             suffix, attr, convert = entry[:3]
             key = f"{prefix}.{suffix}" if prefix else suffix
@@ -263,15 +268,21 @@ def save_torch_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
                 raise ValueError(
                     f"{op}: the converter of {key!r} ({type(module).__name__}.torch_weights) "
                     f"must be an axis permutation or come with its inverse as a fourth "
-                    f"element, got one that changes {value.shape} otherwise")
+                    f"element, got one that changes {value.shape} otherwise"
+                )
             out[key] = np.array(torch_value, order="C")  # writable, its own memory
         if isinstance(module, nnx.BatchNorm):
-            out[f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"] = (
-                np.zeros((), np.int64))
-    unmapped = [".".join(map(str, path)) for path, node in nnx.iter_graph(model)
-                if isinstance(node, (nnx.Param, nnx.BatchStat)) and id(node) not in covered]
+            out[f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"] = np.zeros(
+                (), np.int64
+            )
+    unmapped = [
+        ".".join(map(str, path))
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, (nnx.Param, nnx.BatchStat)) and id(node) not in covered
+    ]
     if unmapped:
         raise ValueError(
             f"{op}: every weight of the model must have a PyTorch counterpart, but "
-            f"{unmapped[:10]} belong to layers this module does not know")
+            f"{unmapped[:10]} belong to layers this module does not know"
+        )
     return out

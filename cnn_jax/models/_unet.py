@@ -11,8 +11,10 @@ from cnn_jax.models._common import check_model_int, check_model_ints, public_sig
 
 def _double_conv(in_channels, out_channels, **kw) -> nnx.Sequential:
     """Two 3x3 conv-BN-ReLU layers (padding 1, so the size is kept)."""
-    return nnx.Sequential(nn.conv_bn_act(in_channels, out_channels, 3, **kw),
-                          nn.conv_bn_act(out_channels, out_channels, 3, **kw))
+    return nnx.Sequential(
+        nn.conv_bn_act(in_channels, out_channels, 3, **kw),
+        nn.conv_bn_act(out_channels, out_channels, 3, **kw),
+    )
 
 
 @public_signature
@@ -41,11 +43,21 @@ class UNet(nnx.Module):
     (1, 16, 16, 3)
     """
 
-    def __init__(self, num_classes: int, *, in_channels: int = 3, base_width: int = 16,
-                 depth: int = 3, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        base_width: int = 16,
+        depth: int = 3,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "UNet"
         num_classes, in_channels, base_width = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels, base_width=base_width)
+            op, num_classes=num_classes, in_channels=in_channels, base_width=base_width
+        )
         self.depth = check_model_int(depth, "depth", op)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         widths = [base_width * 2**i for i in range(self.depth + 1)]

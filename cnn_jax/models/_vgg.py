@@ -7,14 +7,39 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import nn
-from cnn_jax.models._common import (check_image, check_model_ints, check_probability,
-                                    normal_init, public_signature, torch_flatten,
-                                    torch_linear, variant)
+from cnn_jax.models._common import (
+    check_image,
+    check_model_ints,
+    check_probability,
+    normal_init,
+    public_signature,
+    torch_flatten,
+    torch_linear,
+    variant,
+)
 
 # torchvision's configurations: output channels of 3x3 convs, "M" a 2x2 max pool.
 VGG11_CONFIG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
-VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-                512, 512, 512, "M")
+VGG16_CONFIG = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
 
 
 @public_signature
@@ -48,20 +73,38 @@ class VGG(nnx.Module):
     (1, 10)
     """
 
-    def __init__(self, num_classes: int, *, config=VGG16_CONFIG, batch_norm: bool = False,
-                 in_channels: int = 3, width: int = 64, hidden: int = 4096,
-                 dropout: float = 0.5, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        config=VGG16_CONFIG,
+        batch_norm: bool = False,
+        in_channels: int = 3,
+        width: int = 64,
+        hidden: int = 4096,
+        dropout: float = 0.5,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "VGG"
         num_classes, in_channels, width, hidden = check_model_ints(
-            op, num_classes=num_classes, in_channels=in_channels, width=width, hidden=hidden)
+            op, num_classes=num_classes, in_channels=in_channels, width=width, hidden=hidden
+        )
         dropout = check_probability(dropout, "dropout", op)
         if not isinstance(batch_norm, bool):
             raise TypeError(f"{op}: batch_norm must be a bool, got {batch_norm!r}")
-        if isinstance(config, str) or not config or not all(
+        if (
+            isinstance(config, str)
+            or not config
+            or not all(
                 v == "M" or (isinstance(v, int) and not isinstance(v, bool) and v > 0)
-                for v in config):
-            raise ValueError(f"{op}: config must be a sequence of positive ints and 'M', "
-                             f"got {config!r}")
+                for v in config
+            )
+        ):
+            raise ValueError(
+                f"{op}: config must be a sequence of positive ints and 'M', got {config!r}"
+            )
         self.config = tuple(config)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         layers, features = [], in_channels
@@ -70,9 +113,17 @@ class VGG(nnx.Module):
                 layers.append(nn.MaxPool(2, 2))
                 continue
             out = max(1, v * width // 64)
-            layers.append(nn.Conv(features, out, 3, padding=1,
-                                  kernel_init=nn.kaiming_normal_fan_out,
-                                  bias_init=nnx.initializers.zeros, **kw))
+            layers.append(
+                nn.Conv(
+                    features,
+                    out,
+                    3,
+                    padding=1,
+                    kernel_init=nn.kaiming_normal_fan_out,
+                    bias_init=nnx.initializers.zeros,
+                    **kw,
+                )
+            )
             if batch_norm:
                 layers.append(nn.batch_norm(out, **kw))
             layers.append(jax.nn.relu)
@@ -82,9 +133,12 @@ class VGG(nnx.Module):
         self.avgpool = nn.AdaptiveAvgPool((7, 7))
         lin = dict(kernel_init=normal_init(0.01), bias_init=nnx.initializers.zeros, **kw)
         self.classifier = nnx.Sequential(
-            torch_linear(features * 49, hidden, **lin), jax.nn.relu,
+            torch_linear(features * 49, hidden, **lin),
+            jax.nn.relu,
             nnx.Dropout(dropout, rngs=rngs),
-            torch_linear(hidden, hidden, **lin), jax.nn.relu, nnx.Dropout(dropout, rngs=rngs),
+            torch_linear(hidden, hidden, **lin),
+            jax.nn.relu,
+            nnx.Dropout(dropout, rngs=rngs),
             torch_linear(hidden, num_classes, **lin),
         )
 
@@ -97,11 +151,31 @@ class VGG(nnx.Module):
         return self.classifier(torch_flatten(self.avgpool(self.features(x))))
 
 
-VGG11 = variant(VGG, "VGG11", """VGG-11 (configuration "A"): 132,863,336 params.""",
-                config=VGG11_CONFIG, batch_norm=False)
-VGG11BN = variant(VGG, "VGG11BN", """VGG-11 with BatchNorm (torchvision's ``vgg11_bn``).""",
-                  config=VGG11_CONFIG, batch_norm=True)
-VGG16 = variant(VGG, "VGG16", """VGG-16 (configuration "D"): 138,357,544 params.""",
-                config=VGG16_CONFIG, batch_norm=False)
-VGG16BN = variant(VGG, "VGG16BN", """VGG-16 with BatchNorm (torchvision's ``vgg16_bn``).""",
-                  config=VGG16_CONFIG, batch_norm=True)
+VGG11 = variant(
+    VGG,
+    "VGG11",
+    """VGG-11 (configuration "A"): 132,863,336 params.""",
+    config=VGG11_CONFIG,
+    batch_norm=False,
+)
+VGG11BN = variant(
+    VGG,
+    "VGG11BN",
+    """VGG-11 with BatchNorm (torchvision's ``vgg11_bn``).""",
+    config=VGG11_CONFIG,
+    batch_norm=True,
+)
+VGG16 = variant(
+    VGG,
+    "VGG16",
+    """VGG-16 (configuration "D"): 138,357,544 params.""",
+    config=VGG16_CONFIG,
+    batch_norm=False,
+)
+VGG16BN = variant(
+    VGG,
+    "VGG16BN",
+    """VGG-16 with BatchNorm (torchvision's ``vgg16_bn``).""",
+    config=VGG16_CONFIG,
+    batch_norm=True,
+)

@@ -5,6 +5,14 @@ static config as plain Python values; ``layer(x)`` equals the op called with the
 Initialisation defaults to PyTorch's. Every public name is listed here.
 """
 
+from cnn_jax.nn._blocks import BasicBlock as BasicBlock
+from cnn_jax.nn._blocks import Bottleneck as Bottleneck
+from cnn_jax.nn._blocks import InvertedResidual as InvertedResidual
+from cnn_jax.nn._blocks import Residual as Residual
+from cnn_jax.nn._blocks import SqueezeExcitation as SqueezeExcitation
+from cnn_jax.nn._blocks import batch_norm as batch_norm
+from cnn_jax.nn._blocks import conv_bn_act as conv_bn_act
+from cnn_jax.nn._blocks import kaiming_normal_fan_out as kaiming_normal_fan_out
 from cnn_jax.nn._conv import Conv as Conv
 from cnn_jax.nn._conv import ConvTranspose as ConvTranspose
 from cnn_jax.nn._conv import DepthwiseConv as DepthwiseConv
@@ -26,20 +34,33 @@ from cnn_jax.nn._resample import PixelUnshuffle as PixelUnshuffle
 from cnn_jax.nn._resample import Upsample as Upsample
 from cnn_jax.nn._stochastic import StochasticDepth as StochasticDepth
 
-from cnn_jax.nn._blocks import BasicBlock as BasicBlock
-from cnn_jax.nn._blocks import Bottleneck as Bottleneck
-from cnn_jax.nn._blocks import InvertedResidual as InvertedResidual
-from cnn_jax.nn._blocks import Residual as Residual
-from cnn_jax.nn._blocks import SqueezeExcitation as SqueezeExcitation
-from cnn_jax.nn._blocks import batch_norm as batch_norm
-from cnn_jax.nn._blocks import conv_bn_act as conv_bn_act
-from cnn_jax.nn._blocks import kaiming_normal_fan_out as kaiming_normal_fan_out
-
 __all__ = [
-    "AdaptiveAvgPool", "AdaptiveMaxPool", "AvgPool", "Conv", "ConvTranspose",
-    "DepthwiseConv", "GlobalAvgPool", "GlobalMaxPool", "LpPool", "MaxPool", "MinPool",
-    "PixelShuffle", "PixelUnshuffle", "SeparableConv", "StochasticDepth", "Upsample", "BasicBlock",
-    "Bottleneck", "InvertedResidual", "Residual", "SqueezeExcitation",
-    "batch_norm", "call_paths", "conv_bn_act", "intercept_calls", "kaiming_normal_fan_out",
-    "main_path", "named_modules",
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
+    "AvgPool",
+    "Conv",
+    "ConvTranspose",
+    "DepthwiseConv",
+    "GlobalAvgPool",
+    "GlobalMaxPool",
+    "LpPool",
+    "MaxPool",
+    "MinPool",
+    "PixelShuffle",
+    "PixelUnshuffle",
+    "SeparableConv",
+    "StochasticDepth",
+    "Upsample",
+    "BasicBlock",
+    "Bottleneck",
+    "InvertedResidual",
+    "Residual",
+    "SqueezeExcitation",
+    "batch_norm",
+    "call_paths",
+    "conv_bn_act",
+    "intercept_calls",
+    "kaiming_normal_fan_out",
+    "main_path",
+    "named_modules",
 ]

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cnn_jax import ops
-from cnn_jax.nn._conv import Conv
 from cnn_jax._checks import check_bool, check_int
+from cnn_jax.nn._conv import Conv
 
 BN_MOMENTUM = 0.9  # Flax's running-average decay; PyTorch's momentum=0.1.
 BN_EPSILON = 1e-5
@@ -41,12 +41,16 @@ def kaiming_normal_fan_out(key, shape, dtype=jnp.float32):
     return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_out)
 
 
-def batch_norm(features: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs,
-               zero_scale: bool = False) -> nnx.BatchNorm:
+def batch_norm(
+    features: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs, zero_scale: bool = False
+) -> nnx.BatchNorm:
     """``nnx.BatchNorm`` over the last (channel) axis with PyTorch's settings
     (``BN_MOMENTUM``, ``BN_EPSILON``); ``zero_scale`` starts its scale at zero."""
     return nnx.BatchNorm(
-        features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype,
+        features,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
         param_dtype=param_dtype,
         scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
         rngs=rngs,
@@ -78,10 +82,20 @@ def conv_bn_act(
     (1, 4, 4, 8)
     """
     layers = [
-        Conv(in_features, out_features, kernel_size, stride=stride,
-             padding=dilation * (kernel_size - 1) // 2, dilation=dilation, groups=groups,
-             use_bias=False, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
-             rngs=rngs),
+        Conv(
+            in_features,
+            out_features,
+            kernel_size,
+            stride=stride,
+            padding=dilation * (kernel_size - 1) // 2,
+            dilation=dilation,
+            groups=groups,
+            use_bias=False,
+            kernel_init=kernel_init,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        ),
         batch_norm(out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
     ]
     if activation is not None:
@@ -137,9 +151,17 @@ def _shortcut(in_channels, out_channels, stride, *, dtype, param_dtype, rngs):
     if stride == 1 and in_channels == out_channels:
         return None
     return nnx.Sequential(
-        Conv(in_channels, out_channels, 1, stride=stride, use_bias=False,
-             kernel_init=kaiming_normal_fan_out, dtype=dtype, param_dtype=param_dtype,
-             rngs=rngs),
+        Conv(
+            in_channels,
+            out_channels,
+            1,
+            stride=stride,
+            use_bias=False,
+            kernel_init=kaiming_normal_fan_out,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        ),
         batch_norm(out_channels, dtype=dtype, param_dtype=param_dtype, rngs=rngs),
     )
 
@@ -189,17 +211,41 @@ class BasicBlock(_ResNetBlock):
 
     expansion = 1
 
-    def __init__(self, in_features: int, features: int, *, stride: int = 1,
-                 zero_init_residual: bool = False, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        features: int,
+        *,
+        stride: int = 1,
+        zero_init_residual: bool = False,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         in_features, features, stride, zero_init_residual = _check_block_args(
-            in_features, features, stride, zero_init_residual, "BasicBlock")
+            in_features, features, stride, zero_init_residual, "BasicBlock"
+        )
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.conv1 = Conv(in_features, features, 3, stride=stride, padding=1, use_bias=False,
-                          kernel_init=kaiming_normal_fan_out, **kw)
+        self.conv1 = Conv(
+            in_features,
+            features,
+            3,
+            stride=stride,
+            padding=1,
+            use_bias=False,
+            kernel_init=kaiming_normal_fan_out,
+            **kw,
+        )
         self.bn1 = batch_norm(features, **kw)
-        self.conv2 = Conv(features, features, 3, padding=1, use_bias=False,
-                          kernel_init=kaiming_normal_fan_out, **kw)
+        self.conv2 = Conv(
+            features,
+            features,
+            3,
+            padding=1,
+            use_bias=False,
+            kernel_init=kaiming_normal_fan_out,
+            **kw,
+        )
         self.bn2 = batch_norm(features, zero_scale=zero_init_residual, **kw)
         self.downsample = _shortcut(in_features, features, stride, **kw)
 
@@ -234,12 +280,23 @@ class Bottleneck(_ResNetBlock):
 
     expansion = 4
 
-    def __init__(self, in_features: int, features: int, *, stride: int = 1, groups: int = 1,
-                 base_width: int = 64, zero_init_residual: bool = False, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        features: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        base_width: int = 64,
+        zero_init_residual: bool = False,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "Bottleneck"
         in_features, features, stride, zero_init_residual = _check_block_args(
-            in_features, features, stride, zero_init_residual, op)
+            in_features, features, stride, zero_init_residual, op
+        )
         groups = check_int(groups, "groups", op)
         base_width = check_int(base_width, "base_width", op)
         width = int(features * (base_width / 64.0)) * groups
@@ -248,8 +305,17 @@ class Bottleneck(_ResNetBlock):
         init = kaiming_normal_fan_out
         self.conv1 = Conv(in_features, width, 1, use_bias=False, kernel_init=init, **kw)
         self.bn1 = batch_norm(width, **kw)
-        self.conv2 = Conv(width, width, 3, stride=stride, padding=1, groups=groups,
-                          use_bias=False, kernel_init=init, **kw)
+        self.conv2 = Conv(
+            width,
+            width,
+            3,
+            stride=stride,
+            padding=1,
+            groups=groups,
+            use_bias=False,
+            kernel_init=init,
+            **kw,
+        )
         self.bn2 = batch_norm(width, **kw)
         self.conv3 = Conv(width, out_features, 1, use_bias=False, kernel_init=init, **kw)
         self.bn3 = batch_norm(out_features, zero_scale=zero_init_residual, **kw)
@@ -285,10 +351,17 @@ class SqueezeExcitation(nnx.Module):
     (1, 4, 4, 8)
     """
 
-    def __init__(self, in_features: int, squeeze_features: int, *,
-                 activation: Callable = jax.nn.relu,
-                 scale_activation: Callable = jax.nn.sigmoid, dtype=None,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        squeeze_features: int,
+        *,
+        activation: Callable = jax.nn.relu,
+        scale_activation: Callable = jax.nn.sigmoid,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "SqueezeExcitation"
         in_features = check_int(in_features, "in_features", op)
         squeeze_features = check_int(squeeze_features, "squeeze_features", op)
@@ -341,17 +414,29 @@ class InvertedResidual(nnx.Module):
     (1, 8, 8, 8)
     """
 
-    def __init__(self, in_features: int, out_features: int, *, stride: int = 1,
-                 expand_ratio: float = 6, se_ratio: float | None = None,
-                 activation: Callable = jax.nn.relu6, dtype=None, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        stride: int = 1,
+        expand_ratio: float = 6,
+        se_ratio: float | None = None,
+        activation: Callable = jax.nn.relu6,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         op = "InvertedResidual"
         in_features = check_int(in_features, "in_features", op)
         out_features = check_int(out_features, "out_features", op)
         if stride not in (1, 2) or isinstance(stride, bool):
             raise ValueError(f"{op}: stride must be 1 or 2, got {stride!r}")
-        if isinstance(expand_ratio, bool) or not isinstance(expand_ratio, (int, float)) \
-                or expand_ratio < 1:
+        if (
+            isinstance(expand_ratio, bool)
+            or not isinstance(expand_ratio, (int, float))
+            or expand_ratio < 1
+        ):
             raise ValueError(f"{op}: expand_ratio must be a number >= 1, got {expand_ratio!r}")
         if se_ratio is not None and not 0 < se_ratio <= 1:
             raise ValueError(f"{op}: se_ratio must be in (0, 1] or None, got {se_ratio!r}")
@@ -360,13 +445,15 @@ class InvertedResidual(nnx.Module):
         layers = []
         if expand_ratio != 1:
             layers.append(conv_bn_act(in_features, hidden, 1, activation=activation, **kw))
-        depthwise = conv_bn_act(hidden, hidden, 3, stride=stride, groups=hidden,
-                                activation=activation, **kw)
+        depthwise = conv_bn_act(
+            hidden, hidden, 3, stride=stride, groups=hidden, activation=activation, **kw
+        )
         layers.append(depthwise)
         if se_ratio is not None:
             layers.append(SqueezeExcitation(hidden, max(1, int(hidden * se_ratio)), **kw))
-        layers.append(Conv(hidden, out_features, 1, use_bias=False,
-                           kernel_init=kaiming_normal_fan_out, **kw))
+        layers.append(
+            Conv(hidden, out_features, 1, use_bias=False, kernel_init=kaiming_normal_fan_out, **kw)
+        )
         layers.append(batch_norm(out_features, **kw))
         self.conv = nnx.Sequential(*layers)
         self.stride = stride

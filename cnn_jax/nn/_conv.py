@@ -110,10 +110,28 @@ class _ConvBase(nnx.Module):
     def _operation(x, *params, **options):  # the op; each layer names its own
         raise NotImplementedError
 
-    def _setup(self, op, in_features, out_features, kernel_size, *, stride, padding,
-               dilation, groups, padding_mode, use_bias, layout, dtype, param_dtype,
-               kernel_init, bias_init, precision, allowed_strings=PADDING_STRINGS,
-               output_padding=None):
+    def _setup(
+        self,
+        op,
+        in_features,
+        out_features,
+        kernel_size,
+        *,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode,
+        use_bias,
+        layout,
+        dtype,
+        param_dtype,
+        kernel_init,
+        bias_init,
+        precision,
+        allowed_strings=PADDING_STRINGS,
+        output_padding=None,
+    ):
         """Check and store the arguments every conv layer has.
 
         ``padding_mode`` None: the layer has none (transposed conv);
@@ -131,8 +149,14 @@ class _ConvBase(nnx.Module):
         self.groups = check_int(groups, "groups", op)
         _check_groups(self.in_features, self.out_features, self.groups, op)
         self.padding, self._padding_low = declared_padding(
-            padding, n, op, kernel_size=self.kernel_size, stride=self.stride,
-            dilation=self.dilation, allowed_strings=allowed_strings)
+            padding,
+            n,
+            op,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            dilation=self.dilation,
+            allowed_strings=allowed_strings,
+        )
         if padding_mode is not None:
             self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode", op)
         self.use_bias = check_bool(use_bias, "use_bias", op)
@@ -217,21 +241,51 @@ class Conv(_ConvBase):
     _operation = staticmethod(ops.conv)
     _options = (*_COMMON, "groups", "padding_mode", "flip")
 
-    def __init__(self, in_features: int, out_features: int, kernel_size, *, stride=1,
-                 padding=0, dilation=1, groups: int = 1, padding_mode: str = "zeros",
-                 use_bias: bool = True, flip: bool = False, layout: str = "channels_last",
-                 dtype=None, param_dtype=jnp.float32, kernel_init=None, bias_init=None,
-                 precision=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size,
+        *,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        padding_mode: str = "zeros",
+        use_bias: bool = True,
+        flip: bool = False,
+        layout: str = "channels_last",
+        dtype=None,
+        param_dtype=jnp.float32,
+        kernel_init=None,
+        bias_init=None,
+        precision=None,
+        rngs: nnx.Rngs,
+    ):
         op = "Conv"
-        self._setup(op, in_features, out_features, kernel_size, stride=stride,
-                    padding=padding, dilation=dilation, groups=groups,
-                    padding_mode=padding_mode, use_bias=use_bias, layout=layout, dtype=dtype,
-                    param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
-                    precision=precision)
+        self._setup(
+            op,
+            in_features,
+            out_features,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            padding_mode=padding_mode,
+            use_bias=use_bias,
+            layout=layout,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            precision=precision,
+        )
         self.flip = check_bool(flip, "flip", op)
         fan_in = conv_fan_in(self.in_features, self.kernel_size, self.groups)
-        shape = _kernel_shape(self.kernel_size, self.in_features // self.groups,
-                              self.out_features, self.layout)
+        shape = _kernel_shape(
+            self.kernel_size, self.in_features // self.groups, self.out_features, self.layout
+        )
         self.kernel = self._param(kernel_init or kaiming_uniform(fan_in), shape, rngs)
         self._init_bias(bias_init, fan_in, rngs)
 
@@ -272,20 +326,51 @@ class ConvTranspose(_ConvBase):
     _operation = staticmethod(ops.conv_transpose)
     _options = (*_COMMON, "groups", "output_padding")
 
-    def __init__(self, in_features: int, out_features: int, kernel_size, *, stride=1,
-                 padding=0, output_padding=0, dilation=1, groups: int = 1,
-                 use_bias: bool = True, layout: str = "channels_last", dtype=None,
-                 param_dtype=jnp.float32, kernel_init=None, bias_init=None, precision=None,
-                 rngs: nnx.Rngs):
-        self._setup("ConvTranspose", in_features, out_features, kernel_size, stride=stride,
-                    padding=padding, dilation=dilation, groups=groups, padding_mode=None,
-                    use_bias=use_bias, layout=layout, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=kernel_init, bias_init=bias_init, precision=precision,
-                    allowed_strings=("valid",), output_padding=output_padding)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size,
+        *,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        dilation=1,
+        groups: int = 1,
+        use_bias: bool = True,
+        layout: str = "channels_last",
+        dtype=None,
+        param_dtype=jnp.float32,
+        kernel_init=None,
+        bias_init=None,
+        precision=None,
+        rngs: nnx.Rngs,
+    ):
+        self._setup(
+            "ConvTranspose",
+            in_features,
+            out_features,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            padding_mode=None,
+            use_bias=use_bias,
+            layout=layout,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            precision=precision,
+            allowed_strings=("valid",),
+            output_padding=output_padding,
+        )
         fan_in = conv_transpose_fan_in(self.out_features, self.kernel_size, self.groups)
         io = (self.in_features, self.out_features // self.groups)  # PyTorch's weight order
-        shape = (*self.kernel_size, *io) if self.layout == "channels_last" else (
-            *io, *self.kernel_size)
+        shape = (
+            (*self.kernel_size, *io) if self.layout == "channels_last" else (*io, *self.kernel_size)
+        )
         self.kernel = self._param(kernel_init or kaiming_uniform(fan_in), shape, rngs)
         self._init_bias(bias_init, fan_in, rngs)
 
@@ -313,19 +398,46 @@ class DepthwiseConv(_ConvBase):
     _operation = staticmethod(ops.depthwise_conv)
     _options = (*_COMMON, "padding_mode")
 
-    def __init__(self, in_features: int, kernel_size, *, depth_multiplier: int = 1,
-                 stride=1, padding=0, dilation=1, padding_mode: str = "zeros",
-                 use_bias: bool = True, layout: str = "channels_last", dtype=None,
-                 param_dtype=jnp.float32, kernel_init=None, bias_init=None, precision=None,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        kernel_size,
+        *,
+        depth_multiplier: int = 1,
+        stride=1,
+        padding=0,
+        dilation=1,
+        padding_mode: str = "zeros",
+        use_bias: bool = True,
+        layout: str = "channels_last",
+        dtype=None,
+        param_dtype=jnp.float32,
+        kernel_init=None,
+        bias_init=None,
+        precision=None,
+        rngs: nnx.Rngs,
+    ):
         op = "DepthwiseConv"
         in_features = check_int(in_features, "in_features", op)
         self.depth_multiplier = check_int(depth_multiplier, "depth_multiplier", op)
-        self._setup(op, in_features, in_features * self.depth_multiplier, kernel_size,
-                    stride=stride, padding=padding, dilation=dilation, groups=in_features,
-                    padding_mode=padding_mode, use_bias=use_bias, layout=layout, dtype=dtype,
-                    param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
-                    precision=precision)
+        self._setup(
+            op,
+            in_features,
+            in_features * self.depth_multiplier,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=in_features,
+            padding_mode=padding_mode,
+            use_bias=use_bias,
+            layout=layout,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            precision=precision,
+        )
         fan_in = conv_fan_in(1, self.kernel_size)
         shape = _kernel_shape(self.kernel_size, 1, self.out_features, self.layout)
         self.kernel = self._param(kernel_init or kaiming_uniform(fan_in), shape, rngs)
@@ -364,17 +476,46 @@ class SeparableConv(_ConvBase):
     _operation = staticmethod(ops.separable_conv)
     _options = (*_COMMON, "padding_mode")
 
-    def __init__(self, in_features: int, out_features: int, kernel_size, *,
-                 depth_multiplier: int = 1, stride=1, padding=0, dilation=1,
-                 padding_mode: str = "zeros", use_bias: bool = True,
-                 layout: str = "channels_last", dtype=None, param_dtype=jnp.float32,
-                 kernel_init=None, bias_init=None, precision=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size,
+        *,
+        depth_multiplier: int = 1,
+        stride=1,
+        padding=0,
+        dilation=1,
+        padding_mode: str = "zeros",
+        use_bias: bool = True,
+        layout: str = "channels_last",
+        dtype=None,
+        param_dtype=jnp.float32,
+        kernel_init=None,
+        bias_init=None,
+        precision=None,
+        rngs: nnx.Rngs,
+    ):
         op = "SeparableConv"
         self.depth_multiplier = check_int(depth_multiplier, "depth_multiplier", op)
-        self._setup(op, in_features, out_features, kernel_size, stride=stride, padding=padding,
-                    dilation=dilation, groups=1, padding_mode=padding_mode, use_bias=use_bias,
-                    layout=layout, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=kernel_init, bias_init=bias_init, precision=precision)
+        self._setup(
+            op,
+            in_features,
+            out_features,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=1,
+            padding_mode=padding_mode,
+            use_bias=use_bias,
+            layout=layout,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            precision=precision,
+        )
         mid = self.in_features * self.depth_multiplier
         n = len(self.kernel_size)
         dw_shape = _kernel_shape(self.kernel_size, 1, mid, self.layout)

@@ -31,8 +31,11 @@ def _named_nodes(model: nnx.Module) -> list[tuple[str, tuple, nnx.Module]]:
     for path, node in nodes.items():
         if not isinstance(node, nnx.Module):
             continue
-        parts = [str(key) for i, key in enumerate(path)
-                 if not (key == "layers" and isinstance(nodes.get(path[:i]), nnx.Sequential))]
+        parts = [
+            str(key)
+            for i, key in enumerate(path)
+            if not (key == "layers" and isinstance(nodes.get(path[:i]), nnx.Sequential))
+        ]
         out.append((".".join(parts), path, node))
     return out
 

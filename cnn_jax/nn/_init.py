@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-
 _MIN_DRAW = 4096
 
 

@@ -46,8 +46,9 @@ class _WindowPool(nnx.Module):
     def _operation(x, *, window, stride, **options):  # the op; each pool names its own
         raise NotImplementedError
 
-    def __init__(self, window, stride=None, *, padding=0, dilation=1, ceil_mode=False,
-                 layout="channels_last"):
+    def __init__(
+        self, window, stride=None, *, padding=0, dilation=1, ceil_mode=False, layout="channels_last"
+    ):
         self._setup(type(self).__name__, window, stride, padding, dilation, ceil_mode, layout)
 
     def _setup(self, op, window, stride, padding, dilation, ceil_mode, layout):
@@ -61,8 +62,15 @@ class _WindowPool(nnx.Module):
         k = ntuple(window, m, "window", op)
         s = k if stride is None else ntuple(stride, m, "stride", op)
         d = ntuple(dilation, m, "dilation", op)
-        stored, low = declared_padding(padding, m, op, kernel_size=k, stride=s, dilation=d,
-                                       allowed_strings=POOL_PADDING_STRINGS)
+        stored, low = declared_padding(
+            padding,
+            m,
+            op,
+            kernel_size=k,
+            stride=s,
+            dilation=d,
+            allowed_strings=POOL_PADDING_STRINGS,
+        )
         if not isinstance(padding, str):
             check_pool_padding(padding, resolve_padding(padding, m, op), k, op)
             if not is_pairs(padding):
@@ -136,13 +144,23 @@ class AvgPool(_WindowPool):
     _operation = staticmethod(ops.avg_pool)
     _options = ("padding", "ceil_mode", "count_include_pad", "divisor_override", "layout")
 
-    def __init__(self, window, stride=None, *, padding=0, ceil_mode=False,
-                 count_include_pad=True, divisor_override=None, layout="channels_last"):
+    def __init__(
+        self,
+        window,
+        stride=None,
+        *,
+        padding=0,
+        ceil_mode=False,
+        count_include_pad=True,
+        divisor_override=None,
+        layout="channels_last",
+    ):
         op = "AvgPool"
         self._setup(op, window, stride, padding, 1, ceil_mode, layout)
         self.count_include_pad = check_bool(count_include_pad, "count_include_pad", op)
         self.divisor_override = (
-            None if divisor_override is None
+            None
+            if divisor_override is None
             else check_int(divisor_override, "divisor_override", op)
         )
 

@@ -29,7 +29,9 @@ def _scale(value, op: str):
         raise ValueError(f"{op}: scale_factor must have at least one entry, got {value!r}")
     for v in items:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"{op}: scale_factor must be a number or a tuple of numbers, got {value!r}")
+            raise TypeError(
+                f"{op}: scale_factor must be a number or a tuple of numbers, got {value!r}"
+            )
         if not v > 0:
             raise ValueError(f"{op}: scale_factor must be > 0 in every dim, got {value!r}")
     return items if isinstance(value, Sequence) else value
@@ -55,8 +57,15 @@ class Upsample(nnx.Module):
     (1, 8, 8, 3)
     """
 
-    def __init__(self, scale_factor=None, *, size=None, method="nearest",
-                 align_corners=False, layout="channels_last"):
+    def __init__(
+        self,
+        scale_factor=None,
+        *,
+        size=None,
+        method="nearest",
+        align_corners=False,
+        layout="channels_last",
+    ):
         op = "Upsample"
         if (scale_factor is None) == (size is None):
             raise ValueError(
@@ -81,8 +90,14 @@ class Upsample(nnx.Module):
         self.layout = check_layout(layout, op)
 
     def __call__(self, x):
-        return ops.upsample(x, self.scale_factor, size=self.size, method=self.method,
-                            align_corners=self.align_corners, layout=self.layout)
+        return ops.upsample(
+            x,
+            self.scale_factor,
+            size=self.size,
+            method=self.method,
+            align_corners=self.align_corners,
+            layout=self.layout,
+        )
 
 
 class _Rearrange(nnx.Module):

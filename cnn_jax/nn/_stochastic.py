@@ -36,8 +36,15 @@ class StochasticDepth(nnx.Module):
     (4, 2, 2, 3)
     """
 
-    def __init__(self, rate: float, mode: str = "row", *, deterministic: bool = False,
-                 rng_collection: str = "dropout", rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        rate: float,
+        mode: str = "row",
+        *,
+        deterministic: bool = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs | None = None,
+    ):
         op = "StochasticDepth"
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
             raise ValueError(f"{op}: rate must be a number in [0, 1], got {rate!r}")
@@ -57,8 +64,10 @@ class StochasticDepth(nnx.Module):
         if self.deterministic or self.rate == 0.0:
             return x
         if self.rngs is None:
-            raise ValueError("StochasticDepth: rngs must be given at construction to drop "
-                             "branches in training mode (or call .eval())")
+            raise ValueError(
+                "StochasticDepth: rngs must be given at construction to drop "
+                "branches in training mode (or call .eval())"
+            )
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1) if self.mode == "row" else (1,) * x.ndim
         mask = jax.random.bernoulli(self.rngs(), keep, shape)

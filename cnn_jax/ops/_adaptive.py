@@ -79,7 +79,7 @@ def _pool_axis(x, axis: int, out: int, reduce: str):
     if size % out == 0:
         # Equal, disjoint bins: a reshape and a reduction over the new window axis.
         k = size // out
-        xw = x.reshape(x.shape[:axis] + (out, k) + x.shape[axis + 1:])
+        xw = x.reshape(x.shape[:axis] + (out, k) + x.shape[axis + 1 :])
         if reduce == "max":
             return _first_max(xw, axis + 1)
         return jnp.mean(xw, axis=axis + 1)
@@ -91,13 +91,15 @@ def _pool_axis(x, axis: int, out: int, reduce: str):
     index = np.minimum(np.asarray(starts)[:, None] + offsets, size - 1)
     valid = offsets[None, :] < (np.asarray(ends) - np.asarray(starts))[:, None]
     xw = jnp.take(x, jnp.asarray(index.reshape(-1)), axis=axis, mode="clip")
-    xw = xw.reshape(x.shape[:axis] + (out, width) + x.shape[axis + 1:])
+    xw = xw.reshape(x.shape[:axis] + (out, width) + x.shape[axis + 1 :])
     bshape = (1,) * axis + (out, width) + (1,) * (ndim - axis - 1)
     valid = jnp.asarray(valid.reshape(bshape))
     if reduce == "max":
         return _first_max(jnp.where(valid, xw, jnp.asarray(_lowest(x.dtype), x.dtype)), axis + 1)
     total = jnp.sum(jnp.where(valid, xw, jnp.zeros((), x.dtype)), axis=axis + 1)
-    counts = (np.asarray(ends) - np.asarray(starts)).reshape(bshape[:axis + 1] + bshape[axis + 2:])
+    counts = (np.asarray(ends) - np.asarray(starts)).reshape(
+        bshape[: axis + 1] + bshape[axis + 2 :]
+    )
     return total / jnp.asarray(counts, total.dtype)
 
 
@@ -207,8 +209,9 @@ def _global(op: str, reduce: str, x, keepdims, layout: str):
     x = jnp.asarray(x)
     _check_reduce_dtype(x, reduce, op)
     if reduce == "mean":  # half precision sums in float32 and rounds once (accum_dtype)
-        return jnp.mean(x.astype(accum_dtype(x.dtype)), axis=axes,
-                        keepdims=keepdims).astype(x.dtype)
+        return jnp.mean(x.astype(accum_dtype(x.dtype)), axis=axes, keepdims=keepdims).astype(
+            x.dtype
+        )
     for axis in reversed(axes):
         x = _first_max(x, axis)
     if keepdims:

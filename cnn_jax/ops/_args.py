@@ -32,8 +32,13 @@ def check_size(spatial, what: str, name: str, got: str, op: str) -> None:
 
 def check_padded_size(spatial, pads, padding, op: str) -> None:
     """:func:`check_size` of the input padded by resolved ``pads`` (``padding`` as given)."""
-    check_size([i + lo + hi for i, (lo, hi) in zip(spatial, pads)], "padded input", "padding",
-               f"padding={padding!r}", op)
+    check_size(
+        [i + lo + hi for i, (lo, hi) in zip(spatial, pads)],
+        "padded input",
+        "padding",
+        f"padding={padding!r}",
+        op,
+    )
 
 
 def window_output_size(
@@ -59,8 +64,10 @@ def transpose_output_size(size, k, s, d, pads, output_padding) -> tuple[int, ...
     """Output shape of a transposed conv (PyTorch's formula), per dim:
     ``(in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1``. May hold
     values <= 0; callers turn that into an error."""
-    return tuple((i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
-                 for i, kk, ss, dd, oo, (lo, hi) in zip(size, k, s, d, output_padding, pads))
+    return tuple(
+        (i - 1) * ss - lo - hi + dd * (kk - 1) + oo + 1
+        for i, kk, ss, dd, oo, (lo, hi) in zip(size, k, s, d, output_padding, pads)
+    )
 
 
 def conv_dimension_numbers(n: int, layout: str):
@@ -98,8 +105,10 @@ def check_ndim(x, min_ndim: int, dims: str, name: str, op: str) -> int:
     if ndim is None:
         raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
     if ndim < min_ndim:
-        raise ValueError(f"{op}: {name} must have at least {min_ndim} dims {dims}, got "
-                         f"{name}.shape={tuple(x.shape)}")
+        raise ValueError(
+            f"{op}: {name} must have at least {min_ndim} dims {dims}, got "
+            f"{name}.shape={tuple(x.shape)}"
+        )
     return ndim
 
 

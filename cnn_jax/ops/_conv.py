@@ -36,7 +36,6 @@ from cnn_jax.ops._args import (
     check_ndim,
     check_padded_size,
     check_rank,
-    conv_dimension_numbers,
     spatial_axes,
     window_output_size,
 )
@@ -106,8 +105,7 @@ def _check_conv_channels(c_in, kernel_shape, n, layout, groups, op, name="kernel
     k, k_in, c_out = _kernel_dims(kernel_shape, n, layout)
     if c_in % groups:
         raise ValueError(
-            f"{op}: groups must divide the input channels, got groups={groups} for "
-            f"C_in={c_in}"
+            f"{op}: groups must divide the input channels, got groups={groups} for C_in={c_in}"
         )
     if c_out % groups:
         raise ValueError(
@@ -121,8 +119,9 @@ def _check_conv_channels(c_in, kernel_shape, n, layout, groups, op, name="kernel
             f"layout={layout!r})"
         )
     if any(kk < 1 for kk in k):
-        raise ValueError(f"{op}: {name} spatial sizes must be >= 1, got "
-                         f"{name}.shape={tuple(kernel_shape)}")
+        raise ValueError(
+            f"{op}: {name} spatial sizes must be >= 1, got {name}.shape={tuple(kernel_shape)}"
+        )
     return k, c_out
 
 
@@ -165,8 +164,22 @@ def _spatial(shape, n, layout):
     return tuple(shape[a] for a in spatial_axes(len(shape), n, layout))
 
 
-def _conv_spec(op, x, kernel, bias, *, stride, padding, dilation, groups, padding_mode,
-               flip, layout, precision, preferred_element_type):
+def _conv_spec(
+    op,
+    x,
+    kernel,
+    bias,
+    *,
+    stride,
+    padding,
+    dilation,
+    groups,
+    padding_mode,
+    flip,
+    layout,
+    precision,
+    preferred_element_type,
+):
     """Check every argument of a conv once: ``(x batched, kernel, _ConvSpec)``.
 
     ``groups=None`` means one group per input channel (depthwise).
@@ -183,9 +196,22 @@ def _conv_spec(op, x, kernel, bias, *, stride, padding, dilation, groups, paddin
         raise ValueError(f"{op}: x must have non-empty spatial dims, got x.shape={tuple(x.shape)}")
     pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=k, stride=s, dilation=d)
     check_padded_size(in_sp, pads, padding, op)
-    spec = _ConvSpec(layout, batched, k, s, d, g, c_in, c_out, in_sp, pads,
-                     padding_mode=padding_mode, flip=flip, precision=precision,
-                     preferred_element_type=preferred_element_type)
+    spec = _ConvSpec(
+        layout,
+        batched,
+        k,
+        s,
+        d,
+        g,
+        c_in,
+        c_out,
+        in_sp,
+        pads,
+        padding_mode=padding_mode,
+        flip=flip,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     spec = spec._replace(out=_check_fits(spec, kernel.shape, op))
     _check_bias(bias, c_out, op)
     return x, kernel, spec
@@ -238,9 +264,20 @@ def conv(
     (2, 15, 15, 8)
     """
     x, kernel, spec = _conv_spec(
-        "conv", x, kernel, bias, stride=stride, padding=padding, dilation=dilation,
-        groups=groups, padding_mode=padding_mode, flip=flip, layout=layout,
-        precision=precision, preferred_element_type=preferred_element_type)
+        "conv",
+        x,
+        kernel,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        padding_mode=padding_mode,
+        flip=flip,
+        layout=layout,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     return _conv("conv", x, kernel, bias, spec)
 
 
@@ -260,8 +297,9 @@ def _conv(op, x, kernel, bias, spec: _ConvSpec):
         return y if spec.batched else y[0]
     x, kernel, pads, k, s, d = simple
     x, pads = _explicit_low_pads(x, k, s, d, pads, axes)
-    y = convolve(x, kernel, s, pads, d, spec.groups, layout, spec.precision,
-                 spec.preferred_element_type)
+    y = convolve(
+        x, kernel, s, pads, d, spec.groups, layout, spec.precision, spec.preferred_element_type
+    )
     y = _add_bias(y, bias, spec.c_out, layout)
     return y if spec.batched else y[0]
 
@@ -288,18 +326,20 @@ def _simplify_window(x, kernel, k, s, d, pads, out_sp, axes, layout):
     only padding (the convolution is zero).
     """
     spans = []
-    for i, kk, ss, dd, o, (lo, _) in zip(_spatial(x.shape, len(k), layout), k, s, d,
-                                         out_sp, pads):
+    for i, kk, ss, dd, o, (lo, _) in zip(_spatial(x.shape, len(k), layout), k, s, d, out_sp, pads):
         live = _live_taps(i, kk, ss, dd, o, lo)
         if not live:
             return None
         spans.append((live[0], live[-1]))
-    if all(t0 == 0 and t1 == kk - 1 and not (o == 1 and (dd > 1 or ss > 1))
-           for (t0, t1), kk, o, dd, ss in zip(spans, k, out_sp, d, s)):
+    if all(
+        t0 == 0 and t1 == kk - 1 and not (o == 1 and (dd > 1 or ss > 1))
+        for (t0, t1), kk, o, dd, ss in zip(spans, k, out_sp, d, s)
+    ):
         return x, kernel, pads, k, s, d
     new_pads, new_k, new_s, new_d = [], [], [], []
     for (t0, t1), ax, kax, ss, dd, o, (lo, _) in zip(
-            spans, axes, _kernel_axes(len(k), layout), s, d, out_sp, pads):
+        spans, axes, _kernel_axes(len(k), layout), s, d, out_sp, pads
+    ):
         kernel = lax.slice_in_dim(kernel, t0, t1 + 1, axis=kax)
         # The kept window of output j reads padded positions [j*s + t0*d, j*s + t1*d].
         start, stop = lo - t0 * dd, (o - 1) * ss + (t1 - t0) * dd + 1
@@ -332,8 +372,10 @@ def _explicit_low_pads(x, k, s, d, pads, axes):
     nothing aborts (the same search). Ordinary convs (a 1x1 stride-2 shortcut has
     ``lo = 0``; 3x3 and 4x4 stride-2 layers have ``lo < d * (k - 1)``) are untouched.
     """
-    low = [lo if ss > 1 and lo > 0 and lo >= dd * (kk - 1) else 0
-           for kk, ss, dd, (lo, _) in zip(k, s, d, pads)]
+    low = [
+        lo if ss > 1 and lo > 0 and lo >= dd * (kk - 1) else 0
+        for kk, ss, dd, (lo, _) in zip(k, s, d, pads)
+    ]
     if not any(low):
         return x, pads
     config = [(0, 0, 0)] * x.ndim
@@ -343,8 +385,18 @@ def _explicit_low_pads(x, k, s, d, pads, axes):
     return x, tuple((lo - e, hi) for e, (lo, hi) in zip(low, pads))
 
 
-def depthwise_conv(x, kernel, bias=None, *, stride=1, padding=0, dilation=1,
-                   padding_mode="zeros", layout="channels_last", precision=None):
+def depthwise_conv(
+    x,
+    kernel,
+    bias=None,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    padding_mode="zeros",
+    layout="channels_last",
+    precision=None,
+):
     """Depthwise convolution: ``conv`` with ``groups = C_in``.
 
     Args:
@@ -362,14 +414,36 @@ def depthwise_conv(x, kernel, bias=None, *, stride=1, padding=0, dilation=1,
     """
     op = "depthwise_conv"
     x, kernel, spec = _conv_spec(
-        op, x, kernel, bias, stride=stride, padding=padding, dilation=dilation, groups=None,
-        padding_mode=padding_mode, flip=False, layout=layout, precision=precision,
-        preferred_element_type=None)
+        op,
+        x,
+        kernel,
+        bias,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=None,
+        padding_mode=padding_mode,
+        flip=False,
+        layout=layout,
+        precision=precision,
+        preferred_element_type=None,
+    )
     return _conv(op, x, kernel, bias, spec)
 
 
-def separable_conv(x, depthwise_kernel, pointwise_kernel, bias=None, *, stride=1, padding=0,
-                   dilation=1, padding_mode="zeros", layout="channels_last", precision=None):
+def separable_conv(
+    x,
+    depthwise_kernel,
+    pointwise_kernel,
+    bias=None,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    padding_mode="zeros",
+    layout="channels_last",
+    precision=None,
+):
     """Depthwise-separable convolution: a depthwise conv, then a 1x1 conv.
 
     Args:
@@ -406,14 +480,36 @@ def separable_conv(x, depthwise_kernel, pointwise_kernel, bias=None, *, stride=1
         )
     check_rank(x, n, "depthwise_kernel", op)
     x, kernel, spec = _conv_spec(
-        op, x, depthwise_kernel, None, stride=stride, padding=padding, dilation=dilation,
-        groups=None, padding_mode=padding_mode, flip=False, layout=layout,
-        precision=precision, preferred_element_type=None)
+        op,
+        x,
+        depthwise_kernel,
+        None,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=None,
+        padding_mode=padding_mode,
+        flip=False,
+        layout=layout,
+        precision=precision,
+        preferred_element_type=None,
+    )
     h = _conv(op, x, kernel, None, spec)
     h, kernel, spec = _conv_spec(
-        op, h, pointwise_kernel, bias, stride=1, padding=0, dilation=1, groups=1,
-        padding_mode="zeros", flip=False, layout=layout, precision=precision,
-        preferred_element_type=None)
+        op,
+        h,
+        pointwise_kernel,
+        bias,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        padding_mode="zeros",
+        flip=False,
+        layout=layout,
+        precision=precision,
+        preferred_element_type=None,
+    )
     return _conv(op, h, kernel, bias, spec)
 
 
@@ -452,8 +548,9 @@ def _check_dy_shape(spec: _ConvSpec, name, op):
         )
 
 
-def conv_kernel_grad(x, dy, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                     layout="channels_last"):
+def conv_kernel_grad(
+    x, dy, kernel_shape, *, stride=1, padding=0, dilation=1, groups=1, layout="channels_last"
+):
     """Gradient of :func:`conv` with respect to ``kernel``, written as a convolution.
 
     ``dK[o, c, t] = sum_{b, j} dy[b, o, j] * x_pad[b, c, j * stride + t * dilation]``:
@@ -477,15 +574,25 @@ def conv_kernel_grad(x, dy, kernel_shape, *, stride=1, padding=0, dilation=1, gr
     (3, 3, 2, 8)
     """
     op = "conv_kernel_grad"
-    x, dy, spec = _kernel_grad_spec(op, x, dy, kernel_shape, stride=stride, padding=padding,
-                                    dilation=dilation, groups=groups, layout=layout)
+    x, dy, spec = _kernel_grad_spec(
+        op,
+        x,
+        dy,
+        kernel_shape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+    )
     n, layout = len(spec.k), spec.layout
     # Trim the high padding by the input tail the forward conv never read, so exactly
     # k taps come out: (in + lo + hi) - ((out - 1) * s + d * (k - 1) + 1).
     kpads = tuple(
         (lo, hi - (i + lo + hi - (o - 1) * ss - dd * (kk - 1) - 1))
-        for i, o, kk, ss, dd, (lo, hi) in zip(spec.in_sp, spec.out, spec.k, spec.s, spec.d,
-                                               spec.pads)
+        for i, o, kk, ss, dd, (lo, hi) in zip(
+            spec.in_sp, spec.out, spec.k, spec.s, spec.d, spec.pads
+        )
     )
     sp = tuple(range(1, n + 1)) if layout == "channels_last" else tuple(range(2, n + 2))
     c_ax = n + 1 if layout == "channels_last" else 1
@@ -499,8 +606,13 @@ def conv_kernel_grad(x, dy, kernel_shape, *, stride=1, padding=0, dilation=1, gr
         out_spec=out_spec,
     )
     return lax.conv_general_dilated(
-        x, dy, window_strides=spec.d, padding=kpads, rhs_dilation=spec.s,
-        dimension_numbers=dn, batch_group_count=spec.groups,
+        x,
+        dy,
+        window_strides=spec.d,
+        padding=kpads,
+        rhs_dilation=spec.s,
+        dimension_numbers=dn,
+        batch_group_count=spec.groups,
     )
 
 
@@ -529,8 +641,9 @@ def _kernel_grad_spec(op, x, dy, kernel_shape, *, stride, padding, dilation, gro
             f"x.shape={tuple(x.shape)} for dy.shape={tuple(dy.shape)}"
         )
     in_sp = _spatial(x.shape, n, layout)
-    pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=spec.k,
-                           stride=spec.s, dilation=spec.d)
+    pads = resolve_padding(
+        padding, n, op, input_shape=in_sp, kernel_size=spec.k, stride=spec.s, dilation=spec.d
+    )
     spec = spec._replace(in_sp=in_sp, pads=pads)
     _check_fits(spec, kernel_shape, op)
     spec = spec._replace(out=_spatial(dy.shape, n, layout))

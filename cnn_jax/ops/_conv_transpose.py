@@ -58,9 +58,20 @@ _MAX_PHASES = 16
 # --------------------------------------------------------------------------- public
 
 
-def conv_transpose(x, kernel, bias=None, *, stride=1, padding=0, output_padding=0,
-                   dilation=1, groups=1, layout="channels_last", precision=None,
-                   preferred_element_type=None):
+def conv_transpose(
+    x,
+    kernel,
+    bias=None,
+    *,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    dilation=1,
+    groups=1,
+    layout="channels_last",
+    precision=None,
+    preferred_element_type=None,
+):
     """Transposed convolution, as ``torch.nn.functional.conv_transpose{1,2,3}d``.
 
     The gradient of :func:`conv` with respect to its input: ``padding`` is the padding
@@ -89,15 +100,38 @@ def conv_transpose(x, kernel, bias=None, *, stride=1, padding=0, output_padding=
     """
     op = "conv_transpose"
     x, conv_kernel, spec = _transpose_spec(
-        op, x, kernel, bias, stride=stride, padding=padding, output_padding=output_padding,
-        dilation=dilation, groups=groups, layout=layout, precision=precision,
-        preferred_element_type=preferred_element_type)
+        op,
+        x,
+        kernel,
+        bias,
+        stride=stride,
+        padding=padding,
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        layout=layout,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     y = _add_bias(_transpose(x, conv_kernel, spec), bias, spec.c_in, spec.layout)
     return y if spec.batched else y[0]
 
 
-def _transpose_spec(op, x, kernel, bias, *, stride, padding, output_padding, dilation,
-                    groups, layout, precision, preferred_element_type):
+def _transpose_spec(
+    op,
+    x,
+    kernel,
+    bias,
+    *,
+    stride,
+    padding,
+    output_padding,
+    dilation,
+    groups,
+    layout,
+    precision,
+    preferred_element_type,
+):
     """Check every argument of ``conv_transpose`` once: ``(x batched, forward kernel,
     the _ConvSpec of the forward conv whose input gradient this is)``."""
     x, kernel, n, batched = _start(op, x, kernel, layout)
@@ -132,18 +166,36 @@ def _transpose_spec(op, x, kernel, bias, *, stride, padding, output_padding, dil
             f"{op}: padding must leave a positive output size, got padding={padding!r} "
             f"giving output {out_sp}"
         )
-    check_size(out_sp, "output", "stride, dilation and output_padding",
-               f"stride={s}, dilation={d}, output_padding={op_pad}", op)
+    check_size(
+        out_sp,
+        "output",
+        "stride, dilation and output_padding",
+        f"stride={s}, dilation={d}, output_padding={op_pad}",
+        op,
+    )
     _check_bias(bias, c_out_g * g, op)
     # The forward conv maps the output (C_out = c_out_g * g channels) back to x.
-    spec = _ConvSpec(layout=layout, batched=batched, k=k, s=s, d=d, groups=g,
-                     c_in=c_out_g * g, c_out=c_in, in_sp=out_sp, pads=pads, out=in_sp,
-                     precision=precision, preferred_element_type=preferred_element_type)
+    spec = _ConvSpec(
+        layout=layout,
+        batched=batched,
+        k=k,
+        s=s,
+        d=d,
+        groups=g,
+        c_in=c_out_g * g,
+        c_out=c_in,
+        in_sp=out_sp,
+        pads=pads,
+        out=in_sp,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     return x, conv_kernel, spec
 
 
-def conv_input_grad(dy, kernel, input_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                    layout="channels_last"):
+def conv_input_grad(
+    dy, kernel, input_shape, *, stride=1, padding=0, dilation=1, groups=1, layout="channels_last"
+):
     """Gradient of :func:`conv` with respect to ``x``, written as a convolution.
 
     ``dx`` is the full convolution of ``dy`` (dilated by the stride) with the flipped
@@ -174,8 +226,9 @@ def conv_input_grad(dy, kernel, input_shape, *, stride=1, padding=0, dilation=1,
     check_size(in_sp, "output", "input_shape", f"input_shape={input_shape!r}", op)
     if not spec.batched:
         dy = dy[None]
-    pads = resolve_padding(padding, n, op, input_shape=in_sp, kernel_size=spec.k,
-                           stride=spec.s, dilation=spec.d)
+    pads = resolve_padding(
+        padding, n, op, input_shape=in_sp, kernel_size=spec.k, stride=spec.s, dilation=spec.d
+    )
     spec = spec._replace(in_sp=in_sp, pads=pads, out=_spatial(dy.shape, n, spec.layout))
     _check_dy_shape(spec, "input_shape", op)
     dx = _transpose(dy, kernel, spec)
@@ -184,8 +237,11 @@ def conv_input_grad(dy, kernel, input_shape, *, stride=1, padding=0, dilation=1,
 
 def _input_spatial(input_shape, n, spec: _ConvSpec, dy, op):
     """The spatial part of ``input_shape`` (full or spatial only), checked against dy."""
-    shape = tuple(getattr(input_shape, "shape", input_shape)) if not isinstance(
-        input_shape, (int, str)) else input_shape
+    shape = (
+        tuple(getattr(input_shape, "shape", input_shape))
+        if not isinstance(input_shape, (int, str))
+        else input_shape
+    )
     if isinstance(shape, (int, str)) or len(shape) not in (n, n + 1, n + 2):
         raise ValueError(
             f"{op}: input_shape must be x's shape ({n + 2} or {n + 1} dims) or its {n} "
@@ -200,7 +256,8 @@ def _input_spatial(input_shape, n, spec: _ConvSpec, dy, op):
             f"{shape} for dy.shape={tuple(dy.shape)}"
         )
     if shape[channel_axis(len(shape), n, spec.layout)] != spec.c_in or (
-            spec.batched and shape[0] != dy.shape[0]):
+        spec.batched and shape[0] != dy.shape[0]
+    ):
         raise ValueError(
             f"{op}: input_shape must have C_in={spec.c_in} channels and dy's batch size, "
             f"got input_shape={shape} for dy.shape={tuple(dy.shape)}"
@@ -219,9 +276,13 @@ def _transpose(dy, kernel, spec: _ConvSpec):
     """
     n = len(spec.k)
     dy_sp = _spatial(dy.shape, n, spec.layout)
-    if (spec.groups == 1 and spec.k == spec.s and all(dd == 1 for dd in spec.d)
-            and all(p == (0, 0) for p in spec.pads)
-            and tuple(spec.in_sp) == tuple(i * ss for i, ss in zip(dy_sp, spec.s))):
+    if (
+        spec.groups == 1
+        and spec.k == spec.s
+        and all(dd == 1 for dd in spec.d)
+        and all(p == (0, 0) for p in spec.pads)
+        and tuple(spec.in_sp) == tuple(i * ss for i, ss in zip(dy_sp, spec.s))
+    ):
         return _transpose_matmul(dy, kernel, spec)
     w = _transpose_kernel(kernel, n, spec.layout, spec.groups)
     if math.prod(spec.s) > _MAX_PHASES:
@@ -260,9 +321,13 @@ def _transpose_matmul(dy, kernel, spec: _ConvSpec):
         dy = jnp.moveaxis(dy, 1, -1)
         kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2))  # OIHW -> HWIO
     # (N, *q, O) . (*k, C, O) over O -> (N, *q, *k, C)
-    y = lax.dot_general(dy, kernel, (((n + 1,), (n + 1,)), ((), ())),
-                        precision=spec.precision,
-                        preferred_element_type=spec.preferred_element_type)
+    y = lax.dot_general(
+        dy,
+        kernel,
+        (((n + 1,), (n + 1,)), ((), ())),
+        precision=spec.precision,
+        preferred_element_type=spec.preferred_element_type,
+    )
     perm = [0, *itertools.chain.from_iterable((1 + i, n + 1 + i) for i in range(n)), 2 * n + 1]
     y = jnp.transpose(y, perm)
     shape = (y.shape[0], *(y.shape[1 + 2 * i] * y.shape[2 + 2 * i] for i in range(n)), y.shape[-1])
@@ -277,14 +342,20 @@ def _transpose_interior(dy, w, spec: _ConvSpec):
     k_axes = _kernel_axes(n, spec.layout)
     dy_sp = _spatial(dy.shape, n, spec.layout)
     config = [(0, 0, 0)] * dy.ndim
-    for a, o, i, kk, ss, dd, (lo, _) in zip(spatial_axes(dy.ndim, n, spec.layout), spec.in_sp,
-                                            dy_sp, spec.k, spec.s, spec.d, spec.pads):
+    for a, o, i, kk, ss, dd, (lo, _) in zip(
+        spatial_axes(dy.ndim, n, spec.layout), spec.in_sp, dy_sp, spec.k, spec.s, spec.d, spec.pads
+    ):
         config[a] = (dd * (kk - 1) - lo, o - (i - 1) * ss - 1 + lo, ss - 1)
     dy = lax.pad(dy, jnp.zeros((), dy.dtype), config)
     return lax.conv_general_dilated(
-        dy, jnp.flip(w, axis=k_axes), (1,) * n, ((0, 0),) * n, rhs_dilation=spec.d,
+        dy,
+        jnp.flip(w, axis=k_axes),
+        (1,) * n,
+        ((0, 0),) * n,
+        rhs_dilation=spec.d,
         dimension_numbers=conv_dimension_numbers(n, spec.layout),
-        feature_group_count=spec.groups, precision=spec.precision,
+        feature_group_count=spec.groups,
+        precision=spec.precision,
         preferred_element_type=spec.preferred_element_type,
     )
 
@@ -322,29 +393,38 @@ def _transpose_phases(dy, w, spec: _ConvSpec):
     k_axes = _kernel_axes(n, layout)
     k = tuple(w.shape[a] for a in k_axes)
     dy_sp = _spatial(dy.shape, n, layout)
-    plans = [_phase_plan(o, i, kk, ss, dd, lo)
-             for o, i, kk, ss, dd, (lo, _) in zip(spec.in_sp, dy_sp, k, spec.s, spec.d,
-                                                  spec.pads)]
+    plans = [
+        _phase_plan(o, i, kk, ss, dd, lo)
+        for o, i, kk, ss, dd, (lo, _) in zip(spec.in_sp, dy_sp, k, spec.s, spec.d, spec.pads)
+    ]
     q_max = tuple(p[0] for p in plans)
     c_out = w.shape[0] if layout == "channels_first" else w.shape[-1]
     phases = []
     for combo in itertools.product(*[p[1] for p in plans]):
         if any(c is None for c in combo):  # no tap lands on this phase: zeros
-            shape = (dy.shape[0], *q_max, c_out) if layout == "channels_last" else (
-                dy.shape[0], c_out, *q_max)
-            phases.append(jnp.zeros(shape, spec.preferred_element_type or
-                                    jnp.result_type(dy, w)))
+            shape = (
+                (dy.shape[0], *q_max, c_out)
+                if layout == "channels_last"
+                else (dy.shape[0], c_out, *q_max)
+            )
+            phases.append(jnp.zeros(shape, spec.preferred_element_type or jnp.result_type(dy, w)))
             continue
         idx = [slice(None)] * w.ndim
         for a, (t0, _, s_t, _, _) in zip(k_axes, combo):
             idx[a] = slice(t0, None, s_t)
-        phases.append(lax.conv_general_dilated(
-            dy, jnp.flip(w[tuple(idx)], axis=k_axes), (1,) * n, [c[4] for c in combo],
-            rhs_dilation=[c[3] for c in combo],
-            dimension_numbers=conv_dimension_numbers(n, layout),
-            feature_group_count=spec.groups, precision=spec.precision,
-            preferred_element_type=spec.preferred_element_type,
-        ))
+        phases.append(
+            lax.conv_general_dilated(
+                dy,
+                jnp.flip(w[tuple(idx)], axis=k_axes),
+                (1,) * n,
+                [c[4] for c in combo],
+                rhs_dilation=[c[3] for c in combo],
+                dimension_numbers=conv_dimension_numbers(n, layout),
+                feature_group_count=spec.groups,
+                precision=spec.precision,
+                preferred_element_type=spec.preferred_element_type,
+            )
+        )
     y = phases[0] if len(phases) == 1 else _interleave(phases, spec.s, q_max, c_out, layout)
     if tuple(_spatial(y.shape, n, layout)) != tuple(spec.in_sp):
         idx = [slice(None)] * y.ndim

@@ -74,38 +74,66 @@ def cpu_formulation(x_shape, kernel_shape, s, pads, d, groups, layout, out_sp) -
         return "depthwise"
     if groups == 1 and max(out_sp) <= _IM2COL_MAX_OUT and taps <= _IM2COL_MAX_TAPS:
         return "im2col"
-    if (groups == 1 and taps == 1 and layout == "channels_last" and set(s) == {1}
-            and set(d) == {1} and all(p == (0, 0) for p in pads)):
+    if (
+        groups == 1
+        and taps == 1
+        and layout == "channels_last"
+        and set(s) == {1}
+        and set(d) == {1}
+        and all(p == (0, 0) for p in pads)
+    ):
         return "dot"
     return "lax"
 
 
-def convolve(x, kernel, s, pads, d, groups, layout, precision=None,
-             preferred_element_type=None):
+def convolve(x, kernel, s, pads, d, groups, layout, precision=None, preferred_element_type=None):
     """``lax.conv_general_dilated(x, kernel, s, pads, rhs_dilation=d, ...)`` of a batched
     ``x`` with ``kernel`` in ``layout`` (HWIO / OIHW), zero padding ``pads`` as
     ``(low, high)`` pairs; on a CPU computed as :func:`cpu_formulation` says."""
     n = len(s)
-    raw = functools.partial(_raw, s=tuple(s), pads=tuple(pads), d=tuple(d), groups=groups,
-                            layout=layout, precision=precision,
-                            preferred_element_type=preferred_element_type)
+    raw = functools.partial(
+        _raw,
+        s=tuple(s),
+        pads=tuple(pads),
+        d=tuple(d),
+        groups=groups,
+        layout=layout,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
     in_sp = x.shape[1:-1] if layout == "channels_last" else x.shape[2:]
     k = kernel.shape[:n] if layout == "channels_last" else kernel.shape[2:]
-    out_sp = tuple(window_output_size(i, kk, ss, dd, lo, hi)
-                   for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, s, d, pads))
+    out_sp = tuple(
+        window_output_size(i, kk, ss, dd, lo, hi)
+        for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, s, d, pads)
+    )
     form = cpu_formulation(x.shape, kernel.shape, s, pads, d, groups, layout, out_sp)
     if form == "lax":
         return raw(x, kernel)
     if form == "depthwise":
-        cpu = functools.partial(_depthwise, s=tuple(s), pads=tuple(pads), d=tuple(d),
-                                layout=layout, preferred_element_type=preferred_element_type)
+        cpu = functools.partial(
+            _depthwise,
+            s=tuple(s),
+            pads=tuple(pads),
+            d=tuple(d),
+            layout=layout,
+            preferred_element_type=preferred_element_type,
+        )
     elif form == "im2col":
-        cpu = functools.partial(_conv_im2col, stride=s, pads=pads, dilation=d, groups=groups,
-                                layout=layout, precision=precision,
-                                preferred_element_type=preferred_element_type)
+        cpu = functools.partial(
+            _conv_im2col,
+            stride=s,
+            pads=pads,
+            dilation=d,
+            groups=groups,
+            layout=layout,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
     else:
-        cpu = functools.partial(_conv_dot, precision=precision,
-                                preferred_element_type=preferred_element_type)
+        cpu = functools.partial(
+            _conv_dot, precision=precision, preferred_element_type=preferred_element_type
+        )
     # Rematerialised, the CPU branch saves only x and kernel for the backward pass, as the
     # raw conv does: reverse-mode AD then joins the branches' residuals without adding
     # zero-filled ones to the GPU/TPU program. Recomputing costs nothing measurable: what
@@ -117,8 +145,14 @@ def convolve(x, kernel, s, pads, d, groups, layout, precision=None,
 def _raw(x, kernel, *, s, pads, d, groups, layout, precision, preferred_element_type):
     n = len(s)
     return lax.conv_general_dilated(
-        x, kernel, s, pads, rhs_dilation=d, dimension_numbers=conv_dimension_numbers(n, layout),
-        feature_group_count=groups, precision=precision,
+        x,
+        kernel,
+        s,
+        pads,
+        rhs_dilation=d,
+        dimension_numbers=conv_dimension_numbers(n, layout),
+        feature_group_count=groups,
+        precision=precision,
         preferred_element_type=preferred_element_type,
     )
 
@@ -129,8 +163,13 @@ def _raw(x, kernel, *, s, pads, d, groups, layout, precision, preferred_element_
 def _conv_dot(x, kernel, *, precision=None, preferred_element_type=None):
     """A channels_last 1x1 conv (stride 1, no padding): ``x @ kernel[0, ..., 0]``."""
     w = kernel.reshape(kernel.shape[-2:])
-    return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
-                           preferred_element_type=preferred_element_type)
+    return lax.dot_general(
+        x,
+        w,
+        (((x.ndim - 1,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
 
 
 # --------------------------------------------------------------------------- depthwise
@@ -164,8 +203,10 @@ def _depthwise(x, kernel, *, s, pads, d, layout, preferred_element_type=None):
     k = kernel.shape[:n] if last else kernel.shape[2:]
     m = (kernel.shape[-1] if last else kernel.shape[0]) // c
     in_sp = x.shape[1:-1] if last else x.shape[2:]
-    out = tuple(window_output_size(i, kk, ss, dd, lo, hi)
-                for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, s, d, pads))
+    out = tuple(
+        window_output_size(i, kk, ss, dd, lo, hi)
+        for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, s, d, pads)
+    )
     # Pad (or crop: negative pads) and round each strided dim up to a multiple of s
     # with zeros no window reads; then split it into (L / s, s).
     lengths = []
@@ -196,8 +237,13 @@ def _depthwise(x, kernel, *, s, pads, d, layout, preferred_element_type=None):
             start[a], limit[a] = q, q + o
             start[a + 1], limit[a + 1] = r, r + 1
         win = lax.slice(x, start, limit)
-        win = win.reshape([v for a, v in enumerate(win.shape)
-                           if not (first <= a < first + 2 * n and (a - first) % 2)])
+        win = win.reshape(
+            [
+                v
+                for a, v in enumerate(win.shape)
+                if not (first <= a < first + 2 * n and (a - first) % 2)
+            ]
+        )
         if last:  # (N, *out, C * m) * (1, ..., 1, C * m)
             term = win * kernel[(*t, 0)].reshape(*([1] * (n + 1)), c * m)
         else:
@@ -217,13 +263,15 @@ def _live_taps(i, k, s, d, o, lo):
 def _zeros_output(x, kernel, out_sp, c_out, layout, preferred_element_type):
     """The all-zero output of a conv of batched ``x`` whose every tap reads padding."""
     dtype = preferred_element_type or jnp.result_type(x, kernel)
-    shape = ((x.shape[0], *out_sp, c_out) if layout == "channels_last"
-             else (x.shape[0], c_out, *out_sp))
+    shape = (
+        (x.shape[0], *out_sp, c_out) if layout == "channels_last" else (x.shape[0], c_out, *out_sp)
+    )
     return jnp.zeros(shape, dtype)
 
 
-def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=None,
-                 preferred_element_type=None):
+def _conv_im2col(
+    x, kernel, stride, pads, dilation, groups, layout, precision=None, preferred_element_type=None
+):
     """``lax.conv_general_dilated`` as patches (one strided slice per tap) @ kernel.
 
     ``x`` is batched, ``pads`` are resolved ``(low, high)`` zero pads, ``kernel`` is in
@@ -239,13 +287,18 @@ def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=No
         kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2))  # OIHW -> HWIO
     k, c_in = kernel.shape[:n], x.shape[-1]
     in_sp = x.shape[1:-1]
-    out = tuple(window_output_size(i, kk, ss, dd, lo, hi)
-                for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, stride, dilation, pads))
+    out = tuple(
+        window_output_size(i, kk, ss, dd, lo, hi)
+        for i, kk, ss, dd, (lo, hi) in zip(in_sp, k, stride, dilation, pads)
+    )
     # Per dim, the taps that read at least one real (non-padding) element.
-    live = [_live_taps(i, kk, ss, dd, o, lo)
-            for i, kk, ss, dd, o, (lo, _) in zip(in_sp, k, stride, dilation, out, pads)]
-    x = lax.pad(x, jnp.zeros((), x.dtype),
-                [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)])
+    live = [
+        _live_taps(i, kk, ss, dd, o, lo)
+        for i, kk, ss, dd, o, (lo, _) in zip(in_sp, k, stride, dilation, out, pads)
+    ]
+    x = lax.pad(
+        x, jnp.zeros((), x.dtype), [(0, 0, 0), *[(lo, hi, 0) for lo, hi in pads], (0, 0, 0)]
+    )
     taps = list(itertools.product(*live))
     if not taps:  # every tap reads padding only (large padding, dilation): zeros
         return _zeros_output(x, kernel, out, kernel.shape[-1], layout, preferred_element_type)
@@ -263,12 +316,20 @@ def _conv_im2col(x, kernel, stride, pads, dilation, groups, layout, precision=No
     if groups == 1:
         y = lax.dot_general(
             patches.reshape(*patches.shape[:-2], len(taps) * c_in),
-            w.reshape(len(taps) * c_in, c_out), (((n + 1,), (0,)), ((), ())),
-            precision=precision, preferred_element_type=preferred_element_type)
+            w.reshape(len(taps) * c_in, c_out),
+            (((n + 1,), (0,)), ((), ())),
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
     else:
         patches = patches.reshape(*patches.shape[:-1], groups, c_in // groups)
         w = w.reshape(len(taps), c_in // groups, groups, c_out // groups)
-        y = jnp.einsum("...tgc,tcgo->...go", patches, w, precision=precision,
-                       preferred_element_type=preferred_element_type)
+        y = jnp.einsum(
+            "...tgc,tcgo->...go",
+            patches,
+            w,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+        )
         y = y.reshape(*y.shape[:-2], c_out)
     return jnp.moveaxis(y, -1, 1) if layout == "channels_first" else y

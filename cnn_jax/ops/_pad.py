@@ -43,8 +43,13 @@ def pad(x, padding, *, mode="zeros", value=0.0, layout="channels_last"):
     n = batched_spatial_dims(x, op)
     pads = resolve_padding(padding, n, op, allowed_strings=("valid",))
     axes = spatial_axes(x.ndim, n, layout)
-    check_size([x.shape[a] + lo + hi for a, (lo, hi) in zip(axes, pads)], "output", "padding",
-               f"padding={padding!r}", op)
+    check_size(
+        [x.shape[a] + lo + hi for a, (lo, hi) in zip(axes, pads)],
+        "output",
+        "padding",
+        f"padding={padding!r}",
+        op,
+    )
     if mode != "constant":
         _check_unused_value(value, mode, op)
     if mode == "zeros":

@@ -94,14 +94,24 @@ def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
     check_layout(layout, op)
     ceil_mode = check_bool(ceil_mode, "ceil_mode", op)
     x, batched, axes, size = window_input(
-        x, window, layout, op,
-        hint=" for an int window (pass a tuple window to pool an unbatched input)")
+        x,
+        window,
+        layout,
+        op,
+        hint=" for an int window (pass a tuple window to pool an unbatched input)",
+    )
     n = len(size)
     k = ntuple(window, n, "window", op)
     s = k if stride is None else ntuple(stride, n, "stride", op)
     d = ntuple(dilation, n, "dilation", op)
     pads = resolve_padding(
-        padding, n, op, input_shape=size, kernel_size=k, stride=s, dilation=d,
+        padding,
+        n,
+        op,
+        input_shape=size,
+        kernel_size=k,
+        stride=s,
+        dilation=d,
         allowed_strings=POOL_PADDING_STRINGS,
     )
     check_padded_size(size, pads, padding, op)
@@ -116,8 +126,10 @@ def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
             f"{tuple(i + lo + hi for i, (lo, hi) in zip(size, pads))}, got output size {out}"
         )
     lo = tuple(p[0] for p in pads)
-    hi = tuple((o - 1) * ss + dd * (kk - 1) + 1 - i - l
-               for o, ss, dd, kk, i, l in zip(out, s, d, k, size, lo))
+    hi = tuple(
+        (o - 1) * ss + dd * (kk - 1) + 1 - i - l
+        for o, ss, dd, kk, i, l in zip(out, s, d, k, size, lo)
+    )
     w = _Window(x.ndim, axes, size, k, s, d, lo, hi, out, tuple(p[1] for p in pads))
     if isinstance(padding, str) or is_pairs(padding):  # else PyTorch's rule held above
         for i in range(n):
@@ -132,8 +144,7 @@ def _window(op, x, window, stride, padding, dilation, ceil_mode, layout):
 
 def _taps_valid(w: _Window, i: int) -> np.ndarray:
     """``(out_i, k_i)`` bool: does tap ``j`` of window ``o`` fall inside the input?"""
-    pos = (np.arange(w.out[i])[:, None] * w.s[i] - w.lo[i]
-           + np.arange(w.k[i])[None, :] * w.d[i])
+    pos = np.arange(w.out[i])[:, None] * w.s[i] - w.lo[i] + np.arange(w.k[i])[None, :] * w.d[i]
     return (pos >= 0) & (pos < w.size[i])
 
 
@@ -165,12 +176,13 @@ def _reduce(x, w: _Window, init, computation):
                 tap = _tap(x, w, j, init)
                 out = tap if out is None else computation(out, tap)
         if out is None:  # dilated windows that all fall in the padding (PyTorch: -inf)
-            shape = tuple(x.shape[a] if o is None else o
-                          for a, o in enumerate(w.full(w.out, None)))
+            shape = tuple(x.shape[a] if o is None else o for a, o in enumerate(w.full(w.out, None)))
             out = jnp.full(shape, init, x.dtype)
         return out
     return lax.reduce_window(
-        x, init, computation,
+        x,
+        init,
+        computation,
         window_dimensions=w.full(w.k, 1),
         window_strides=w.full(w.s, 1),
         padding=_run_pads(w),
@@ -197,9 +209,12 @@ def _tap(x, w: _Window, j, fill):
         start.append(first * w.s[i] - w.lo[i] + jj * w.d[i])
         limit.append(last * w.s[i] - w.lo[i] + jj * w.d[i] + 1)
         pads.append((first, w.out[i] - 1 - last, 0))
-    sl = lax.slice(x, w.full(start, 0), tuple(
-        lim if lim is not None else x.shape[a] for a, lim in enumerate(w.full(limit, None))),
-        w.full(w.s, 1))
+    sl = lax.slice(
+        x,
+        w.full(start, 0),
+        tuple(lim if lim is not None else x.shape[a] for a, lim in enumerate(w.full(limit, None))),
+        w.full(w.s, 1),
+    )
     if any(p[:2] != (0, 0) for p in pads):
         sl = lax.pad(sl, jnp.asarray(fill, x.dtype), w.full(pads, (0, 0, 0)))
     return sl
@@ -213,8 +228,11 @@ def _reachable(w: _Window, j) -> bool:
 def _tap_mask(w: _Window, j):
     """Static bool mask (broadcastable to the output) of windows whose tap ``j`` is
     real, or None when all are."""
-    masks = [w.bcast(i, _taps_valid(w, i)[:, jj]) for i, jj in enumerate(j)
-             if not _taps_valid(w, i)[:, jj].all()]
+    masks = [
+        w.bcast(i, _taps_valid(w, i)[:, jj])
+        for i, jj in enumerate(j)
+        if not _taps_valid(w, i)[:, jj].all()
+    ]
     return functools.reduce(np.logical_and, masks) if masks else None
 
 
@@ -237,20 +255,26 @@ def _scatter_phases(w: _Window, operands, fills, contribution, dtype):
     y_shape = operands[0].shape
     m = [-(-i // ss) for i, ss in zip(w.size, w.s)]
     taps = [j for j in _offsets(w) if _reachable(w, j)]  # others: padding everywhere
-    shift = {j: [(jj * dd - l) // ss for jj, dd, l, ss in zip(j, w.d, w.lo, w.s)]
-             for j in taps}
+    shift = {j: [(jj * dd - l) // ss for jj, dd, l, ss in zip(j, w.d, w.lo, w.s)] for j in taps}
     lo = [max(0, *(shift[j][i] for j in taps)) for i in range(n)] if taps else [0] * n
-    hi = ([max(0, *(m[i] - w.out[i] - shift[j][i] for j in taps)) for i in range(n)]
-          if taps else [0] * n)
-    padded = [lax.pad(op, jnp.asarray(fill, op.dtype),
-                      w.full([(a, b, 0) for a, b in zip(lo, hi)], (0, 0, 0)))
-              for op, fill in zip(operands, fills)]
+    hi = (
+        [max(0, *(m[i] - w.out[i] - shift[j][i] for j in taps)) for i in range(n)]
+        if taps
+        else [0] * n
+    )
+    padded = [
+        lax.pad(
+            op, jnp.asarray(fill, op.dtype), w.full([(a, b, 0) for a, b in zip(lo, hi)], (0, 0, 0))
+        )
+        for op, fill in zip(operands, fills)
+    ]
     phases = {}
     for j in taps:
         r = tuple((jj * dd - l) % ss for jj, dd, l, ss in zip(j, w.d, w.lo, w.s))
         start = w.full([a - tt for a, tt in zip(lo, shift[j])], 0)
-        limit = tuple(st + (ys if mm is None else mm)
-                      for st, mm, ys in zip(start, w.full(m, None), y_shape))
+        limit = tuple(
+            st + (ys if mm is None else mm) for st, mm, ys in zip(start, w.full(m, None), y_shape)
+        )
         g = contribution(j, *(lax.slice(op, start, limit) for op in padded))
         phases[r] = g if r not in phases else phases[r] + g
     grid_shape = tuple(ys if mm is None else mm for mm, ys in zip(w.full(m, None), y_shape))
@@ -265,12 +289,18 @@ def _scatter_phases(w: _Window, operands, fills, contribution, dtype):
         if ax in w.axes:
             perm.append(w.axes.index(ax))
     full = stacked.transpose(perm).reshape(
-        tuple(g * ss for g, ss in zip(grid_shape, w.full(w.s, 1))))
+        tuple(g * ss for g, ss in zip(grid_shape, w.full(w.s, 1)))
+    )
     # Crop the part of the last phase row that lies past the input.
     if any(mm * ss != i for mm, ss, i in zip(m, w.s, w.size)):
-        full = lax.slice(full, (0,) * w.ndim, tuple(
-            full.shape[ax] if ax not in w.axes else w.size[w.axes.index(ax)]
-            for ax in range(w.ndim)))
+        full = lax.slice(
+            full,
+            (0,) * w.ndim,
+            tuple(
+                full.shape[ax] if ax not in w.axes else w.size[w.axes.index(ax)]
+                for ax in range(w.ndim)
+            ),
+        )
     return full
 
 
@@ -335,7 +365,8 @@ def _max_core_fwd(x, w: _Window):
         jnp.isnan(jnp.sum(y)),
         functools.partial(_argmax_taps, w=w, nan_aware=True),
         functools.partial(_argmax_taps, w=w, nan_aware=False),
-        x, y,
+        x,
+        y,
     )
     return y, idx
 
@@ -403,8 +434,9 @@ def _unbatch(y, batched):
 # --------------------------------------------------------------------------- public
 
 
-def max_pool(x, window, stride=None, *, padding=0, dilation=1, ceil_mode=False,
-             layout="channels_last"):
+def max_pool(
+    x, window, stride=None, *, padding=0, dilation=1, ceil_mode=False, layout="channels_last"
+):
     """Max pooling over 1, 2 or 3 spatial dims, equal to ``torch.nn.functional.max_pool{n}d``.
 
     Padded positions never win (implicit ``-inf``). The gradient goes to the first
@@ -438,8 +470,9 @@ def max_pool(x, window, stride=None, *, padding=0, dilation=1, ceil_mode=False,
     return _unbatch(_max_any(x, w, "max_pool"), batched)
 
 
-def min_pool(x, window, stride=None, *, padding=0, dilation=1, ceil_mode=False,
-             layout="channels_last"):
+def min_pool(
+    x, window, stride=None, *, padding=0, dilation=1, ceil_mode=False, layout="channels_last"
+):
     """Min pooling: ``-max_pool(-x)``, padded positions never win (implicit ``+inf``).
 
     Arguments, output shape and gradient tie-breaking (first minimum in scan order)
@@ -475,8 +508,17 @@ def _window_count(w: _Window, i: int, include_pad_hi: int | None) -> np.ndarray:
     return end - start
 
 
-def avg_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
-             count_include_pad=True, divisor_override=None, layout="channels_last"):
+def avg_pool(
+    x,
+    window,
+    stride=None,
+    *,
+    padding=0,
+    ceil_mode=False,
+    count_include_pad=True,
+    divisor_override=None,
+    layout="channels_last",
+):
     """Average pooling, equal to ``torch.nn.functional.avg_pool{n}d``.
 
     Args:
@@ -518,13 +560,11 @@ def avg_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
         if all((c == c[0]).all() for c in counts):
             divisor = float(math.prod(int(c[0]) for c in counts))
         else:
-            divisor = functools.reduce(np.multiply,
-                                       (w.bcast(i, c) for i, c in enumerate(counts)))
+            divisor = functools.reduce(np.multiply, (w.bcast(i, c) for i, c in enumerate(counts)))
     return _unbatch((total / jnp.asarray(divisor, acc)).astype(x.dtype), batched)
 
 
-def sum_pool(x, window, stride=None, *, padding=0, ceil_mode=False,
-             layout="channels_last"):
+def sum_pool(x, window, stride=None, *, padding=0, ceil_mode=False, layout="channels_last"):
     """Sum pooling: the window sums (zero padding), ``avg_pool`` times the window size.
 
     Equal to ``torch.nn.functional.avg_pool{n}d(..., divisor_override=1)``.
@@ -580,6 +620,6 @@ def lp_pool(x, p, window, stride=None, *, ceil_mode=False, layout="channels_last
     # accum_dtype): its powers would overflow float16 long before the root.
     dtype = x_b.dtype
     x = jnp.asarray(x).astype(accum_dtype(dtype))
-    a = avg_pool(x ** power, window, stride, ceil_mode=ceil_mode, layout=layout)
+    a = avg_pool(x**power, window, stride, ceil_mode=ceil_mode, layout=layout)
     scaled = jnp.sign(a) * jax.nn.relu(jnp.abs(a)) * jnp.asarray(math.prod(w.k), a.dtype)
     return (scaled ** (1.0 / float(p))).astype(dtype)

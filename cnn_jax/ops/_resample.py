@@ -37,7 +37,6 @@ from cnn_jax.ops._args import (
     window_output_size,
 )
 
-
 # --------------------------------------------------------------------------- upsample
 
 
@@ -107,10 +106,10 @@ def _take(x, index: np.ndarray, axis: int):
         return x
     reps = len(index) // size
     if reps * size == len(index) and np.array_equal(index, np.repeat(np.arange(size), reps)):
-        shape = x.shape[:axis + 1] + (reps,) + x.shape[axis + 1:]
+        shape = x.shape[: axis + 1] + (reps,) + x.shape[axis + 1 :]
         kept = tuple(i for i in range(x.ndim + 1) if i != axis + 1)
         expanded = lax.broadcast_in_dim(x, shape, kept)
-        return expanded.reshape(x.shape[:axis] + (size * reps,) + x.shape[axis + 1:])
+        return expanded.reshape(x.shape[:axis] + (size * reps,) + x.shape[axis + 1 :])
     return jnp.take(x, jnp.asarray(index), axis=axis, mode="clip", indices_are_sorted=True)
 
 
@@ -249,8 +248,9 @@ def pixel_shuffle(x, upscale_factor, *, layout: str = "channels_last"):
     (1, 6, 10, 2)
     """
     op = "pixel_shuffle"
-    x, r, batch, channels, spatial = _rearrange_args(x, upscale_factor, "upscale_factor",
-                                                     layout, op)
+    x, r, batch, channels, spatial = _rearrange_args(
+        x, upscale_factor, "upscale_factor", layout, op
+    )
     n = len(spatial)
     if channels % r**n:
         raise ValueError(
@@ -287,8 +287,7 @@ def pixel_unshuffle(x, downscale_factor, *, layout: str = "channels_last"):
     (1, 3, 5, 8)
     """
     op = "pixel_unshuffle"
-    x, r, batch, c, spatial = _rearrange_args(x, downscale_factor, "downscale_factor", layout,
-                                              op)
+    x, r, batch, c, spatial = _rearrange_args(x, downscale_factor, "downscale_factor", layout, op)
     n = len(spatial)
     if any(s % r for s in spatial):
         raise ValueError(
@@ -304,8 +303,12 @@ def pixel_unshuffle(x, downscale_factor, *, layout: str = "channels_last"):
         return x.transpose(perm).reshape((batch, c * r**n) + small)
     # (N, S1, r1, S2, r2, ..., C) -> (N, S..., C, r...)
     x = x.reshape((batch,) + split + (c,))
-    perm = ((0,) + tuple(1 + 2 * d for d in range(n)) + (1 + 2 * n,)
-            + tuple(2 + 2 * d for d in range(n)))
+    perm = (
+        (0,)
+        + tuple(1 + 2 * d for d in range(n))
+        + (1 + 2 * n,)
+        + tuple(2 + 2 * d for d in range(n))
+    )
     return x.transpose(perm).reshape((batch,) + small + (c * r**n,))
 
 
@@ -317,7 +320,13 @@ def _window_geometry(op, n, spatial, window, stride, padding, dilation):
     s = ntuple(stride, n, "stride", op)
     d = ntuple(dilation, n, "dilation", op)
     pads = resolve_padding(
-        padding, n, op, input_shape=spatial, kernel_size=k, stride=s, dilation=d,
+        padding,
+        n,
+        op,
+        input_shape=spatial,
+        kernel_size=k,
+        stride=s,
+        dilation=d,
         allowed_strings=POOL_PADDING_STRINGS,
     )
     check_padded_size(spatial, pads, padding, op)
@@ -466,14 +475,14 @@ def _check_patches(patches, batched, layout, spatial, k, s, d, pads, out, op):
     if patches.shape[feat_ax] % kk:
         raise ValueError(
             f"{op}: patches.shape[{feat_ax - (not batched)}] must be divisible by prod(window) = "
-            f"{kk}, got patches.shape={tuple(patches.shape[int(not batched):])}"
+            f"{kk}, got patches.shape={tuple(patches.shape[int(not batched) :])}"
         )
     if patches.shape[len_ax] != length:
         raise ValueError(
             f"{op}: patches.shape[{len_ax - (not batched)}] must equal the number of blocks "
             f"{length} = prod({out}) for output_size={spatial}, window={k}, stride={s}, "
             f"padding={pads}, dilation={d}, got patches.shape="
-            f"{tuple(patches.shape[int(not batched):])}"
+            f"{tuple(patches.shape[int(not batched) :])}"
         )
 
 

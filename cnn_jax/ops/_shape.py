@@ -22,16 +22,24 @@ def _geometry(input_shape, kernel_size, stride, dilation, op: str):
     if isinstance(input_shape, (int, str)) or not isinstance(input_shape, Sequence):
         raise TypeError(f"{op}: input_shape must be a tuple of spatial sizes, got {input_shape!r}")
     if len(input_shape) == 0:
-        raise ValueError(f"{op}: input_shape must have at least one spatial dim, got "
-                         f"{input_shape!r}")
+        raise ValueError(
+            f"{op}: input_shape must have at least one spatial dim, got {input_shape!r}"
+        )
     n = len(input_shape)
     shape = ntuple(input_shape, n, "input_shape", op, min_value=1)
     k = ntuple(kernel_size, n, "kernel_size", op)
     return shape, k, ntuple(stride, n, "stride", op), ntuple(dilation, n, "dilation", op)
 
 
-def conv_output_shape(input_shape: Sequence[int], kernel_size, *, stride=1, padding=0,
-                      dilation=1, ceil_mode: bool = False) -> tuple[int, ...]:
+def conv_output_shape(
+    input_shape: Sequence[int],
+    kernel_size,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+) -> tuple[int, ...]:
     """Spatial output shape of a convolution or pooling window.
 
     Per dim: ``floor((in + lo + hi - dilation * (k - 1) - 1) / stride) + 1``
@@ -70,8 +78,9 @@ def conv_output_shape(input_shape: Sequence[int], kernel_size, *, stride=1, padd
     return out
 
 
-def conv_transpose_output_shape(input_shape: Sequence[int], kernel_size, *, stride=1,
-                                padding=0, output_padding=0, dilation=1) -> tuple[int, ...]:
+def conv_transpose_output_shape(
+    input_shape: Sequence[int], kernel_size, *, stride=1, padding=0, output_padding=0, dilation=1
+) -> tuple[int, ...]:
     """Spatial output shape of a transposed convolution (PyTorch's formula).
 
     Per dim: ``(in - 1) * stride - lo - hi + dilation * (k - 1) + output_padding + 1``,
@@ -144,7 +153,9 @@ def receptive_field(layers) -> ReceptiveField:
             f"cnn_jax model, got {type(layers).__name__}"
         )
     if len(layers) == 0:
-        raise ValueError(f"{op}: layers must hold at least one (kernel_size, stride) entry, got {layers!r}")
+        raise ValueError(
+            f"{op}: layers must hold at least one (kernel_size, stride) entry, got {layers!r}"
+        )
     n = 1
     for layer in layers:
         if not isinstance(layer, Sequence) or not 2 <= len(layer) <= 4:

@@ -67,8 +67,14 @@ _JOB = _Job()
 _EXIT = threading.Lock()  # the first report wins; a second waits for os._exit
 
 
-def connect(coordinator: str, num_processes: int, process_id: int, *,
-            connect_timeout: float, heartbeat_timeout: float):
+def connect(
+    coordinator: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    connect_timeout: float,
+    heartbeat_timeout: float,
+):
     """``jax.distributed.initialize(coordinator, num_processes, process_id)``, with a
     deadline, signals, and the watchdog. The runtime's client and service are built as
     ``jax.distributed.initialize`` builds them (``jax._src.distributed.State``), since
@@ -80,8 +86,7 @@ def connect(coordinator: str, num_processes: int, process_id: int, *,
     if state.client is not None:
         raise ConfigError("initialize_distributed: this process has already joined a job")
     backstop = int(max(100, 3 * heartbeat_timeout + 30))  # the runtime's C++ abort
-    bind = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS",
-                          "[::]:" + coordinator.rpartition(":")[2])
+    bind = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS", "[::]:" + coordinator.rpartition(":")[2])
     deadline = time.monotonic() + connect_timeout
     guard = active_guard()
     service = None
@@ -90,12 +95,19 @@ def connect(coordinator: str, num_processes: int, process_id: int, *,
         service.wait_ready(deadline, guard, coordinator)
     try:
         client = _jax.get_distributed_runtime_client(
-            coordinator, process_id, init_timeout=int(connect_timeout) + 30,
-            heartbeat_timeout=backstop, shutdown_timeout=300, use_compression=True)
+            coordinator,
+            process_id,
+            init_timeout=int(connect_timeout) + 30,
+            heartbeat_timeout=backstop,
+            shutdown_timeout=300,
+            use_compression=True,
+        )
     except Exception as e:
         _abandon(service)
-        raise ConfigError(f"initialize_distributed: cannot start the distributed runtime at "
-                          f"{coordinator} ({type(e).__name__}: {e})") from e
+        raise ConfigError(
+            f"initialize_distributed: cannot start the distributed runtime at "
+            f"{coordinator} ({type(e).__name__}: {e})"
+        ) from e
     outcome: list = []
     done = threading.Event()
 
@@ -108,9 +120,12 @@ def connect(coordinator: str, num_processes: int, process_id: int, *,
         done.set()
 
     threading.Thread(target=run, name="cnn_jax-connect", daemon=True).start()
-    who = (f"process 0 of {num_processes} (the coordinator, at {coordinator}) waited for "
-           f"every process to connect" if process_id == 0 else
-           f"process {process_id} of {num_processes} could not join the job at {coordinator}")
+    who = (
+        f"process 0 of {num_processes} (the coordinator, at {coordinator}) waited for "
+        f"every process to connect"
+        if process_id == 0
+        else f"process {process_id} of {num_processes} could not join the job at {coordinator}"
+    )
     while not done.wait(0.05):
         if guard is not None and guard.stop:
             _abandon(client, service)
@@ -120,11 +135,13 @@ def connect(coordinator: str, num_processes: int, process_id: int, *,
             raise ConfigError(
                 f"{who} for {connect_timeout:g} s (--connect-timeout): start all "
                 f"{num_processes} processes with the same --coordinator, reachable from "
-                f"every host")
+                f"every host"
+            )
     if outcome[0] is not None:
         _abandon(client, service)
-        raise ConfigError(f"{who}, and the connection failed "
-                          f"({type(outcome[0]).__name__}: {outcome[0]})")
+        raise ConfigError(
+            f"{who}, and the connection failed ({type(outcome[0]).__name__}: {outcome[0]})"
+        )
     state.coordinator_address, state.process_id = coordinator, process_id
     state.num_processes, state.service, state.client = num_processes, service, client
     _JOB.client, _JOB.process_id, _JOB.num_processes = client, process_id, num_processes
@@ -194,29 +211,47 @@ class _Service:
         import subprocess
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVICE_CODE, bind, str(num_processes), str(heartbeat),
-             str(grace)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+            [
+                sys.executable,
+                "-c",
+                _SERVICE_CODE,
+                bind,
+                str(num_processes),
+                str(heartbeat),
+                str(grace),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
 
     def wait_ready(self, deadline: float, guard, coordinator: str):
         import select
 
+        stdout = self.proc.stdout
+        assert stdout is not None  # Popen(stdout=PIPE)
         while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.05)
+            ready, _, _ = select.select([stdout], [], [], 0.05)
             if ready:
-                line = self.proc.stdout.readline().strip()
+                line = stdout.readline().strip()
                 if line == "ready":
                     return
                 self.kill()
-                raise ConfigError(f"initialize_distributed: cannot start the coordination "
-                                  f"service at {coordinator} ({line or 'it exited'})")
+                raise ConfigError(
+                    f"initialize_distributed: cannot start the coordination "
+                    f"service at {coordinator} ({line or 'it exited'})"
+                )
             if guard is not None and guard.stop:
                 self.kill()
                 raise ConfigError(f"{guard.name} while connecting to {coordinator}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise ConfigError(f"initialize_distributed: the coordination service did not "
-                                  f"start by the --connect-timeout")
+                raise ConfigError(
+                    "initialize_distributed: the coordination service did not "
+                    "start by the --connect-timeout"
+                )
 
     def shutdown(self):
         try:
@@ -247,8 +282,10 @@ class _Watch:
         self.answered = now
         self.closing = self.off = False
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=target, name=f"cnn_jax-{target.__name__[1:]}",
-                                         daemon=True) for target in (self._beat, self._monitor)]
+        self.threads = [
+            threading.Thread(target=target, name=f"cnn_jax-{target.__name__[1:]}", daemon=True)
+            for target in (self._beat, self._monitor)
+        ]
         for t in self.threads:
             t.start()
 
@@ -292,15 +329,22 @@ class _Watch:
                 if self.off:
                     return
                 if now - self.answered > timeout and not self.closing:
-                    reason = (f"process 0, the coordinator at {_JOB.coordinator}, stopped "
-                              f"responding (no answer for {timeout:g} s, --heartbeat-timeout)")
+                    reason = (
+                        f"process 0, the coordinator at {_JOB.coordinator}, stopped "
+                        f"responding (no answer for {timeout:g} s, --heartbeat-timeout)"
+                    )
                 else:
-                    dead = [q for q, t in self.heard.items()
-                            if q not in self.ended and now - t > timeout]
+                    dead = [
+                        q
+                        for q, t in self.heard.items()
+                        if q not in self.ended and now - t > timeout
+                    ]
                     if not dead:
                         continue
-                    reason = (f"process {dead[0]} stopped responding (nothing heard from it "
-                              f"for {timeout:g} s, --heartbeat-timeout)")
+                    reason = (
+                        f"process {dead[0]} stopped responding (nothing heard from it "
+                        f"for {timeout:g} s, --heartbeat-timeout)"
+                    )
             peer_lost(reason)
 
 
@@ -329,12 +373,19 @@ def _checkpoint_note() -> str:
         steps = []
     if not steps:
         return f"no checkpoint was complete in {folder}: start every process again"
-    return (f"the last complete checkpoint is {os.path.join(folder, str(steps[-1]))}: start "
-            f"every process again with --resume to continue from it")
+    return (
+        f"the last complete checkpoint is {os.path.join(folder, str(steps[-1]))}: start "
+        f"every process again with --resume to continue from it"
+    )
 
 
-_PEER_FAILURE = ("Gloo", "Connection reset by peer", "Connection closed by peer",
-                 "heartbeat timeout", "coordination service")
+_PEER_FAILURE = (
+    "Gloo",
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "heartbeat timeout",
+    "coordination service",
+)
 
 
 def _on_failure(exc: BaseException | None):
@@ -345,11 +396,14 @@ def _on_failure(exc: BaseException | None):
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, (RuntimeError, ValueError)) and any(
-                word in str(exc) for word in _PEER_FAILURE):
+            word in str(exc) for word in _PEER_FAILURE
+        ):
             time.sleep(_JOB.heartbeat_timeout + 2 * min(1.0, _JOB.heartbeat_timeout / 5))
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            peer_lost(f"a collective operation with the other processes failed ({first[:200]}): "
-                      f"a process of the job died")
+            peer_lost(
+                f"a collective operation with the other processes failed ({first[:200]}): "
+                f"a process of the job died"
+            )
         exc = exc.__cause__ or exc.__context__
 
 
@@ -361,8 +415,7 @@ def _ended():
     with watch.lock:
         watch.closing = True
     try:
-        _JOB.client.key_value_set(f"{PREFIX}/ended/{_JOB.process_id}", "1",
-                                  allow_overwrite=True)
+        _JOB.client.key_value_set(f"{PREFIX}/ended/{_JOB.process_id}", "1", allow_overwrite=True)
     except Exception:  # noqa: BLE001 - best effort: the runtime is going away
         pass
     watch.stop()  # the peers now ignore this process's silence
@@ -375,8 +428,11 @@ def data_fingerprint(*datasets) -> list:
 
     prints = []
     for data in datasets:
-        record = {"examples": len(data), "image_shape": list(data.image_shape),
-                  "num_classes": data.num_classes}
+        record = {
+            "examples": len(data),
+            "image_shape": list(data.image_shape),
+            "num_classes": data.num_classes,
+        }
         if isinstance(data, ImageStream):
             record.update(data.fingerprint())
         else:
@@ -386,7 +442,7 @@ def data_fingerprint(*datasets) -> list:
             for array in (data.images, data.labels):
                 array = np.ascontiguousarray(array)
                 h.update(f"{array.dtype.str}{array.shape}".encode())
-                h.update(memoryview(array).cast("B"))
+                h.update(array.tobytes())
             record["sha1"] = h.hexdigest()
         prints.append(record)
     return prints
@@ -428,8 +484,10 @@ def agree_across_processes(config, *datasets):
                 raise ConfigError(f"{guard.name} while the processes compared flags")
             watch = _JOB.watch
             if watch is not None and q in watch.ended:
-                raise ConfigError(f"process {q} ended before comparing its flags with "
-                                  f"the other processes' (see its error)")
+                raise ConfigError(
+                    f"process {q} ended before comparing its flags with "
+                    f"the other processes' (see its error)"
+                )
     for q in range(1, n):
         for field, mine in records[0].items():
             theirs = records[q].get(field)
@@ -439,13 +497,17 @@ def agree_across_processes(config, *datasets):
                 raise ConfigError(
                     f"process {q} read a different data set from process 0's "
                     f"({_describe(theirs)} against {_describe(mine)}): every process of a "
-                    f"job must read the same data")
+                    f"job must read the same data"
+                )
             raise ConfigError(
                 f"process {q} was started with {field}={theirs!r}, process 0 with "
                 f"{field}={mine!r}: every process of a job must be started with the same "
-                f"flags")
+                f"flags"
+            )
 
 
 def _describe(prints: list) -> str:
-    return "; ".join(f"{p['examples']} examples of shape {tuple(p['image_shape'])}, SHA-1 "
-                     f"{p['sha1'][:12]}" for p in prints)
+    return "; ".join(
+        f"{p['examples']} examples of shape {tuple(p['image_shape'])}, SHA-1 {p['sha1'][:12]}"
+        for p in prints
+    )

@@ -26,8 +26,9 @@ def _example_keys(key, n: int, index):
     if index is None:
         index = jnp.arange(n, dtype=jnp.int32)
     if index.shape != (n,):
-        raise ValueError(f"augment: index must have shape ({n},) (one per image), "
-                         f"got {index.shape}")
+        raise ValueError(
+            f"augment: index must have shape ({n},) (one per image), got {index.shape}"
+        )
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
 
 
@@ -36,8 +37,9 @@ def crop_offsets(key, n: int, padding: int, index=None):
     draws: image ``i`` is the window at ``(dy, dx)`` of the zero-padded image, i.e.
     its content moves by ``(padding - dy, padding - dx)`` pixels."""
     keys = _example_keys(key, n, index)
-    return jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (2,), 0,
-                                                 2 * padding + 1))(keys)
+    return jax.vmap(
+        lambda k: jax.random.randint(jax.random.fold_in(k, 0), (2,), 0, 2 * padding + 1)
+    )(keys)
 
 
 def flip_draws(key, n: int, index=None):
@@ -74,11 +76,13 @@ def random_crop(key, images, padding: int, masks=None, *, index=None):
     offsets = crop_offsets(key, n, padding, index)
     p = ((0, 0), (padding, padding), (padding, padding), (0, 0))
     out = jax.vmap(lambda img, o: lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
-        jnp.pad(images, p), offsets)
+        jnp.pad(images, p), offsets
+    )
     if masks is None:
         return out
     out_m = jax.vmap(lambda m, o: lax.dynamic_slice(m, (o[0], o[1]), (h, w)))(
-        jnp.pad(masks, p[:3]), offsets)
+        jnp.pad(masks, p[:3]), offsets
+    )
     return out, out_m
 
 
@@ -105,8 +109,7 @@ def random_flip(key, images, masks=None, *, index=None):
     return out, jnp.where(flip[:, None, None], masks[:, :, ::-1], masks)
 
 
-def augment(key, images, masks=None, *, crop_padding: int = 4, flip: bool = True,
-            index=None):
+def augment(key, images, masks=None, *, crop_padding: int = 4, flip: bool = True, index=None):
     """Random shift (zero-padded crop), then (optionally) a random horizontal flip.
 
     Args:

@@ -44,9 +44,11 @@ def _first_line(error: BaseException) -> str:
 
 
 def _gone(path: str) -> str:
-    return (f"checkpoint {path} was deleted while it was read (the run training in "
-            f"{os.path.dirname(path)} keeps only its latest checkpoints); run the command "
-            f"again")
+    return (
+        f"checkpoint {path} was deleted while it was read (the run training in "
+        f"{os.path.dirname(path)} keeps only its latest checkpoints); run the command "
+        f"again"
+    )
 
 
 class _QuietOrbaxErrors(logging.Filter):
@@ -123,8 +125,10 @@ class Checkpointer:
         self.keep = keep
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=None, create=True,
-                                                 enable_async_checkpointing=False))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None, create=True, enable_async_checkpointing=False
+            ),
+        )
         self._metrics: dict[int, float | None] = {}
 
     # -------------------------------------------------------------- queries
@@ -148,11 +152,15 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad file
             if not os.path.isdir(path):
                 raise CheckpointError(_gone(path)) from None
-            raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: its JSON record "
-                                  f"could not be read ({_first_line(e)})") from e
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or unreadable: its JSON record "
+                f"could not be read ({_first_line(e)})"
+            ) from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint {path} is corrupt or not a cnn_jax checkpoint: "
-                                  f"expected a record with format {FORMAT_VERSION}")
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or not a cnn_jax checkpoint: "
+                f"expected a record with format {FORMAT_VERSION}"
+            )
         return meta
 
     def best_step(self, *, strict: bool = False) -> int | None:
@@ -176,7 +184,8 @@ class Checkpointer:
                     if strict:
                         raise CheckpointError(
                             f"cannot tell which checkpoint is best: {e}; pass --checkpoint "
-                            f"latest, or remove that step's folder") from None
+                            f"latest, or remove that step's folder"
+                        ) from None
                     self._metrics[step] = None
 
     # -------------------------------------------------------------- save / restore
@@ -191,25 +200,39 @@ class Checkpointer:
         """
         ocp = self._ocp
         paths, leaves = flatten_state(state)
-        record = dict(meta, format=FORMAT_VERSION, step=int(step), metric=metric,
-                      paths=paths, leaves=[_leaf_record(x) for x in leaves],
-                      sha1=[_digest(x) for x in leaves])
+        record = dict(
+            meta,
+            format=FORMAT_VERSION,
+            step=int(step),
+            metric=metric,
+            paths=paths,
+            leaves=[_leaf_record(x) for x in leaves],
+            sha1=[_digest(x) for x in leaves],
+        )
         arrays = {f"leaf_{i:05d}": x for i, x in enumerate(leaves)}
         path = os.path.join(self.directory, str(step))
         if step in self._manager.all_steps():
             self._delete(step)
         try:
-            self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)))
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)
+                ),
+            )
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
             _quiet_late_callbacks()
             self.clean_debris()
             latest = self.latest_step()
-            kept = (f"the last complete checkpoint, {self.directory}/{latest}, is intact"
-                    if latest is not None and latest != step else "no complete checkpoint")
-            raise CheckpointError(f"could not write checkpoint {path}: "
-                                  f"{os_error_reason(e, self.directory)}; {kept}") from e
+            kept = (
+                f"the last complete checkpoint, {self.directory}/{latest}, is intact"
+                if latest is not None and latest != step
+                else "no complete checkpoint"
+            )
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {os_error_reason(e, self.directory)}; {kept}"
+            ) from e
         self._metrics[int(step)] = metric
         self._prune()
         return path
@@ -240,7 +263,7 @@ class Checkpointer:
 
     def _prune(self):
         steps = self.all_steps()
-        keep = set(steps[-self.keep:])
+        keep = set(steps[-self.keep :])
         best = self.best_step()
         if best is not None:
             keep.add(best)
@@ -272,7 +295,8 @@ class Checkpointer:
             if meta.get(key) != value:
                 raise CheckpointError(
                     f"checkpoint {path} was written for {key} {meta.get(key)!r}, but this "
-                    f"run has {key} {value!r}")
+                    f"run has {key} {value!r}"
+                )
         flat, treedef = jax.tree_util.tree_flatten_with_path(target)
         paths = [jax.tree_util.keystr(p) for p, _ in flat]
         targets = [x for _, x in flat]
@@ -283,34 +307,42 @@ class Checkpointer:
             raise CheckpointError(
                 f"checkpoint {path} does not match this model: state entries must be the same, "
                 f"got {len(missing)} missing (e.g. {missing[:3]}) and {len(extra)} unexpected "
-                f"(e.g. {extra[:3]})")
+                f"(e.g. {extra[:3]})"
+            )
         abstract, mismatched = {}, []
         for i, (p, x) in enumerate(zip(paths, targets)):
             data = jax.random.key_data(x) if _is_key(x) else x
             if meta["leaves"][i] != _leaf_record(data):
                 mismatched.append((not p.startswith("['params']"), p, data, i))
             abstract[f"leaf_{i:05d}"] = jax.ShapeDtypeStruct(
-                data.shape, data.dtype, sharding=getattr(data, "sharding", None))
+                data.shape, data.dtype, sharding=getattr(data, "sharding", None)
+            )
         if mismatched:  # name a parameter rather than an optimiser slot when possible
             _, p, data, i = min(mismatched, key=lambda m: (m[0], m[3]))
             raise CheckpointError(
                 f"checkpoint {path} does not match this model: {p} must have shape/dtype "
                 f"{_leaf_record(data)}, got {meta['leaves'][i]} ({len(mismatched)} "
-                f"entries differ)")
+                f"entries differ)"
+            )
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract)))["state"]
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )["state"]
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
             if not os.path.isdir(path):
                 raise CheckpointError(_gone(path)) from None
-            raise CheckpointError(f"checkpoint {path} is corrupt or unreadable: its arrays could "
-                                  f"not be read ({_first_line(e)})") from e
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or unreadable: its arrays could "
+                f"not be read ({_first_line(e)})"
+            ) from e
         leaves = []
         for i, (p, x) in enumerate(zip(paths, targets)):
             arr = restored[f"leaf_{i:05d}"]
             if _digest(arr) != meta["sha1"][i]:
-                raise CheckpointError(f"checkpoint {path} is corrupt: the data of {p} does not "
-                                      f"match its recorded SHA-1")
+                raise CheckpointError(
+                    f"checkpoint {path} is corrupt: the data of {p} does not "
+                    f"match its recorded SHA-1"
+                )
             if _is_key(x):
                 arr = jax.random.wrap_key_data(arr, impl=jax.random.key_impl(x))
             leaves.append(arr)

@@ -26,8 +26,19 @@ SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")
 
 # Fields that may differ between a run and its --resume (everything else must match).
-RESUMABLE = ("epochs", "data_dir", "out", "resume", "quiet", "keep_checkpoints",
-             "checkpoint_every", "eval_batch_size", "num_devices", "workers", "on_bad_image")
+RESUMABLE = (
+    "epochs",
+    "data_dir",
+    "out",
+    "resume",
+    "quiet",
+    "keep_checkpoints",
+    "checkpoint_every",
+    "eval_batch_size",
+    "num_devices",
+    "workers",
+    "on_bad_image",
+)
 
 
 # Bounds of the flags, checked before anything is loaded or written.
@@ -61,80 +72,126 @@ class TrainConfig:
     it does (``cnn-jax train --help`` prints them).
     """
 
-    model: str | None = _field(None, "architecture (default: the data set's default model)",
-                               choices="models")
+    model: str | None = _field(
+        None, "architecture (default: the data set's default model)", choices="models"
+    )
     dataset: str = _field("digits", "data set", choices="datasets")
-    data_dir: str | None = _field(None, "folder with the data set's files "
-                                        "(mnist, fashion_mnist, cifar10, folder)")
+    data_dir: str | None = _field(
+        None, "folder with the data set's files (mnist, fashion_mnist, cifar10, folder)"
+    )
     epochs: int = _field(15, "passes over the training set")
     batch_size: int = _field(64, "global batch size (split over all devices)")
-    optimizer: str = _field("adamw", "adamw, or sgd (momentum 0.9, Nesterov)",
-                            choices=OPTIMIZERS)
+    optimizer: str = _field("adamw", "adamw, or sgd (momentum 0.9, Nesterov)", choices=OPTIMIZERS)
     lr: float = _field(3e-3, "peak learning rate")
-    schedule: str = _field("cosine", "after warm-up: cosine decay to 0, or constant",
-                           choices=SCHEDULES)
+    schedule: str = _field(
+        "cosine", "after warm-up: cosine decay to 0, or constant", choices=SCHEDULES
+    )
     warmup: float = _field(1.0, "linear warm-up, in epochs (may be fractional)")
     weight_decay: float = _field(1e-4, "decoupled weight decay on kernels (not biases/norms)")
-    augment: bool = _field(True, "random shifts (1 px for images <= 16 px, else 4 px; "
-                                 "zero fill) and, for RGB sets, horizontal flips")
-    dtype: str = _field("float32", "compute dtype (params and optimiser state stay float32)",
-                        choices=DTYPES)
-    seed: int = _field(0, "seeds initialisation, data order, augmentation and dropout "
-                          "(0 to 2**32 - 1)")
+    augment: bool = _field(
+        True,
+        "random shifts (1 px for images <= 16 px, else 4 px; "
+        "zero fill) and, for RGB sets, horizontal flips",
+    )
+    dtype: str = _field(
+        "float32", "compute dtype (params and optimiser state stay float32)", choices=DTYPES
+    )
+    seed: int = _field(
+        0, "seeds initialisation, data order, augmentation and dropout (0 to 2**32 - 1)"
+    )
     out: str | None = _field(None, "output folder (default: runs/MODEL-DATASET-TIME)")
-    resume: bool = _field(False, "continue the run in --out from its latest checkpoint, "
-                                 "with the configuration in its run.json")
+    resume: bool = _field(
+        False,
+        "continue the run in --out from its latest checkpoint, "
+        "with the configuration in its run.json",
+    )
     quiet: bool = _field(False, "no progress bar or per-epoch lines")
     keep_checkpoints: int = _field(2, "latest checkpoints to keep (the best is kept too)")
-    checkpoint_every: float = _field(300.0, "seconds between checkpoints (written at an "
-                                            "epoch's end; 0: every epoch; inf: none but the "
-                                            "last); always at the end and on interrupt")
+    checkpoint_every: float = _field(
+        300.0,
+        "seconds between checkpoints (written at an "
+        "epoch's end; 0: every epoch; inf: none but the "
+        "last); always at the end and on interrupt",
+    )
     eval_batch_size: int = _field(512, "evaluation batch size")
     num_devices: int | None = _field(None, "devices to use (default: all)", flag="--devices")
-    image_size: int | None = _field(None, "resize inputs to SIZE x SIZE, at most "
-                                          f"{MAX_IMAGE_SIZE} (default: the data set's size, "
-                                          "or the model's fixed size)")
-    width: int | None = _field(None, "channel width of models that have one "
-                                     f"(digits_cnn, simple_cnn, unet), at most {MAX_WIDTH}")
+    image_size: int | None = _field(
+        None,
+        "resize inputs to SIZE x SIZE, at most "
+        f"{MAX_IMAGE_SIZE} (default: the data set's size, "
+        "or the model's fixed size)",
+    )
+    width: int | None = _field(
+        None,
+        "channel width of models that have one "
+        f"(digits_cnn, simple_cnn, unet), at most {MAX_WIDTH}",
+    )
     limit: int | None = _field(None, "use only the first N train and test examples")
-    workers: int | None = _field(None, "processes decoding and augmenting streamed images "
-                                       "(folder, imagenet); 0: in this process; more than "
-                                       "the usable cores are capped to them (default: one "
-                                       "per core, at most 16)")
-    on_bad_image: str = _field("error", "an unreadable image in a streamed data set: stop "
-                                        "the run naming the file (error), or skip it and "
-                                        "count it in summary.json (skip)",
-                               choices=BAD_IMAGE_POLICIES)
+    workers: int | None = _field(
+        None,
+        "processes decoding and augmenting streamed images "
+        "(folder, imagenet); 0: in this process; more than "
+        "the usable cores are capped to them (default: one "
+        "per core, at most 16)",
+    )
+    on_bad_image: str = _field(
+        "error",
+        "an unreadable image in a streamed data set: stop "
+        "the run naming the file (error), or skip it and "
+        "count it in summary.json (skip)",
+        choices=BAD_IMAGE_POLICIES,
+    )
 
     def __post_init__(self):
         op = "TrainConfig"
         if self.model is not None and self.model not in _registry.MODELS:
-            raise ConfigError(f"{op}: model must be one of {tuple(_registry.MODELS)}, "
-                             f"got {self.model!r}")
+            raise ConfigError(
+                f"{op}: model must be one of {tuple(_registry.MODELS)}, got {self.model!r}"
+            )
         if self.dataset not in _registry.DATASETS:
-            raise ConfigError(f"{op}: dataset must be one of {tuple(_registry.DATASETS)}, "
-                             f"got {self.dataset!r}")
-        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                              ("dtype", DTYPES), ("on_bad_image", BAD_IMAGE_POLICIES)):
+            raise ConfigError(
+                f"{op}: dataset must be one of {tuple(_registry.DATASETS)}, got {self.dataset!r}"
+            )
+        for name, choices in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("dtype", DTYPES),
+            ("on_bad_image", BAD_IMAGE_POLICIES),
+        ):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"{op}: {name} must be one of {choices}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{op}: {name} must be one of {choices}, got {getattr(self, name)!r}"
+                )
         # (field, optional, smallest, largest): largest None is unbounded
         for name, optional, low, high in (
-                ("epochs", False, 1, MAX_SIZE), ("batch_size", False, 1, MAX_SIZE),
-                ("eval_batch_size", False, 1, MAX_SIZE), ("keep_checkpoints", False, 1, None),
-                ("num_devices", True, 1, MAX_SIZE), ("image_size", True, 1, MAX_IMAGE_SIZE),
-                ("width", True, 1, MAX_WIDTH), ("limit", True, 1, None),
-                ("seed", False, 0, MAX_SEED), ("workers", True, 0, MAX_SIZE)):
-            self._set(name, _check_int(getattr(self, name), name, op, optional=optional,
-                                       low=low, high=high))
+            ("epochs", False, 1, MAX_SIZE),
+            ("batch_size", False, 1, MAX_SIZE),
+            ("eval_batch_size", False, 1, MAX_SIZE),
+            ("keep_checkpoints", False, 1, None),
+            ("num_devices", True, 1, MAX_SIZE),
+            ("image_size", True, 1, MAX_IMAGE_SIZE),
+            ("width", True, 1, MAX_WIDTH),
+            ("limit", True, 1, None),
+            ("seed", False, 0, MAX_SEED),
+            ("workers", True, 0, MAX_SIZE),
+        ):
+            self._set(
+                name,
+                _check_int(getattr(self, name), name, op, optional=optional, low=low, high=high),
+            )
         # (field, smallest, whether the smallest is allowed, whether inf is allowed, unit)
         for name, low, closed, inf_ok, unit in (
-                ("lr", 0.0, False, False, ""), ("warmup", 0.0, True, False, " epochs"),
-                ("weight_decay", 0.0, True, False, ""),
-                ("checkpoint_every", 0.0, True, True, " seconds")):
-            self._set(name, _check_float(getattr(self, name), name, op, low=low, closed=closed,
-                                         inf_ok=inf_ok, unit=unit))
+            ("lr", 0.0, False, False, ""),
+            ("warmup", 0.0, True, False, " epochs"),
+            ("weight_decay", 0.0, True, False, ""),
+            ("checkpoint_every", 0.0, True, True, " seconds"),
+        ):
+            self._set(
+                name,
+                _check_float(
+                    getattr(self, name), name, op, low=low, closed=closed, inf_ok=inf_ok, unit=unit
+                ),
+            )
         for name in ("augment", "resume", "quiet"):
             self._set(name, _check_bool(getattr(self, name), name, op))
         for name in ("data_dir", "out"):
@@ -147,7 +204,8 @@ class TrainConfig:
             raise ConfigError(
                 f"{op}: model must suit the {self.dataset!r} data set's task ({task}), got "
                 f"{self.model_name!r} (task {model.task}); e.g. --model "
-                f"{_registry.DATASETS[self.dataset].default_model}")
+                f"{_registry.DATASETS[self.dataset].default_model}"
+            )
 
     def _set(self, name: str, value):
         """Store the normalised value (a Python int, float, bool or str) on the frozen
@@ -183,13 +241,24 @@ class TrainConfig:
         h, w, c = (int(v) for v in image_shape)
         problem = _model_problem(self, num_classes, (h, w, c))
         if isinstance(problem, Exception):
-            fits = next((s for s in (2**k for k in range(1, 13)) if s > max(h, w) and
-                         not isinstance(_model_problem(self, num_classes, (s, s, c)),
-                                        Exception)), None)
-            hint = (f"; it takes {fits}x{fits}: pass --image-size {fits} (or larger images)"
-                    if fits is not None else "")
-            raise ConfigError(f"train: model {self.model_name!r} does not take the data set's "
-                              f"{h}x{w}x{c} images ({problem}){hint}")
+            fits = next(
+                (
+                    s
+                    for s in (2**k for k in range(1, 13))
+                    if s > max(h, w)
+                    and not isinstance(_model_problem(self, num_classes, (s, s, c)), Exception)
+                ),
+                None,
+            )
+            hint = (
+                f"; it takes {fits}x{fits}: pass --image-size {fits} (or larger images)"
+                if fits is not None
+                else ""
+            )
+            raise ConfigError(
+                f"train: model {self.model_name!r} does not take the data set's "
+                f"{h}x{w}x{c} images ({problem}){hint}"
+            )
         from cnn_jax.train._data import host_memory
 
         # float32 parameters, their gradients, and the optimiser's moments (AdamW: 2,
@@ -202,7 +271,8 @@ class TrainConfig:
                 f"{'' if self.width is None else f' at --width {self.width}'} has "
                 f"{problem:,} parameters, whose training state ({copies} float32 copies, "
                 f"{need / 2**30:.1f} GiB) exceeds this machine's {memory / 2**30:.1f} GiB of "
-                f"memory; pass a smaller --width or another --model")
+                f"memory; pass a smaller --width or another --model"
+            )
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with ``changes`` applied (validated again)."""
@@ -218,8 +288,9 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(record) - names)
         if unknown:
-            raise ConfigError(f"TrainConfig: fields must be among {sorted(names)}, got "
-                             f"unknown {unknown}")
+            raise ConfigError(
+                f"TrainConfig: fields must be among {sorted(names)}, got unknown {unknown}"
+            )
         return cls(**record)
 
     @classmethod
@@ -229,8 +300,16 @@ class TrainConfig:
         >>> TrainConfig.quick().epochs
         1
         """
-        base = dict(epochs=1, batch_size=32, eval_batch_size=64, limit=256, width=8,
-                    quiet=True, warmup=0.0, keep_checkpoints=1)
+        base = dict(
+            epochs=1,
+            batch_size=32,
+            eval_batch_size=64,
+            limit=256,
+            width=8,
+            quiet=True,
+            warmup=0.0,
+            keep_checkpoints=1,
+        )
         base.update(changes)
         return cls(**base)
 
@@ -246,8 +325,7 @@ def _named(name: str) -> str:
     return f"{name} ({flag_of(name)})"
 
 
-def _check_int(value, name: str, op: str, *, optional: bool, low: int = 1,
-               high: int | None = None):
+def _check_int(value, name: str, op: str, *, optional: bool, low: int = 1, high: int | None = None):
     """A whole number in ``[low, high]`` (numpy ints pass, as Python ints; bools and floats
     fail), or None when ``optional``."""
     if optional and value is None:
@@ -262,15 +340,18 @@ def _check_int(value, name: str, op: str, *, optional: bool, low: int = 1,
         raise ConfigError(f"{op}: {_named(name)} must be {rule}, got {value!r}")
     if high is not None and number > high:
         limit = "2**31 - 1" if high == MAX_SIZE else "2**32 - 1" if high == MAX_SEED else high
-        why = {"seed": " (JAX keeps 32 bits of a seed)",
-               "epochs": " (the step counter is an int32)",
-               "image_size": " pixels a side"}.get(name, "")
+        why = {
+            "seed": " (JAX keeps 32 bits of a seed)",
+            "epochs": " (the step counter is an int32)",
+            "image_size": " pixels a side",
+        }.get(name, "")
         raise ConfigError(f"{op}: {_named(name)} must be <= {limit}{why}, got {value!r}")
     return int(number)
 
 
-def _check_float(value, name: str, op: str, *, low: float, closed: bool, inf_ok: bool,
-                 unit: str) -> float:
+def _check_float(
+    value, name: str, op: str, *, low: float, closed: bool, inf_ok: bool, unit: str
+) -> float:
     """A real number (ints pass, as floats; bools and strings fail) above ``low``
     (``closed``: or equal), finite unless ``inf_ok``; NaN always fails."""
     rule = f"be {'>=' if closed else '>'} {low:g}{unit}"
@@ -280,7 +361,8 @@ def _check_float(value, name: str, op: str, *, low: float, closed: bool, inf_ok:
         raise ConfigError(f"{op}: {_named(name)} must be a number {rule[3:]}, got {value!r}")
     number = float(value)
     if not (number >= low if closed else number > low) or (  # also catches NaN
-            math.isinf(number) and not inf_ok):
+        math.isinf(number) and not inf_ok
+    ):
         raise ConfigError(f"{op}: {_named(name)} must {rule}, got {value!r}")
     return number
 
@@ -299,8 +381,7 @@ def _check_path(value, name: str, op: str) -> str | None:
         return None
     path = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(path, str) or not path:
-        raise ConfigError(f"{op}: {_named(name)} must be None or a non-empty path, "
-                          f"got {value!r}")
+        raise ConfigError(f"{op}: {_named(name)} must be None or a non-empty path, got {value!r}")
     return path
 
 
@@ -320,8 +401,7 @@ def _model_problem(config: TrainConfig, num_classes: int, image_shape: tuple):
         return model(x), nnx.state(model, nnx.Param)
 
     try:
-        _, params = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *image_shape),
-                                                                 jnp.float32))
+        _, params = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     except (ValueError, TypeError) as e:
         return e
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))

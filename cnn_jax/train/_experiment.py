@@ -24,9 +24,14 @@ from cnn_jax.train._config import RESUMABLE, ConfigError, TrainConfig
 from cnn_jax.train._data import Dataset, load_dataset
 from cnn_jax.train._loop import History, fit
 from cnn_jax.train._registry import DATASETS, MODELS
-from cnn_jax.train._runfolder import (RUN_FILE, RunFolderError, checkpoint_steps,
-                                      hold_run_folder, refuse_foreign_checkpoints,
-                                      write_json)
+from cnn_jax.train._runfolder import (
+    RUN_FILE,
+    RunFolderError,
+    checkpoint_steps,
+    hold_run_folder,
+    refuse_foreign_checkpoints,
+    write_json,
+)
 from cnn_jax.train._sharding import make_mesh
 from cnn_jax.train._signals import active_guard
 from cnn_jax.train._step import Trainer, run_once
@@ -36,9 +41,15 @@ from cnn_jax.train._stream import ImageStream, load_image, normalize
 MIN_FREE_BYTES = 64 * 1024
 
 
-def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int], *,
-                 width: int | None = None, seed: int = 0, dtype: str = "float32"
-                 ) -> nnx.Module:
+def create_model(
+    name: str,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    *,
+    width: int | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> nnx.Module:
     """Build a registered model (``cnn_jax.train.MODELS``) by its command-line name.
 
     Parameters are initialised in one compiled program (not one per initialiser).
@@ -62,8 +73,9 @@ def create_model(name: str, num_classes: int, image_shape: tuple[int, int, int],
     graphdef = []
 
     def init():
-        model = entry.build(num_classes, tuple(image_shape), rngs=nnx.Rngs(seed), width=width,
-                            dtype=compute)
+        model = entry.build(
+            num_classes, tuple(image_shape), rngs=nnx.Rngs(seed), width=width, dtype=compute
+        )
         g, state = nnx.split(model)
         graphdef.append(g)  # static structure, no tracers
         return state
@@ -100,8 +112,9 @@ def read_run(out: str) -> dict:
 
     path = os.path.join(out, RUN_FILE)
     if not os.path.isfile(path):
-        raise CheckpointError(f"missing file {path}: expected the run record written by "
-                              f"'cnn-jax train --out {out}'")
+        raise CheckpointError(
+            f"missing file {path}: expected the run record written by 'cnn-jax train --out {out}'"
+        )
     expected = f"malformed file {path}: expected the run record written by cnn-jax train"
     try:
         with open(path, "rb") as f:
@@ -124,16 +137,19 @@ def read_run(out: str) -> dict:
     try:
         config = TrainConfig.from_dict(dict(run["config"], resume=False))
     except (ValueError, TypeError) as e:  # ConfigError, or a missing required field
-        raise CheckpointError(f"{expected}; 'config' must hold a valid configuration "
-                              f"({type(e).__name__}: {e})") from e
-    for key, want in (("model", config.model_name), ("dataset", config.dataset),
-                      ("task", config.task)):
+        raise CheckpointError(
+            f"{expected}; 'config' must hold a valid configuration ({type(e).__name__}: {e})"
+        ) from e
+    for key, want in (
+        ("model", config.model_name),
+        ("dataset", config.dataset),
+        ("task", config.task),
+    ):
         if key in run and run[key] != want:
             bad(f"{key!r}", f"the config's {want!r}", run[key])
 
     def count(value, low=1):
-        return (isinstance(value, int) and not isinstance(value, bool)
-                and low <= value <= MAX_SIZE)
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_SIZE
 
     if not count(run["num_classes"]):
         bad("'num_classes'", "a positive int", run["num_classes"])
@@ -144,13 +160,21 @@ def read_run(out: str) -> dict:
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         bad("'class_names'", "a list of strings", names)
     if len(names) != run["num_classes"]:
-        bad("'class_names'", f"one name per class ({run['num_classes']} names, "
-                             f"'num_classes')", f"{len(names)} names")
+        bad(
+            "'class_names'",
+            f"one name per class ({run['num_classes']} names, 'num_classes')",
+            f"{len(names)} names",
+        )
     record = run.get("input")
     if record is not None:
-        numbers = lambda v: (isinstance(v, list) and len(v) == shape[2]  # noqa: E731
-                             and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                     and math.isfinite(x) for x in v))
+        numbers = lambda v: (
+            isinstance(v, list)
+            and len(v) == shape[2]  # noqa: E731
+            and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in v
+            )
+        )
         if not isinstance(record, dict) or record.get("recipe") not in RECIPES:
             bad("'input'", f"null or an object whose 'recipe' is one of {RECIPES}", record)
         if record.get("size") != shape:
@@ -158,12 +182,19 @@ def read_run(out: str) -> dict:
         for key in ("mean", "std"):
             value = record.get(key)
             if value is not None and not numbers(value):
-                bad(f"'input' {key!r}", f"null or {shape[2]} finite numbers (one per "
-                                        f"channel)", value)
+                bad(
+                    f"'input' {key!r}",
+                    f"null or {shape[2]} finite numbers (one per channel)",
+                    value,
+                )
         if (record.get("mean") is None) != (record.get("std") is None) or (
-                record.get("std") is not None and min(record["std"]) <= 0):
-            bad("'input' 'mean' and 'std'", "both null or both given, std > 0",
-                [record.get("mean"), record.get("std")])
+            record.get("std") is not None and min(record["std"]) <= 0
+        ):
+            bad(
+                "'input' 'mean' and 'std'",
+                "both null or both given, std > 0",
+                [record.get("mean"), record.get("std")],
+            )
     run["config"] = config
     return run
 
@@ -193,14 +224,21 @@ def resume_config(out: str, **changes) -> TrainConfig:
                 f"cannot resume {out} with {key}={value!r}: the run was started with "
                 f"{key}={current!r} (in {os.path.join(out, RUN_FILE)}); only "
                 f"{', '.join(k for k in RESUMABLE if k not in ('out', 'resume'))} may change "
-                f"on --resume")
+                f"on --resume"
+            )
     return config.replace(**dict(changes, out=out, resume=True))
 
 
 # RESUMABLE fields a resume takes from the latest checkpoint when not given again (the
 # per-machine ones -- devices, workers, quiet -- are not inherited).
-INHERITED = ("epochs", "keep_checkpoints", "checkpoint_every", "eval_batch_size",
-             "on_bad_image", "data_dir")
+INHERITED = (
+    "epochs",
+    "keep_checkpoints",
+    "checkpoint_every",
+    "eval_batch_size",
+    "on_bad_image",
+    "data_dir",
+)
 
 
 def _checkpointed_config(out: str) -> dict:
@@ -234,32 +272,53 @@ def train_and_evaluate(config: TrainConfig, **fit_kwargs) -> History:
     agree_across_processes(config, train, test)  # several processes: the same run, or none
     guard = active_guard()
     if guard is not None and guard.stop:  # interrupted while the data loaded
-        print(f"{guard.name}: interrupted while loading the data; nothing written",
-              file=sys.stderr)
-        return History(interrupted=True, signal=guard.signal,
-                       summary={"epochs": 0, "interrupted": True})
+        print(f"{guard.name}: interrupted while loading the data; nothing written", file=sys.stderr)
+        return History(
+            interrupted=True, signal=guard.signal, summary={"epochs": 0, "interrupted": True}
+        )
     if len(train) < config.batch_size:
         raise ConfigError(
             f"train: batch_size must be <= the number of training examples of "
             f"{config.dataset!r} ({len(train)}), got {config.batch_size}; pass "
-            f"--batch-size {max(1, len(train))} or less")
+            f"--batch-size {max(1, len(train))} or less"
+        )
     config.check_input(train.num_classes, train.image_shape)  # before compiling or writing
-    model = create_model(config.model_name, train.num_classes, train.image_shape,
-                         width=config.width, seed=config.seed, dtype=config.dtype)
+    model = create_model(
+        config.model_name,
+        train.num_classes,
+        train.image_shape,
+        width=config.width,
+        seed=config.seed,
+        dtype=config.dtype,
+    )
     with hold_run_folder(config.out):
         refuse_foreign_checkpoints(config.out, config.resume)  # again, under the lock
-        if config.out is not None and jax.process_index() == 0 and not (
-                config.resume and os.path.isfile(os.path.join(config.out, RUN_FILE))):
-            run = {"config": dict(config.to_dict(), resume=False),
-                   "model": config.model_name, "dataset": config.dataset,
-                   "task": config.task, "num_classes": train.num_classes,
-                   "image_shape": list(train.image_shape), "class_names": train.class_names}
+        if (
+            config.out is not None
+            and jax.process_index() == 0
+            and not (config.resume and os.path.isfile(os.path.join(config.out, RUN_FILE)))
+        ):
+            run = {
+                "config": dict(config.to_dict(), resume=False),
+                "model": config.model_name,
+                "dataset": config.dataset,
+                "task": config.task,
+                "num_classes": train.num_classes,
+                "image_shape": list(train.image_shape),
+                "class_names": train.class_names,
+            }
             if isinstance(test, ImageStream):  # how predict must prepare an image
                 run["input"] = test.input_record()
             write_json(os.path.join(config.out, RUN_FILE), run)
-        return fit(model, train, test, config, flip=DATASETS[config.dataset].flip,
-                   run_info={"model": config.model_name, "dataset": config.dataset},
-                   **fit_kwargs)
+        return fit(
+            model,
+            train,
+            test,
+            config,
+            flip=DATASETS[config.dataset].flip,
+            run_info={"model": config.model_name, "dataset": config.dataset},
+            **fit_kwargs,
+        )
 
 
 def check_out_folder(out: str | None):
@@ -276,19 +335,23 @@ def check_out_folder(out: str | None):
     except OSError:
         statvfs = None
     if statvfs is not None and statvfs.f_flag & os.ST_RDONLY:
-        raise RunFolderError(f"train: out must be writable, got {out!r} ({existing} is on a "
-                             f"read-only file system)")
+        raise RunFolderError(
+            f"train: out must be writable, got {out!r} ({existing} is on a read-only file system)"
+        )
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"train: out must be writable, got {out!r} ({existing} is not a "
-                          f"writable folder)")
+        raise ConfigError(
+            f"train: out must be writable, got {out!r} ({existing} is not a writable folder)"
+        )
     if statvfs is None:
         return
     free = statvfs.f_bavail * statvfs.f_frsize
     if free < MIN_FREE_BYTES:
-        raise RunFolderError(f"train: out needs free disk space, got {out!r} with "
-                             f"{free // 1024} KiB free on {existing}'s file system (a run "
-                             f"needs at least {MIN_FREE_BYTES // 1024} KiB); free some space "
-                             f"or pass another --out")
+        raise RunFolderError(
+            f"train: out needs free disk space, got {out!r} with "
+            f"{free // 1024} KiB free on {existing}'s file system (a run "
+            f"needs at least {MIN_FREE_BYTES // 1024} KiB); free some space "
+            f"or pass another --out"
+        )
 
 
 def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
@@ -313,12 +376,20 @@ def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
         if step is None:
             raise CheckpointError(f"load_run: no checkpoint in {ckpt.directory}")
         meta = ckpt.read_meta(step)
-        model = create_model(config.model_name, run["num_classes"], tuple(run["image_shape"]),
-                             width=config.width, seed=config.seed, dtype=config.dtype)
-        trainer = Trainer(model, config, int(meta["steps_per_epoch"]), make_mesh(1),
-                          task=config.task)
-        state, _ = ckpt.restore(step, trainer.initial_state(),
-                                expect={"model": run["model"], "dataset": run["dataset"]})
+        model = create_model(
+            config.model_name,
+            run["num_classes"],
+            tuple(run["image_shape"]),
+            width=config.width,
+            seed=config.seed,
+            dtype=config.dtype,
+        )
+        trainer = Trainer(
+            model, config, int(meta["steps_per_epoch"]), make_mesh(1), task=config.task
+        )
+        state, _ = ckpt.restore(
+            step, trainer.initial_state(), expect={"model": run["model"], "dataset": run["dataset"]}
+        )
     finally:
         ckpt.close()
     trainer.sync_model(state)
@@ -326,8 +397,9 @@ def load_run(out: str, *, which: str = "best") -> tuple[nnx.Module, dict]:
     return model, dict(run, step=step)
 
 
-def load_images(paths: list[str], image_shape: tuple[int, int, int], *,
-                input: dict | None = None) -> np.ndarray:
+def load_images(
+    paths: list[str], image_shape: tuple[int, int, int], *, input: dict | None = None
+) -> np.ndarray:
     """Image files as the ``(N, H, W, C)`` float32 batch a run's model takes.
 
     Args:

@@ -24,8 +24,15 @@ import numpy as np
 
 from cnn_jax.train._sharding import data_sharded, shard_batch
 from cnn_jax.train._signals import active_guard
-from cnn_jax.train._stream import (KINDS, BatchPlan, close_batches, lookup_table, open_batches,
-                                   to_private, worker_error)
+from cnn_jax.train._stream import (
+    KINDS,
+    BatchPlan,
+    close_batches,
+    lookup_table,
+    open_batches,
+    to_private,
+    worker_error,
+)
 
 _END = object()
 _POLL_S = 0.2
@@ -49,8 +56,7 @@ class StreamFeed:
       depth: batches held on the devices ahead of the consumer.
     """
 
-    def __init__(self, plan: BatchPlan, mesh, *, workers: int, normalization=None,
-                 depth: int = 2):
+    def __init__(self, plan: BatchPlan, mesh, *, workers: int, normalization=None, depth: int = 2):
         self.plan, self.mesh, self.workers = plan, mesh, workers
         source = plan.train if plan.train is not None else plan.test
         self._table = lookup_table(normalization, source.channels)
@@ -99,8 +105,7 @@ class StreamFeed:
                 new = k not in self._bad[kind]
                 self._bad[kind].add(k)
             if new:
-                print(f"skipped unreadable image {stream.path(k)}", file=sys.stderr,
-                      flush=True)
+                print(f"skipped unreadable image {stream.path(k)}", file=sys.stderr, flush=True)
 
     def skipped(self) -> dict[str, list[int]]:
         """The indices of the unreadable files skipped so far, per kind (``"train"`` and
@@ -124,19 +129,23 @@ class StreamFeed:
                     self.wait_s += time.perf_counter() - t0
                     return None
                 if not self._thread.is_alive() and self._queue.empty():
-                    raise RuntimeError("StreamFeed: the input thread ended without a batch "
-                                       f"for {kind} batch {i} of epoch {epoch}") from None
+                    raise RuntimeError(
+                        "StreamFeed: the input thread ended without a batch "
+                        f"for {kind} batch {i} of epoch {epoch}"
+                    ) from None
         self.wait_s += time.perf_counter() - t0
         if isinstance(item, BaseException):
             self._stop.set()
             raise item
         if item is _END:
-            raise RuntimeError(f"StreamFeed: the plan ended before {kind} batch {i} of "
-                               f"epoch {epoch}")
+            raise RuntimeError(
+                f"StreamFeed: the plan ended before {kind} batch {i} of epoch {epoch}"
+            )
         where, batch = item
         if where != (KINDS[kind], epoch, i):
-            raise RuntimeError(f"StreamFeed: expected {kind} batch {i} of epoch {epoch}, the "
-                               f"plan has {where}")
+            raise RuntimeError(
+                f"StreamFeed: expected {kind} batch {i} of epoch {epoch}, the plan has {where}"
+            )
         return batch
 
     def eval_pass(self, epoch: int):
@@ -150,7 +159,8 @@ class StreamFeed:
         arrays (``Trainer.compile_eval_early`` reads ``images``/``labels``)."""
         return types.SimpleNamespace(
             images=np.zeros((0, *self.plan.test.image_shape), np.float32),
-            labels=np.zeros((0,), np.int32))
+            labels=np.zeros((0,), np.int32),
+        )
 
     def close(self, *, wait: bool = True):
         """Stop the thread and the workers; batches not consumed are dropped. Stopping
@@ -160,8 +170,9 @@ class StreamFeed:
         if wait:
             self._shutdown()
         elif self._closer is None:
-            self._closer = threading.Thread(target=self._shutdown, daemon=True,
-                                            name="cnn_jax-input-close")
+            self._closer = threading.Thread(
+                target=self._shutdown, daemon=True, name="cnn_jax-input-close"
+            )
             self._closer.start()
 
     def join(self):

@@ -37,8 +37,7 @@ class _Worker:
     def __init__(self):
         self._jobs: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="cnn_jax-side-jobs",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="cnn_jax-side-jobs", daemon=True)
         self._thread.start()
 
     def _run(self):
@@ -201,8 +200,9 @@ class MetricsWriter:
                 with open(self.path, "a") as f:
                     f.write(json.dumps(record) + "\n")
             except OSError as e:
-                raise RunFolderError(f"cannot write {self.path}: "
-                                     f"{os_error_reason(e, self.path)}") from e
+                raise RunFolderError(
+                    f"cannot write {self.path}: {os_error_reason(e, self.path)}"
+                ) from e
 
 
 class Progress:
@@ -216,8 +216,7 @@ class Progress:
         if self.enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=done, desc=desc, leave=False,
-                             dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=done, desc=desc, leave=False, dynamic_ncols=True)
 
     def update(self, n: int, **postfix):
         if self._bar is not None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,16 +29,27 @@ from flax import nnx
 from cnn_jax.train._config import ConfigError, TrainConfig
 from cnn_jax.train._data import Dataset, epoch_order
 from cnn_jax.train._hooks import Checkpointing, MetricsWriter, Progress, log
-from cnn_jax.train._runfolder import (CheckpointError, hold_run_folder,
-                                      refuse_foreign_checkpoints, write_json)
+from cnn_jax.train._runfolder import (
+    CheckpointError,
+    hold_run_folder,
+    refuse_foreign_checkpoints,
+    write_json,
+)
+from cnn_jax.train._sharding import data_sharded, local_rows, make_mesh, shard_batch, to_host
 from cnn_jax.train._signals import SignalGuard
-from cnn_jax.train._sharding import (data_sharded, local_rows, make_mesh, shard_batch,
-                                     to_host)
 from cnn_jax.train._step import TRACE_COUNTS, Trainer, make_optimizer, make_schedule
 from cnn_jax.train._stream import BatchPlan, ImageStream, default_workers
 
-__all__ = ["History", "NonFiniteLossError", "evaluate", "fit", "make_optimizer",
-           "make_schedule", "predict", "TRACE_COUNTS"]
+__all__ = [
+    "History",
+    "NonFiniteLossError",
+    "evaluate",
+    "fit",
+    "make_optimizer",
+    "make_schedule",
+    "predict",
+    "TRACE_COUNTS",
+]
 
 LOG_EVERY = 10  # steps between progress-bar refreshes (each one syncs with the device)
 
@@ -86,9 +97,15 @@ class _Batches:
 
     def train(self, order: np.ndarray, i: int):
         """Batch ``i`` of an epoch whose example order is ``order``."""
-        idx = order[i * self.batch_size:(i + 1) * self.batch_size][self.rows]
-        return shard_batch({"image": self.data.images[idx], "label": self.data.labels[idx],
-                            "index": idx.astype(np.int32)}, self.mesh)
+        idx = order[i * self.batch_size : (i + 1) * self.batch_size][self.rows]
+        return shard_batch(
+            {
+                "image": self.data.images[idx],
+                "label": self.data.labels[idx],
+                "index": idx.astype(np.int32),
+            },
+            self.mesh,
+        )
 
     def eval(self):
         """Every example once, the last batch padded (``valid`` marks real rows)."""
@@ -97,8 +114,10 @@ class _Batches:
             idx = np.arange(start, start + self.batch_size)[self.rows]
             valid = (idx < n).astype(np.float32)
             idx = np.minimum(idx, n - 1)  # padding rows repeat the last example, weight 0
-            yield shard_batch({"image": self.data.images[idx], "label": self.data.labels[idx],
-                               "valid": valid}, self.mesh)
+            yield shard_batch(
+                {"image": self.data.images[idx], "label": self.data.labels[idx], "valid": valid},
+                self.mesh,
+            )
 
 
 class _StreamBatches:
@@ -122,10 +141,11 @@ def _compile_train_step(trainer, state, image_shape, batch_size: int):
     (seconds: each imports Grain and jax), instead of after the first batch arrives; the
     first step then finds the program in JAX's cache."""
     sharding = data_sharded(trainer.mesh)
-    spec = {"image": jax.ShapeDtypeStruct((batch_size, *image_shape), np.float32,
-                                          sharding=sharding),
-            "label": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding),
-            "index": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding)}
+    spec = {
+        "image": jax.ShapeDtypeStruct((batch_size, *image_shape), np.float32, sharding=sharding),
+        "label": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding),
+        "index": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=sharding),
+    }
     trainer.train_step.lower(state, spec).compile()
 
 
@@ -147,8 +167,9 @@ def _evaluate(trainer: Trainer, state, data, batch_size: int, batches=None) -> d
         return {"loss": float("nan"), "accuracy": float("nan")}
     if batches is None:
         n_dev = trainer.mesh.shape["data"]
-        batches = _Batches(data, _eval_batch_size(batch_size, len(data), n_dev),
-                           trainer.mesh).eval()
+        batches = _Batches(
+            data, _eval_batch_size(batch_size, len(data), n_dev), trainer.mesh
+        ).eval()
     total = np.zeros((3,), np.float64)  # summed on the host: no extra program to compile
     for batch in batches:
         total += to_host(trainer.evaluate_batch(state["params"], state["rest"], batch))
@@ -156,8 +177,7 @@ def _evaluate(trainer: Trainer, state, data, batch_size: int, batches=None) -> d
     return {"loss": loss_sum / max(count, 1.0), "accuracy": correct / max(count, 1.0)}
 
 
-def _open_feed(train, test, cfg, mesh, *, start_step=0, steps_per_epoch=1,
-               eval_first=False):
+def _open_feed(train, test, cfg, mesh, *, start_step=0, steps_per_epoch=1, eval_first=False):
     """A ``StreamFeed`` for a run (``train`` given) or one evaluation of ``test``."""
     from cnn_jax.train._feed import StreamFeed
 
@@ -166,46 +186,72 @@ def _open_feed(train, test, cfg, mesh, *, start_step=0, steps_per_epoch=1,
     if test is not None and len(test):
         eval_rows = _eval_batch_size(cfg.eval_batch_size, len(test), n_dev)
     if train is None:
-        plan = BatchPlan.for_evaluation(test, eval_batch_size=eval_rows,
-                                        eval_rows=_rows(eval_rows, mesh))
+        plan = BatchPlan.for_evaluation(
+            test, eval_batch_size=eval_rows, eval_rows=_rows(eval_rows, mesh)
+        )
     else:
         plan = BatchPlan.for_run(
-            train, test, seed=cfg.seed, batch_size=cfg.batch_size,
-            rows=_rows(cfg.batch_size, mesh), steps_per_epoch=steps_per_epoch,
-            start_step=start_step, epochs=cfg.epochs, eval_batch_size=max(eval_rows, 1),
-            eval_rows=_rows(max(eval_rows, 1), mesh), eval_first=eval_first)
+            train,
+            test,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            rows=_rows(cfg.batch_size, mesh),
+            steps_per_epoch=steps_per_epoch,
+            start_step=start_step,
+            epochs=cfg.epochs,
+            eval_batch_size=max(eval_rows, 1),
+            eval_rows=_rows(max(eval_rows, 1), mesh),
+            eval_first=eval_first,
+        )
     source = train if train is not None else test
     workers = default_workers() if source.workers is None else source.workers
-    return StreamFeed(plan, mesh, workers=workers,
-                      normalization=(test if test is not None else train).normalization)
+    return StreamFeed(
+        plan,
+        mesh,
+        workers=workers,
+        normalization=(test if test is not None else train).normalization,
+    )
 
 
 def _check_finite(sums, epoch: int, step: int, ckpt: Checkpointing | None):
     if not np.isfinite(sums[0]):
         last = ckpt.last_saved if ckpt is not None else None
-        where = (f"the last good checkpoint is {ckpt.directory}/{last}" if last is not None
-                 else "no checkpoint was written")
+        where = (
+            f"the last good checkpoint is {ckpt.directory}/{last}"
+            if last is not None
+            else "no checkpoint was written"
+        )
         raise NonFiniteLossError(
             f"training stopped: the loss became non-finite ({sums[0]}) in epoch {epoch + 1} "
-            f"by step {step}; {where}. Lower --lr or use --dtype float32.")
+            f"by step {step}; {where}. Lower --lr or use --dtype float32."
+        )
 
 
 def _check_sizes(cfg: TrainConfig, n_train: int, n_dev: int, what: str) -> int:
     if cfg.batch_size % n_dev:
-        raise ConfigError(f"fit: batch_size must be divisible by the number of devices "
-                         f"({n_dev}), got {cfg.batch_size}")
+        raise ConfigError(
+            f"fit: batch_size must be divisible by the number of devices "
+            f"({n_dev}), got {cfg.batch_size}"
+        )
     steps = n_train // cfg.batch_size
     if steps < 1:
         raise ConfigError(
             f"fit: batch_size must be <= the number of training examples of {what} "
-            f"({n_train}), got {cfg.batch_size}; pass a smaller --batch-size")
+            f"({n_train}), got {cfg.batch_size}; pass a smaller --batch-size"
+        )
     return steps
 
 
-def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageStream,
-        config: TrainConfig, *,
-        on_step: Callable[[int], None] | None = None, run_info: dict | None = None,
-        flip: bool = True) -> History:
+def fit(
+    model: nnx.Module,
+    train: Dataset | ImageStream,
+    test: Dataset | ImageStream,
+    config: TrainConfig,
+    *,
+    on_step: Callable[[int], None] | None = None,
+    run_info: dict | None = None,
+    flip: bool = True,
+) -> History:
     """Train ``model`` on ``train``, evaluate on ``test`` after every epoch.
 
     Args:
@@ -245,9 +291,14 @@ def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageSt
     n_dev = mesh.shape["data"]
     steps_per_epoch = _check_sizes(cfg, len(train), n_dev, repr(train.name))
     # Recorded in every checkpoint: what a resume checks, and the config it continues.
-    meta = {"model": info["model"], "dataset": info["dataset"],
-            "steps_per_epoch": steps_per_epoch, "seed": cfg.seed, "batch_size": cfg.batch_size,
-            "config": dict(cfg.to_dict(), resume=False)}
+    meta = {
+        "model": info["model"],
+        "dataset": info["dataset"],
+        "steps_per_epoch": steps_per_epoch,
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "config": dict(cfg.to_dict(), resume=False),
+    }
     trainer_cfg = cfg
     if isinstance(train, ImageStream):
         options = dict(workers=cfg.workers, on_bad_image=cfg.on_bad_image)
@@ -257,8 +308,7 @@ def fit(model: nnx.Module, train: Dataset | ImageStream, test: Dataset | ImageSt
         if train.augments_on_host:  # the workers crop and flip; the step must not shift
             trainer_cfg = cfg.replace(augment=False)
     with hold_run_folder(cfg.out):  # one writer per run folder (re-entrant)
-        return _fit_in_folder(model, train, test, cfg, trainer_cfg, meta, info, on_step,
-                              flip)
+        return _fit_in_folder(model, train, test, cfg, trainer_cfg, meta, info, on_step, flip)
 
 
 def _fit_in_folder(model, train, test, cfg, trainer_cfg, meta, info, on_step, flip):
@@ -267,21 +317,50 @@ def _fit_in_folder(model, train, test, cfg, trainer_cfg, meta, info, on_step, fl
     if cfg.out is not None:
         refuse_foreign_checkpoints(cfg.out, cfg.resume, "fit")
         metrics = MetricsWriter(os.path.join(cfg.out, "metrics.jsonl"))
-        ckpt = Checkpointing(os.path.join(cfg.out, "checkpoints"), keep=cfg.keep_checkpoints,
-                             every=cfg.checkpoint_every, meta=meta)
+        ckpt = Checkpointing(
+            os.path.join(cfg.out, "checkpoints"),
+            keep=cfg.keep_checkpoints,
+            every=cfg.checkpoint_every,
+            meta=meta,
+        )
     feeds = []  # streamed input that _run opened
     with SignalGuard() as guard:  # until the last checkpoint is on disk
         try:
-            trainer = Trainer(model, trainer_cfg, meta["steps_per_epoch"],
-                              make_mesh(cfg.num_devices), task=train.task, flip=flip)
+            trainer = Trainer(
+                model,
+                trainer_cfg,
+                meta["steps_per_epoch"],
+                make_mesh(cfg.num_devices),
+                task=train.task,
+                flip=flip,
+            )
             state = trainer.initial_state()
             if ckpt is not None:
-                state = _restore(ckpt, state, cfg, history, metrics, trainer.steps_per_epoch,
-                                 cfg.epochs * trainer.steps_per_epoch)
+                state = _restore(
+                    ckpt,
+                    state,
+                    cfg,
+                    history,
+                    metrics,
+                    trainer.steps_per_epoch,
+                    cfg.epochs * trainer.steps_per_epoch,
+                )
                 if history.already_complete:
                     return history
-            history = _run(trainer, state, train, test, cfg, history, ckpt, metrics, info,
-                           on_step, guard, feeds)
+            history = _run(
+                trainer,
+                state,
+                train,
+                test,
+                cfg,
+                history,
+                ckpt,
+                metrics,
+                info,
+                on_step,
+                guard,
+                feeds,
+            )
         finally:
             if ckpt is not None:
                 guard.saving = True
@@ -308,9 +387,13 @@ def _restore(ckpt, state, cfg, history, metrics, steps_per_epoch, total_steps):
             f"checkpoint {ckpt.directory}/{latest} was written for other image files "
             f"({saved['files']} files, SHA-1 {saved['sha1'][:12]}), but the data set now has "
             f"{data['files']} (SHA-1 {data['sha1'][:12]}): resuming would not replay the same "
-            f"batches; restore the folder's files or start a new run")
-    state, meta = ckpt.checkpointer.restore(latest, state, expect={
-        k: ckpt.meta[k] for k in ("model", "dataset", "steps_per_epoch", "batch_size")})
+            f"batches; restore the folder's files or start a new run"
+        )
+    state, meta = ckpt.checkpointer.restore(
+        latest,
+        state,
+        expect={k: ckpt.meta[k] for k in ("model", "dataset", "steps_per_epoch", "batch_size")},
+    )
     ckpt.last_saved = latest
     epochs_done = latest // steps_per_epoch
     if "history" in meta:  # the epochs' records as of this checkpoint: trusted over the file
@@ -324,8 +407,7 @@ def _restore(ckpt, state, cfg, history, metrics, steps_per_epoch, total_steps):
         metrics.repair(history.epochs)  # e.g. a last line lost in a crash: nothing retrains
         return state
     metrics.reset(history.epochs)
-    log(cfg.quiet, f"resumed from {ckpt.directory}/{latest} (epoch {epochs_done}, "
-                   f"step {latest})")
+    log(cfg.quiet, f"resumed from {ckpt.directory}/{latest} (epoch {epochs_done}, step {latest})")
     return state
 
 
@@ -342,8 +424,7 @@ def _agreed_stop(guard, multi: bool) -> bool:
     return bool(signals.any())
 
 
-def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step, guard,
-         feeds):
+def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step, guard, feeds):
     steps_per_epoch = trainer.steps_per_epoch
     counts_before = dict(TRACE_COUNTS)
     start_step = int(to_host(state["step"]))
@@ -353,9 +434,15 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
         start_epoch, offset = start_epoch - 1, steps_per_epoch
     feed = None
     if isinstance(train, ImageStream):  # workers start building batches now
-        feed = _open_feed(train, test, cfg, trainer.mesh, start_step=start_step,
-                          steps_per_epoch=steps_per_epoch,
-                          eval_first=offset == steps_per_epoch)
+        feed = _open_feed(
+            train,
+            test,
+            cfg,
+            trainer.mesh,
+            start_step=start_step,
+            steps_per_epoch=steps_per_epoch,
+            eval_first=offset == steps_per_epoch,
+        )
         feeds.append(feed)
         batches = _StreamBatches(feed)
         _compile_train_step(trainer, state, train.image_shape, cfg.batch_size)
@@ -363,9 +450,11 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
         batches = _Batches(train, cfg.batch_size, trainer.mesh, cfg.seed)
     if len(test):
         n_dev = trainer.mesh.shape["data"]
-        trainer.compile_eval_early(state, _eval_batch_size(cfg.eval_batch_size, len(test),
-                                                           n_dev),
-                                   test if feed is None else feed.eval_signature())
+        trainer.compile_eval_early(
+            state,
+            _eval_batch_size(cfg.eval_batch_size, len(test), n_dev),
+            test if feed is None else feed.eval_signature(),
+        )
     progress = Progress(cfg.quiet)
     chrono = {"train_s": 0.0, "images": 0, "first_step_s": None, "wait_before_s": 0.0}
     t_fit = time.perf_counter()
@@ -379,8 +468,7 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
             t_epoch, timed = time.perf_counter(), 0
             for i in range(offset, steps_per_epoch):
                 # Single process: checked every step; several: at the sync points.
-                if (not multi or (i - offset) % LOG_EVERY == 0) and \
-                        _agreed_stop(guard, multi):
+                if (not multi or (i - offset) % LOG_EVERY == 0) and _agreed_stop(guard, multi):
                     stop = True
                     break
                 t0 = time.perf_counter()
@@ -402,8 +490,9 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
                 if (i + 1) % LOG_EVERY == 0 or i + 1 == steps_per_epoch:
                     sums = to_host(state["sums"])
                     _check_finite(sums, epoch, step, ckpt)
-                    progress.update(i + 1, loss=f"{sums[0] / sums[2]:.4f}",
-                                    acc=f"{sums[1] / sums[2]:.4f}")
+                    progress.update(
+                        i + 1, loss=f"{sums[0] / sums[2]:.4f}", acc=f"{sums[1] / sums[2]:.4f}"
+                    )
             progress.close()
             if stop or _agreed_stop(guard, multi):
                 stop = True
@@ -413,10 +502,16 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
             epoch_s = time.perf_counter() - t_epoch
             chrono["train_s"] += epoch_s
             chrono["images"] += timed * cfg.batch_size
-            test_metrics = _evaluate(trainer, state, test, cfg.eval_batch_size,
-                                     None if feed is None else feed.eval_pass(epoch))
+            test_metrics = _evaluate(
+                trainer,
+                state,
+                test,
+                cfg.eval_batch_size,
+                None if feed is None else feed.eval_pass(epoch),
+            )
             record = {
-                "epoch": epoch + 1, "step": step,
+                "epoch": epoch + 1,
+                "step": step,
                 "train_loss": float(sums[0] / sums[2]),
                 "train_accuracy": float(sums[1] / sums[2]),
                 "test_loss": test_metrics["loss"],
@@ -432,13 +527,21 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
                 metrics.write(record)
             last = epoch + 1 == cfg.epochs
             if ckpt is not None and (last or ckpt.due()):
-                ckpt.save(step, state, metric=record["test_accuracy"], epoch=epoch + 1,
-                          history=list(history.epochs))
-            log(cfg.quiet, f"epoch {epoch + 1}/{cfg.epochs}  train loss "
-                           f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
-                           f"  test loss {record['test_loss']:.4f} acc "
-                           f"{record['test_accuracy']:.4f}  "
-                           f"{record['images_per_s']:.0f} img/s")
+                ckpt.save(
+                    step,
+                    state,
+                    metric=record["test_accuracy"],
+                    epoch=epoch + 1,
+                    history=list(history.epochs),
+                )
+            log(
+                cfg.quiet,
+                f"epoch {epoch + 1}/{cfg.epochs}  train loss "
+                f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+                f"  test loss {record['test_loss']:.4f} acc "
+                f"{record['test_accuracy']:.4f}  "
+                f"{record['images_per_s']:.0f} img/s",
+            )
     except KeyboardInterrupt:  # Ctrl-C raised by code the guard does not cover
         guard.signal, stop = signal.SIGINT, True
     finally:
@@ -452,28 +555,36 @@ def _run(trainer, state, train, test, cfg, history, ckpt, metrics, info, on_step
         history.signal = guard.signal or signal.SIGINT
         step = int(to_host(state["step"]))
         name = signal.Signals(history.signal).name
-        if step == start_step and (ckpt is None or ckpt.last_saved is None
-                                   or ckpt.last_saved == step):
+        if step == start_step and (
+            ckpt is None or ckpt.last_saved is None or ckpt.last_saved == step
+        ):
             log(False, f"\n{name}: interrupted before the first step; nothing to save")
         else:
             guard.saving = True
             saved = None
             if ckpt is not None:
-                saved = (os.path.join(ckpt.directory, str(step)) if ckpt.last_saved == step
-                         else ckpt.save(step, state, interrupted=True,
-                                        history=list(history.epochs)))
+                saved = (
+                    os.path.join(ckpt.directory, str(step))
+                    if ckpt.last_saved == step
+                    else ckpt.save(step, state, interrupted=True, history=list(history.epochs))
+                )
                 ckpt.wait()
             guard.saving = False
-            log(False, f"\n{name}: stopped at step {step}; "
-                       + (f"saved {saved} (continue with --resume)" if saved
-                          else "nothing saved (no out folder)"))
+            log(
+                False,
+                f"\n{name}: stopped at step {step}; "
+                + (
+                    f"saved {saved} (continue with --resume)"
+                    if saved
+                    else "nothing saved (no out folder)"
+                ),
+            )
     trainer.sync_model(state)
     model = trainer.model
     model.eval()
     history.step = int(to_host(state["step"]))
     history.trace_counts = {k: TRACE_COUNTS[k] - counts_before[k] for k in TRACE_COUNTS}
-    history.summary = _summary(history, chrono, time.perf_counter() - t_fit, trainer, info,
-                               cfg)
+    history.summary = _summary(history, chrono, time.perf_counter() - t_fit, trainer, info, cfg)
     if cfg.out is not None and jax.process_index() == 0:
         write_json(os.path.join(cfg.out, "summary.json"), history.summary)
         if ckpt is not None:
@@ -495,15 +606,17 @@ def _input_summary(feed, chrono, multi: bool) -> dict:
             width = int(counts.max())
             if width:
                 padded = np.full((width,), -1, np.int64)
-                padded[:len(found)] = found
+                padded[: len(found)] = found
                 every = np.asarray(multihost_utils.process_allgather(padded)).ravel()
                 bad[kind] = sorted(set(every[every >= 0].tolist()))
     plan = feed.plan
-    files = ([plan.train.path(k) for k in bad["train"]] +
-             [plan.test.path(k) for k in bad["eval"]])
-    return {"input_workers": feed.workers,
-            "input_wait_s": max(feed.wait_s - chrono["wait_before_s"], 0.0),
-            "skipped_images": len(files), "skipped_files": files[:20]}
+    files = [plan.train.path(k) for k in bad["train"]] + [plan.test.path(k) for k in bad["eval"]]
+    return {
+        "input_workers": feed.workers,
+        "input_wait_s": max(feed.wait_s - chrono["wait_before_s"], 0.0),
+        "skipped_images": len(files),
+        "skipped_files": files[:20],
+    }
 
 
 def _summary(history, chrono, fit_s, trainer, info, cfg) -> dict:
@@ -535,8 +648,14 @@ def _plots(epochs, model, out):
     plot_filters(model, os.path.join(out, "filters.png"))
 
 
-def evaluate(model: nnx.Module, data: Dataset | ImageStream, *, batch_size: int = 512,
-             num_devices: int | None = None, dtype: str = "float32") -> dict:
+def evaluate(
+    model: nnx.Module,
+    data: Dataset | ImageStream,
+    *,
+    batch_size: int = 512,
+    num_devices: int | None = None,
+    dtype: str = "float32",
+) -> dict:
     """Loss and accuracy of ``model`` (in eval mode) on ``data``.
 
     ``data`` may be an ``ImageStream``: its images are read in one pass by its
@@ -548,8 +667,9 @@ def evaluate(model: nnx.Module, data: Dataset | ImageStream, *, batch_size: int 
       image (``"classify"``) or per pixel (``"segment"``); for a stream also
       ``"skipped_images"``.
     """
-    cfg = TrainConfig(batch_size=1, eval_batch_size=batch_size, num_devices=num_devices,
-                      dtype=dtype, quiet=True)
+    cfg = TrainConfig(
+        batch_size=1, eval_batch_size=batch_size, num_devices=num_devices, dtype=dtype, quiet=True
+    )
     mesh = make_mesh(num_devices)
     trainer = Trainer(model, cfg, 1, mesh, task=data.task)
     model.eval()
@@ -557,8 +677,7 @@ def evaluate(model: nnx.Module, data: Dataset | ImageStream, *, batch_size: int 
         return _evaluate(trainer, trainer.initial_state(), data, batch_size)
     feed = _open_feed(None, data, cfg, mesh)
     try:
-        result = _evaluate(trainer, trainer.initial_state(), data, batch_size,
-                           feed.eval_pass(0))
+        result = _evaluate(trainer, trainer.initial_state(), data, batch_size, feed.eval_pass(0))
     finally:
         feed.close()
     return dict(result, skipped_images=len(feed.skipped()["eval"]))
@@ -583,13 +702,13 @@ def predict(model: nnx.Module, images: np.ndarray, *, batch_size: int = 256) -> 
         if len(_PREDICT_FNS) >= 8:  # a few models' programs, not every model ever seen
             _PREDICT_FNS.pop(next(iter(_PREDICT_FNS)))
         fn = _PREDICT_FNS[graphdef] = jax.jit(
-            lambda state, x: jax.nn.softmax(nnx.merge(graphdef, state)(x).astype(jnp.float32),
-                                            -1))
+            lambda state, x: jax.nn.softmax(nnx.merge(graphdef, state)(x).astype(jnp.float32), -1)
+        )
     images = np.asarray(images, np.float32)
     size = max(1, min(batch_size, len(images)))
     out = []
     for start in range(0, len(images), size):
-        x = images[start:start + size]
+        x = images[start : start + size]
         n = len(x)
         if n < size:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])

@@ -45,9 +45,14 @@ def first_conv_kernel(model: nnx.Module) -> np.ndarray | None:
     channels equal those of the first such kernel found, preferring 3 or 1 (RGB or
     grey inputs) so a depthwise kernel deeper in is not mistaken for it.
     """
-    kernels = [(path, np.asarray(v[...])) for path, v in nnx.iter_graph(model)
-               if isinstance(v, nnx.Param) and path and path[-1] == "kernel"
-               and getattr(v[...], "ndim", 0) == 4]
+    kernels = [
+        (path, np.asarray(v[...]))
+        for path, v in nnx.iter_graph(model)
+        if isinstance(v, nnx.Param)
+        and path
+        and path[-1] == "kernel"
+        and getattr(v[...], "ndim", 0) == 4
+    ]
     if not kernels:
         return None
     for channels in (3, 1):
@@ -74,8 +79,9 @@ def filter_mosaic(kernel: np.ndarray, max_filters: int = 64) -> np.ndarray:
         k = kernel[..., i].astype(np.float64)
         k = (k - k.min()) / (np.ptp(k) + 1e-12)
         r, q = divmod(i, cols)
-        mosaic[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = (
-            k if rgb else k.mean(-1))
+        mosaic[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = (
+            k if rgb else k.mean(-1)
+        )
     return mosaic
 
 
@@ -93,8 +99,9 @@ def plot_filters(model: nnx.Module, path: str, *, max_filters: int = 64) -> bool
         ax.text(0.5, 0.5, "no 2-D conv kernel", ha="center", va="center")
         fig.savefig(path)
         return False
-    ax.imshow(filter_mosaic(kernel, max_filters), cmap="gray", interpolation="nearest",
-              vmin=0.0, vmax=1.0)
+    ax.imshow(
+        filter_mosaic(kernel, max_filters), cmap="gray", interpolation="nearest", vmin=0.0, vmax=1.0
+    )
     ax.set_title(f"first-layer kernels {tuple(kernel.shape)} (HWIO)")
     fig.savefig(path)
     return True

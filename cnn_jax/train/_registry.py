@@ -22,8 +22,9 @@ A data set loader is called as ``loader(data_dir, seed)`` and returns
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 TASKS = ("classify", "segment")
 
@@ -67,8 +68,10 @@ class ModelEntry:
             kwargs.update(self.adapt(tuple(image_shape)))
         if width is not None:
             if self.width_arg is None:
-                raise ValueError(f"create_model: width must be None for model {self.name!r} "
-                                 f"(it has no width argument), got {width!r}")
+                raise ValueError(
+                    f"create_model: width must be None for model {self.name!r} "
+                    f"(it has no width argument), got {width!r}"
+                )
             kwargs[self.width_arg] = width
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -109,27 +112,44 @@ def _check_name(name, kind: str, table: dict, replace: bool):
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"register_{kind}: name must be an identifier-like str, got {name!r}")
     if name in table and not replace:
-        raise ValueError(f"register_{kind}: name must be new (or pass replace=True), got "
-                         f"{name!r}, already registered")
+        raise ValueError(
+            f"register_{kind}: name must be new (or pass replace=True), got "
+            f"{name!r}, already registered"
+        )
 
 
-def register_model(name: str, factory, *, task: str = "classify", input_size: int | None = None,
-                   width_arg: str | None = None, kwargs: dict | None = None,
-                   adapt: Callable | None = None, help: str = "",
-                   replace: bool = False) -> ModelEntry:
+def register_model(
+    name: str,
+    factory,
+    *,
+    task: str = "classify",
+    input_size: int | None = None,
+    width_arg: str | None = None,
+    kwargs: dict | None = None,
+    adapt: Callable | None = None,
+    help: str = "",
+    replace: bool = False,
+) -> ModelEntry:
     """Make ``factory`` trainable as ``cnn-jax train --model NAME`` (see :class:`ModelEntry`)."""
     _check_name(name, "model", MODELS, replace)
     if task not in TASKS:
         raise ValueError(f"register_model: task must be one of {TASKS}, got {task!r}")
-    entry = ModelEntry(name, factory, task, input_size, width_arg, dict(kwargs or {}), adapt,
-                       help)
+    entry = ModelEntry(name, factory, task, input_size, width_arg, dict(kwargs or {}), adapt, help)
     MODELS[name] = entry
     return entry
 
 
-def register_dataset(name: str, loader, *, task: str = "classify",
-                     default_model: str = "simple_cnn", needs_data_dir: bool = False,
-                     flip: bool = True, help: str = "", replace: bool = False) -> DatasetEntry:
+def register_dataset(
+    name: str,
+    loader,
+    *,
+    task: str = "classify",
+    default_model: str = "simple_cnn",
+    needs_data_dir: bool = False,
+    flip: bool = True,
+    help: str = "",
+    replace: bool = False,
+) -> DatasetEntry:
     """Make ``loader`` trainable as ``cnn-jax train --dataset NAME`` (see :class:`DatasetEntry`)."""
     _check_name(name, "dataset", DATASETS, replace)
     if task not in TASKS:
@@ -150,51 +170,124 @@ def _input_size(shape) -> dict:
 # ---------------------------------------------------------------- built-in models
 
 _M = "cnn_jax.models:"
-register_model("digits_cnn", "cnn_jax.models._digits:DigitsCNN", width_arg="width",
-               adapt=_input_size,
-               help="two 3x3 convs, max pool, linear: the default digits recipe (any size)")
-register_model("lenet5", _M + "LeNet5", input_size=32,
-               help="LeNet-5 (LeCun et al. 1998) on 32x32 inputs")
-register_model("simple_cnn", _M + "SimpleCNN", width_arg="width",
-               help="ten conv-BN-ReLU layers, three pools (inputs >= 8x8)")
+register_model(
+    "digits_cnn",
+    "cnn_jax.models._digits:DigitsCNN",
+    width_arg="width",
+    adapt=_input_size,
+    help="two 3x3 convs, max pool, linear: the default digits recipe (any size)",
+)
+register_model(
+    "lenet5", _M + "LeNet5", input_size=32, help="LeNet-5 (LeCun et al. 1998) on 32x32 inputs"
+)
+register_model(
+    "simple_cnn",
+    _M + "SimpleCNN",
+    width_arg="width",
+    help="ten conv-BN-ReLU layers, three pools (inputs >= 8x8)",
+)
 for _depth in (18, 34, 50):
-    register_model(f"resnet{_depth}", f"{_M}ResNet{_depth}", adapt=_small_input,
-                   help=f"ResNet-{_depth} (CIFAR stem for inputs <= 64 px)")
-register_model("resnext50_32x4d", _M + "ResNeXt50_32x4d", adapt=_small_input,
-               help="ResNeXt-50 32x4d (CIFAR stem for inputs <= 64 px)")
-register_model("wide_resnet50_2", _M + "WideResNet50_2", adapt=_small_input,
-               help="Wide ResNet-50-2 (CIFAR stem for inputs <= 64 px)")
+    register_model(
+        f"resnet{_depth}",
+        f"{_M}ResNet{_depth}",
+        adapt=_small_input,
+        help=f"ResNet-{_depth} (CIFAR stem for inputs <= 64 px)",
+    )
+register_model(
+    "resnext50_32x4d",
+    _M + "ResNeXt50_32x4d",
+    adapt=_small_input,
+    help="ResNeXt-50 32x4d (CIFAR stem for inputs <= 64 px)",
+)
+register_model(
+    "wide_resnet50_2",
+    _M + "WideResNet50_2",
+    adapt=_small_input,
+    help="Wide ResNet-50-2 (CIFAR stem for inputs <= 64 px)",
+)
 register_model("mobilenet_v2", _M + "MobileNetV2", help="MobileNetV2 (inputs >= 32x32)")
 register_model("efficientnet_b0", _M + "EfficientNetB0", help="EfficientNet-B0 (any size)")
 register_model("convnext_tiny", _M + "ConvNeXtTiny", help="ConvNeXt-T (inputs >= 32x32)")
-register_model("alexnet", _M + "AlexNet", input_size=64, width_arg="width",
-               kwargs={"hidden": 512}, help="AlexNet, 512-wide classifier; inputs resized "
-                                            "to 64x64")
-for _name, _cls in (("vgg11", "VGG11"), ("vgg11_bn", "VGG11BN"), ("vgg16", "VGG16"),
-                    ("vgg16_bn", "VGG16BN")):
-    register_model(_name, _M + _cls, width_arg="width", kwargs={"hidden": 512},
-                   help=f"{_cls.replace('BN', ' with BatchNorm')}, 512-wide classifier "
-                        f"(inputs >= 32x32)")
-register_model("unet", _M + "UNet", task="segment", width_arg="base_width",
-               help="U-Net for per-pixel classes (sides divisible by 16)")
+register_model(
+    "alexnet",
+    _M + "AlexNet",
+    input_size=64,
+    width_arg="width",
+    kwargs={"hidden": 512},
+    help="AlexNet, 512-wide classifier; inputs resized to 64x64",
+)
+for _name, _cls in (
+    ("vgg11", "VGG11"),
+    ("vgg11_bn", "VGG11BN"),
+    ("vgg16", "VGG16"),
+    ("vgg16_bn", "VGG16BN"),
+):
+    register_model(
+        _name,
+        _M + _cls,
+        width_arg="width",
+        kwargs={"hidden": 512},
+        help=f"{_cls.replace('BN', ' with BatchNorm')}, 512-wide classifier (inputs >= 32x32)",
+    )
+register_model(
+    "unet",
+    _M + "UNet",
+    task="segment",
+    width_arg="base_width",
+    help="U-Net for per-pixel classes (sides divisible by 16)",
+)
 
 # ---------------------------------------------------------------- built-in data sets
 
 _D = "cnn_jax.train._data:"
-register_dataset("digits", _D + "digits_loader", default_model="digits_cnn", flip=False,
-                 help="scikit-learn's 1,797 8x8 handwritten digits (bundled, no download)")
-register_dataset("mnist", _D + "mnist_loader", default_model="lenet5", needs_data_dir=True,
-                 flip=False, help="MNIST IDX files (.gz or not) in --data-dir")
-register_dataset("fashion_mnist", _D + "fashion_mnist_loader", default_model="lenet5",
-                 needs_data_dir=True, help="Fashion-MNIST IDX files in --data-dir")
-register_dataset("cifar10", _D + "cifar10_loader", default_model="resnet18",
-                 needs_data_dir=True, help="CIFAR-10 python pickle batches in --data-dir")
-register_dataset("folder", _D + "folder_loader", needs_data_dir=True,
-                 help="--data-dir/<class>/* images (or train/ and test/ or val/ sub-folders), "
-                      "streamed from disk")
-register_dataset("imagenet", _D + "imagenet_loader", default_model="resnet50",
-                 needs_data_dir=True,
-                 help="ImageNet layout (--data-dir/train/<class>/*, val/<class>/*), streamed: "
-                      "random-resized crops and flips, 224 px, ImageNet mean/std")
-register_dataset("shapes", _D + "shapes_loader", task="segment", default_model="unet",
-                 help="synthetic circles/squares/triangles with per-pixel masks")
+register_dataset(
+    "digits",
+    _D + "digits_loader",
+    default_model="digits_cnn",
+    flip=False,
+    help="scikit-learn's 1,797 8x8 handwritten digits (bundled, no download)",
+)
+register_dataset(
+    "mnist",
+    _D + "mnist_loader",
+    default_model="lenet5",
+    needs_data_dir=True,
+    flip=False,
+    help="MNIST IDX files (.gz or not) in --data-dir",
+)
+register_dataset(
+    "fashion_mnist",
+    _D + "fashion_mnist_loader",
+    default_model="lenet5",
+    needs_data_dir=True,
+    help="Fashion-MNIST IDX files in --data-dir",
+)
+register_dataset(
+    "cifar10",
+    _D + "cifar10_loader",
+    default_model="resnet18",
+    needs_data_dir=True,
+    help="CIFAR-10 python pickle batches in --data-dir",
+)
+register_dataset(
+    "folder",
+    _D + "folder_loader",
+    needs_data_dir=True,
+    help="--data-dir/<class>/* images (or train/ and test/ or val/ sub-folders), "
+    "streamed from disk",
+)
+register_dataset(
+    "imagenet",
+    _D + "imagenet_loader",
+    default_model="resnet50",
+    needs_data_dir=True,
+    help="ImageNet layout (--data-dir/train/<class>/*, val/<class>/*), streamed: "
+    "random-resized crops and flips, 224 px, ImageNet mean/std",
+)
+register_dataset(
+    "shapes",
+    _D + "shapes_loader",
+    task="segment",
+    default_model="unet",
+    help="synthetic circles/squares/triangles with per-pixel masks",
+)

@@ -42,7 +42,7 @@ class RunFolderError(ValueError):
 def os_error_reason(error: BaseException, path: str | None = None) -> str:
     """Words for why a write failed, found in ``error`` or its causes (orbax and
     TensorStore wrap the OS error: ``RESOURCE_EXHAUSTED`` is a full disk)."""
-    seen = error
+    seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno is not None:
             if seen.errno == errno.ENOSPC:
@@ -125,7 +125,8 @@ def refuse_foreign_checkpoints(out: str | None, resume: bool, op: str = "train")
         raise CheckpointError(
             f"{op}: out must not hold checkpoints unless resuming, got {out!r} with "
             f"checkpoints up to step {steps[-1]}; continue it with --resume, or pass "
-            f"another --out")
+            f"another --out"
+        )
 
 
 _HELD: dict[str, list] = {}  # real path of a lock file -> [fd, depth] held by this process
@@ -153,8 +154,9 @@ def run_lock(out: str):
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
-        raise RunFolderError(f"cannot create the run folder {out}: "
-                             f"{os_error_reason(e, out)}") from e
+        raise RunFolderError(
+            f"cannot create the run folder {out}: {os_error_reason(e, out)}"
+        ) from e
     path = os.path.realpath(os.path.join(out, LOCK_FILE))
     if path in _HELD:
         _HELD[path][1] += 1
@@ -166,8 +168,9 @@ def run_lock(out: str):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise RunFolderError(f"cannot create the lock file {path}: "
-                             f"{os_error_reason(e, path)}") from e
+        raise RunFolderError(
+            f"cannot create the lock file {path}: {os_error_reason(e, path)}"
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -176,7 +179,8 @@ def run_lock(out: str):
             raise RunFolderError(f"cannot lock {path}: {os_error_reason(e, path)}") from e
         raise RunFolderError(
             f"{out} is in use: another cnn-jax train ({_holder(path)}) is writing it; "
-            f"wait for it to finish, or pass another --out") from None
+            f"wait for it to finish, or pass another --out"
+        ) from None
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
@@ -227,6 +231,8 @@ def hold_run_folder(out: str | None):
         if error is not None:
             raise error
         if refused.any():
-            raise RunFolderError(f"{out}: process 0 could not take the run folder's lock "
-                                 f"(another cnn-jax train is writing it); see its message")
+            raise RunFolderError(
+                f"{out}: process 0 could not take the run folder's lock "
+                f"(another cnn-jax train is writing it); see its message"
+            )
         yield

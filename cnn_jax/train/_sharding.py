@@ -14,10 +14,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, *, auto: bool = False,
-                           connect_timeout: float = 120.0,
-                           heartbeat_timeout: float = 10.0) -> bool:
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto: bool = False,
+    connect_timeout: float = 120.0,
+    heartbeat_timeout: float = 10.0,
+) -> bool:
     """Join a multi-host job (JAX's distributed runtime) when asked to.
 
     What this adds to ``jax.distributed.initialize``:
@@ -55,45 +60,64 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
     """
     from cnn_jax.train._config import ConfigError
 
-    for name, value in (("connect_timeout", connect_timeout),
-                        ("heartbeat_timeout", heartbeat_timeout)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not 0 < value < 1e6:
-            raise ConfigError(f"initialize_distributed: {name} must be a number of seconds in "
-                              f"(0, 1e6), got {value!r}")
+    for name, value in (
+        ("connect_timeout", connect_timeout),
+        ("heartbeat_timeout", heartbeat_timeout),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e6:
+            raise ConfigError(
+                f"initialize_distributed: {name} must be a number of seconds in "
+                f"(0, 1e6), got {value!r}"
+            )
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if auto:
         if any(given):
-            raise ConfigError("initialize_distributed: --distributed finds the coordinator, "
-                              "the process count and the process id in the cluster's "
-                              "environment; do not also pass --coordinator, --num-processes "
-                              f"or --process-id (got coordinator={coordinator!r}, "
-                              f"num_processes={num_processes!r}, process_id={process_id!r})")
+            raise ConfigError(
+                "initialize_distributed: --distributed finds the coordinator, "
+                "the process count and the process id in the cluster's "
+                "environment; do not also pass --coordinator, --num-processes "
+                f"or --process-id (got coordinator={coordinator!r}, "
+                f"num_processes={num_processes!r}, process_id={process_id!r})"
+            )
         coordinator, num_processes, process_id, local_ids = _detect_cluster(connect_timeout)
     else:
         if not any(given):
             return False
         if not all(given):
-            missing = [flag for flag, ok in zip(("--coordinator", "--num-processes",
-                                                 "--process-id"), given) if not ok]
+            missing = [
+                flag
+                for flag, ok in zip(("--coordinator", "--num-processes", "--process-id"), given)
+                if not ok
+            ]
             raise ConfigError(
                 "initialize_distributed: coordinator, num_processes and process_id must be "
                 f"given together (missing {', '.join(missing)}), got "
                 f"coordinator={coordinator!r}, num_processes={num_processes!r}, "
-                f"process_id={process_id!r}")
+                f"process_id={process_id!r}"
+            )
         local_ids = None
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or \
-            num_processes < 1:
-        raise ConfigError(f"initialize_distributed: num_processes must be an int >= 1, got "
-                          f"num_processes={num_processes!r}")
-    if isinstance(process_id, bool) or not isinstance(process_id, int) or \
-            not 0 <= process_id < num_processes:
-        raise ConfigError(f"initialize_distributed: process_id must be in [0, num_processes), "
-                          f"got process_id={process_id!r}, num_processes={num_processes!r}")
-    if not isinstance(coordinator, str) or coordinator.rpartition(":")[0] == "" or \
-            not coordinator.rpartition(":")[2].isdigit():
-        raise ConfigError(f"initialize_distributed: coordinator must be HOST:PORT, got "
-                          f"{coordinator!r}")
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ConfigError(
+            f"initialize_distributed: num_processes must be an int >= 1, got "
+            f"num_processes={num_processes!r}"
+        )
+    if (
+        isinstance(process_id, bool)
+        or not isinstance(process_id, int)
+        or not 0 <= process_id < num_processes
+    ):
+        raise ConfigError(
+            f"initialize_distributed: process_id must be in [0, num_processes), "
+            f"got process_id={process_id!r}, num_processes={num_processes!r}"
+        )
+    if (
+        not isinstance(coordinator, str)
+        or coordinator.rpartition(":")[0] == ""
+        or not coordinator.rpartition(":")[2].isdigit()
+    ):
+        raise ConfigError(
+            f"initialize_distributed: coordinator must be HOST:PORT, got {coordinator!r}"
+        )
     from cnn_jax.train import _agree
 
     jax.config.update("jax_enable_preemption_service", False)
@@ -101,8 +125,13 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         visible = ",".join(str(i) for i in local_ids)
         jax.config.update("jax_cuda_visible_devices", visible)
         jax.config.update("jax_rocm_visible_devices", visible)
-    _agree.connect(coordinator, num_processes, process_id, connect_timeout=connect_timeout,
-                   heartbeat_timeout=heartbeat_timeout)
+    _agree.connect(
+        coordinator,
+        num_processes,
+        process_id,
+        connect_timeout=connect_timeout,
+        heartbeat_timeout=heartbeat_timeout,
+    )
     return True
 
 
@@ -113,16 +142,21 @@ def _detect_cluster(timeout: float):
 
     from cnn_jax.train._config import ConfigError
 
-    found = [env for env in clusters.ClusterEnv._cluster_types
-             if not env.opt_in_only_method and env.is_env_present()]
+    found = [
+        env
+        for env in clusters.ClusterEnv._cluster_types
+        if not env.opt_in_only_method and env.is_env_present()
+    ]
     if not found:
         raise ConfigError(
             "--distributed: no cluster environment found (supported: SLURM, seen from "
             "SLURM_JOB_ID; Open MPI's mpirun, OMPI_MCA_orte_hnp_uri; Kubernetes indexed Jobs "
             "with the kubernetes package; Cloud TPU VMs); elsewhere pass --coordinator "
-            "HOST:PORT --num-processes N --process-id I to every process")
+            "HOST:PORT --num-processes N --process-id I to every process"
+        )
     return clusters.ClusterEnv.auto_detect_unset_distributed_params(
-        None, None, None, None, None, int(timeout))
+        None, None, None, None, None, int(timeout)
+    )
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -136,12 +170,16 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     """
     devices = jax.devices()
     if num_devices is not None:
-        if isinstance(num_devices, bool) or not isinstance(num_devices, int) or not (
-                1 <= num_devices <= len(devices)):
+        if (
+            isinstance(num_devices, bool)
+            or not isinstance(num_devices, int)
+            or not (1 <= num_devices <= len(devices))
+        ):
             from cnn_jax.train._config import ConfigError
 
-            raise ConfigError(f"make_mesh: num_devices must be an int in [1, {len(devices)}], "
-                             f"got {num_devices!r}")
+            raise ConfigError(
+                f"make_mesh: num_devices must be an int in [1, {len(devices)}], got {num_devices!r}"
+            )
         devices = devices[:num_devices]
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
@@ -170,8 +208,9 @@ def local_rows(global_rows: int, mesh: Mesh) -> slice:
     """
     index_map = data_sharded(mesh).addressable_devices_indices_map((global_rows,))
     starts = sorted(idx[0].start or 0 for idx in index_map.values())
-    stops = sorted(idx[0].stop if idx[0].stop is not None else global_rows
-                   for idx in index_map.values())
+    stops = sorted(
+        idx[0].stop if idx[0].stop is not None else global_rows for idx in index_map.values()
+    )
     if not starts:
         return slice(0, 0)
     return slice(starts[0], stops[-1])
@@ -195,12 +234,17 @@ def shard_batch(batch, mesh: Mesh):
     for leaf in jax.tree.leaves(batch):
         rows = leaf.shape[0] * n_proc
         if rows % size:
-            raise ValueError(f"shard_batch: batch size must be divisible by the number of "
-                             f"devices ({size}), got {rows}")
+            raise ValueError(
+                f"shard_batch: batch size must be divisible by the number of "
+                f"devices ({size}), got {rows}"
+            )
     if n_proc > 1:
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(
-                sharding, np.asarray(x), (x.shape[0] * n_proc, *x.shape[1:])), batch)
+                sharding, np.asarray(x), (x.shape[0] * n_proc, *x.shape[1:])
+            ),
+            batch,
+        )
     return jax.device_put(batch, sharding)
 
 

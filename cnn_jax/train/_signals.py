@@ -46,8 +46,12 @@ class SignalGuard:
 
     def _handle(self, signum, frame):
         if self.saving or self.signal is not None:
-            print(f"\n{signal.Signals(signum).name}: writing the checkpoint; it finishes "
-                  "first (it is never left half-written)", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name}: writing the checkpoint; it finishes "
+                "first (it is never left half-written)",
+                file=sys.stderr,
+                flush=True,
+            )
         if self.signal is None:
             self.signal = signum
 

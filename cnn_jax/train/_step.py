@@ -39,10 +39,13 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     total = max(config.epochs * steps_per_epoch, 1)
     warmup = min(int(round(config.warmup * steps_per_epoch)), total - 1)
     if config.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup_steps=warmup,
-                                                  decay_steps=total, end_value=0.0)
-    return optax.join_schedules([optax.linear_schedule(0.0, config.lr, max(warmup, 1)),
-                                 optax.constant_schedule(config.lr)], [warmup])
+        return optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, warmup_steps=warmup, decay_steps=total, end_value=0.0
+        )
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, config.lr, max(warmup, 1)), optax.constant_schedule(config.lr)],
+        [warmup],
+    )
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -60,7 +63,8 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
         return optax.adamw(schedule, weight_decay=config.weight_decay, mask=decay_mask)
     return optax.chain(
         optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
-        optax.sgd(schedule, momentum=0.9, nesterov=True))
+        optax.sgd(schedule, momentum=0.9, nesterov=True),
+    )
 
 
 def task_metrics(task: str, logits, labels):
@@ -71,9 +75,11 @@ def task_metrics(task: str, logits, labels):
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     if task == "segment":
         axes = tuple(range(1, loss.ndim))
-        return loss.sum(axes), correct.sum(axes), jnp.full(loss.shape[:1],
-                                                            np.prod(loss.shape[1:]),
-                                                            jnp.float32)
+        return (
+            loss.sum(axes),
+            correct.sum(axes),
+            jnp.full(loss.shape[:1], np.prod(loss.shape[1:]), jnp.float32),
+        )
     return loss, correct, jnp.ones_like(loss)
 
 
@@ -98,7 +104,8 @@ def run_once(fn, *args):
 
 def _cast_floats(tree, dtype):
     return jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
 
 
 class Trainer:
@@ -113,8 +120,16 @@ class Trainer:
       flip: whether augmentation may mirror images.
     """
 
-    def __init__(self, model: nnx.Module, config: TrainConfig, steps_per_epoch: int, mesh, *,
-                 task: str = "classify", flip: bool = True):
+    def __init__(
+        self,
+        model: nnx.Module,
+        config: TrainConfig,
+        steps_per_epoch: int,
+        mesh,
+        *,
+        task: str = "classify",
+        flip: bool = True,
+    ):
         self.config = config
         self.mesh = mesh
         self.task = task
@@ -150,8 +165,13 @@ class Trainer:
         return float(self._lr(np.int32(step)))
 
     def _init_state(self, params, rest):
-        return {"params": params, "rest": rest, "opt_state": self.tx.init(params),
-                "sums": jnp.zeros((3,), jnp.float32), "step": jnp.zeros((), jnp.int32)}
+        return {
+            "params": params,
+            "rest": rest,
+            "opt_state": self.tx.init(params),
+            "sums": jnp.zeros((3,), jnp.float32),
+            "step": jnp.zeros((), jnp.int32),
+        }
 
     def _merge(self, graphdef, params, rest):
         # bf16: parameters are cast at use (gradients flow back to the f32 masters);
@@ -189,9 +209,13 @@ class Trainer:
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
         new_rest = jax.tree.map(lambda new, old: new.astype(old.dtype), new_rest, state["rest"])
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "rest": new_rest,
-                "opt_state": opt_state, "sums": state["sums"] + jnp.stack(sums),
-                "step": state["step"] + 1}
+        return {
+            "params": optax.apply_updates(state["params"], updates),
+            "rest": new_rest,
+            "opt_state": opt_state,
+            "sums": state["sums"] + jnp.stack(sums),
+            "step": state["step"] + 1,
+        }
 
     def _eval_step(self, params, rest, batch):
         TRACE_COUNTS["eval_step"] += 1
@@ -210,11 +234,15 @@ class Trainer:
         def spec(shape, dtype, sh):
             return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
 
-        batch = {"image": spec((batch_rows, *data.images.shape[1:]), data.images.dtype, sharding),
-                 "label": spec((batch_rows, *data.labels.shape[1:]), data.labels.dtype, sharding),
-                 "valid": spec((batch_rows,), np.float32, sharding)}
-        params, rest = (jax.tree.map(lambda x: spec(x.shape, x.dtype, x.sharding), state[k])
-                        for k in ("params", "rest"))
+        batch = {
+            "image": spec((batch_rows, *data.images.shape[1:]), data.images.dtype, sharding),
+            "label": spec((batch_rows, *data.labels.shape[1:]), data.labels.dtype, sharding),
+            "valid": spec((batch_rows,), np.float32, sharding),
+        }
+        params, rest = (
+            jax.tree.map(lambda x: spec(x.shape, x.dtype, x.sharding), state[k])
+            for k in ("params", "rest")
+        )
         lowered = self.eval_step.lower(params, rest, batch)
         self._eval_signature = jax.tree.map(lambda x: (x.shape, x.dtype), batch)
         self._eval_compiled = concurrent.futures.ThreadPoolExecutor(1).submit(lowered.compile)
@@ -222,8 +250,10 @@ class Trainer:
     def evaluate_batch(self, params, rest, batch):
         """``eval_step`` on one batch, through the early-compiled program when it fits."""
         future = getattr(self, "_eval_compiled", None)
-        if future is not None and jax.tree.map(lambda x: (x.shape, x.dtype), batch) == \
-                self._eval_signature:
+        if (
+            future is not None
+            and jax.tree.map(lambda x: (x.shape, x.dtype), batch) == self._eval_signature
+        ):
             return future.result()(params, rest, batch)
         return self.eval_step(params, rest, batch)
 

@@ -41,8 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnn_jax.train._data import (Dataset, DatasetError, decode_image, epoch_order,
-                                 split_image_folder)
+from cnn_jax.train._data import Dataset, DatasetError, decode_image, epoch_order, split_image_folder
 
 RECIPES = ("folder", "imagenet")
 BAD_IMAGE_POLICIES = ("error", "skip")
@@ -86,18 +85,24 @@ def cap_workers(workers: int | None) -> int | None:
         return workers
     if (workers, cores) not in _CAPPED:
         _CAPPED.add((workers, cores))
-        print(f"note: --workers {workers} is more than the {cores} usable cores; using "
-              f"{cores} input worker processes", file=sys.stderr)
+        print(
+            f"note: --workers {workers} is more than the {cores} usable cores; using "
+            f"{cores} input worker processes",
+            file=sys.stderr,
+        )
     return cores
 
 
 # ---------------------------------------------------------------- crop boxes
 
 
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
-                            scale: tuple[float, float] = (0.08, 1.0),
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)
-                            ) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """The ``(left, upper, right, lower)`` box of a random-resized crop (Szegedy et al.
     2015; torchvision's ``RandomResizedCrop.get_params``): an area fraction in
     ``scale`` and a log-uniform aspect ratio in ``ratio``, ten tries, else the
@@ -124,8 +129,9 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     return left, top, left + w, top + h
 
 
-def center_crop_box(width: int, height: int, size: tuple[int, int],
-                    crop_fraction: float = CROP_FRACTION) -> tuple[float, ...]:
+def center_crop_box(
+    width: int, height: int, size: tuple[int, int], crop_fraction: float = CROP_FRACTION
+) -> tuple[float, ...]:
     """The box of the evaluation crop, in the source image's pixels: torchvision's
     ``Resize(max(size) / crop_fraction)`` (the shorter side to 256 for 224, the longer
     in proportion, truncated) then ``CenterCrop(size)``, resampled once."""
@@ -187,15 +193,18 @@ class ImageStream:
     def __post_init__(self):
         object.__setattr__(self, "workers", cap_workers(self.workers))
         if self.recipe not in RECIPES:
-            raise DatasetError(f"ImageStream: recipe must be one of {RECIPES}, got "
-                               f"{self.recipe!r}")
+            raise DatasetError(f"ImageStream: recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.on_bad_image not in BAD_IMAGE_POLICIES:
-            raise DatasetError(f"ImageStream: on_bad_image must be one of "
-                               f"{BAD_IMAGE_POLICIES}, got {self.on_bad_image!r}")
+            raise DatasetError(
+                f"ImageStream: on_bad_image must be one of "
+                f"{BAD_IMAGE_POLICIES}, got {self.on_bad_image!r}"
+            )
         if self.files.shape != self.labels.shape:
-            raise DatasetError(f"{self.name}: files and labels must have the same length, "
-                               f"got {self.files.shape[0]} files and {self.labels.shape[0]} "
-                               f"labels")
+            raise DatasetError(
+                f"{self.name}: files and labels must have the same length, "
+                f"got {self.files.shape[0]} files and {self.labels.shape[0]} "
+                f"labels"
+            )
 
     def __len__(self) -> int:
         return int(self.files.shape[0])
@@ -251,8 +260,12 @@ class ImageStream:
     def input_record(self) -> dict:
         """How evaluation prepares an image (``run.json``'s ``input``; predict reads it)."""
         norm = self.normalization
-        return {"recipe": self.recipe, "size": list(self.image_shape),
-                "mean": list(norm[0]) if norm else None, "std": list(norm[1]) if norm else None}
+        return {
+            "recipe": self.recipe,
+            "size": list(self.image_shape),
+            "mean": list(norm[0]) if norm else None,
+            "std": list(norm[1]) if norm else None,
+        }
 
     def load(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """Example ``i`` as ``(H, W, C)`` uint8: the recipe's training transform when
@@ -260,8 +273,9 @@ class ImageStream:
         transform."""
         return load_image(self.path(i), self.recipe, self.size, self.channels, rng)
 
-    def batches(self, batch_size: int, *, epoch: int = 0, seed: int = 0,
-                workers: int | None = None):
+    def batches(
+        self, batch_size: int, *, epoch: int = 0, seed: int = 0, workers: int | None = None
+    ):
         """One epoch of host batches in a run's order, for loops of one's own.
 
         Yields ``{"image": (B, H, W, C) uint8, "label": (B,) int32, "index": (B,)
@@ -274,8 +288,13 @@ class ImageStream:
         (256, 224, 224, 3)
         """
         steps = len(self) // batch_size
-        plan = BatchPlan([Part("train", epoch, 0, steps)], train=self, seed=seed,
-                         batch_size=batch_size, rows=slice(0, batch_size))
+        plan = BatchPlan(
+            [Part("train", epoch, 0, steps)],
+            train=self,
+            seed=seed,
+            batch_size=batch_size,
+            rows=slice(0, batch_size),
+        )
         workers = cap_workers(workers) if workers is not None else self.workers
         iterator = open_batches(plan, default_workers() if workers is None else workers)
         try:
@@ -289,24 +308,31 @@ class ImageStream:
     def to_dataset(self) -> Dataset:
         """Every image decoded (evaluation transform) into an in-memory ``Dataset``, with
         the normalisation applied: for small sets and checks."""
-        images = np.stack([self.load(i) for i in range(len(self))]) if len(self) else \
-            np.zeros((0, *self.image_shape), np.uint8)
-        return Dataset(normalize(images, self.normalization), self.labels.copy(),
-                       self.num_classes, self.name, list(self.class_names))
+        images = (
+            np.stack([self.load(i) for i in range(len(self))])
+            if len(self)
+            else np.zeros((0, *self.image_shape), np.uint8)
+        )
+        return Dataset(
+            normalize(images, self.normalization),
+            self.labels.copy(),
+            self.num_classes,
+            self.name,
+            list(self.class_names),
+        )
 
 
-def load_image(path: str, recipe: str, size, channels: int,
-               rng: np.random.Generator | None = None) -> np.ndarray:
+def load_image(
+    path: str, recipe: str, size, channels: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """One file through a recipe's transform, as ``(H, W, C)`` uint8 (see
     :meth:`ImageStream.load`); predict uses it with ``rng=None``."""
     if recipe == "folder":
         return decode_image(path, tuple(size), channels)
     size = tuple(size)
     if rng is None:
-        return decode_image(path, size, channels,
-                            box=lambda w, h: center_crop_box(w, h, size))
-    image = decode_image(path, size, channels,
-                         box=lambda w, h: random_resized_crop_box(w, h, rng))
+        return decode_image(path, size, channels, box=lambda w, h: center_crop_box(w, h, size))
+    image = decode_image(path, size, channels, box=lambda w, h: random_resized_crop_box(w, h, rng))
     return image[:, ::-1] if rng.random() < 0.5 else image
 
 
@@ -326,9 +352,14 @@ def lookup_table(norm, channels: int) -> np.ndarray:
     return np.ascontiguousarray(normalize(values, norm).T)
 
 
-def stream_image_folder(data_dir: str, *, seed: int = 0, recipe: str = "folder",
-                        test_fraction: float = 0.2, image_size: int | None = None
-                        ) -> tuple[ImageStream, ImageStream]:
+def stream_image_folder(
+    data_dir: str,
+    *,
+    seed: int = 0,
+    recipe: str = "folder",
+    test_fraction: float = 0.2,
+    image_size: int | None = None,
+) -> tuple[ImageStream, ImageStream]:
     """An image folder as ``(train, test)`` streams (nothing decoded but one image).
 
     ``data_dir/train/<class>/*`` with ``data_dir/val/<class>/*`` or ``test/`` (the
@@ -339,8 +370,7 @@ def stream_image_folder(data_dir: str, *, seed: int = 0, recipe: str = "folder",
     skipped under ``"skip"``). ``"imagenet"`` makes 224 x 224 RGB crops; ``image_size``
     (or ``--image-size`` through ``resized``) overrides.
     """
-    train_files, test_files = split_image_folder(data_dir, test_fraction=test_fraction,
-                                                 seed=seed)
+    train_files, test_files = split_image_folder(data_dir, test_fraction=test_fraction, seed=seed)
     classes = sorted(train_files)
     unread: list[str] = []
     if recipe == "folder":
@@ -352,8 +382,10 @@ def stream_image_folder(data_dir: str, *, seed: int = 0, recipe: str = "folder",
             except DatasetError as e:
                 unread.append(str(e))
         if first is None:
-            raise DatasetError(f"no readable image in {data_dir}: all {len(unread)} files of "
-                               f"the train split failed to decode; the first: {unread[0]}")
+            raise DatasetError(
+                f"no readable image in {data_dir}: all {len(unread)} files of "
+                f"the train split failed to decode; the first: {unread[0]}"
+            )
         size, channels = tuple(first.shape[:2]), int(first.shape[2])
     else:
         size, channels = (IMAGENET_SIZE, IMAGENET_SIZE), 3
@@ -361,13 +393,21 @@ def stream_image_folder(data_dir: str, *, seed: int = 0, recipe: str = "folder",
         size = (image_size, image_size)
 
     def build(split_files, split):
-        names = [os.fsencode(os.path.relpath(p, data_dir))
-                 for c in classes for p in split_files[c]]
-        labels = np.asarray([k for k, c in enumerate(classes) for _ in split_files[c]],
-                            np.int32)
-        return ImageStream(data_dir, np.asarray(names, dtype=np.bytes_).reshape(-1), labels,
-                           len(classes), recipe, classes, size, channels, recipe=recipe,
-                           split=split, unread=tuple(unread) if split == "train" else ())
+        names = [os.fsencode(os.path.relpath(p, data_dir)) for c in classes for p in split_files[c]]
+        labels = np.asarray([k for k, c in enumerate(classes) for _ in split_files[c]], np.int32)
+        return ImageStream(
+            data_dir,
+            np.asarray(names, dtype=np.bytes_).reshape(-1),
+            labels,
+            len(classes),
+            recipe,
+            classes,
+            size,
+            channels,
+            recipe=recipe,
+            split=split,
+            unread=tuple(unread) if split == "train" else (),
+        )
 
     return build(train_files, "train"), build(test_files, "test")
 
@@ -406,23 +446,41 @@ class BatchPlan:
       eval_batch_size, eval_rows: the same for evaluation batches.
     """
 
-    def __init__(self, parts, *, train: ImageStream | None = None,
-                 test: ImageStream | None = None, seed: int = 0, batch_size: int = 1,
-                 rows: slice = slice(0, 1), eval_batch_size: int = 1,
-                 eval_rows: slice = slice(0, 1)):
+    def __init__(
+        self,
+        parts,
+        *,
+        train: ImageStream | None = None,
+        test: ImageStream | None = None,
+        seed: int = 0,
+        batch_size: int = 1,
+        rows: slice = slice(0, 1),
+        eval_batch_size: int = 1,
+        eval_rows: slice = slice(0, 1),
+    ):
         self.parts = [p for p in parts if p.count > 0]
         self.train, self.test, self.seed = train, test, seed
         self.batch_size, self.rows = batch_size, (rows.start, rows.stop)
-        self.eval_batch_size, self.eval_rows = eval_batch_size, (eval_rows.start,
-                                                                eval_rows.stop)
+        self.eval_batch_size, self.eval_rows = eval_batch_size, (eval_rows.start, eval_rows.stop)
         self._ends = np.cumsum([p.count for p in self.parts]).tolist()
         self._orders: dict[int, np.ndarray] = {}
 
     @classmethod
-    def for_run(cls, train: ImageStream, test: ImageStream | None, *, seed: int,
-                batch_size: int, rows: slice, steps_per_epoch: int, start_step: int,
-                epochs: int, eval_batch_size: int, eval_rows: slice,
-                eval_first: bool = False) -> BatchPlan:
+    def for_run(
+        cls,
+        train: ImageStream,
+        test: ImageStream | None,
+        *,
+        seed: int,
+        batch_size: int,
+        rows: slice,
+        steps_per_epoch: int,
+        start_step: int,
+        epochs: int,
+        eval_batch_size: int,
+        eval_rows: slice,
+        eval_first: bool = False,
+    ) -> BatchPlan:
         """The batches of a run from ``start_step`` to the end of ``epochs``, each epoch's
         evaluation pass after its training batches (``eval_first``: the run stopped
         between an epoch's last step and its evaluation, which comes first)."""
@@ -435,16 +493,29 @@ class BatchPlan:
             parts.append(Part("train", e, offset, steps_per_epoch - offset))
             parts.append(Part("eval", e, 0, n_eval))
             offset = 0
-        return cls(parts, train=train, test=test, seed=seed, batch_size=batch_size, rows=rows,
-                   eval_batch_size=eval_batch_size, eval_rows=eval_rows)
+        return cls(
+            parts,
+            train=train,
+            test=test,
+            seed=seed,
+            batch_size=batch_size,
+            rows=rows,
+            eval_batch_size=eval_batch_size,
+            eval_rows=eval_rows,
+        )
 
     @classmethod
-    def for_evaluation(cls, test: ImageStream, *, eval_batch_size: int,
-                       eval_rows: slice) -> BatchPlan:
+    def for_evaluation(
+        cls, test: ImageStream, *, eval_batch_size: int, eval_rows: slice
+    ) -> BatchPlan:
         """One pass over ``test``."""
         n_eval = -(-len(test) // eval_batch_size)
-        return cls([Part("eval", 0, 0, n_eval)], test=test, eval_batch_size=eval_batch_size,
-                   eval_rows=eval_rows)
+        return cls(
+            [Part("eval", 0, 0, n_eval)],
+            test=test,
+            eval_batch_size=eval_batch_size,
+            eval_rows=eval_rows,
+        )
 
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
@@ -480,7 +551,7 @@ class BatchPlan:
     def _train(self, epoch: int, i: int) -> dict:
         stream = self.train
         start, stop = self.rows
-        index = self._order(epoch)[i * self.batch_size + start:i * self.batch_size + stop]
+        index = self._order(epoch)[i * self.batch_size + start : i * self.batch_size + stop]
         images = np.empty((len(index), *stream.image_shape), np.uint8)
         labels = np.empty((len(index),), np.int32)
         bad: list[int] = []
@@ -489,8 +560,12 @@ class BatchPlan:
             rng = np.random.default_rng([self.seed, epoch, int(j)]) if host_augment else None
             k, images[row] = _read(stream, int(j), rng, bad, substitute=True)
             labels[row] = stream.labels[k]
-        return {"image": images, "label": labels, "index": index.astype(np.int32),
-                "bad": np.asarray(bad, np.int64)}
+        return {
+            "image": images,
+            "label": labels,
+            "index": index.astype(np.int32),
+            "bad": np.asarray(bad, np.int64),
+        }
 
     def _eval(self, i: int) -> dict:
         stream = self.test
@@ -509,8 +584,7 @@ class BatchPlan:
                 valid[row] = 0.0
             else:
                 images[row], labels[row] = image, stream.labels[k]
-        return {"image": images, "label": labels, "valid": valid,
-                "bad": np.asarray(bad, np.int64)}
+        return {"image": images, "label": labels, "valid": valid, "bad": np.asarray(bad, np.int64)}
 
 
 def _read(stream: ImageStream, j: int, rng, bad: list, *, substitute: bool):
@@ -530,8 +604,10 @@ def _read(stream: ImageStream, j: int, rng, bad: list, *, substitute: bool):
             bad.append(k)
             if not substitute:
                 return None, None
-    raise DatasetError(f"no readable image in {stream.root}: all {n} files of the "
-                       f"{stream.split} split failed to decode")
+    raise DatasetError(
+        f"no readable image in {stream.root}: all {n} files of the "
+        f"{stream.split} split failed to decode"
+    )
 
 
 # ---------------------------------------------------------------- running a plan
@@ -571,17 +647,20 @@ def open_batches(plan: BatchPlan, workers: int, *, buffer: int = 2):
     import grain
 
     ds = grain.MapDataset.source(plan).to_iter_dataset(
-        grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer))
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=buffer)
+    )
     if workers > 0:
         # Labels and indices travel pickled (a shared-memory segment per small array costs
         # more than the copy); Grain copies the images into shared memory. (A batch built
         # in shared memory directly would leak its segment when a worker stops with
         # batches it has not handed over.)
         ds = grain.experimental.WithOptionsIterDataset(
-            ds, grain.experimental.DatasetOptions(min_shm_size=1 << 16))
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                         per_worker_buffer_size=buffer),
-                            worker_init_fn=_init_worker)
+            ds, grain.experimental.DatasetOptions(min_shm_size=1 << 16)
+        )
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer),
+            worker_init_fn=_init_worker,
+        )
     return iter(ds)
 
 
@@ -630,8 +709,13 @@ def worker_error(error: BaseException) -> BaseException:
             how = f"killed by {signal.Signals(-code).name}"
         except ValueError:
             pass
-    hint = (" (SIGKILL is what the out-of-memory killer sends: fewer --workers or a "
-            "smaller --batch-size need less memory)" if code == -signal.SIGKILL else "")
+    hint = (
+        " (SIGKILL is what the out-of-memory killer sends: fewer --workers or a "
+        "smaller --batch-size need less memory)"
+        if code == -signal.SIGKILL
+        else ""
+    )
     return InputWorkerError(
         f"an input worker process died ({how}){hint}; the run cannot continue without "
-        f"its batches: continue from the last checkpoint with --resume")
+        f"its batches: continue from the last checkpoint with --resume"
+    )
