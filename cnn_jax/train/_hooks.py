@@ -119,8 +119,16 @@ class Checkpointing:
         return self._ckpt
 
     def due(self) -> bool:
-        """Whether the cadence asks for a save now."""
-        return time.monotonic() - self._last_time >= self.every
+        """Whether the cadence asks for a save now. With several processes each has its
+        own clock, and orbax's save is collective: they agree (any one due: all save),
+        so call this where every process is (an epoch's end)."""
+        due = time.monotonic() - self._last_time >= self.every
+        if jax.process_count() == 1:
+            return due
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        return bool(np.asarray(multihost_utils.process_allgather(np.int32(due))).any())
 
     def save(self, step: int, state, *, metric=None, **extra) -> str:
         """Queue a save of ``state`` as checkpoint ``step``; returns its folder."""
