@@ -618,3 +618,12 @@ def test_windows_reading_padding_or_dilated_over_one_output_are_simplified_exact
     np.testing.assert_allclose(y, ref.detach().numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("flip", ["no", 1, None])
+def test_flip_takes_only_bools(flip):
+    x, k = jnp.ones((1, 4, 4, 1)), jnp.ones((2, 2, 1, 1))
+    with pytest.raises(TypeError, match=r"conv: flip must be a bool, got"):
+        cj.conv(x, k, flip=flip)
+    # numpy's bool is a bool: the true convolution of a constant equals the correlation
+    np.testing.assert_array_equal(cj.conv(x, k, flip=np.bool_(True)), cj.conv(x, k))

@@ -24,6 +24,7 @@ from jax import lax
 from cnn_jax._checks import (
     PADDING_MODES,
     Pads,
+    check_bool,
     check_choice,
     check_int,
     check_layout,
@@ -185,6 +186,7 @@ def _conv_spec(
     ``groups=None`` means one group per input channel (depthwise).
     """
     padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode", op)
+    flip = check_bool(flip, "flip", op)
     x, kernel, n, batched = _start(op, x, kernel, layout)
     s = ntuple(stride, n, "stride", op)
     d = ntuple(dilation, n, "dilation", op)
