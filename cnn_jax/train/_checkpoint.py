@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -60,23 +59,6 @@ class _QuietOrbaxErrors(logging.Filter):
 
 
 _ORBAX_FILTER = _QuietOrbaxErrors()
-
-
-def _quiet_late_callbacks():
-    """After a failed save, TensorStore may still complete writes that orbax gave up
-    on; their callbacks find orbax's event loop closed and print that through
-    ``sys.excepthook``. Those lines say nothing the CheckpointError does not."""
-    previous = sys.excepthook
-    if getattr(previous, "_cnn_jax_quiet", False):
-        return
-
-    def hook(kind, value, tb):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            return
-        previous(kind, value, tb)
-
-    hook._cnn_jax_quiet = True
-    sys.excepthook = hook
 
 
 def _is_key(x) -> bool:
@@ -222,7 +204,6 @@ class Checkpointer:
             )
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
-            _quiet_late_callbacks()
             self.clean_debris()
             latest = self.latest_step()
             kept = (

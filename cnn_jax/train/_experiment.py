@@ -196,6 +196,13 @@ def read_run(out: str) -> dict:
                 [record.get("mean"), record.get("std")],
             )
     run["config"] = config
+    # run.json is how the run started; what resumes changed since (more epochs,
+    # --on-bad-image skip, ...) is in the latest checkpoint's record.
+    saved = _checkpointed_config(out)
+    try:
+        run["config"] = run["config"].replace(**{k: saved[k] for k in INHERITED if k in saved})
+    except (ValueError, TypeError):
+        pass  # a damaged record: the restore reports the checkpoint
     return run
 
 
@@ -212,11 +219,9 @@ def resume_config(out: str, **changes) -> TrainConfig:
       CheckpointError: no ``run.json``, a malformed one, or a change that would make
         a different run.
     """
+    # read_run applies what earlier resumes changed (e.g. more --epochs): the run goes on
+    # as it was last continued, not as it was started.
     config = read_run(out)["config"]
-    # What earlier resumes changed (e.g. more --epochs) is in the latest checkpoint's
-    # record: the run goes on as it was last continued, not as it was started.
-    saved = _checkpointed_config(out)
-    config = config.replace(**{k: saved[k] for k in INHERITED if k in saved})
     for key, value in changes.items():
         current = config.model_name if key == "model" else getattr(config, key)
         if key not in RESUMABLE and current != value:
