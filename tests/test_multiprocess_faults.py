@@ -209,27 +209,30 @@ def test_killed_peer_ends_the_job_in_one_line_and_the_checkpoint_resumes(
 # ------------------------------------------------------------------ connecting
 
 
+def alone(tmp_path, port, process_id, *extra, hooks=False):
+    """The command of one process of a 2-process job whose peer never comes."""
+    return h.command(
+        "train",
+        *h.TINY,
+        "--out",
+        str(tmp_path / "run"),
+        "--coordinator",
+        f"localhost:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        str(process_id),
+        *extra,
+        hooks=hooks,
+    )
+
+
 @pytest.mark.parametrize("process_id", [0, 1], ids=["no-peer", "no-coordinator"])
 def test_a_job_that_never_assembles_times_out(tmp_path, cache, process_id):
     """Alone: process 1 finds no coordinator, process 0 (the coordinator) no peer."""
     port = h.free_port()
     proc = h.run(
-        h.command(
-            "train",
-            *h.TINY,
-            "--out",
-            str(tmp_path / "run"),
-            "--coordinator",
-            f"localhost:{port}",
-            "--num-processes",
-            "2",
-            "--process-id",
-            str(process_id),
-            "--connect-timeout",
-            "3",
-        ),
-        h.base_env(cache),
-        timeout=60,
+        alone(tmp_path, port, process_id, "--connect-timeout", "3"), h.base_env(cache), timeout=60
     )  # far below the runtime's 300 s
     assert proc.p.returncode == 1, proc.stderr
     lines = message_lines(proc)
@@ -243,19 +246,7 @@ def test_a_job_that_never_assembles_times_out(tmp_path, cache, process_id):
 def test_sigterm_while_waiting_for_the_job_ends_the_process_at_once(tmp_path, cache, process_id):
     port = h.free_port()
     proc = h.launch(
-        h.command(
-            "train",
-            *h.TINY,
-            "--out",
-            str(tmp_path / "run"),
-            "--coordinator",
-            f"localhost:{port}",
-            "--num-processes",
-            "2",
-            "--process-id",
-            str(process_id),
-            hooks=True,
-        ),
+        alone(tmp_path, port, process_id, hooks=True),
         h.base_env(cache, hooks="connect"),
         timeout=60,
     )

@@ -40,6 +40,7 @@ import threading
 import time
 
 from cnn_jax.train._config import ConfigError
+from cnn_jax.train._runfolder import checkpoint_steps
 from cnn_jax.train._signals import active_guard
 
 PREFIX = "cnn_jax"
@@ -368,7 +369,7 @@ def _checkpoint_note() -> str:
         return "start every process again"
     folder = os.path.join(_JOB.out, "checkpoints")
     try:
-        steps = sorted(int(name) for name in os.listdir(folder) if name.isdigit())
+        steps = checkpoint_steps(folder)
     except OSError:
         steps = []
     if not steps:

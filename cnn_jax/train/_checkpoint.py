@@ -14,6 +14,7 @@ multi-process run calls :meth:`Checkpointer.save` (orbax writes collectively).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -42,12 +43,24 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}"
 
 
-def _gone(path: str) -> str:
-    return (
-        f"checkpoint {path} was deleted while it was read (the run training in "
-        f"{os.path.dirname(path)} keeps only its latest checkpoints); run the command "
-        f"again"
-    )
+@contextlib.contextmanager
+def _reading(path: str, what: str):
+    """Turn any error of orbax/TensorStore reading checkpoint ``path`` into one short
+    ``CheckpointError``: the step was deleted meanwhile (a run pruned it), or ``what``
+    is damaged."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+        if not os.path.isdir(path):
+            raise CheckpointError(
+                f"checkpoint {path} was deleted while it was read (the run training in "
+                f"{os.path.dirname(path)} keeps only its latest checkpoints); run the "
+                f"command again"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or unreadable: {what} could not be read "
+            f"({_first_line(e)})"
+        ) from e
 
 
 class _QuietOrbaxErrors(logging.Filter):
@@ -128,16 +141,9 @@ class Checkpointer:
         """The JSON record of ``step``."""
         ocp = self._ocp
         path = os.path.join(self.directory, str(step))
-        try:
+        with _reading(path, "its JSON record"):
             meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = meta["meta"]
-        except Exception as e:  # noqa: BLE001 - orbax raises many types for a bad file
-            if not os.path.isdir(path):
-                raise CheckpointError(_gone(path)) from None
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt or unreadable: its JSON record "
-                f"could not be read ({_first_line(e)})"
-            ) from e
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
             raise CheckpointError(
                 f"checkpoint {path} is corrupt or not a cnn_jax checkpoint: "
@@ -305,17 +311,10 @@ class Checkpointer:
                 f"{_leaf_record(data)}, got {meta['leaves'][i]} ({len(mismatched)} "
                 f"entries differ)"
             )
-        try:
+        with _reading(path, "its arrays"):
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )["state"]
-        except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types
-            if not os.path.isdir(path):
-                raise CheckpointError(_gone(path)) from None
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt or unreadable: its arrays could "
-                f"not be read ({_first_line(e)})"
-            ) from e
         leaves = []
         for i, (p, x) in enumerate(zip(paths, targets)):
             arr = restored[f"leaf_{i:05d}"]
